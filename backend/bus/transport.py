@@ -1,0 +1,35 @@
+"""The one small interface between taskring's components and the message bus.
+
+Components publish maps to topics and register handlers for topic filters.
+`MqttBus` carries them over a real broker; `MemoryBus` delivers them in one
+process for unit tests. Subscriptions survive reconnects: the transport
+re-subscribes and then calls every `on_connect` hook, which is where a
+component catches up on what it missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+Message = dict[str, Any]
+Handler = Callable[[str, Message], Awaitable[None]]
+ConnectHook = Callable[[], Awaitable[None]]
+
+
+class BusUnavailable(ConnectionError):
+    """The broker cannot be reached right now; the message was not sent."""
+
+
+class Bus(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    async def publish(self, topic: str, message: Message, *, qos: int = 1) -> None:
+        """Send one message; raise BusUnavailable while disconnected."""
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Call `handler(topic, message)` for every message matching the filter, in order."""
+
+    def on_connect(self, hook: ConnectHook) -> None:
+        """Call `hook()` after every (re)connection, once subscriptions are in place."""

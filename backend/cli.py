@@ -1,0 +1,61 @@
+"""`taskring`: the one command-line entry point.
+
+Each subcommand lives in the module that owns it and is imported only when
+used, so `taskring client list` does not pay for gRPC or FastAPI imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+
+# name -> "module:attribute" of a click command
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("backend.supervisor:up", "Start every component as its own supervised process."),
+    "broker": ("backend.broker:broker", "Run an MQTT broker (Mosquitto, else embedded)."),
+    "client-portal": ("backend.nodes.client_portal:command", "Run one client portal (TCP)."),
+    "admin-portal": ("backend.nodes.admin_portal:command", "Run one admin portal (gRPC)."),
+    "web": ("web.server:command", "Run the web process (health, metrics, UI)."),
+    "client": ("backend.client_app:client", "The client application: manage your tasks."),
+    "admin": ("backend.admin_app:admin", "The administrator application: manage clients."),
+    "status": ("backend.status:status", "Show the cluster: components, health, storage."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module_name, attribute = COMMANDS[name][0].split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_text) for name, (_, help_text) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="taskring")
+def main() -> None:
+    """taskring: a task store on a Chord ring of caches and replicated logs, over MQTT."""
+    level = os.environ.get("TASKRING_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("grpc").setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    main()
