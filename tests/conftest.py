@@ -1,0 +1,144 @@
+"""Fixtures shared by every test: free ports, deadlines, a real Mosquitto, real processes.
+
+Nothing here sleeps and hopes: `wait_until` polls a condition against a
+deadline and fails with what it was waiting for.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TASKRING = str(Path(sys.executable).with_name("taskring"))
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(
+    condition: Callable[[], Any], what: str, timeout: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Poll `condition()` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+            if result:
+                return result
+        except Exception as exc:  # the condition may fail until the system is up
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Processes:
+    """Real OS processes started by a test, each in its own session, all stopped at teardown."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, args: list[str], name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log_path = self.log_dir / f"{name}.log"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                cwd=self.log_dir,
+                start_new_session=True,
+            )
+        process.log_path = log_path  # type: ignore[attr-defined]
+        self.started.append(process)
+        return process
+
+    def taskring(
+        self, *args: str, name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        return self.start([TASKRING, *args], name, env)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after `grace` seconds."""
+    if process.poll() is not None:
+        _kill_group(process.pid, signal.SIGKILL)
+        return
+    _kill_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        _kill_group(process.pid, signal.SIGKILL)
+        process.wait(grace)
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def log_text(process: subprocess.Popen[bytes]) -> str:
+    return Path(process.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    group = Processes(tmp_path)
+    yield group
+    group.stop_all()
+
+
+def start_mosquitto(processes: Processes, tmp_path: Path, port: int | None = None) -> str:
+    """A real Mosquitto on a free loopback port, anonymous, with TCP_NODELAY; returns its URL."""
+    port = port or free_port()
+    conf = tmp_path / f"mosquitto-{port}.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "set_tcp_nodelay true\n"
+        "persistence false\n"
+        "log_dest stdout\n"
+    )
+    processes.start([MOSQUITTO, "-c", str(conf)], f"mosquitto-{port}")
+    wait_until(lambda: port_open(port), f"mosquitto on port {port}")
+    return f"mqtt://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def mosquitto(processes: Processes, tmp_path: Path) -> str:
+    """URL of a fresh real Mosquitto for this test."""
+    return start_mosquitto(processes, tmp_path)
