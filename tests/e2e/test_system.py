@@ -1,0 +1,188 @@
+"""The whole system the way a user runs it: `taskring up`, the CLIs, the web endpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, log_text, port_open, wait_until
+from tests.e2e.stack import run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+def children_of(pid: int) -> set[int]:
+    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return {int(line) for line in result.stdout.split()}
+
+
+def descendants_of(pid: int) -> set[int]:
+    found = set()
+    frontier = [pid]
+    while frontier:
+        for child in children_of(frontier.pop()):
+            found.add(child)
+            frontier.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The pid of the process that owns the listening socket on this port (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.fixture
+def system(processes, tmp_path):
+    ports = {
+        "client": [free_port(), free_port()],
+        "admin": [free_port(), free_port()],
+        "web": free_port(),
+        "broker": free_port(),
+    }
+    data = tmp_path / "data"
+    up = processes.taskring(
+        "up",
+        "--data-dir",
+        str(data),
+        "--broker-port",
+        str(ports["broker"]),
+        "--client-ports",
+        ",".join(map(str, ports["client"])),
+        "--admin-ports",
+        ",".join(map(str, ports["admin"])),
+        "--web-port",
+        str(ports["web"]),
+        name="up",
+        env={"TASKRING_ADMIN_TOKEN": "", "TASKRING_BROKER": ""},
+    )
+    web = f"http://127.0.0.1:{ports['web']}"
+
+    def ready() -> bool:
+        return httpx.get(f"{web}/readyz", timeout=2).status_code == 200
+
+    try:
+        wait_until(ready, "the system to report ready on /readyz", timeout=60, interval=0.2)
+    except AssertionError:
+        raise AssertionError(log_text(up)[-5000:]) from None
+    return {"up": up, "ports": ports, "web": web, "data": data}
+
+
+def test_a_newcomer_creates_a_client_and_manages_tasks_on_both_portals(system) -> None:
+    token = (system["data"] / "admin-token").read_text().strip()
+    assert token in log_text(system["up"]), "taskring up prints the admin token"
+    admin_env = {
+        "TASKRING_ADMIN_TOKEN": token,
+        "TASKRING_ADMIN_PORTAL": f"127.0.0.1:{system['ports']['admin'][1]}",
+    }
+    created = run_cli("admin", "--json", "create", "Alice", "--data", "hi", env=admin_env)
+    assert created.returncode == 0, created.stderr
+    client = json.loads(created.stdout)
+    first, second = (
+        {
+            "TASKRING_CID": client["cid"],
+            "TASKRING_TOKEN": client["token"],
+            "TASKRING_PORTAL": f"127.0.0.1:{port}",
+        }
+        for port in system["ports"]["client"]
+    )
+
+    def authenticated_everywhere() -> bool:
+        return all(run_cli("client", "list", env=e).returncode == 0 for e in (first, second))
+
+    wait_until(authenticated_everywhere, "the new client on both client portals", timeout=5)
+    assert run_cli("client", "add", "buy milk", "2 litres", env=first).returncode == 0
+
+    def listed_on_second() -> list:
+        result = run_cli("client", "--json", "list", env=second)
+        return json.loads(result.stdout)["tasks"] if result.returncode == 0 else []
+
+    tasks = wait_until(listed_on_second, "the task on the other portal", timeout=1.0)
+    assert tasks == [{"title": "buy milk", "description": "2 litres"}]
+
+    metrics = httpx.get(f"{system['web']}/metrics", timeout=5).text
+    wait_until(
+        lambda: 'op="insert_task"' in httpx.get(f"{system['web']}/metrics", timeout=5).text,
+        "the insert to show in /metrics",
+        timeout=5,
+    )
+    assert "taskring_requests_total" in metrics
+    cluster = httpx.get(f"{system['web']}/api/cluster", timeout=5).json()
+    kinds = sorted(p["kind"] for p in cluster["portals"])
+    assert kinds == ["admin-portal", "admin-portal", "client-portal", "client-portal"]
+    assert httpx.get(f"{system['web']}/healthz", timeout=5).json() == {"status": "ok"}
+
+
+def test_a_killed_portal_is_restarted_and_ctrl_c_leaves_no_process(system) -> None:
+    up = system["up"]
+    port = system["ports"]["client"][0]
+    victim = pid_listening_on(port)
+    assert victim is not None and victim in descendants_of(up.pid)
+    os.kill(victim, signal.SIGKILL)
+
+    def restarted() -> bool:
+        pid = pid_listening_on(port)
+        return pid is not None and pid != victim
+
+    wait_until(restarted, "the client portal to be restarted", timeout=20, interval=0.1)
+    family = descendants_of(up.pid)
+    assert len(family) >= 6, family  # broker, 2 client portals, 2 admin portals, web
+    up.send_signal(signal.SIGINT)
+    assert up.wait(20) == 0, log_text(up)[-3000:]
+    wait_until(lambda: not any(alive(pid) for pid in family), "every child to exit", timeout=5)
+    assert not port_open(port)
+
+
+def test_the_admin_token_is_private_and_kept_across_restarts(system, processes) -> None:
+    path = system["data"] / "admin-token"
+    token = path.read_text().strip()
+    assert len(token) >= 22 and path.stat().st_mode & 0o777 == 0o600
+    system["up"].send_signal(signal.SIGINT)
+    assert system["up"].wait(20) == 0
+    again = processes.taskring(
+        "up",
+        "--data-dir",
+        str(system["data"]),
+        "--broker-port",
+        str(system["ports"]["broker"]),
+        "--client-ports",
+        ",".join(map(str, system["ports"]["client"])),
+        "--admin-ports",
+        ",".join(map(str, system["ports"]["admin"])),
+        "--web-port",
+        str(system["ports"]["web"]),
+        name="up-again",
+        env={"TASKRING_ADMIN_TOKEN": "", "TASKRING_BROKER": ""},
+    )
+    wait_until(lambda: token in log_text(again), "the same admin token printed again", timeout=30)
+    assert path.read_text().strip() == token
