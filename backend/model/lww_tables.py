@@ -131,22 +131,26 @@ class LwwTables:
         return [(("life", cid), None, v), (("cleared", cid), None, v)]
 
     def insert_task(self, cid: int, title: str, description: str, v: Version) -> list[Entry]:
+        self._require_client(cid)
         if self.task(cid, title) is not None:
             raise OpError(EXISTS, f"a task titled {title!r} already exists")
         return [(("task", cid, title), [description, list(v)], v)]
 
     def update_task(self, cid: int, title: str, description: str, v: Version) -> list[Entry]:
+        self._require_client(cid)
         if self.task(cid, title) is None:
             raise OpError(NOT_FOUND, f"no task titled {title!r}")
         created = self.entries[("task", cid, title)][0][1]
         return [(("task", cid, title), [description, created], v)]
 
     def delete_task(self, cid: int, title: str, v: Version) -> list[Entry]:
+        self._require_client(cid)
         if self.task(cid, title) is None:
             raise OpError(NOT_FOUND, f"no task titled {title!r}")
         return [(("task", cid, title), None, v)]
 
     def delete_tasks(self, cid: int, v: Version) -> tuple[int, list[Entry]]:
+        self._require_client(cid)
         return len(self.tasks(cid)), [(("cleared", cid), None, v)]
 
     def _require_client(self, cid: int) -> None:

@@ -1,0 +1,34 @@
+"""The client protocol (CONTRACT section 2) as pure code: framing, requests, responses.
+
+Nothing here does I/O; `backend/nodes/client_portal.py` moves the bytes.
+"""
+
+from .framing import MAX_LINE_BYTES, Line, LineSplitter, LineTooLong
+from .requests import (
+    MAX_DESCRIPTION_BYTES,
+    MAX_TITLE_BYTES,
+    OPS,
+    InvalidRequest,
+    Request,
+    Scalar,
+    parse_request,
+)
+from .responses import encode_line, error_line, event_line, ok_line
+
+__all__ = [
+    "MAX_DESCRIPTION_BYTES",
+    "MAX_LINE_BYTES",
+    "MAX_TITLE_BYTES",
+    "OPS",
+    "InvalidRequest",
+    "Line",
+    "LineSplitter",
+    "LineTooLong",
+    "Request",
+    "Scalar",
+    "encode_line",
+    "error_line",
+    "event_line",
+    "ok_line",
+    "parse_request",
+]

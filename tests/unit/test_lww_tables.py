@@ -105,6 +105,19 @@ def test_deleting_a_client_hides_its_tasks_even_after_it_is_created_again() -> N
     assert replica.tables.tasks(CID) == []
 
 
+def test_task_writes_for_an_unknown_client_are_not_found() -> None:
+    replica = Replica("a", [1])
+    for method, args in [
+        ("insert_task", ("t", "d")),
+        ("update_task", ("t", "d")),
+        ("delete_task", ("t",)),
+        ("delete_tasks", ()),
+    ]:
+        with pytest.raises(OpError) as missing:
+            replica.write(method, CID, *args)
+        assert missing.value.code == NOT_FOUND
+
+
 def test_merging_produces_the_events_a_watcher_expects() -> None:
     wall = [1]
     a, b = Replica("a", wall), Replica("b", wall)
