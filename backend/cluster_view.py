@@ -1,0 +1,312 @@
+"""What the cluster looks like, pieced together from heartbeats.
+
+`ClusterView` is a pure core: the web process and `taskring status` feed it
+every heartbeat they hear (see telemetry.py for the message) together with
+the time it arrived on their own clock, and ask it, at a time they pass in,
+which components are alive, which portals users can reach, what stands in
+the way of a write committing, and each component's request metrics. It does
+no I/O and reads no clock, so the same answers come back for the same inputs.
+
+A component is alive while its last heartbeat is at most STALE_INTERVALS of
+its own announced intervals old: one lost heartbeat is not a death, three
+are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .telemetry import LATENCY_BUCKETS
+
+STALE_INTERVALS = 3.0
+# Components silent this long are dropped entirely, so ids that come and go
+# (restarts under new names) do not pile up for the life of the process.
+FORGET_AFTER = 600.0
+MAX_INTERVAL = 3600.0
+
+CLIENT_PORTAL = "client-portal"
+ADMIN_PORTAL = "admin-portal"
+PORTAL_KINDS = (CLIENT_PORTAL, ADMIN_PORTAL)
+PORTAL_NAMES = {CLIENT_PORTAL: "client portal", ADMIN_PORTAL: "admin portal"}
+
+
+class HeartbeatError(ValueError):
+    """A heartbeat message is missing a field or has one of the wrong type."""
+
+
+@dataclass(frozen=True)
+class OpLatency:
+    """One op's latency histogram as a heartbeat carries it: a count per bucket, +Inf last."""
+
+    op: str
+    counts: tuple[int, ...]
+    total_seconds: float
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus-style buckets: (upper bound, requests at or below it), ending at +Inf."""
+        return cumulative_buckets(self.counts)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    requests: tuple[tuple[str, str, int], ...] = ()  # (op, outcome, count)
+    latency: tuple[OpLatency, ...] = ()
+
+    @property
+    def served(self) -> int:
+        return sum(count for _, _, count in self.requests)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One parsed heartbeat (the fields of telemetry.heartbeat_message)."""
+
+    id: str
+    kind: str
+    address: str
+    pid: int
+    ready: bool
+    problem: str | None
+    started: float
+    sent: float
+    interval: float
+    metrics: Metrics
+
+    @property
+    def uptime(self) -> float:
+        # Both times come from the sender's clock, so clock skew between hosts does not matter.
+        return max(0.0, self.sent - self.started)
+
+
+@dataclass(frozen=True)
+class Component:
+    """The latest heartbeat of one component and when it arrived (receiver's clock)."""
+
+    heartbeat: Heartbeat
+    received: float
+
+    @property
+    def id(self) -> str:
+        return self.heartbeat.id
+
+    @property
+    def kind(self) -> str:
+        return self.heartbeat.kind
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.received)
+
+    def alive(self, now: float) -> bool:
+        return self.age(now) <= STALE_INTERVALS * self.heartbeat.interval
+
+    def ready(self, now: float) -> bool:
+        return self.alive(now) and self.heartbeat.ready
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """A JSON-ready description, as /api/components and `taskring status --json` show it."""
+        beat = self.heartbeat
+        alive = self.alive(now)
+        return {
+            "id": beat.id,
+            "kind": beat.kind,
+            "address": beat.address,
+            "pid": beat.pid,
+            "alive": alive,
+            "ready": alive and beat.ready,
+            "problem": beat.problem if alive else f"no heartbeat for {self.age(now):.1f}s",
+            "uptime_seconds": round(beat.uptime, 3),
+            "last_heard_seconds": round(self.age(now), 3),
+            "requests": beat.metrics.served,
+        }
+
+
+class ClusterView:
+    """The latest heartbeat of every component, and the answers derived from them."""
+
+    def __init__(self) -> None:
+        self._components: dict[tuple[str, str], Component] = {}
+
+    def observe(self, message: dict[str, Any], received: float) -> Component:
+        """Record a heartbeat message that arrived at `received`; raise HeartbeatError if bad."""
+        component = Component(parse_heartbeat(message), received)
+        self._components[(component.kind, component.id)] = component
+        return component
+
+    def forget_silent(self, now: float) -> None:
+        """Drop components not heard from for FORGET_AFTER seconds."""
+        for key, component in list(self._components.items()):
+            if component.age(now) > FORGET_AFTER:
+                del self._components[key]
+
+    def components(self, now: float) -> list[Component]:
+        """Every known component (alive or not), by kind then id."""
+        self.forget_silent(now)
+        return sorted(self._components.values(), key=lambda c: (c.kind, c.id))
+
+    def alive(self, now: float, kind: str | None = None) -> list[Component]:
+        return [
+            c for c in self.components(now) if c.alive(now) and (kind is None or c.kind == kind)
+        ]
+
+    def portals(self, now: float) -> list[dict[str, str]]:
+        """The live portals, as /api/cluster lists them."""
+        return [
+            {"id": c.id, "kind": c.kind, "address": c.heartbeat.address}
+            for c in self.alive(now)
+            if c.kind in PORTAL_KINDS
+        ]
+
+    def ready_portals(self, now: float, kind: str) -> list[Component]:
+        """Live portals of `kind` that say they can take a write, the longest-running first."""
+        ready = [c for c in self.alive(now, kind) if c.heartbeat.ready]
+        return sorted(ready, key=lambda c: (-c.heartbeat.uptime, c.id))
+
+    def missing(self, now: float) -> list[str]:
+        """Why a write cannot commit end to end, for a person; empty when it can."""
+        reasons: list[str] = []
+        for kind in PORTAL_KINDS:
+            reasons.extend(self._missing_for(kind, now))
+        return reasons
+
+    def _missing_for(self, kind: str, now: float) -> list[str]:
+        live = self.alive(now, kind)
+        if any(c.heartbeat.ready for c in live):
+            return []
+        if live:
+            return [f"{c.id}: {c.heartbeat.problem or 'not ready'}" for c in live]
+        reason = f"no {PORTAL_NAMES[kind]} is up"
+        silent = [c for c in self.components(now) if c.kind == kind]
+        if silent:
+            last = min(silent, key=lambda c: c.age(now))
+            reason += f" (last heard from {last.id} {last.age(now):.1f}s ago)"
+        return [reason]
+
+    def request_totals(self, now: float) -> dict[tuple[str, str, str], int]:
+        """Requests served by live components, summed by (kind, op, outcome)."""
+        totals: dict[tuple[str, str, str], int] = {}
+        for component in self.alive(now):
+            for op, outcome, count in component.heartbeat.metrics.requests:
+                key = (component.kind, op, outcome)
+                totals[key] = totals.get(key, 0) + count
+        return totals
+
+
+def cumulative_buckets(counts: tuple[int, ...] | list[int]) -> list[tuple[str, int]]:
+    """Turn per-bucket counts (+Inf last) into Prometheus's cumulative (le, count) pairs."""
+    bounds = [repr(float(bound)) for bound in LATENCY_BUCKETS] + ["+Inf"]
+    pairs: list[tuple[str, int]] = []
+    running = 0
+    for bound, count in zip(bounds, counts, strict=True):
+        running += count
+        pairs.append((bound, running))
+    return pairs
+
+
+# ---- parsing ------------------------------------------------------------------------
+
+
+def parse_heartbeat(message: dict[str, Any]) -> Heartbeat:
+    """Check every field of a heartbeat message; raise HeartbeatError naming the first bad one."""
+    interval = _number(message, "interval")
+    if not 0 < interval <= MAX_INTERVAL:
+        raise HeartbeatError(f"heartbeat field 'interval' out of range: {interval}")
+    problem = message.get("problem")
+    if problem is not None and not isinstance(problem, str):
+        raise HeartbeatError("heartbeat field 'problem' must be text or null")
+    return Heartbeat(
+        id=_text(message, "id", nonempty=True),
+        kind=_text(message, "kind", nonempty=True),
+        address=_text(message, "address"),
+        pid=_integer(message, "pid"),
+        ready=_boolean(message, "ready"),
+        problem=problem,
+        started=_number(message, "started"),
+        sent=_number(message, "sent"),
+        interval=interval,
+        metrics=parse_metrics(message.get("metrics")),
+    )
+
+
+def parse_metrics(wire: Any) -> Metrics:
+    """Parse RequestMetrics.to_wire(); raise HeartbeatError on any malformed entry."""
+    if wire is None:
+        return Metrics()
+    if not isinstance(wire, dict):
+        raise HeartbeatError("heartbeat field 'metrics' must be a map")
+    requests = tuple(_request_entry(entry) for entry in _list(wire, "requests"))
+    latency = tuple(_latency_entry(entry) for entry in _list(wire, "latency"))
+    return Metrics(requests, latency)
+
+
+def _request_entry(entry: Any) -> tuple[str, str, int]:
+    if not (
+        isinstance(entry, list | tuple)
+        and len(entry) == 3
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], str)
+        and _is_count(entry[2])
+    ):
+        raise HeartbeatError(f"metrics 'requests' entry {entry!r} is not [op, outcome, count]")
+    return entry[0], entry[1], entry[2]
+
+
+def _latency_entry(entry: Any) -> OpLatency:
+    expected = len(LATENCY_BUCKETS) + 1
+    if not (
+        isinstance(entry, list | tuple)
+        and len(entry) == 3
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], list | tuple)
+        and len(entry[1]) == expected
+        and all(_is_count(count) for count in entry[1])
+        and _is_finite(entry[2])
+    ):
+        raise HeartbeatError(
+            f"metrics 'latency' entry {entry!r} is not [op, {expected} bucket counts, sum]"
+        )
+    return OpLatency(entry[0], tuple(entry[1]), float(entry[2]))
+
+
+def _list(wire: dict[str, Any], field: str) -> list[Any]:
+    value = wire.get(field, [])
+    if not isinstance(value, list | tuple):
+        raise HeartbeatError(f"metrics field {field!r} must be a list")
+    return list(value)
+
+
+def _text(message: dict[str, Any], field: str, nonempty: bool = False) -> str:
+    value = message.get(field)
+    if not isinstance(value, str) or (nonempty and not value):
+        raise HeartbeatError(f"heartbeat field {field!r} must be {'non-empty ' * nonempty}text")
+    return value
+
+
+def _integer(message: dict[str, Any], field: str) -> int:
+    value = message.get(field)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise HeartbeatError(f"heartbeat field {field!r} must be an integer")
+    return value
+
+
+def _boolean(message: dict[str, Any], field: str) -> bool:
+    value = message.get(field)
+    if not isinstance(value, bool):
+        raise HeartbeatError(f"heartbeat field {field!r} must be true or false")
+    return value
+
+
+def _number(message: dict[str, Any], field: str) -> float:
+    value = message.get(field)
+    if not _is_finite(value):
+        raise HeartbeatError(f"heartbeat field {field!r} must be a finite number")
+    return float(value)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -1,0 +1,276 @@
+"""`taskring status`: which components run, where, whether they are ready, and how data is stored.
+
+It listens to the components' heartbeats on the MQTT broker for a moment
+(`--wait` seconds), or, with `--web URL`, asks a running web process instead
+(GET /api/cluster, /readyz and /api/components). It prints a table, or JSON
+with `--json`.
+
+Exit codes: 0 the view was printed (ready or not), 2 usage error, 3 the
+broker or the web process could not be reached in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import click
+import httpx
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .bus import topics
+from .bus.mqtt import MqttBus
+from .cluster_view import ClusterView, HeartbeatError
+from .config import BrokerAddress, ConfigError, broker_url
+
+EXIT_USAGE, EXIT_UNREACHABLE = 2, 3
+DEFAULT_WAIT = 2.5
+LOCAL_STORAGE = "every portal holds a full copy"
+WIDE = 160
+
+console = Console()
+
+
+class Unreachable(Exception):
+    """Neither the broker nor the web process answered in time."""
+
+
+@dataclass
+class Snapshot:
+    """What `taskring status` found, whichever way it asked."""
+
+    source: str
+    components: list[dict[str, Any]]
+    missing: list[str]
+    cache_nodes: list[dict[str, Any]] = field(default_factory=list)
+    replica_groups: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def storage(self) -> dict[str, str]:
+        if self.cache_nodes or self.replica_groups:
+            return {
+                "mode": "ring",
+                "summary": f"{len(self.cache_nodes)} cache nodes, "
+                f"{len(self.replica_groups)} replica groups",
+            }
+        return {"mode": "local", "summary": LOCAL_STORAGE}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "ready": not self.missing,
+            "missing": self.missing,
+            "components": self.components,
+            "storage": self.storage,
+            "cache_nodes": self.cache_nodes,
+            "replica_groups": self.replica_groups,
+        }
+
+
+# ---- asking the broker --------------------------------------------------------------
+
+
+async def listen_to_heartbeats(address: BrokerAddress, wait: float) -> Snapshot:
+    """Connect within `wait` seconds, then collect heartbeats for `wait` seconds."""
+    view = ClusterView()
+
+    async def on_heartbeat(topic: str, message: dict[str, Any]) -> None:
+        with contextlib.suppress(HeartbeatError):  # a malformed one says nothing we could show
+            view.observe(message, time.monotonic())
+
+    client_id = f"taskring-status-{os.getpid()}-{secrets.token_hex(3)}"
+    bus = MqttBus(address, client_id)
+    bus.subscribe(topics.HEARTBEATS, on_heartbeat)
+    async with bus:
+        if not await bus.wait_connected(wait):
+            reason = f": {bus.last_error}" if bus.last_error else ""
+            raise Unreachable(
+                f"cannot reach the MQTT broker at {address.redacted()} within {wait:g}s{reason}"
+            )
+        # Heartbeats come once a second and are not retained: listening is the only way.
+        await asyncio.sleep(wait)
+    now = time.monotonic()
+    return Snapshot(
+        source=address.redacted(),
+        components=[c.summary(now) for c in view.components(now)],
+        missing=view.missing(now),
+    )
+
+
+# ---- asking the web process ---------------------------------------------------------
+
+
+def ask_web(url: str, wait: float) -> Snapshot:
+    base = url.rstrip("/")
+    try:
+        with httpx.Client(base_url=base, timeout=wait) as http:
+            cluster = _get_json(http, "/api/cluster", (200,))
+            readiness = _get_json(http, "/readyz", (200, 503))
+            components = _get_json(http, "/api/components", (200, 404))
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise Unreachable(f"cannot reach the web process at {base}: {exc}") from exc
+    listed = components.get("components") or [
+        {"id": p["id"], "kind": p["kind"], "address": p["address"]}
+        for p in cluster.get("portals", [])
+    ]
+    return Snapshot(
+        source=base,
+        components=listed,
+        missing=list(readiness.get("missing", [])),
+        cache_nodes=list(cluster.get("cache_nodes", [])),
+        replica_groups=list(cluster.get("replica_groups", [])),
+    )
+
+
+def _get_json(http: httpx.Client, path: str, accepted: tuple[int, ...]) -> dict[str, Any]:
+    response = http.get(path)
+    if response.status_code not in accepted:
+        raise Unreachable(f"{http.base_url}{path} answered HTTP {response.status_code}")
+    if response.status_code == 404:
+        return {}
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise Unreachable(f"{http.base_url}{path} did not answer JSON") from exc
+    if not isinstance(body, dict):
+        raise Unreachable(f"{http.base_url}{path} did not answer a JSON object")
+    return body
+
+
+# ---- printing -----------------------------------------------------------------------
+
+
+def print_snapshot(snapshot: Snapshot, wait: float, from_web: bool) -> None:
+    heard = "as the web process sees it" if from_web else f"heard for {wait:g}s"
+    if not console.is_terminal:
+        console.width = max(console.width, WIDE)  # a pipe or a file: never cut a column short
+    table = Table(
+        title=f"Components ({heard} at {snapshot.source})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("kind", "id", "address", "pid", "state", "problem", "uptime", "requests"):
+        table.add_column(
+            column,
+            justify="right" if column in ("pid", "requests") else "left",
+            no_wrap=column != "problem",
+        )
+    for component in snapshot.components:
+        table.add_row(*_row(component))
+    if snapshot.components:
+        console.print(table)
+    else:
+        console.print(f"No component was heard at {snapshot.source}.")
+    if snapshot.missing:
+        console.print("[bold red]Not ready[/]: a write cannot commit end to end:")
+        for reason in snapshot.missing:
+            console.print(f"  - {reason}", markup=False, highlight=False)
+    else:
+        console.print("[bold green]Ready[/]: a write can commit end to end.")
+    storage = snapshot.storage
+    console.print(f"Storage: {storage['mode']}: {storage['summary']}", markup=False)
+
+
+def _row(component: dict[str, Any]) -> list[str]:
+    if "alive" not in component:
+        state = "up"
+    elif not component["alive"]:
+        state = "[red]down[/]"
+    elif component.get("ready"):
+        state = "[green]up, ready[/]"
+    else:
+        state = "[yellow]up, not ready[/]"
+    uptime = component.get("uptime_seconds")
+    requests = component.get("requests")
+    return [
+        _plain(component.get("kind")),
+        _plain(component.get("id")),
+        _plain(component.get("address")),
+        str(component.get("pid", "")),
+        state,
+        _plain(component.get("problem") or ""),
+        format_duration(uptime) if isinstance(uptime, int | float) else "",
+        str(requests) if requests is not None else "",
+    ]
+
+
+def _plain(value: Any) -> str:
+    """Text from the network, escaped so rich does not read it as markup."""
+    return escape(str(value if value is not None else ""))
+
+
+def format_duration(seconds: float) -> str:
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{seconds:.1f}s"
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.command("status")
+@click.option(
+    "--broker", envvar="TASKRING_BROKER", help="MQTT broker URL (default mqtt://127.0.0.1:1883)."
+)
+@click.option(
+    "--web",
+    envvar="TASKRING_WEB",
+    help="Ask this web process (e.g. http://127.0.0.1:8000) instead of the broker.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0, min_open=True, max=600),
+    default=DEFAULT_WAIT,
+    show_default=True,
+    help="Seconds to wait for the broker, then to listen to heartbeats.",
+)
+def status(broker: str | None, web: str | None, as_json: bool, wait: float) -> None:
+    """Show the cluster: components, health, storage."""
+    _quiet_libraries()
+    try:
+        if web:
+            snapshot = ask_web(web, wait)
+        else:
+            snapshot = asyncio.run(listen_to_heartbeats(_broker(broker), wait))
+    except Unreachable as exc:
+        fail(str(exc), EXIT_UNREACHABLE)
+    if as_json:
+        click.echo(json.dumps(snapshot.to_json(), indent=2))
+    else:
+        print_snapshot(snapshot, wait, from_web=bool(web))
+
+
+def _broker(flag: str | None) -> BrokerAddress:
+    try:
+        address = BrokerAddress.parse(broker_url(flag))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--broker") from exc
+    return address
+
+
+def _quiet_libraries() -> None:
+    """The bus logs every failed connection attempt and httpx every request; one error says it."""
+    logging.getLogger("backend.bus.mqtt").setLevel(logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.WARNING)

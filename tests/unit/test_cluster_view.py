@@ -1,0 +1,249 @@
+"""ClusterView: liveness, the portal list, readiness reasons and metrics, from heartbeats alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from backend.cluster_view import (
+    STALE_INTERVALS,
+    ClusterView,
+    HeartbeatError,
+    cumulative_buckets,
+    parse_heartbeat,
+)
+from backend.telemetry import LATENCY_BUCKETS, RequestMetrics, heartbeat_message
+
+
+def beat(
+    component_id: str = "client-portal-1",
+    kind: str = "client-portal",
+    address: str = "127.0.0.1:7001",
+    problem: str | None = None,
+    counted: RequestMetrics | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    message = heartbeat_message(component_id, kind, address, 1000.0, problem, counted)
+    message.update(overrides)
+    return message
+
+
+def ready_cluster(now: float = 100.0) -> ClusterView:
+    view = ClusterView()
+    view.observe(beat(), now)
+    view.observe(beat("admin-portal-1", "admin-portal", "127.0.0.1:50051"), now)
+    return view
+
+
+# ---- liveness -----------------------------------------------------------------------
+
+
+def test_a_component_is_alive_up_to_three_intervals_after_its_last_heartbeat() -> None:
+    view = ClusterView()
+    component = view.observe(beat(interval=2.0), received=10.0)
+    assert component.alive(10.0 + STALE_INTERVALS * 2.0)
+    assert not component.alive(10.0 + STALE_INTERVALS * 2.0 + 0.001)
+    assert [c.id for c in view.alive(15.0)] == ["client-portal-1"]
+    assert view.alive(16.5) == []
+
+
+def test_a_newer_heartbeat_replaces_the_older_one() -> None:
+    view = ClusterView()
+    view.observe(beat(problem="starting"), 1.0)
+    view.observe(beat(), 2.0)
+    (component,) = view.components(2.0)
+    assert component.heartbeat.ready and component.received == 2.0
+
+
+def test_components_silent_for_ten_minutes_are_forgotten() -> None:
+    view = ClusterView()
+    view.observe(beat(), 0.0)
+    assert len(view.components(600.0)) == 1
+    assert view.components(600.1) == []
+
+
+def test_same_id_of_different_kinds_are_different_components() -> None:
+    view = ClusterView()
+    view.observe(beat("x", "client-portal"), 1.0)
+    view.observe(beat("x", "admin-portal"), 1.0)
+    assert [(c.kind, c.id) for c in view.components(1.0)] == [
+        ("admin-portal", "x"),
+        ("client-portal", "x"),
+    ]
+
+
+# ---- portals ------------------------------------------------------------------------
+
+
+def test_portals_lists_live_portals_only_with_string_fields() -> None:
+    view = ready_cluster(now=100.0)
+    view.observe(beat("web-1", "web", "127.0.0.1:8000"), 100.0)
+    view.observe(beat("client-portal-2", address="127.0.0.1:7002"), 90.0)  # stale by 100
+    assert view.portals(100.0) == [
+        {"id": "admin-portal-1", "kind": "admin-portal", "address": "127.0.0.1:50051"},
+        {"id": "client-portal-1", "kind": "client-portal", "address": "127.0.0.1:7001"},
+    ]
+    for portal in view.portals(100.0):
+        assert all(isinstance(value, str) for value in portal.values())
+
+
+def test_ready_portals_prefers_the_longest_running() -> None:
+    view = ClusterView()
+    view.observe(beat("client-portal-1", started=50.0, sent=60.0), 1.0)
+    view.observe(beat("client-portal-2", started=10.0, sent=60.0), 1.0)
+    view.observe(beat("client-portal-3", problem="catching up"), 1.0)
+    ids = [c.id for c in view.ready_portals(1.0, "client-portal")]
+    assert ids == ["client-portal-2", "client-portal-1"]
+
+
+# ---- readiness ----------------------------------------------------------------------
+
+
+def test_nothing_heard_means_both_kinds_of_portal_are_missing() -> None:
+    assert ClusterView().missing(0.0) == ["no client portal is up", "no admin portal is up"]
+
+
+def test_ready_when_one_live_ready_portal_of_each_kind() -> None:
+    assert ready_cluster().missing(100.0) == []
+
+
+def test_a_portal_that_is_not_ready_is_named_with_its_problem() -> None:
+    view = ready_cluster()
+    view.observe(beat(problem="the portal is not connected to the MQTT broker"), 100.0)
+    assert view.missing(100.0) == [
+        "client-portal-1: the portal is not connected to the MQTT broker"
+    ]
+
+
+def test_one_ready_portal_of_a_kind_is_enough() -> None:
+    view = ready_cluster()
+    view.observe(beat("client-portal-2", problem="catching up"), 100.0)
+    assert view.missing(100.0) == []
+
+
+def test_a_silent_portal_is_reported_with_how_long_ago_it_was_heard() -> None:
+    view = ready_cluster(now=100.0)
+    view.observe(beat(), 95.0)  # the client portal's last word came 5 s before `now`
+    assert view.missing(100.0) == [
+        "no client portal is up (last heard from client-portal-1 5.0s ago)"
+    ]
+
+
+def test_web_and_other_kinds_do_not_count_towards_readiness() -> None:
+    view = ClusterView()
+    view.observe(beat("web-1", "web", "127.0.0.1:8000"), 1.0)
+    assert view.missing(1.0) == ["no client portal is up", "no admin portal is up"]
+
+
+# ---- summaries and metrics ----------------------------------------------------------
+
+
+def test_summary_of_a_live_and_a_dead_component() -> None:
+    metrics = RequestMetrics()
+    metrics.observe("ping", "ok", 0.001)
+    metrics.observe("auth", "unauthorized", 0.002)
+    view = ClusterView()
+    component = view.observe(beat(counted=metrics, started=1000.0, sent=1042.5, pid=4242), 10.0)
+    live = component.summary(10.5)
+    assert live == {
+        "id": "client-portal-1",
+        "kind": "client-portal",
+        "address": "127.0.0.1:7001",
+        "pid": 4242,
+        "alive": True,
+        "ready": True,
+        "problem": None,
+        "uptime_seconds": 42.5,
+        "last_heard_seconds": 0.5,
+        "requests": 2,
+    }
+    dead = component.summary(20.0)
+    assert dead["alive"] is False and dead["ready"] is False
+    assert dead["problem"] == "no heartbeat for 10.0s"
+
+
+def test_request_totals_sum_live_components_by_kind_op_and_outcome() -> None:
+    first, second = RequestMetrics(), RequestMetrics()
+    first.observe("ping", "ok", 0.001)
+    second.observe("ping", "ok", 0.001)
+    second.observe("ping", "ok", 0.001)
+    second.observe("auth", "unauthorized", 0.001)
+    view = ClusterView()
+    view.observe(beat("client-portal-1", counted=first), 1.0)
+    view.observe(beat("client-portal-2", counted=second), 1.0)
+    assert view.request_totals(1.0) == {
+        ("client-portal", "ping", "ok"): 3,
+        ("client-portal", "auth", "unauthorized"): 1,
+    }
+    assert view.request_totals(100.0) == {}
+
+
+def test_latency_buckets_become_cumulative_ending_at_inf() -> None:
+    metrics = RequestMetrics()
+    for seconds in (0.0001, 0.0004, 0.003, 0.003, 99.0):
+        metrics.observe("ping", "ok", seconds)
+    view = ClusterView()
+    component = view.observe(beat(counted=metrics), 1.0)
+    (latency,) = component.heartbeat.metrics.latency
+    pairs = latency.cumulative()
+    assert pairs[0] == ("0.0005", 2)
+    assert dict(pairs)["0.005"] == 4
+    assert pairs[-2] == ("5.0", 4)
+    assert pairs[-1] == ("+Inf", 5)
+    assert [count for _, count in pairs] == sorted(count for _, count in pairs)
+    assert latency.total_seconds == pytest.approx(99.0065)
+
+
+def test_cumulative_buckets_rejects_a_layout_of_the_wrong_length() -> None:
+    with pytest.raises(ValueError):
+        cumulative_buckets([1] * len(LATENCY_BUCKETS))
+
+
+# ---- bad heartbeats -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("id", "", "'id'"),
+        ("id", 7, "'id'"),
+        ("kind", None, "'kind'"),
+        ("address", b"x", "'address'"),
+        ("pid", "12", "'pid'"),
+        ("pid", True, "'pid'"),
+        ("ready", 1, "'ready'"),
+        ("problem", 3, "'problem'"),
+        ("started", "now", "'started'"),
+        ("sent", float("nan"), "'sent'"),
+        ("interval", 0, "'interval'"),
+        ("interval", -1.0, "'interval'"),
+        ("interval", 1e9, "'interval'"),
+        ("metrics", [], "'metrics'"),
+        ("metrics", {"requests": "many"}, "'requests'"),
+        ("metrics", {"requests": [["ping", "ok", -1]]}, "'requests'"),
+        ("metrics", {"requests": [["ping", "ok"]]}, "'requests'"),
+        ("metrics", {"latency": [["ping", [1, 2], 0.1]]}, "'latency'"),
+        ("metrics", {"latency": [["ping", [0] * 14, "x"]]}, "'latency'"),
+    ],
+)
+def test_a_malformed_heartbeat_is_rejected_naming_the_field(
+    field: str, value: Any, named: str
+) -> None:
+    view = ClusterView()
+    with pytest.raises(HeartbeatError, match=named):
+        view.observe(beat(**{field: value}), 1.0)
+    assert view.components(1.0) == []
+
+
+def test_a_heartbeat_without_metrics_is_accepted() -> None:
+    message = beat()
+    del message["metrics"]
+    assert parse_heartbeat(message).metrics.served == 0
+
+
+def test_a_heartbeat_missing_a_field_is_rejected() -> None:
+    message = beat()
+    del message["pid"]
+    with pytest.raises(HeartbeatError, match="'pid'"):
+        parse_heartbeat(message)

@@ -1,0 +1,213 @@
+"""The web application in one process: readiness decisions, probes, metrics rendering, errors.
+
+The app runs over a MemoryBus with probes replaced by functions, so each
+readiness rule can be driven exactly; tests/e2e/test_web.py runs the real
+process against real portals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from backend.bus.memory import MemoryBus, MemoryHub
+from backend.cluster_view import ADMIN_PORTAL, CLIENT_PORTAL
+from backend.telemetry import RequestMetrics, heartbeat_message
+from web.server import WebContext, create_app
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Probes:
+    """Stand-in probes: every address answers unless listed in `silent`."""
+
+    def __init__(self) -> None:
+        self.silent: set[str] = set()
+        self.asked: list[str] = []
+
+    async def __call__(self, address: str) -> str | None:
+        self.asked.append(address)
+        if address == "explodes":
+            raise RuntimeError("boom")
+        return f"cannot connect to {address}" if address in self.silent else None
+
+
+@pytest.fixture
+async def bus() -> MemoryBus:
+    bus = MemoryHub().attach()
+    await bus.connect()
+    return bus
+
+
+@pytest.fixture
+def probes() -> Probes:
+    return Probes()
+
+
+@pytest.fixture
+def context(bus: MemoryBus, probes: Probes) -> WebContext:
+    return WebContext(
+        bus=bus,
+        broker="mqtt://127.0.0.1:1883",
+        address="127.0.0.1:8000",
+        clock=Clock(),
+        probes={CLIENT_PORTAL: probes, ADMIN_PORTAL: probes},
+    )
+
+
+@pytest.fixture
+async def http(context: WebContext) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(context))
+    async with httpx.AsyncClient(transport=transport, base_url="http://web") as client:
+        yield client
+
+
+async def heartbeat(
+    context: WebContext,
+    component_id: str,
+    kind: str,
+    address: str,
+    problem: str | None = None,
+    counted: RequestMetrics | None = None,
+) -> None:
+    message = heartbeat_message(component_id, kind, address, 0.0, problem, counted)
+    await context.on_heartbeat(f"taskring/v1/heartbeat/{kind}/{component_id}", message)
+
+
+async def both_portals(context: WebContext) -> None:
+    await heartbeat(context, "client-portal-1", CLIENT_PORTAL, "127.0.0.1:7001")
+    await heartbeat(context, "admin-portal-1", ADMIN_PORTAL, "127.0.0.1:50051")
+
+
+async def readyz(http: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:
+    response = await http.get("/readyz")
+    return response.status_code, response.json()
+
+
+async def test_ready_when_both_kinds_are_up_and_answer(
+    http: httpx.AsyncClient, context: WebContext, probes: Probes
+) -> None:
+    await both_portals(context)
+    code, body = await readyz(http)
+    assert code == 200
+    assert body == {
+        "status": "ready",
+        "bus": {"connected": True, "broker": "mqtt://127.0.0.1:1883"},
+        "portals": {CLIENT_PORTAL: "client-portal-1", ADMIN_PORTAL: "admin-portal-1"},
+    }
+    assert sorted(probes.asked) == ["127.0.0.1:50051", "127.0.0.1:7001"]
+
+
+async def test_a_portal_that_does_not_answer_is_named_and_the_next_one_tried(
+    http: httpx.AsyncClient, context: WebContext, probes: Probes
+) -> None:
+    await both_portals(context)
+    await heartbeat(context, "admin-portal-2", ADMIN_PORTAL, "127.0.0.1:50052")
+    probes.silent = {"127.0.0.1:7001", "127.0.0.1:50051"}
+    code, body = await readyz(http)
+    assert code == 503
+    assert body["missing"] == ["client-portal-1: cannot connect to 127.0.0.1:7001"]
+    assert body["portals"] == {ADMIN_PORTAL: "admin-portal-2"}
+
+
+async def test_a_probe_that_raises_is_reported_not_raised(
+    http: httpx.AsyncClient, context: WebContext
+) -> None:
+    await both_portals(context)
+    await heartbeat(context, "client-portal-1", CLIENT_PORTAL, "explodes")
+    code, body = await readyz(http)
+    assert code == 503
+    assert body["missing"] == ["client-portal-1: the probe failed: boom"]
+
+
+async def test_the_broker_being_down_comes_first(
+    http: httpx.AsyncClient, context: WebContext, bus: MemoryBus
+) -> None:
+    await both_portals(context)
+    bus.disconnect()
+    code, body = await readyz(http)
+    assert code == 503
+    assert body["bus"]["connected"] is False
+    assert body["missing"] == ["not connected to the MQTT broker at mqtt://127.0.0.1:1883"]
+
+
+async def test_portals_that_fall_silent_stop_counting(
+    http: httpx.AsyncClient, context: WebContext
+) -> None:
+    await both_portals(context)
+    context.clock.now += 3.5  # type: ignore[attr-defined]
+    code, body = await readyz(http)
+    assert code == 503
+    assert body["missing"] == [
+        "no client portal is up (last heard from client-portal-1 3.5s ago)",
+        "no admin portal is up (last heard from admin-portal-1 3.5s ago)",
+    ]
+    assert (await http.get("/api/cluster")).json()["portals"] == []
+
+
+async def test_a_malformed_heartbeat_is_ignored(
+    http: httpx.AsyncClient, context: WebContext
+) -> None:
+    await context.on_heartbeat("taskring/v1/heartbeat/x/y", {"id": "y", "kind": "x"})
+    components = (await http.get("/api/components")).json()["components"]
+    assert [c["id"] for c in components] == ["web-1"]
+
+
+async def test_metrics_render_heartbeat_counts_and_cumulative_histograms(
+    http: httpx.AsyncClient, context: WebContext
+) -> None:
+    counted = RequestMetrics()
+    counted.observe("insert_task", "ok", 0.002)
+    counted.observe("insert_task", "exists", 0.02)
+    await heartbeat(context, "client-portal-1", CLIENT_PORTAL, "127.0.0.1:7001", counted=counted)
+    await http.get("/healthz")
+    response = await http.get("/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    requests = {
+        (s.labels["component"], s.labels["op"], s.labels["outcome"]): s.value
+        for s in families["taskring_requests"].samples
+    }
+    assert requests[("client-portal-1", "insert_task", "ok")] == 1
+    assert requests[("client-portal-1", "insert_task", "exists")] == 1
+    assert requests[("web-1", "GET /healthz", "ok")] == 1
+    buckets = {
+        s.labels["le"]: s.value
+        for s in families["taskring_request_duration_seconds"].samples
+        if s.name.endswith("_bucket") and s.labels["component"] == "client-portal-1"
+    }
+    assert buckets["0.001"] == 0 and buckets["0.0025"] == 1
+    assert buckets["0.025"] == 2 and buckets["+Inf"] == 2
+    up = {s.labels["component"]: s.value for s in families["taskring_component_up"].samples}
+    assert up == {"client-portal-1": 1.0, "web-1": 1.0}
+
+
+async def test_unknown_paths_and_failures_answer_json(http: httpx.AsyncClient) -> None:
+    response = await http.get("/nope")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert (await http.delete("/readyz")).json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_an_internal_failure_answers_500_json_without_a_traceback(
+    context: WebContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(now: float) -> list[dict[str, str]]:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(context.view, "portals", broken)
+    transport = httpx.ASGITransport(app=create_app(context), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://web") as client:
+        response = await client.get("/api/cluster")
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal"
+    assert "secret" not in response.text and "Traceback" not in response.text

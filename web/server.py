@@ -1,0 +1,368 @@
+"""`taskring web`: the HTTP face of the cluster (health, readiness, cluster view, metrics).
+
+`create_app(context)` builds the FastAPI application over a `WebContext`
+(the cluster view, the bus, this process's own request counts); tests can
+give it any bus. `command` is `taskring web`: it listens to every heartbeat
+on the MQTT broker to keep the view current, publishes its own heartbeat,
+and serves HTTP with uvicorn in the same asyncio loop. SIGTERM or SIGINT
+stops it cleanly with exit code 0.
+
+Endpoints: GET / (a placeholder page until the browser UI lands),
+/healthz, /readyz, /api/cluster, /api/components, /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.bus import topics
+from backend.bus.mqtt import MqttBus
+from backend.bus.transport import Bus
+from backend.cluster_view import (
+    ADMIN_PORTAL,
+    CLIENT_PORTAL,
+    ClusterView,
+    Component,
+    HeartbeatError,
+    parse_heartbeat,
+)
+from backend.config import (
+    DEFAULT_HOST,
+    DEFAULT_WEB_PORT,
+    BrokerAddress,
+    ConfigError,
+    broker_url,
+    parse_host_port,
+)
+from backend.telemetry import RequestMetrics, heartbeat_message, run_heartbeat
+
+from .metrics import ClusterCollector
+from .probes import probe_admin_portal, probe_client_portal
+
+log = logging.getLogger(__name__)
+
+KIND = "web"
+EXIT_FAILED = 1
+# How many ready portals of one kind /readyz tries before giving up on that kind.
+MAX_PROBED_PER_KIND = 3
+GRACEFUL_SHUTDOWN_SECONDS = 3
+MAX_REMEMBERED_BAD = 1000
+
+Probe = Callable[[str], Awaitable[str | None]]
+
+
+@dataclass
+class WebContext:
+    """Everything the endpoints read. `clock` is monotonic: it times heartbeat arrivals."""
+
+    bus: Bus
+    broker: str  # the broker URL without its password, for messages
+    web_id: str = "web-1"
+    address: str = ""
+    view: ClusterView = field(default_factory=ClusterView)
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    clock: Callable[[], float] = time.monotonic
+    probes: dict[str, Probe] = field(
+        default_factory=lambda: {
+            CLIENT_PORTAL: probe_client_portal,
+            ADMIN_PORTAL: probe_admin_portal,
+        }
+    )
+    started: float = field(default_factory=time.time)
+    _bad_heartbeats: dict[str, str] = field(default_factory=dict)
+
+    def bus_problem(self) -> str | None:
+        return None if self.bus.connected else f"not connected to the MQTT broker at {self.broker}"
+
+    async def on_heartbeat(self, topic: str, message: dict[str, Any]) -> None:
+        try:
+            self.view.observe(message, self.clock())
+        except HeartbeatError as exc:
+            # Say it once per publisher and problem, not once a second.
+            if self._bad_heartbeats.get(topic) != str(exc):
+                log.warning("ignoring heartbeats on %s: %s", topic, exc)
+            if len(self._bad_heartbeats) >= MAX_REMEMBERED_BAD:
+                self._bad_heartbeats.clear()  # a flood of junk topics must not grow memory
+            self._bad_heartbeats[topic] = str(exc)
+        else:
+            self._bad_heartbeats.pop(topic, None)
+
+    def own_component(self, now: float) -> Component:
+        """This process as a heartbeat would describe it, fresh."""
+        message = heartbeat_message(
+            self.web_id, KIND, self.address, self.started, self.bus_problem(), self.metrics
+        )
+        return Component(parse_heartbeat(message), now)
+
+    def components(self) -> tuple[list[Component], float]:
+        """Every known component, this process's own entry taken from memory."""
+        now = self.clock()
+        mine = self.own_component(now)
+        others = [c for c in self.view.components(now) if (c.kind, c.id) != (KIND, self.web_id)]
+        return sorted([*others, mine], key=lambda c: (c.kind, c.id)), now
+
+
+# ---- readiness ----------------------------------------------------------------------
+
+
+async def readiness(context: WebContext) -> dict[str, Any]:
+    """The /readyz body: heartbeats say who is ready, then one of each kind is asked directly."""
+    now = context.clock()
+    missing: list[str] = []
+    problem = context.bus_problem()
+    if problem:
+        missing.append(problem)
+    missing.extend(context.view.missing(now))
+    kinds = [k for k in (CLIENT_PORTAL, ADMIN_PORTAL) if context.view.ready_portals(now, k)]
+    results = await asyncio.gather(*(_probe_kind(context, kind, now) for kind in kinds))
+    chosen: dict[str, str] = {}
+    for kind, (answered, failures) in zip(kinds, results, strict=True):
+        if answered:
+            chosen[kind] = answered
+        missing.extend(failures)
+    body: dict[str, Any] = {
+        "status": "unready" if missing else "ready",
+        "bus": {"connected": context.bus.connected, "broker": context.broker},
+        "portals": chosen,
+    }
+    if missing:
+        body["missing"] = missing
+    return body
+
+
+async def _probe_kind(context: WebContext, kind: str, now: float) -> tuple[str | None, list[str]]:
+    """Try ready portals of `kind` until one answers: (its id or None, what the others said)."""
+    failures: list[str] = []
+    probe = context.probes[kind]
+    for portal in context.view.ready_portals(now, kind)[:MAX_PROBED_PER_KIND]:
+        try:
+            problem = await probe(portal.heartbeat.address)
+        except Exception as exc:  # a probe that breaks must not break /readyz
+            log.exception("probing %s failed", portal.id)
+            problem = f"the probe failed: {exc}"
+        if problem is None:
+            return portal.id, []
+        failures.append(f"{portal.id}: {problem}")
+    return None, failures
+
+
+# ---- the application ------------------------------------------------------------------
+
+PLACEHOLDER_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>taskring</title></head>
+<body>
+<h1>taskring</h1>
+<p>The browser UI (client page and admin page) is not built yet.
+Until it is, the web process serves these:</p>
+<ul>
+<li><a href="/api/cluster">/api/cluster</a>: the portals and, later, the ring</li>
+<li><a href="/readyz">/readyz</a>: whether a write can commit end to end</li>
+<li><a href="/metrics">/metrics</a>: request metrics in Prometheus text format</li>
+<li><a href="/healthz">/healthz</a>: whether this web process runs</li>
+</ul>
+</body>
+</html>
+"""
+
+ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def create_app(context: WebContext) -> FastAPI:
+    app = FastAPI(title="taskring", docs_url=None, redoc_url=None, openapi_url=None)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ClusterCollector(context.components))
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return PLACEHOLDER_PAGE
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        body = await readiness(context)
+        return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
+
+    @app.get("/api/cluster")
+    async def cluster() -> dict[str, Any]:
+        # Cache nodes and replica groups join when the ring storage does.
+        portals = context.view.portals(context.clock())
+        return {"cache_nodes": [], "replica_groups": [], "portals": portals}
+
+    @app.get("/api/components")
+    async def components() -> dict[str, Any]:
+        listed, now = context.components()
+        return {
+            "components": [c.summary(now) for c in listed],
+            "bus": {"connected": context.bus.connected, "broker": context.broker},
+        }
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        message = f"no such path: {request.url.path}" if exc.status_code == 404 else exc.detail
+        return JSONResponse(
+            {"error": {"code": code, "message": message}},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        message = "internal error; the web process's log has the details"
+        return JSONResponse({"error": {"code": "internal", "message": message}}, status_code=500)
+
+    app.add_middleware(CountRequests, metrics=context.metrics)
+    return app
+
+
+class CountRequests:
+    """Counts every HTTP request in `metrics`: op "GET /path" by route, outcome "ok" or status."""
+
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        began = time.perf_counter()
+
+        async def remember_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, remember_status)
+        finally:
+            route = scope.get("route")
+            # Unknown paths and methods share one name each, so a scanner cannot grow the
+            # metrics without bound.
+            path = getattr(route, "path", None) if status != 404 else None
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "OTHER"
+            op = f"{method} {path or '(unmatched)'}"
+            outcome = "ok" if status < 400 else str(status)
+            self.metrics.observe(op, outcome, time.perf_counter() - began)
+
+
+# ---- the process --------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, minus its own signal handling: this process installs its own."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on host:port (0 picks a free port); raises OSError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=1024)
+
+
+async def run_web(web_id: str, host: str, port: int, broker: BrokerAddress) -> int:
+    """Serve until SIGTERM or SIGINT; return the exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
+        return EXIT_FAILED
+    bound_host, bound_port = sock.getsockname()[:2]
+    address = f"{bound_host}:{bound_port}"
+    bus = MqttBus(broker, web_id)
+    context = WebContext(bus=bus, broker=broker.redacted(), web_id=web_id, address=address)
+    bus.subscribe(topics.HEARTBEATS, context.on_heartbeat)
+    config = uvicorn.Config(
+        create_app(context),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    server = _Server(config)
+    async with bus:
+        serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+        heartbeat = asyncio.create_task(
+            run_heartbeat(bus, KIND, web_id, address, context.bus_problem, context.metrics)
+        )
+        log.info("web %s on http://%s (broker %s)", web_id, address, broker.redacted())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        log.info("web %s stopping", web_id)
+        server.should_exit = True
+        heartbeat.cancel()
+        stopping.cancel()
+        await asyncio.gather(heartbeat, stopping, return_exceptions=True)
+        try:
+            await serving
+        except SystemExit as exc:  # uvicorn exits this way when it cannot start
+            return int(exc.code or EXIT_FAILED)
+    return 0
+
+
+@click.command("web")
+@click.option(
+    "--id",
+    "web_id",
+    default="web-1",
+    show_default=True,
+    envvar="TASKRING_WEB_ID",
+    help="This web process's id, unique in the cluster.",
+)
+@click.option(
+    "--listen",
+    default=f"{DEFAULT_HOST}:{DEFAULT_WEB_PORT}",
+    show_default=True,
+    envvar="TASKRING_WEB_LISTEN",
+    help="HOST:PORT to serve HTTP on.",
+)
+@click.option(
+    "--broker", envvar="TASKRING_BROKER", help="MQTT broker URL (default mqtt://127.0.0.1:1883)."
+)
+def command(web_id: str, listen: str, broker: str | None) -> None:
+    """Run the web process: health, readiness, cluster view and metrics over HTTP."""
+    try:
+        host, port = parse_host_port(listen)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from exc
+    try:
+        address = BrokerAddress.parse(broker_url(broker))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--broker") from exc
+    sys.exit(asyncio.run(run_web(web_id, host, port, address)))
