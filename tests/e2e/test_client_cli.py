@@ -73,7 +73,7 @@ def test_errors_are_one_clear_line_with_distinct_exit_codes(stack: Stack, alice)
         (client("update", "nope", "x", env=alice), 1, "not_found"),
         (client("add", "x" * 300, "", env=alice), 1, "bad_request"),
         (client("list", env={**alice, "TASKRING_TOKEN": "wrong"}), 4, "unauthorized"),
-        (client("list", env={**alice, "TASKRING_CID": "not-a-cid"}), 4, "unauthorized"),
+        (client("list", env={**alice, "TASKRING_CID": "not-a-cid"}), 1, "bad_request"),
         (client("list", env={"TASKRING_PORTAL": alice["TASKRING_PORTAL"]}), 2, "--cid"),
         (
             client("list", env={**alice, "TASKRING_PORTAL": f"127.0.0.1:{free_port()}"}),
