@@ -1,0 +1,78 @@
+# taskring: build, run and test on a Debian machine.
+#
+#   make run     the whole system on this machine (`taskring up`); ARGS="..." adds flags
+#   make test    lint, then the whole test suite (.ci/run calls exactly this)
+#   make lint    ruff check and ruff format --check
+#   make fmt     ruff format and the fixes ruff check can make
+#   make proto   regenerate backend/admin_pb from protos/
+#   make clean   remove the virtual environment and caches (keeps ./data)
+#
+# The virtual environment is (re)installed whenever pyproject.toml changes.
+# Debian packages (mosquitto for the tests, python3-venv if missing) are
+# installed with apt-get when running as root; otherwise we say what to install.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-from-pyproject
+APT_STAMP := /tmp/taskring-apt-lists-updated
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint fmt proto clean check-python mosquitto
+
+help:
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+
+# $(call apt_install,package): install a Debian package, refreshing the package lists
+# at most every six hours.
+define apt_install
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "error: the Debian package '$(1)' is needed; install it with: sudo apt-get install -y $(1)" >&2; \
+		exit 1; \
+	fi; \
+	if [ -z "$$(find $(APT_STAMP) -mmin -360 2>/dev/null)" ]; then \
+		apt-get update -qq && touch $(APT_STAMP); \
+	fi; \
+	echo "installing the Debian package $(1)"; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null
+endef
+
+check-python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+		echo "error: $(PYTHON) not found; taskring needs Python 3.11 or newer" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "error: taskring needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) -V 2>&1)" >&2; \
+		exit 1; }
+
+$(STAMP): pyproject.toml | check-python
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { $(call apt_install,python3-venv); }
+	@[ -x $(BIN)/python ] || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing taskring and its dependencies into $(VENV)"
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { $(call apt_install,mosquitto); }
+
+run: $(STAMP)
+	$(BIN)/taskring up $(ARGS)
+
+test: $(STAMP) mosquitto
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+proto: $(STAMP)
+	$(BIN)/python -m backend.admin_pb.generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info build dist
+	find . -name __pycache__ -type d -prune -not -path './frontend/node_modules/*' -exec rm -rf {} +

@@ -1,0 +1,517 @@
+"""`taskring up`: every component as its own OS process, watched and restarted.
+
+The children are the same `taskring <component>` commands a person would
+run, so `ps` shows which process is which; the broker URL (with its role's
+password) and the admin token reach them through the environment, never the
+command line. Each child runs in its own process group and gets SIGKILL from
+the kernel if this process dies without stopping it (backend/proc.py).
+
+Output: every line a child writes is printed on our stdout prefixed with the
+child's name, like foreman, and appended to DATA/logs/<name>.log.
+DATA/pids.json holds {"supervisor": pid, "children": {name: pid}} for the
+children running right now; it is rewritten at every start and exit and
+removed when `taskring up` stops.
+
+A child that exits on its own is restarted after a Backoff delay
+(backend/supervision.py). SIGINT, SIGTERM or SIGHUP stops the components,
+then the broker: SIGTERM, up to STOP_GRACE seconds, then SIGKILL; a second
+signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from . import broker as broker_command
+from . import broker_auth, config
+from .bus.probe import probe_broker
+from .proc import die_with_parent, signal_group
+from .supervision import (
+    DEFAULT_BROKER_PORT,
+    Backoff,
+    BrokerPlan,
+    ChildSpec,
+    Settings,
+    banner,
+    choose_broker,
+    plan_children,
+)
+
+log = logging.getLogger("taskring.up")
+
+STARTUP_TIMEOUT = 60.0
+STOP_GRACE = 10.0
+OUTPUT_LIMIT = 1 << 20  # longest output line kept whole
+PIDS_FILE = "pids.json"
+LOGS_DIR = "logs"
+COLOURS = (36, 32, 33, 35, 34, 96, 92, 93)
+SECRET_VARIABLES = ("TASKRING_BROKER", "TASKRING_ADMIN_TOKEN")
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def taskring_command() -> list[str]:
+    """How to start `taskring` from here: the script beside our Python, else `python -m`."""
+    script = Path(sys.executable).with_name("taskring")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "backend.cli"]
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+class Output:
+    """Child output: prefixed lines on our stdout, raw lines in DATA/logs/<name>.log."""
+
+    def __init__(self, logs_dir: Path, names: list[str], stream: IO[str]) -> None:
+        self.logs_dir = logs_dir
+        self.stream = stream
+        self.width = max(len(name) for name in names)
+        coloured = stream.isatty() and not os.environ.get("NO_COLOR")
+        self.prefixes = {
+            name: self._prefix(name, COLOURS[i % len(COLOURS)] if coloured else None)
+            for i, name in enumerate(names)
+        }
+        logs_dir.mkdir(parents=True, exist_ok=True)
+
+    def _prefix(self, name: str, colour: int | None) -> str:
+        text = f"{name:<{self.width}} | "
+        return f"\x1b[{colour}m{text}\x1b[0m" if colour else text
+
+    def open_log(self, name: str) -> IO[bytes]:
+        log_file = open(self.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed by Child
+        log_file.write(f"--- started {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n".encode())
+        return log_file
+
+    def line(self, name: str, raw: bytes, log_file: IO[bytes]) -> None:
+        log_file.write(raw if raw.endswith(b"\n") else raw + b"\n")
+        log_file.flush()
+        text = raw.decode(errors="replace").rstrip("\r\n")
+        with contextlib.suppress(OSError, ValueError):  # our stdout may be gone; keep the logs
+            self.stream.write(f"{self.prefixes[name]}{text}\n")
+            self.stream.flush()
+
+
+class Child:
+    """One supervised process: start it, copy its output, restart it when it dies."""
+
+    def __init__(
+        self, spec: ChildSpec, command: list[str], output: Output, changed: Callable[[], None]
+    ) -> None:
+        self.spec = spec
+        self.command = command
+        self.output = output
+        self.changed = changed
+        self.backoff = Backoff()
+        self.process: asyncio.subprocess.Process | None = None
+        self.pump: asyncio.Task[None] | None = None
+        self.restarts = 0
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.running and self.process else None
+
+    def environment(self) -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+        return {**inherited, "PYTHONUNBUFFERED": "1", **self.spec.env}
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command,
+            *self.spec.args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self.environment(),
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+            limit=OUTPUT_LIMIT,
+        )
+        assert self.process.stdout is not None
+        self.pump = asyncio.create_task(self._copy_output(self.process.stdout))
+        log.info("%s started (pid %s)", self.spec.name, self.process.pid)
+        self.changed()
+
+    async def _copy_output(self, stdout: asyncio.StreamReader) -> None:
+        with self.output.open_log(self.spec.name) as log_file:
+            while True:
+                try:
+                    raw = await stdout.readline()
+                except ValueError:  # a line over OUTPUT_LIMIT; the stream skipped it
+                    raw = b"[a line too long to show was left out]\n"
+                if not raw:
+                    return
+                self.output.line(self.spec.name, raw, log_file)
+
+    async def keep_running(self, stopping: asyncio.Event) -> None:
+        """Start the child and restart it whenever it exits, until `stopping` is set."""
+        loop = asyncio.get_running_loop()
+        while not stopping.is_set():
+            started = loop.time()
+            try:
+                await self.start()
+                code = await self._exit_code_unless(stopping)
+            except OSError as exc:
+                log.error("%s could not be started: %s", self.spec.name, exc)
+                code = 127
+            if code is None:
+                return
+            await self.drain_output()
+            self.changed()
+            delay = self.backoff.after_exit(loop.time() - started)
+            self.restarts += 1
+            log.warning(
+                "%s exited (%s); restarting in %.1f s", self.spec.name, describe_exit(code), delay
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+
+    async def _exit_code_unless(self, stopping: asyncio.Event) -> int | None:
+        assert self.process is not None
+        exited = asyncio.ensure_future(self.process.wait())
+        stop = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if exited.done():
+            return exited.result()
+        exited.cancel()
+        return None
+
+    async def drain_output(self) -> None:
+        """Let the last lines of an exited child reach the log before we say it exited."""
+        if self.pump is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.pump), 1.0)
+
+    def send(self, sig: signal.Signals) -> None:
+        if self.running and self.process is not None:
+            signal_group(self.process.pid, sig)
+
+    async def wait_exit(self, timeout: float) -> bool:
+        if self.process is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.process.wait(), timeout)
+        return not self.running
+
+
+class Supervisor:
+    """Runs the children: broker first, then the rest; stops them in the opposite order."""
+
+    def __init__(self, specs: list[ChildSpec], settings: Settings, stream: IO[str]) -> None:
+        self.settings = settings
+        self.stream = stream
+        self.output = Output(settings.data_dir / LOGS_DIR, [s.name for s in specs], stream)
+        command = taskring_command()
+        self.children = [Child(spec, command, self.output, self.write_pids) for spec in specs]
+        self.stopping = asyncio.Event()
+        self.hurry = False
+        self.runners: list[asyncio.Task[None]] = []
+
+    @property
+    def pids_path(self) -> Path:
+        return self.settings.data_dir / PIDS_FILE
+
+    def write_pids(self) -> None:
+        children = {child.spec.name: child.pid for child in self.children if child.pid}
+        text = json.dumps({"supervisor": os.getpid(), "children": children}, indent=2)
+        broker_auth.write_private(self.pids_path, text + "\n")
+
+    def request_stop(self) -> None:
+        if self.stopping.is_set():
+            log.warning("second signal: stopping now")
+            self.hurry = True
+            for child in self.children:
+                child.send(signal.SIGKILL)
+            return
+        log.info("stopping every component (Ctrl-C again to kill them at once)")
+        self.stopping.set()
+
+    async def run(self, startup_timeout: float, ready_text: str) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, self.request_stop)
+        deadline = loop.time() + startup_timeout
+        try:
+            for group in (self.brokers, self.components):
+                for child in group():
+                    self.runners.append(asyncio.create_task(child.keep_running(self.stopping)))
+                if not await self.wait_listening(group(), deadline):
+                    return 1
+            with contextlib.suppress(OSError):
+                self.stream.write(ready_text)
+                self.stream.flush()
+            await self.stopping.wait()
+            return 0
+        finally:
+            await self.stop_all()
+
+    def brokers(self) -> list[Child]:
+        return [child for child in self.children if child.spec.is_broker]
+
+    def components(self) -> list[Child]:
+        return [child for child in self.children if not child.spec.is_broker]
+
+    async def wait_listening(self, children: list[Child], deadline: float) -> bool:
+        """True once every child's port accepts connections; False on stop or deadline."""
+        loop = asyncio.get_running_loop()
+        waiting = [child for child in children if child.spec.port is not None]
+        while waiting:
+            if self.stopping.is_set():
+                return False
+            if loop.time() > deadline:
+                for child in waiting:
+                    log.error(
+                        "%s is not listening on %s:%s after the startup deadline; see %s",
+                        child.spec.name,
+                        self.settings.host,
+                        child.spec.port,
+                        self.output.logs_dir / f"{child.spec.name}.log",
+                    )
+                return False
+            waiting = [child for child in waiting if not await self.answers(child)]
+            if waiting:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), 0.1)
+        return True
+
+    async def answers(self, child: Child) -> bool:
+        if not child.running or child.spec.port is None:
+            return False
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.settings.host, child.spec.port), 1.0
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    async def stop_all(self) -> None:
+        self.stopping.set()
+        await asyncio.gather(*self.runners, return_exceptions=True)
+        for group in (self.components(), self.brokers()):
+            await self.stop_group(group)
+        for child in self.children:
+            await child.drain_output()
+        with contextlib.suppress(FileNotFoundError):
+            self.pids_path.unlink()
+
+    async def stop_group(self, children: list[Child]) -> None:
+        for child in children:
+            child.send(signal.SIGKILL if self.hurry else signal.SIGTERM)
+        grace = 0.0 if self.hurry else STOP_GRACE
+        results = await asyncio.gather(*(child.wait_exit(grace) for child in children))
+        for child, stopped in zip(children, results, strict=True):
+            if not stopped:
+                log.warning("%s did not stop within %.0f s; killing it", child.spec.name, grace)
+                child.send(signal.SIGKILL)
+                await child.wait_exit(STOP_GRACE)
+
+
+def admin_token(data_dir: Path) -> tuple[str, str]:
+    """The admin token and where it came from: TASKRING_ADMIN_TOKEN, else DATA/admin-token."""
+    token = config.env("ADMIN_TOKEN")
+    if token:
+        return token, "from TASKRING_ADMIN_TOKEN"
+    path = data_dir / config.ADMIN_TOKEN_FILE
+    stored = config.read_admin_token(data_dir)
+    if stored:
+        return stored, f"kept in {path}"
+    token = secrets.token_urlsafe(32)
+    broker_auth.write_private(path, token + "\n")
+    return token, f"new; kept in {path}"
+
+
+def parse_ports(text: str, option: str) -> tuple[int, ...]:
+    """`7001,7002` -> (7001, 7002); a clear usage error otherwise."""
+    try:
+        ports = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of ports", param_hint=option
+        ) from exc
+    if not ports or not all(1 <= port <= 65535 for port in ports):
+        raise click.BadParameter(
+            f"{text!r}: give one or more ports from 1 to 65535", param_hint=option
+        )
+    return ports
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why nothing of ours could listen on host:port, or None if it is free."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def check_ports(specs: list[ChildSpec], host: str) -> None:
+    ports = [spec.port for spec in specs if spec.port is not None]
+    duplicates = sorted({port for port in ports if ports.count(port) > 1})
+    if duplicates:
+        raise click.UsageError(f"port {duplicates[0]} is given to two components")
+    for spec in specs:
+        problem = port_taken(host, spec.port) if spec.port is not None else None
+        if problem:
+            raise click.ClickException(
+                f"{spec.name} cannot listen on {host}:{spec.port}: {problem}"
+                " (is another taskring running?)"
+            )
+
+
+def choose(broker_flag: str | None, settings: Settings) -> BrokerPlan:
+    with_logins = broker_command.uses_authentication(embedded=False, no_auth=False)
+    if broker_flag or not with_logins:
+        passwords = broker_auth.load_credentials(settings.data_dir)
+    else:
+        passwords = broker_auth.ensure_credentials(settings.data_dir)
+    return choose_broker(
+        broker_flag,
+        settings,
+        lambda host, port, user, password: probe_broker(host, port, user, password),
+        passwords,
+        with_logins,
+    )
+
+
+def port_option(name: str, default: int, what: str) -> Decorator:
+    return click.option(
+        name,
+        type=click.IntRange(1, 65535),
+        default=default,
+        show_default=True,
+        envvar=f"TASKRING_{name[2:].replace('-', '_').upper()}",
+        help=what,
+    )
+
+
+def count_option(name: str, default: int, what: str) -> Decorator:
+    return click.option(
+        name,
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=True,
+        envvar=f"TASKRING_{name[2:].replace('-', '_').upper()}",
+        help=f"{what} (ring storage; not used by local storage).",
+    )
+
+
+@click.command("up")
+@click.option(
+    "--storage",
+    type=click.Choice(config.STORAGE_MODES),
+    default=config.DEFAULT_STORAGE,
+    show_default=True,
+    envvar="TASKRING_STORAGE",
+    help="local: portals keep the tables in memory and converge over MQTT; ring: not yet.",
+)
+@count_option("--cache-nodes", config.DEFAULT_CACHE_NODES, "Cache nodes on the Chord ring")
+@count_option("--replica-groups", config.DEFAULT_REPLICA_GROUPS, "Replica groups")
+@count_option("--replicas", config.DEFAULT_REPLICAS, "Replicas per group")
+@click.option(
+    "--broker",
+    "broker_flag",
+    envvar="TASKRING_BROKER",
+    help="Use this MQTT broker (mqtt://user:password@host:port) and start none.",
+)
+@click.option(
+    "--data-dir",
+    default=config.DEFAULT_DATA_DIR,
+    show_default=True,
+    envvar="TASKRING_DATA_DIR",
+    type=click.Path(file_okay=False),
+    help="Admin token, broker logins, logs.",
+)
+@port_option("--web-port", config.DEFAULT_WEB_PORT, "HTTP port of the web process.")
+@click.option(
+    "--client-ports",
+    default=",".join(map(str, config.DEFAULT_CLIENT_PORTS)),
+    show_default=True,
+    envvar="TASKRING_CLIENT_PORTS",
+    help="TCP ports of the client portals, one portal per port.",
+)
+@click.option(
+    "--admin-ports",
+    default=",".join(map(str, config.DEFAULT_ADMIN_PORTS)),
+    show_default=True,
+    envvar="TASKRING_ADMIN_PORTS",
+    help="gRPC ports of the admin portals, one portal per port.",
+)
+@port_option("--broker-port", DEFAULT_BROKER_PORT, "Where to find, or else start, the broker.")
+@click.option(
+    "--startup-timeout",
+    type=click.FloatRange(min=1),
+    default=STARTUP_TIMEOUT,
+    envvar="TASKRING_STARTUP_TIMEOUT",
+    hidden=True,
+)
+def up(
+    storage: str,
+    cache_nodes: int,
+    replica_groups: int,
+    replicas: int,
+    broker_flag: str | None,
+    data_dir: str,
+    web_port: int,
+    client_ports: str,
+    admin_ports: str,
+    broker_port: int,
+    startup_timeout: float,
+) -> None:
+    """Start every component as its own OS process and keep them running; Ctrl-C stops all.
+
+    Uses --broker if given, else a broker already answering on --broker-port,
+    else starts `taskring broker` there (Mosquitto with a login per role when
+    installed, else an embedded broker for a quick start). Each child's output
+    is shown here prefixed with its name and kept in DATA/logs/.
+    """
+    if storage == "ring":
+        raise click.UsageError("ring storage is not available yet; use --storage local")
+    data = Path(data_dir).resolve()
+    settings = Settings(
+        data_dir=data,
+        storage=storage,
+        web_port=web_port,
+        client_ports=parse_ports(client_ports, "--client-ports"),
+        admin_ports=parse_ports(admin_ports, "--admin-ports"),
+        broker_port=broker_port,
+    )
+    try:
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        token, token_source = admin_token(data)
+        broker = choose(broker_flag, settings)
+    except (config.ConfigError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    specs = plan_children(settings, broker, token)
+    check_ports(specs, settings.host)
+    ready = banner(settings, broker, token, token_source)
+    supervisor = Supervisor(specs, settings, sys.stdout)
+    sys.exit(asyncio.run(supervisor.run(startup_timeout, ready)))
