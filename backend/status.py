@@ -29,10 +29,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .broker_auth import local_broker_url
 from .bus import topics
 from .bus.mqtt import MqttBus
 from .cluster_view import ClusterView, HeartbeatError
-from .config import BrokerAddress, ConfigError, broker_url
+from .config import BrokerAddress, ConfigError
+from .config import data_dir as config_data_dir
 
 EXIT_USAGE, EXIT_UNREACHABLE = 2, 3
 DEFAULT_WAIT = 2.5
@@ -238,6 +240,11 @@ def fail(message: str, code: int) -> NoReturn:
     envvar="TASKRING_WEB",
     help="Ask this web process (e.g. http://127.0.0.1:8000) instead of the broker.",
 )
+@click.option(
+    "--data-dir",
+    envvar="TASKRING_DATA_DIR",
+    help="Where `taskring up` keeps the broker logins (default ./data).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option(
     "--wait",
@@ -246,14 +253,16 @@ def fail(message: str, code: int) -> NoReturn:
     show_default=True,
     help="Seconds to wait for the broker, then to listen to heartbeats.",
 )
-def status(broker: str | None, web: str | None, as_json: bool, wait: float) -> None:
+def status(
+    broker: str | None, web: str | None, data_dir: str | None, as_json: bool, wait: float
+) -> None:
     """Show the cluster: components, health, storage."""
     _quiet_libraries()
     try:
         if web:
             snapshot = ask_web(web, wait)
         else:
-            snapshot = asyncio.run(listen_to_heartbeats(_broker(broker), wait))
+            snapshot = asyncio.run(listen_to_heartbeats(_broker(broker, data_dir), wait))
     except Unreachable as exc:
         fail(str(exc), EXIT_UNREACHABLE)
     if as_json:
@@ -262,9 +271,10 @@ def status(broker: str | None, web: str | None, as_json: bool, wait: float) -> N
         print_snapshot(snapshot, wait, from_web=bool(web))
 
 
-def _broker(flag: str | None) -> BrokerAddress:
+def _broker(flag: str | None, data_dir: str | None) -> BrokerAddress:
+    """The broker, logged in with the read-only `cli` role when `taskring up` made logins."""
     try:
-        address = BrokerAddress.parse(broker_url(flag))
+        address = BrokerAddress.parse(local_broker_url("cli", flag, config_data_dir(data_dir)))
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from exc
     return address

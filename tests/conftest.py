@@ -6,6 +6,7 @@ deadline and fails with what it was waiting for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -44,7 +45,9 @@ def wait_until(
         except Exception as exc:  # the condition may fail until the system is up
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
+    )
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -105,10 +108,8 @@ def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def log_text(process: subprocess.Popen[bytes]) -> str:
