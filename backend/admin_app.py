@@ -24,6 +24,7 @@ from rich.text import Text
 
 from . import config
 from .admin_pb import admin_pb2, admin_pb2_grpc
+from .cli_common import json_flag
 
 DEFAULT_PORTALS = f"{config.DEFAULT_HOST}:{config.DEFAULT_ADMIN_PORTS[0]}"
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_UNAUTHENTICATED = 1, 2, 3, 4
@@ -226,6 +227,7 @@ def admin(
 @admin.command()
 @click.argument("name")
 @click.option("--data", default="", help="Free text about the client; '-' reads standard input.")
+@json_flag
 @click.pass_obj
 def create(session: Session, name: str, data: str) -> None:
     """Create a client named NAME and print its CID and token."""
@@ -238,6 +240,7 @@ def create(session: Session, name: str, data: str) -> None:
 
 @admin.command()
 @click.argument("cid")
+@json_flag
 @click.pass_obj
 def get(session: Session, cid: str) -> None:
     """Show one client."""
@@ -248,6 +251,7 @@ def get(session: Session, cid: str) -> None:
 @admin.command()
 @click.argument("cid")
 @click.option("--data", required=True, help="The new data; '-' reads standard input.")
+@json_flag
 @click.pass_obj
 def update(session: Session, cid: str, data: str) -> None:
     """Replace a client's data."""
@@ -259,6 +263,7 @@ def update(session: Session, cid: str, data: str) -> None:
 @admin.command()
 @click.argument("cid")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_flag
 @click.pass_obj
 def delete(session: Session, cid: str, yes: bool) -> None:
     """Delete a client and all its tasks; its token stops working."""
@@ -275,6 +280,7 @@ def delete(session: Session, cid: str, yes: bool) -> None:
 
 @admin.command("rotate-token")
 @click.argument("cid")
+@json_flag
 @click.pass_obj
 def rotate_token(session: Session, cid: str) -> None:
     """Give a client a new token; the old one stops working at once."""
@@ -302,6 +308,7 @@ def pages(session: Session, size: int, token: str, every: bool) -> Iterator[Any]
 )
 @click.option("--page-token", default="", help="Continue where an earlier list stopped.")
 @click.option("--all", "every", is_flag=True, help="Fetch every page.")
+@json_flag
 @click.pass_obj
 def list_clients(session: Session, page_size: int | None, page_token: str, every: bool) -> None:
     """List clients in CID order."""

@@ -21,6 +21,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .cli_common import json_flag
 from .config import ConfigError, parse_host_port
 
 DEFAULT_PORTALS = "127.0.0.1:7001,127.0.0.1:7002"
@@ -177,6 +178,7 @@ def client(
 
 
 @client.command()
+@json_flag
 @click.pass_obj
 def ping(session: Session) -> None:
     """Check that a portal answers (no credentials needed)."""
@@ -185,6 +187,7 @@ def ping(session: Session) -> None:
 
 
 @client.command("list")
+@json_flag
 @click.pass_obj
 def list_tasks(session: Session) -> None:
     """List your tasks in the order they were added."""
@@ -205,6 +208,7 @@ def list_tasks(session: Session) -> None:
 @client.command()
 @click.argument("title")
 @click.argument("description", default="")
+@json_flag
 @click.pass_obj
 def add(session: Session, title: str, description: str) -> None:
     """Add a task. DESCRIPTION '-' reads it from standard input."""
@@ -215,6 +219,7 @@ def add(session: Session, title: str, description: str) -> None:
 @client.command()
 @click.argument("title")
 @click.argument("description")
+@json_flag
 @click.pass_obj
 def update(session: Session, title: str, description: str) -> None:
     """Replace a task's description. DESCRIPTION '-' reads it from standard input."""
@@ -224,6 +229,7 @@ def update(session: Session, title: str, description: str) -> None:
 
 @client.command()
 @click.argument("title")
+@json_flag
 @click.pass_obj
 def delete(session: Session, title: str) -> None:
     """Delete one task."""
@@ -233,6 +239,7 @@ def delete(session: Session, title: str) -> None:
 
 @client.command()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_flag
 @click.pass_obj
 def clear(session: Session, yes: bool) -> None:
     """Delete all your tasks."""
@@ -245,6 +252,7 @@ def clear(session: Session, yes: bool) -> None:
 
 
 @client.command()
+@json_flag
 @click.pass_obj
 def watch(session: Session) -> None:
     """Print every change to your tasks as it happens, until Ctrl-C."""
