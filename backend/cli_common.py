@@ -7,6 +7,16 @@ from typing import Any, TypeVar
 
 import click
 
+from .config import (
+    DEFAULT_BROKER,
+    DEFAULT_STORAGE,
+    STORAGE_MODES,
+    BrokerAddress,
+    ConfigError,
+    broker_url,
+    parse_host_port,
+)
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -25,3 +35,58 @@ def json_flag(command: F) -> F:
         callback=turn_on,
         help="Print JSON for scripts.",
     )(command)
+
+
+# ---- options every component process shares --------------------------------------
+
+
+def component_id_option(default: str) -> Callable[[F], F]:
+    return click.option(
+        "--id",
+        "component_id",
+        default=default,
+        show_default=True,
+        help="This component's id, unique in the cluster.",
+    )
+
+
+def listen_option(default: str, what: str, envvar: str | None = None) -> Callable[[F], F]:
+    return click.option(
+        "--listen",
+        default=default,
+        show_default=True,
+        envvar=envvar,
+        callback=_parse_listen,
+        help=f"HOST:PORT to {what} on.",
+    )
+
+
+broker_option = click.option(
+    "--broker",
+    envvar="TASKRING_BROKER",
+    callback=lambda _ctx, _param, value: _parse_broker(value),
+    help=f"MQTT broker URL (default {DEFAULT_BROKER}).",
+)
+
+storage_option = click.option(
+    "--storage",
+    type=click.Choice(STORAGE_MODES),
+    default=DEFAULT_STORAGE,
+    envvar="TASKRING_STORAGE",
+    show_default=True,
+    help="Where the data lives.",
+)
+
+
+def _parse_listen(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from exc
+
+
+def _parse_broker(value: str | None) -> BrokerAddress:
+    try:
+        return BrokerAddress.parse(broker_url(value))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--broker") from exc

@@ -7,8 +7,9 @@ on the MQTT broker to keep the view current, publishes its own heartbeat,
 and serves HTTP with uvicorn in the same asyncio loop. SIGTERM or SIGINT
 stops it cleanly with exit code 0.
 
-Endpoints: GET / (a placeholder page until the browser UI lands),
-/healthz, /readyz, /api/cluster, /api/components, /metrics.
+Endpoints: GET / (the browser UI, web/ui.py), WS /ws/client (web/ws_bridge.py),
+gRPC-Web at /taskring.admin.v1.AdminService/* (web/grpc_web.py), /healthz, /readyz,
+/api/cluster, /api/components, /metrics.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import click
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.bus import topics
 from backend.bus.mqtt import MqttBus
 from backend.bus.transport import Bus
+from backend.cli_common import broker_option, listen_option
 from backend.cluster_view import (
     ADMIN_PORTAL,
     CLIENT_PORTAL,
@@ -47,14 +49,14 @@ from backend.config import (
     DEFAULT_HOST,
     DEFAULT_WEB_PORT,
     BrokerAddress,
-    ConfigError,
-    broker_url,
-    parse_host_port,
 )
 from backend.telemetry import RequestMetrics, heartbeat_message, run_heartbeat
 
+from .grpc_web import create_grpc_web_router
 from .metrics import ClusterCollector
 from .probes import probe_admin_portal, probe_client_portal
+from .ui import DEFAULT_DIST, mount_ui
+from .ws_bridge import create_ws_router
 
 log = logging.getLogger(__name__)
 
@@ -165,23 +167,6 @@ async def _probe_kind(context: WebContext, kind: str, now: float) -> tuple[str |
 
 # ---- the application ------------------------------------------------------------------
 
-PLACEHOLDER_PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>taskring</title></head>
-<body>
-<h1>taskring</h1>
-<p>The browser UI (client page and admin page) is not built yet.
-Until it is, the web process serves these:</p>
-<ul>
-<li><a href="/api/cluster">/api/cluster</a>: the portals and, later, the ring</li>
-<li><a href="/readyz">/readyz</a>: whether a write can commit end to end</li>
-<li><a href="/metrics">/metrics</a>: request metrics in Prometheus text format</li>
-<li><a href="/healthz">/healthz</a>: whether this web process runs</li>
-</ul>
-</body>
-</html>
-"""
-
 ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -190,10 +175,6 @@ def create_app(context: WebContext) -> FastAPI:
     app = FastAPI(title="taskring", docs_url=None, redoc_url=None, openapi_url=None)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(context.components))
-
-    @app.get("/", response_class=HTMLResponse)
-    async def index() -> str:
-        return PLACEHOLDER_PAGE
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -238,8 +219,17 @@ def create_app(context: WebContext) -> FastAPI:
         message = "internal error; the web process's log has the details"
         return JSONResponse({"error": {"code": "internal", "message": message}}, status_code=500)
 
+    # The browser's ways in: the client bridge, gRPC-Web, and the UI itself (last, at /).
+    app.include_router(create_ws_router(lambda: live_addresses(context, CLIENT_PORTAL)))
+    app.include_router(create_grpc_web_router(lambda: live_addresses(context, ADMIN_PORTAL)))
+    mount_ui(app, DEFAULT_DIST)
     app.add_middleware(CountRequests, metrics=context.metrics)
     return app
+
+
+def live_addresses(context: WebContext, kind: str) -> list[str]:
+    """Where the ready portals of `kind` listen, the longest-running first."""
+    return [c.heartbeat.address for c in context.view.ready_portals(context.clock(), kind)]
 
 
 class CountRequests:
@@ -345,24 +335,10 @@ async def run_web(web_id: str, host: str, port: int, broker: BrokerAddress) -> i
     envvar="TASKRING_WEB_ID",
     help="This web process's id, unique in the cluster.",
 )
-@click.option(
-    "--listen",
-    default=f"{DEFAULT_HOST}:{DEFAULT_WEB_PORT}",
-    show_default=True,
-    envvar="TASKRING_WEB_LISTEN",
-    help="HOST:PORT to serve HTTP on.",
-)
-@click.option(
-    "--broker", envvar="TASKRING_BROKER", help="MQTT broker URL (default mqtt://127.0.0.1:1883)."
-)
-def command(web_id: str, listen: str, broker: str | None) -> None:
+@listen_option(f"{DEFAULT_HOST}:{DEFAULT_WEB_PORT}", "serve HTTP", envvar="TASKRING_WEB_LISTEN")
+@broker_option
+def command(web_id: str, listen: tuple[str, int], broker: BrokerAddress) -> None:
     """Run the web process: health, readiness, cluster view and metrics over HTTP."""
-    try:
-        host, port = parse_host_port(listen)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--listen") from exc
-    try:
-        address = BrokerAddress.parse(broker_url(broker))
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--broker") from exc
+    host, port = listen
+    address = broker
     sys.exit(asyncio.run(run_web(web_id, host, port, address)))

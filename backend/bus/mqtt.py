@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 from typing import Any
@@ -29,6 +30,19 @@ log = logging.getLogger(__name__)
 # Without TCP_NODELAY a QoS-1 round trip stalls on Nagle's algorithm (~88 ms).
 _NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
+SHUTDOWN_WAIT = 0.5
+SETTLE_WAIT = 3.0
+
+
+class _DropCancelledSubscribeNoise(logging.Filter):
+    """aiomqtt logs a traceback when a SUBACK arrives for a subscribe we cancelled on shutdown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unexpected message ID")
+
+
+_paho_log = logging.getLogger("backend.bus.paho")
+_paho_log.addFilter(_DropCancelledSubscribeNoise())
 
 
 class MqttBus:
@@ -42,6 +56,8 @@ class MqttBus:
         self._client: aiomqtt.Client | None = None
         self._runner: asyncio.Task[None] | None = None
         self._connected_event = asyncio.Event()
+        # Set while no connection attempt is in flight: the only safe moment to cancel aiomqtt.
+        self._settled = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -72,10 +88,20 @@ class MqttBus:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+        runner = self._runner
+        if runner is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), SETTLE_WAIT)
+            # aiomqtt waits without limit for the broker's goodbye when cancelled mid-connect
+            # or mid-subscribe; cancelling again interrupts that wait.
+            for _ in range(5):
+                runner.cancel()
+                done, _ = await asyncio.wait({runner}, timeout=SHUTDOWN_WAIT)
+                if done:
+                    break
+        # paho's client sits in reference cycles; collect it while the event loop still runs,
+        # or its __del__ touches a closed loop at exit and prints a traceback.
+        gc.collect()
 
     async def _run(self) -> None:
         attempt = 0
@@ -90,10 +116,12 @@ class MqttBus:
             finally:
                 self._client = None
                 self._connected_event.clear()
+                self._settled.set()
             await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
             attempt += 1
 
     async def _session(self) -> None:
+        self._settled.clear()
         client = aiomqtt.Client(
             self.address.host,
             self.address.port,
@@ -106,6 +134,7 @@ class MqttBus:
             tls_context=self.address.tls_context(),
             socket_options=_NODELAY,
             timeout=5,
+            logger=_paho_log,
         )
         async with client:
             for topic_filter in dict.fromkeys(f for f, _ in self.handlers):
@@ -117,6 +146,7 @@ class MqttBus:
             self.last_error = None
             for hook in self.hooks:
                 await hook()
+            self._settled.set()
             async for message in client.messages:
                 await self._dispatch(str(message.topic), message.payload)
 

@@ -35,16 +35,12 @@ from grpc_reflection.v1alpha import reflection
 from .. import errors
 from ..admin_pb import admin_pb2, admin_pb2_grpc
 from ..bus.mqtt import MqttBus
+from ..cli_common import broker_option, component_id_option, listen_option, storage_option
 from ..config import (
     DEFAULT_ADMIN_PORTS,
     DEFAULT_HOST,
-    DEFAULT_STORAGE,
-    STORAGE_MODES,
     BrokerAddress,
-    ConfigError,
-    broker_url,
     data_dir,
-    parse_host_port,
     read_admin_token,
 )
 from ..store.interface import Store
@@ -277,30 +273,10 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 @click.command("admin-portal")
-@click.option(
-    "--id",
-    "portal_id",
-    default="admin-portal-1",
-    show_default=True,
-    help="This portal's id, unique in the cluster.",
-)
-@click.option(
-    "--listen",
-    default=f"{DEFAULT_HOST}:{DEFAULT_ADMIN_PORTS[0]}",
-    show_default=True,
-    help="HOST:PORT to serve gRPC on.",
-)
-@click.option(
-    "--broker", envvar="TASKRING_BROKER", help="MQTT broker URL (default mqtt://127.0.0.1:1883)."
-)
-@click.option(
-    "--storage",
-    type=click.Choice(STORAGE_MODES),
-    default=DEFAULT_STORAGE,
-    envvar="TASKRING_STORAGE",
-    show_default=True,
-    help="Where the data lives.",
-)
+@component_id_option("admin-portal-1")
+@listen_option(f"{DEFAULT_HOST}:{DEFAULT_ADMIN_PORTS[0]}", "serve gRPC")
+@broker_option
+@storage_option
 @click.option(
     "--data-dir",
     "data_dir_flag",
@@ -309,7 +285,11 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     help="Directory holding admin-token (default ./data).",
 )
 def command(
-    portal_id: str, listen: str, broker: str | None, storage: str, data_dir_flag: Path | None
+    component_id: str,
+    listen: tuple[str, int],
+    broker: BrokerAddress,
+    storage: str,
+    data_dir_flag: Path | None,
 ) -> None:
     """Run one admin portal: gRPC, taskring.admin.v1.AdminService.
 
@@ -317,14 +297,8 @@ def command(
     """
     if storage == "ring":
         fail("ring storage is not available yet; use --storage local")
-    try:
-        host, port = parse_host_port(listen)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--listen") from exc
-    try:
-        address = BrokerAddress.parse(broker_url(broker))
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--broker") from exc
+    host, port = listen
+    portal_id, address = component_id, broker
     directory = data_dir(str(data_dir_flag) if data_dir_flag else None)
     admin_token = read_admin_token(directory)
     if not admin_token:

@@ -23,15 +23,11 @@ from typing import Any
 import click
 
 from ..bus.mqtt import MqttBus
+from ..cli_common import broker_option, component_id_option, listen_option, storage_option
 from ..config import (
     DEFAULT_CLIENT_PORTS,
     DEFAULT_HOST,
-    DEFAULT_STORAGE,
-    STORAGE_MODES,
     BrokerAddress,
-    ConfigError,
-    broker_url,
-    parse_host_port,
 )
 from ..errors import UNAVAILABLE
 from ..protocol import error_line
@@ -178,30 +174,10 @@ def _raise_file_limit() -> None:
 
 
 @click.command("client-portal")
-@click.option(
-    "--id",
-    "portal_id",
-    default="client-portal-1",
-    show_default=True,
-    help="This portal's id, unique in the cluster.",
-)
-@click.option(
-    "--listen",
-    default=f"{DEFAULT_HOST}:{DEFAULT_CLIENT_PORTS[0]}",
-    show_default=True,
-    help="HOST:PORT to accept client connections on.",
-)
-@click.option(
-    "--broker", envvar="TASKRING_BROKER", help="MQTT broker URL (default mqtt://127.0.0.1:1883)."
-)
-@click.option(
-    "--storage",
-    type=click.Choice(STORAGE_MODES),
-    default=DEFAULT_STORAGE,
-    envvar="TASKRING_STORAGE",
-    show_default=True,
-    help="Where the data lives.",
-)
+@component_id_option("client-portal-1")
+@listen_option(f"{DEFAULT_HOST}:{DEFAULT_CLIENT_PORTS[0]}", "accept client connections")
+@broker_option
+@storage_option
 @click.option(
     "--idle-timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -210,20 +186,17 @@ def _raise_file_limit() -> None:
     help="Seconds before a connection that sends nothing is closed.",
 )
 def command(
-    portal_id: str, listen: str, broker: str | None, storage: str, idle_timeout: float
+    component_id: str,
+    listen: tuple[str, int],
+    broker: BrokerAddress,
+    storage: str,
+    idle_timeout: float,
 ) -> None:
     """Run one client portal: raw TCP, newline-delimited JSON."""
     if storage == "ring":
         click.echo("error: ring storage is not available yet; use --storage local", err=True)
         sys.exit(EXIT_USAGE)
-    try:
-        host, port = parse_host_port(listen)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--listen") from exc
-    try:
-        address = BrokerAddress.parse(broker_url(broker))
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--broker") from exc
+    host, port = listen
     _raise_file_limit()
     limits = Limits(idle_timeout=idle_timeout)
-    sys.exit(asyncio.run(run_client_portal(portal_id, host, port, address, limits)))
+    sys.exit(asyncio.run(run_client_portal(component_id, host, port, broker, limits)))
