@@ -32,6 +32,10 @@ PORTAL_KINDS = (CLIENT_PORTAL, ADMIN_PORTAL)
 PORTAL_NAMES = {CLIENT_PORTAL: "client portal", ADMIN_PORTAL: "admin portal"}
 
 
+CACHE_NODE = "cache-node"
+RING_FIELDS = ("positions", "successors", "fingers", "predecessors", "member")
+
+
 class HeartbeatError(ValueError):
     """A heartbeat message is missing a field or has one of the wrong type."""
 
@@ -73,6 +77,7 @@ class Heartbeat:
     sent: float
     interval: float
     metrics: Metrics
+    ring: dict[str, Any] | None = None  # a cache node's view of the ring (cache_node.py)
 
     @property
     def uptime(self) -> float:
@@ -158,6 +163,15 @@ class ClusterView:
             if c.kind in PORTAL_KINDS
         ]
 
+    def cache_nodes(self, now: float) -> list[dict[str, Any]]:
+        """The live cache nodes and their view of the ring, as /api/cluster lists them."""
+        nodes = []
+        for c in self.alive(now, CACHE_NODE):
+            ring = c.heartbeat.ring or {}
+            nodes.append({"id": c.id, **{k: ring.get(k, []) for k in RING_FIELDS}})
+            nodes[-1]["keys"] = ring.get("keys", 0)
+        return sorted(nodes, key=lambda node: node["id"])
+
     def ready_portals(self, now: float, kind: str) -> list[Component]:
         """Live portals of `kind` that say they can take a write, the longest-running first."""
         ready = [c for c in self.alive(now, kind) if c.heartbeat.ready]
@@ -226,7 +240,17 @@ def parse_heartbeat(message: dict[str, Any]) -> Heartbeat:
         sent=_number(message, "sent"),
         interval=interval,
         metrics=parse_metrics(message.get("metrics")),
+        ring=_ring(message),
     )
+
+
+def _ring(message: dict[str, Any]) -> dict[str, Any] | None:
+    ring = message.get("ring")
+    if ring is None:
+        return None
+    if not isinstance(ring, dict):
+        raise HeartbeatError("heartbeat field 'ring' must be a map")
+    return ring
 
 
 def parse_metrics(wire: Any) -> Metrics:

@@ -47,6 +47,7 @@ class Settings:
     client_ports: tuple[int, ...] = config.DEFAULT_CLIENT_PORTS
     admin_ports: tuple[int, ...] = config.DEFAULT_ADMIN_PORTS
     broker_port: int = DEFAULT_BROKER_PORT
+    cache_nodes: int = config.DEFAULT_CACHE_NODES
 
     def ports(self) -> list[int]:
         return [*self.client_ports, *self.admin_ports, self.web_port]
@@ -140,6 +141,8 @@ def plan_children(settings: Settings, broker: BrokerPlan, admin_token: str) -> l
         listen = f"{host}:{settings.broker_port}"
         args = (BROKER, "--listen", listen, "--data-dir", data)
         children.append(ChildSpec(BROKER, args, {}, settings.broker_port))
+    if settings.storage == "ring":
+        children += plan_cache_nodes(settings, broker)
     portal_env = {"TASKRING_BROKER": broker.url("portal")}
     for number, port in enumerate(settings.client_ports, 1):
         name = f"client-portal-{number}"
@@ -155,6 +158,19 @@ def plan_children(settings: Settings, broker: BrokerPlan, admin_token: str) -> l
     web_args = ("web", "--listen", f"{host}:{settings.web_port}")
     children.append(ChildSpec("web", web_args, web_env, settings.web_port))
     return children
+
+
+def plan_cache_nodes(settings: Settings, broker: BrokerPlan) -> list[ChildSpec]:
+    """The ring's cache nodes; the first may found a new ring, the others always join one."""
+    env = {"TASKRING_BROKER": broker.url("cachenode")}
+    nodes = []
+    for number in range(1, settings.cache_nodes + 1):
+        name = f"cache-node-{number}"
+        args: tuple[str, ...] = ("cache-node", "--id", name)
+        if number == 1:
+            args += ("--bootstrap",)
+        nodes.append(ChildSpec(name, args, env))
+    return nodes
 
 
 def example_commands(settings: Settings, admin_token: str) -> list[str]:
@@ -180,6 +196,12 @@ def example_commands(settings: Settings, admin_token: str) -> list[str]:
     ]
 
 
+def storage_summary(settings: Settings) -> str:
+    if settings.storage == "ring":
+        return f"ring: {settings.cache_nodes} cache nodes (in memory; no durability yet)"
+    return "local: every portal holds a full copy (in memory; no durability)"
+
+
 def banner(settings: Settings, broker: BrokerPlan, admin_token: str, token_source: str) -> str:
     """What `taskring up` prints once every child listens."""
     host = settings.host
@@ -189,7 +211,7 @@ def banner(settings: Settings, broker: BrokerPlan, admin_token: str, token_sourc
         ("admin portals", ", ".join(f"{host}:{p}" for p in settings.admin_ports) + "  (gRPC)"),
         ("broker", f"{broker.shown()}  ({broker.description})"),
         ("admin token", f"{admin_token}  ({token_source})"),
-        ("storage", f"{settings.storage} (in memory; no durability)"),
+        ("storage", storage_summary(settings)),
         ("logs", f"{settings.data_dir / 'logs'}/<component>.log"),
     ]
     width = max(len(label) for label, _ in rows)

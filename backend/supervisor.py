@@ -493,8 +493,6 @@ def up(
     installed, else an embedded broker for a quick start). Each child's output
     is shown here prefixed with its name and kept in DATA/logs/.
     """
-    if storage == "ring":
-        raise click.UsageError("ring storage is not available yet; use --storage local")
     data = Path(data_dir).resolve()
     settings = Settings(
         data_dir=data,
@@ -503,6 +501,7 @@ def up(
         client_ports=parse_ports(client_ports, "--client-ports"),
         admin_ports=parse_ports(admin_ports, "--admin-ports"),
         broker_port=broker_port,
+        cache_nodes=cache_nodes,
     )
     try:
         data.mkdir(mode=0o700, parents=True, exist_ok=True)

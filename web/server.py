@@ -187,9 +187,13 @@ def create_app(context: WebContext) -> FastAPI:
 
     @app.get("/api/cluster")
     async def cluster() -> dict[str, Any]:
-        # Cache nodes and replica groups join when the ring storage does.
-        portals = context.view.portals(context.clock())
-        return {"cache_nodes": [], "replica_groups": [], "portals": portals}
+        # Replica groups join with the durable tier.
+        now = context.clock()
+        return {
+            "cache_nodes": context.view.cache_nodes(now),
+            "replica_groups": [],
+            "portals": context.view.portals(now),
+        }
 
     @app.get("/api/components")
     async def components() -> dict[str, Any]:

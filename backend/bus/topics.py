@@ -18,6 +18,23 @@ def sync_snapshot_reply(portal_id: str) -> str:
     return f"{ROOT}/sync/snapshot/{portal_id}"
 
 
+# The cache ring: one inbox per cache node, announcements, replies to portals, events.
+RING_ANNOUNCE = f"{ROOT}/ring/announce"
+RING_EVENTS = f"{ROOT}/ring/events/+"
+
+
+def ring_host(host_id: str) -> str:
+    return f"{ROOT}/ring/host/{host_id}"
+
+
+def ring_reply(portal_id: str) -> str:
+    return f"{ROOT}/ring/reply/{portal_id}"
+
+
+def ring_events(cid: int) -> str:
+    return f"{ROOT}/ring/events/{cid:016x}"
+
+
 # Heartbeats: every component announces itself, its address and its metrics.
 HEARTBEATS = f"{ROOT}/heartbeat/#"
 

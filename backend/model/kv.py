@@ -23,6 +23,7 @@ from .records import (
     TASK_INSERTED,
     TASK_UPDATED,
     TASKS_CLEARED,
+    TOKEN_ROTATED,
     ClientRecord,
     Event,
 )
@@ -88,7 +89,8 @@ class KeyValueState:
     def _rotate_token(self, op: Operation) -> tuple[Result, list[Event]]:
         key = self._client_key(op["cid"])
         key.record = _replace(key.record, token_salt=op["token_salt"], token_hash=op["token_hash"])
-        return {"client": record_to_wire(key.record)}, []
+        # Not a client-facing event: portals use it to forget cached authentications.
+        return {"client": record_to_wire(key.record)}, [Event(TOKEN_ROTATED, op["cid"])]
 
     def _delete_client(self, op: Operation) -> tuple[Result, list[Event]]:
         cid = op["cid"]
@@ -144,6 +146,11 @@ class KeyValueState:
         if title not in tasks:
             raise OpError(NOT_FOUND, f"no task titled {title!r}")
         return tasks
+
+    def clients_after(self, after: int, limit: int) -> list[ClientRecord]:
+        """Up to `limit` client records with a CID above `after`, in CID order."""
+        cids = sorted(c for c, k in self.keys.items() if k.record is not None and c > after)
+        return [self.keys[c].record for c in cids[:limit]]  # type: ignore[misc]
 
     # ---- moving keys between owners ----------------------------------------------
 

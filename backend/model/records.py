@@ -10,6 +10,7 @@ TASK_UPDATED = "task_updated"
 TASK_DELETED = "task_deleted"
 TASKS_CLEARED = "tasks_cleared"
 CLIENT_DELETED = "client_deleted"
+TOKEN_ROTATED = "token_rotated"  # internal: never sent to clients
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,8 @@ from ..config import (
     data_dir,
     read_admin_token,
 )
+from ..store import make_store
 from ..store.interface import Store
-from ..store.local import LocalStore
 from ..telemetry import RequestMetrics, run_heartbeat
 from .admin_service import AdminService
 
@@ -233,7 +233,7 @@ async def start_admin_server(
 
 
 async def run_admin_portal(
-    portal_id: str, host: str, port: int, broker: BrokerAddress, admin_token: str
+    portal_id: str, host: str, port: int, broker: BrokerAddress, admin_token: str, storage: str
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
     stop = asyncio.Event()
@@ -241,7 +241,7 @@ async def run_admin_portal(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     bus = MqttBus(broker, portal_id)
-    store = LocalStore(bus, portal_id)
+    store = make_store(storage, bus, portal_id)
     metrics = RequestMetrics()
     async with bus:
         try:
@@ -295,8 +295,6 @@ def command(
 
     The admin token comes from TASKRING_ADMIN_TOKEN, else from DATA_DIR/admin-token.
     """
-    if storage == "ring":
-        fail("ring storage is not available yet; use --storage local")
     host, port = listen
     portal_id, address = component_id, broker
     directory = data_dir(str(data_dir_flag) if data_dir_flag else None)
@@ -305,4 +303,4 @@ def command(
         fail(
             f"no admin token: set TASKRING_ADMIN_TOKEN or write one to {directory / 'admin-token'}"
         )
-    sys.exit(asyncio.run(run_admin_portal(portal_id, host, port, address, admin_token)))
+    sys.exit(asyncio.run(run_admin_portal(portal_id, host, port, address, admin_token, storage)))

@@ -54,7 +54,7 @@ from ..protocol import (
     ok_line,
     parse_request,
 )
-from ..store.interface import Store, Unwatch
+from ..store.interface import TRACE, Store, Unwatch
 from ..telemetry import RequestMetrics
 
 log = logging.getLogger(__name__)
@@ -207,15 +207,26 @@ class Connection:
             request = parse_request(line)
         except InvalidRequest as exc:
             return exc.op or INVALID_OP, exc.code, error_line(exc.request_id, exc.code, exc.message)
-        trace = self.context.trace() if request.trace else None
+        sink: dict[str, Any] | None = {} if request.trace else None
+        reset = TRACE.set(sink)
         try:
             result = await self._perform(request)
         except OpError as exc:
+            trace = self._trace(sink)
             return request.op, exc.code, error_line(request.id, exc.code, exc.message, trace)
         except Exception:
             log.exception("%s: %s failed unexpectedly", self.peer, request.op)
+            trace = self._trace(sink)
             return request.op, INTERNAL, error_line(request.id, INTERNAL, INTERNAL_MESSAGE, trace)
-        return request.op, "ok", ok_line(request.id, result, trace)
+        finally:
+            TRACE.reset(reset)
+        return request.op, "ok", ok_line(request.id, result, self._trace(sink))
+
+    def _trace(self, sink: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The trace a store filled in, else this portal's own (no routing happened)."""
+        if sink is None:
+            return None
+        return sink if sink else self.context.trace()
 
     async def _perform(self, request: Request) -> dict[str, Any]:
         if request.op == "ping":

@@ -31,8 +31,8 @@ from ..config import (
 )
 from ..errors import UNAVAILABLE
 from ..protocol import error_line
+from ..store import make_store
 from ..store.interface import Store
-from ..store.local import LocalStore
 from ..telemetry import RequestMetrics, run_heartbeat
 from .client_connection import Connection, Limits, PortalContext
 
@@ -132,7 +132,7 @@ async def _turn_away(writer: asyncio.StreamWriter, count: int) -> None:
 
 
 async def run_client_portal(
-    portal_id: str, host: str, port: int, broker: BrokerAddress, limits: Limits
+    portal_id: str, host: str, port: int, broker: BrokerAddress, limits: Limits, storage: str
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
     stop = asyncio.Event()
@@ -140,7 +140,7 @@ async def run_client_portal(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     bus = MqttBus(broker, portal_id)
-    store = LocalStore(bus, portal_id)
+    store = make_store(storage, bus, portal_id)
     metrics = RequestMetrics()
     async with bus:
         try:
@@ -193,10 +193,7 @@ def command(
     idle_timeout: float,
 ) -> None:
     """Run one client portal: raw TCP, newline-delimited JSON."""
-    if storage == "ring":
-        click.echo("error: ring storage is not available yet; use --storage local", err=True)
-        sys.exit(EXIT_USAGE)
     host, port = listen
     _raise_file_limit()
     limits = Limits(idle_timeout=idle_timeout)
-    sys.exit(asyncio.run(run_client_portal(component_id, host, port, broker, limits)))
+    sys.exit(asyncio.run(run_client_portal(component_id, host, port, broker, limits, storage)))

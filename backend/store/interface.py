@@ -8,12 +8,17 @@ interface. Every method raises `OpError` with a contract code on failure.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from contextvars import ContextVar
+from typing import Any, Protocol
 
 from ..model.records import ClientRecord, Event, Task
 
 EventSink = Callable[[Event], None]
 Unwatch = Callable[[], None]
+
+# A portal that wants a request traced sets a dict here; a store that routes requests
+# fills in "route", "owner" and "group" for the call made in the same task.
+TRACE: ContextVar[dict[str, Any] | None] = ContextVar("taskring_trace", default=None)
 
 
 class Store(Protocol):

@@ -332,12 +332,6 @@ def test_the_portal_refuses_to_start_without_an_admin_token(tmp_path: Path) -> N
     assert "no admin token" in result.stderr and "TASKRING_ADMIN_TOKEN" in result.stderr
 
 
-def test_ring_storage_is_refused_for_now() -> None:
-    result = run_portal("--storage", "ring", env={"TASKRING_ADMIN_TOKEN": ADMIN_TOKEN})
-    assert result.returncode == 2
-    assert "ring storage is not available yet; use --storage local" in result.stderr
-
-
 def test_a_port_in_use_is_reported_and_exits_1(portal: tuple[Any, int], mosquitto: str) -> None:
     _, port = portal
     base = {k: v for k, v in os.environ.items() if not k.startswith("TASKRING_")}

@@ -145,12 +145,6 @@ def run_portal(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_ring_storage_is_refused_for_now() -> None:
-    result = run_portal("--storage", "ring", "--listen", f"127.0.0.1:{free_port()}")
-    assert result.returncode == 2
-    assert "ring storage is not available yet; use --storage local" in result.stderr
-
-
 def test_a_bad_listen_address_is_a_usage_error() -> None:
     result = run_portal("--listen", "127.0.0.1:notaport")
     assert result.returncode == 2

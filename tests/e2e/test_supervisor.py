@@ -203,15 +203,6 @@ def test_a_broker_already_answering_is_used_instead_of_starting_one(
     assert up.process.wait(30) == 0
 
 
-def test_ring_storage_is_refused_for_now(processes: Processes, tmp_path: Path):
-    process = processes.taskring(
-        "up", "--storage", "ring", "--data-dir", str(tmp_path / "d"), name="ring", env=CLEAN_ENV
-    )
-    assert process.wait(20) == 2
-    assert "ring storage is not available yet; use --storage local" in log_text(process)
-    assert not (tmp_path / "d").exists()
-
-
 def test_a_taken_port_is_named_before_anything_starts(processes: Processes, tmp_path: Path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -1,0 +1,135 @@
+"""Messages between portals and cache nodes, and between cache nodes beyond Chord's own.
+
+Every message is a msgpack map with a type field `t`. Chord's maintenance and
+routing messages (backend/chord/messages.py) travel on the same per-host topic;
+the types below never collide with Chord's.
+
+    request   portal -> any cache node's topic: run `op` on the owner of `key`
+              {"t": "request", "corr", "reply_to", "key": int, "op": {...}, "trace": bool}
+              The op is a backend/model/kv.py operation. The request rides inside
+              a Chord lookup as its payload until it reaches the owner.
+    reply     owner -> reply_to
+              {"t": "reply", "corr", "ok": bool, "result": {...}|None,
+               "error": {"code", "message"}|None, "route": [host ids], "owner": host id,
+               "hops": int}
+    scan      portal -> one cache node, directly: the clients it owns, in CID order
+              {"t": "scan", "corr", "reply_to", "after": int (-1 for the start), "limit": int}
+              answered by a reply whose result is {"clients": [record...], "host": id}
+    handover  cache node -> cache node: keys whose owner is now the receiver
+              {"t": "handover", "from": host id, "keys": [kv.key_to_wire(...)...]}
+    announce  cache node -> ANNOUNCE topic, twice a second
+              {"t": "announce", "host", "incarnation", "member": bool, "positions": [int]}
+
+Client change events are published by the owner on `ring_events(cid)` as the
+contract's event maps (Event.to_wire()), plus `{"event": "token_rotated", "cid"}`
+which portals use to forget cached authentications.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..chord.ids import is_position
+
+REQUEST = "request"
+REPLY = "reply"
+SCAN = "scan"
+HANDOVER = "handover"
+ANNOUNCE = "announce"
+TOKEN_ROTATED = "token_rotated"
+
+MAX_SCAN_LIMIT = 10_000
+
+
+def request(corr: str, reply_to: str, key: int, op: dict[str, Any], trace: bool) -> dict:
+    return {"t": REQUEST, "corr": corr, "reply_to": reply_to, "key": key, "op": op, "trace": trace}
+
+
+def reply_ok(corr: str, result: dict[str, Any], route: list[str], owner: str, hops: int) -> dict:
+    return {
+        "t": REPLY,
+        "corr": corr,
+        "ok": True,
+        "result": result,
+        "error": None,
+        "route": route,
+        "owner": owner,
+        "hops": hops,
+    }
+
+
+def reply_error(
+    corr: str, code: str, message: str, route: list[str] | None = None, owner: str = ""
+) -> dict:
+    return {
+        "t": REPLY,
+        "corr": corr,
+        "ok": False,
+        "result": None,
+        "error": {"code": code, "message": message},
+        "route": route or [],
+        "owner": owner,
+        "hops": 0,
+    }
+
+
+def scan(corr: str, reply_to: str, after: int, limit: int) -> dict:
+    return {"t": SCAN, "corr": corr, "reply_to": reply_to, "after": after, "limit": limit}
+
+
+def handover(from_host: str, keys: list[Any]) -> dict:
+    return {"t": HANDOVER, "from": from_host, "keys": keys}
+
+
+def announce(host: str, incarnation: str, member: bool, positions: list[int]) -> dict:
+    return {
+        "t": ANNOUNCE,
+        "host": host,
+        "incarnation": incarnation,
+        "member": member,
+        "positions": positions,
+    }
+
+
+# ---- checks on what arrives -------------------------------------------------------------
+
+
+def check_request(message: dict[str, Any]) -> None:
+    """Raise ValueError naming the first malformed field of a request."""
+    _text(message, "corr")
+    _text(message, "reply_to")
+    if not is_position(message.get("key")):
+        raise ValueError("request key must be a ring position")
+    if not isinstance(message.get("op"), dict) or not isinstance(message["op"].get("op"), str):
+        raise ValueError("request op must be a map naming an operation")
+
+
+def check_scan(message: dict[str, Any]) -> None:
+    _text(message, "corr")
+    _text(message, "reply_to")
+    after, limit = message.get("after"), message.get("limit")
+    if not isinstance(after, int) or after < -1 or after >= 1 << 64:
+        raise ValueError("scan after must be -1 or a CID")
+    if not isinstance(limit, int) or not 0 < limit <= MAX_SCAN_LIMIT:
+        raise ValueError(f"scan limit must be 1 to {MAX_SCAN_LIMIT}")
+
+
+def check_announce(message: dict[str, Any]) -> None:
+    _text(message, "host")
+    _text(message, "incarnation")
+    positions = message.get("positions")
+    if not isinstance(positions, list) or not all(is_position(p) for p in positions):
+        raise ValueError("announce positions must be a list of ring positions")
+
+
+def check_reply(message: dict[str, Any]) -> None:
+    _text(message, "corr")
+    if not isinstance(message.get("ok"), bool):
+        raise ValueError("reply ok must be a boolean")
+
+
+def _text(message: dict[str, Any], name: str) -> str:
+    value = message.get(name)
+    if not isinstance(value, str) or not value or len(value) > 512:
+        raise ValueError(f"{name} must be text of 1 to 512 characters")
+    return value

@@ -1,0 +1,314 @@
+"""The `ring` storage mode, portal side: every key lives on its owner in the Chord cache ring.
+
+A portal sends each operation as a `request` (backend/ring/wire.py) to the
+cache node it believes owns the key (the first announced position at or after
+the CID); a wrong or stale guess costs only Chord forwarding hops, never an
+error. The owner applies the operation and replies to this portal's reply
+topic. Owners publish change events, which this store hands to watchers.
+
+Outcomes are honest: a reply of `unavailable` means "not applied", so it is
+retried through another entry node until the deadline; a request that gets no
+reply by the deadline answers `timeout` for a write (it may have been applied)
+and is retried once for a read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..bus import topics
+from ..bus.transport import Bus, BusUnavailable, Message
+from ..errors import CODES, INTERNAL, TIMEOUT, UNAUTHORIZED, UNAVAILABLE, OpError
+from ..model.identity import hash_token, new_salt
+from ..model.kv import READ_OPS, record_from_wire
+from ..model.records import TOKEN_ROTATED, ClientRecord, Event, Task
+from ..ring import wire
+from .interface import TRACE, EventSink, Unwatch
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 5.0  # seconds until a request's outcome is declared unknown
+HOST_FRESHNESS = 3.0  # an announcement older than this no longer counts
+AUTH_CACHE_TTL = 1.0  # a positive authentication is reused this long (see authenticate)
+RETRY_PAUSE = 0.05
+
+
+@dataclass
+class HostInfo:
+    positions: list[int]
+    member: bool
+    heard: float
+
+
+class RingStore:
+    def __init__(
+        self,
+        bus: Bus,
+        portal_id: str,
+        clock: Callable[[], float] = time.monotonic,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        self.bus = bus
+        self.portal_id = portal_id
+        self.clock = clock
+        self.request_timeout = request_timeout
+        self.reply_topic = topics.ring_reply(portal_id)
+        self.hosts: dict[str, HostInfo] = {}
+        self.pending: dict[str, asyncio.Future[Message]] = {}
+        self.watchers: dict[int, list[EventSink]] = {}
+        self.authenticated: dict[tuple[int, str], float] = {}
+        self._ids = itertools.count()
+        bus.subscribe(topics.RING_ANNOUNCE, self._on_announce)
+        bus.subscribe(self.reply_topic, self._on_reply)
+        bus.subscribe(topics.RING_EVENTS, self._on_event)
+
+    # ---- clients -------------------------------------------------------------
+
+    async def create_client(self, cid: int, name: str, data: str, token: str) -> ClientRecord:
+        salt = new_salt()
+        op = {
+            "op": "create_client",
+            "cid": cid,
+            "name": name,
+            "data": data,
+            "created_at": time.time_ns() // 1_000_000,
+            "token_salt": salt,
+            "token_hash": hash_token(token, salt),
+        }
+        return record_from_wire((await self._call(cid, op))["client"])
+
+    async def get_client(self, cid: int) -> ClientRecord | None:
+        client = (await self._call(cid, {"op": "get_client", "cid": cid}))["client"]
+        return record_from_wire(client) if client else None
+
+    async def update_client(self, cid: int, data: str) -> ClientRecord:
+        result = await self._call(cid, {"op": "update_client", "cid": cid, "data": data})
+        return record_from_wire(result["client"])
+
+    async def delete_client(self, cid: int) -> None:
+        await self._call(cid, {"op": "delete_client", "cid": cid})
+
+    async def rotate_token(self, cid: int, token: str) -> ClientRecord:
+        salt = new_salt()
+        op = {"op": "rotate_token", "cid": cid, "token_salt": salt}
+        op["token_hash"] = hash_token(token, salt)
+        return record_from_wire((await self._call(cid, op))["client"])
+
+    async def list_clients(self, after: int | None, limit: int) -> list[ClientRecord]:
+        """Ask every cache node for its clients after `after`, and merge the answers."""
+        hosts = self._member_hosts()
+        if not hosts:
+            raise OpError(UNAVAILABLE, "no cache node is in the ring yet")
+        floor = -1 if after is None else after
+        answers = await asyncio.gather(*(self._scan(h, floor, limit) for h in hosts))
+        merged = {c["cid"]: c for answer in answers for c in answer}
+        return [record_from_wire(merged[cid]) for cid in sorted(merged)[:limit]]
+
+    # ---- tasks ---------------------------------------------------------------
+
+    async def authenticate(self, cid: int, token: str) -> bool:
+        # Portals check the token before every operation; a success is reused for a
+        # moment, and forgotten at once when the owner reports a rotation or deletion.
+        expires = self.authenticated.get((cid, token))
+        if expires is not None and expires > self.clock():
+            return True
+        try:
+            await self._call(cid, {"op": "authenticate", "cid": cid, "token": token})
+        except OpError as exc:
+            if exc.code == UNAUTHORIZED:
+                return False
+            raise
+        self.authenticated[(cid, token)] = self.clock() + AUTH_CACHE_TTL
+        return True
+
+    async def insert_task(self, cid: int, title: str, description: str) -> None:
+        op = {"op": "insert_task", "cid": cid, "title": title, "description": description}
+        await self._call(cid, op)
+
+    async def update_task(self, cid: int, title: str, description: str) -> None:
+        op = {"op": "update_task", "cid": cid, "title": title, "description": description}
+        await self._call(cid, op)
+
+    async def list_tasks(self, cid: int) -> list[Task]:
+        result = await self._call(cid, {"op": "list_tasks", "cid": cid})
+        return [Task(t["title"], t["description"]) for t in result["tasks"]]
+
+    async def delete_task(self, cid: int, title: str) -> None:
+        await self._call(cid, {"op": "delete_task", "cid": cid, "title": title})
+
+    async def delete_tasks(self, cid: int) -> int:
+        return int((await self._call(cid, {"op": "delete_tasks", "cid": cid}))["deleted"])
+
+    # ---- events and health -----------------------------------------------------
+
+    def watch(self, cid: int, sink: EventSink) -> Unwatch:
+        self.watchers.setdefault(cid, []).append(sink)
+
+        def unwatch() -> None:
+            sinks = self.watchers.get(cid, [])
+            if sink in sinks:
+                sinks.remove(sink)
+            if not sinks:
+                self.watchers.pop(cid, None)
+
+        return unwatch
+
+    def readiness(self) -> str | None:
+        if not self.bus.connected:
+            return "the portal is not connected to the MQTT broker"
+        if not self._member_hosts():
+            return "no cache node of the ring has been heard from"
+        return None
+
+    # ---- talking to the ring -----------------------------------------------------
+
+    async def _call(self, key: int, op: dict[str, Any]) -> dict[str, Any]:
+        """Run `op` on the owner of `key`; return its result or raise OpError."""
+        deadline = self.clock() + self.request_timeout
+        is_read = op["op"] in READ_OPS
+        tried: set[str] = set()
+        last_problem = "no cache node is in the ring"
+        while self.clock() < deadline:
+            entry = self._entry_for(key, avoid=tried)
+            if entry is None:
+                await asyncio.sleep(RETRY_PAUSE)
+                tried.clear()
+                continue
+            tried.add(entry)
+            try:
+                reply = await self._exchange(entry, key, op, deadline, is_read)
+            except OpError as exc:
+                if exc.code != UNAVAILABLE:
+                    raise
+                last_problem = exc.message
+                await asyncio.sleep(RETRY_PAUSE)
+                continue
+            return self._result(reply)
+        raise OpError(
+            UNAVAILABLE, f"{op['op']} not applied in {self.request_timeout:g}s: {last_problem}"
+        )
+
+    async def _exchange(
+        self, entry: str, key: int, op: dict[str, Any], deadline: float, is_read: bool
+    ) -> Message:
+        corr = f"{self.portal_id}/{next(self._ids)}"
+        trace = TRACE.get() is not None
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self.pending[corr] = future
+        try:
+            message = wire.request(corr, self.reply_topic, key, op, trace)
+            await self.bus.publish(topics.ring_host(entry), message)
+            wait = max(0.0, deadline - self.clock())
+            if is_read:
+                wait = min(wait, self.request_timeout / 2)  # leave time for a second try
+            return await asyncio.wait_for(future, wait)
+        except BusUnavailable as exc:
+            raise OpError(UNAVAILABLE, f"cannot reach the ring: {exc}") from exc
+        except TimeoutError as exc:
+            if is_read:
+                raise OpError(UNAVAILABLE, f"cache node {entry} did not answer") from exc
+            raise OpError(
+                TIMEOUT,
+                f"no answer from the ring in {self.request_timeout:g}s; the change "
+                "may or may not have been applied",
+            ) from exc
+        finally:
+            self.pending.pop(corr, None)
+
+    def _result(self, reply: Message) -> dict[str, Any]:
+        sink = TRACE.get()
+        if sink is not None:
+            sink.update(route=reply.get("route", []), owner=reply.get("owner", ""), group="")
+        if reply.get("ok"):
+            result = reply.get("result")
+            return result if isinstance(result, dict) else {}
+        error = reply.get("error") or {}
+        code = error.get("code")
+        raise OpError(code if code in CODES else INTERNAL, str(error.get("message", "")))
+
+    async def _scan(self, host: str, after: int, limit: int) -> list[dict[str, Any]]:
+        corr = f"{self.portal_id}/{next(self._ids)}"
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self.pending[corr] = future
+        try:
+            await self.bus.publish(
+                topics.ring_host(host), wire.scan(corr, self.reply_topic, after, limit)
+            )
+            reply = await asyncio.wait_for(future, self.request_timeout)
+        except (BusUnavailable, TimeoutError) as exc:
+            raise OpError(UNAVAILABLE, f"cache node {host} did not answer a scan") from exc
+        finally:
+            self.pending.pop(corr, None)
+        return list(self._result(reply).get("clients", []))
+
+    def _entry_for(self, key: int, avoid: set[str]) -> str | None:
+        """The member host with the first position at or after `key` (wrapping), if any."""
+        ring = sorted(
+            (pos, host)
+            for host in self._member_hosts()
+            if host not in avoid
+            for pos in self.hosts[host].positions
+        )
+        if not ring:
+            return None
+        index = bisect.bisect_left(ring, (key, ""))
+        return ring[index % len(ring)][1]
+
+    def _member_hosts(self) -> list[str]:
+        now = self.clock()
+        return [
+            host
+            for host, info in self.hosts.items()
+            if info.member and now - info.heard < HOST_FRESHNESS
+        ]
+
+    # ---- what arrives --------------------------------------------------------------
+
+    async def _on_announce(self, _topic: str, message: Message) -> None:
+        try:
+            wire.check_announce(message)
+        except ValueError as exc:
+            log.warning("dropped a malformed announcement: %s", exc)
+            return
+        info = HostInfo(list(message["positions"]), bool(message.get("member")), self.clock())
+        self.hosts[message["host"]] = info
+
+    async def _on_reply(self, _topic: str, message: Message) -> None:
+        try:
+            wire.check_reply(message)
+        except ValueError as exc:
+            log.warning("dropped a malformed reply: %s", exc)
+            return
+        future = self.pending.get(message["corr"])
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    async def _on_event(self, _topic: str, message: Message) -> None:
+        try:
+            event = _event_from_wire(message)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("dropped a malformed event: %s", exc)
+            return
+        if event.kind in (TOKEN_ROTATED, "client_deleted"):
+            self._forget_authentications(event.cid)
+        if event.kind == TOKEN_ROTATED:
+            return
+        for sink in list(self.watchers.get(event.cid, ())):
+            sink(event)
+
+    def _forget_authentications(self, cid: int) -> None:
+        for key in [k for k in self.authenticated if k[0] == cid]:
+            del self.authenticated[key]
+
+
+def _event_from_wire(message: Message) -> Event:
+    cid = int(message["cid"], 16)
+    title, description = message.get("title"), message.get("description")
+    return Event(str(message["event"]), cid, title, description)
