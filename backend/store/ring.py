@@ -183,14 +183,12 @@ class RingStore:
                 continue
             tried.add(entry)
             try:
-                reply = await self._exchange(entry, key, op, deadline, is_read)
+                return self._result(await self._exchange(entry, key, op, deadline, is_read))
             except OpError as exc:
                 if exc.code != UNAVAILABLE:
                     raise
                 last_problem = exc.message
                 await asyncio.sleep(RETRY_PAUSE)
-                continue
-            return self._result(reply)
         raise OpError(
             UNAVAILABLE, f"{op['op']} not applied in {self.request_timeout:g}s: {last_problem}"
         )

@@ -1,0 +1,131 @@
+"""The portal side of ring storage against a stand-in owner on the in-memory bus.
+
+The stand-in answers requests with the real key-value state machine, and can
+be told to stay silent or to say `unavailable`, so the store's retry and
+outcome rules can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.bus import topics
+from backend.bus.memory import MemoryBus, MemoryHub
+from backend.errors import EXISTS, TIMEOUT, UNAVAILABLE, OpError
+from backend.model.kv import KeyValueState, record_to_wire
+from backend.model.records import Task
+from backend.ring import wire
+from backend.store.interface import TRACE
+from backend.store.ring import RingStore
+
+CID = 0x8000_0000_0000_0000
+
+
+class StandInOwner:
+    """A cache node that owns every key and serves requests on its inbox."""
+
+    def __init__(self, bus: MemoryBus, host: str) -> None:
+        self.bus, self.host = bus, host
+        self.state = KeyValueState()
+        self.mode = "serve"  # or "silent", "unavailable"
+        self.requests = 0
+        bus.subscribe(topics.ring_host(host), self.on_message)
+
+    async def announce(self) -> None:
+        await self.bus.publish(topics.RING_ANNOUNCE, wire.announce(self.host, "1", True, [0]))
+
+    async def on_message(self, _topic: str, message: dict) -> None:
+        self.requests += 1
+        if self.mode == "silent":
+            return
+        if message["t"] == wire.SCAN:
+            clients = self.state.clients_after(message["after"], message["limit"])
+            result = {"clients": [record_to_wire(c) for c in clients], "host": self.host}
+            reply = wire.reply_ok(message["corr"], result, [self.host], self.host, 0)
+        elif self.mode == "unavailable":
+            reply = wire.reply_error(message["corr"], UNAVAILABLE, "no route")
+        else:
+            try:
+                result, events = self.state.apply(message["op"])
+                reply = wire.reply_ok(message["corr"], result, ["entry", self.host], self.host, 1)
+            except OpError as exc:
+                reply = wire.reply_error(message["corr"], exc.code, exc.message)
+                events = []
+            for event in events:
+                await self.bus.publish(topics.ring_events(event.cid), event.to_wire())
+        await self.bus.publish(message["reply_to"], reply)
+
+
+@pytest.fixture
+async def ring():
+    hub = MemoryHub()
+    owner = StandInOwner(hub.attach(), "cache-1")
+    portal_bus = hub.attach()
+    store = RingStore(portal_bus, "portal-1", request_timeout=0.3)
+    await owner.bus.connect()
+    await portal_bus.connect()
+    await owner.announce()
+    await store.create_client(CID, "alice", "", "secret")
+    return owner, store
+
+
+async def test_operations_reach_the_owner_and_results_come_back(ring) -> None:
+    owner, store = ring
+    await store.insert_task(CID, "t", "d")
+    assert await store.list_tasks(CID) == [Task("t", "d")]
+    assert await store.authenticate(CID, "secret")
+    assert not await store.authenticate(CID, "wrong")
+    with pytest.raises(OpError) as taken:
+        await store.insert_task(CID, "t", "again")
+    assert taken.value.code == EXISTS
+    assert [r.cid for r in await store.list_clients(None, 10)] == [CID]
+
+
+async def test_a_traced_call_reports_the_route_the_owner_saw(ring) -> None:
+    _, store = ring
+    sink: dict = {}
+    TRACE.set(sink)
+    await store.list_tasks(CID)
+    assert sink == {"route": ["entry", "cache-1"], "owner": "cache-1", "group": ""}
+
+
+async def test_a_write_without_an_answer_is_a_timeout_never_a_false_failure(ring) -> None:
+    owner, store = ring
+    owner.mode = "silent"
+    with pytest.raises(OpError) as unknown:
+        await store.insert_task(CID, "t", "d")
+    assert unknown.value.code == TIMEOUT
+    assert owner.requests == 2  # the create in the fixture, then exactly one attempt
+
+
+async def test_unavailable_is_retried_and_reported_only_when_never_applied(ring) -> None:
+    owner, store = ring
+    owner.mode = "unavailable"
+    with pytest.raises(OpError) as refused:
+        await store.insert_task(CID, "t", "d")
+    assert refused.value.code == UNAVAILABLE
+    assert owner.requests > 3
+    owner.mode = "serve"
+    assert await store.list_tasks(CID) == []
+
+
+async def test_events_reach_watchers_and_a_rotation_forgets_cached_logins(ring) -> None:
+    owner, store = ring
+    seen = []
+    store.watch(CID, seen.append)
+    assert await store.authenticate(CID, "secret")
+    await store.insert_task(CID, "t", "d")
+    await store.rotate_token(CID, "new")
+    assert not await store.authenticate(CID, "secret")
+    assert [e.kind for e in seen] == ["task_inserted"]
+
+
+async def test_no_cache_node_means_unavailable_and_not_ready() -> None:
+    hub = MemoryHub()
+    bus = hub.attach()
+    await bus.connect()
+    store = RingStore(bus, "portal-1", request_timeout=0.2)
+    assert store.readiness() is not None
+    with pytest.raises(OpError) as nothing:
+        await store.insert_task(CID, "t", "d")
+    assert nothing.value.code == UNAVAILABLE
