@@ -70,7 +70,7 @@ async def ring():
 
 
 async def test_operations_reach_the_owner_and_results_come_back(ring) -> None:
-    owner, store = ring
+    _owner, store = ring
     await store.insert_task(CID, "t", "d")
     assert await store.list_tasks(CID) == [Task("t", "d")]
     assert await store.authenticate(CID, "secret")
@@ -110,7 +110,7 @@ async def test_unavailable_is_retried_and_reported_only_when_never_applied(ring)
 
 
 async def test_events_reach_watchers_and_a_rotation_forgets_cached_logins(ring) -> None:
-    owner, store = ring
+    _owner, store = ring
     seen = []
     store.watch(CID, seen.append)
     assert await store.authenticate(CID, "secret")
