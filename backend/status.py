@@ -107,6 +107,7 @@ async def listen_to_heartbeats(address: BrokerAddress, wait: float) -> Snapshot:
         source=address.redacted(),
         components=[c.summary(now) for c in view.components(now)],
         missing=view.missing(now),
+        cache_nodes=view.cache_nodes(now),
     )
 
 
@@ -182,6 +183,48 @@ def print_snapshot(snapshot: Snapshot, wait: float, from_web: bool) -> None:
         console.print("[bold green]Ready[/]: a write can commit end to end.")
     storage = snapshot.storage
     console.print(f"Storage: {storage['mode']}: {storage['summary']}", markup=False)
+    if snapshot.cache_nodes:
+        print_ring(snapshot.cache_nodes)
+
+
+RING_WIDTH = 64
+MARKS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def ring_line(nodes: list[dict[str, Any]], width: int = RING_WIDTH) -> str:
+    """The 64-bit ring unrolled onto `width` cells; each cell shows whose position falls in it."""
+    cells = ["·"] * width
+    for mark, node in zip(MARKS, nodes, strict=False):
+        for position in node.get("positions", []):
+            cell = int(position, 16) * width >> 64
+            cells[cell] = mark if cells[cell] in ("·", mark) else "*"
+    return "".join(cells)
+
+
+def print_ring(nodes: list[dict[str, Any]]) -> None:
+    """Draw the ring: where each cache node's positions sit, and what it holds."""
+    total = sum(len(node.get("positions", [])) for node in nodes)
+    console.print(f"\nRing: {total} positions on {len(nodes)} cache nodes (* = several nodes)")
+    console.print(f"  0 |{ring_line(nodes)}| 2^64", markup=False, highlight=False)
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("", "cache node", "positions", "keys", "successors", "fingers"):
+        table.add_column(column, justify="right" if column in ("positions", "keys") else "left")
+    for mark, node in zip(MARKS, nodes, strict=False):
+        table.add_row(
+            mark,
+            node["id"],
+            str(len(node.get("positions", []))),
+            str(node.get("keys", 0)),
+            _hosts(node.get("successors", [])),
+            _hosts(node.get("fingers", [])),
+        )
+    console.print(table)
+
+
+def _hosts(entries: list[Any]) -> str:
+    """The distinct cache nodes named in a list of [host, position] pairs (or host ids)."""
+    hosts = [e[0] if isinstance(e, (list, tuple)) and e else str(e) for e in entries]
+    return ", ".join(dict.fromkeys(hosts)) or "-"
 
 
 def _row(component: dict[str, Any]) -> list[str]:

@@ -39,6 +39,10 @@ class Stack:
             "TASKRING_ADMIN_TOKEN": self.admin_token,
         }
 
+    def serves_writes(self) -> bool:
+        """Every portal answers a request that needs the storage behind it."""
+        return run_cli("admin", "--json", "list", env=self.admin_env()).returncode == 0
+
     def create_client(self, name: str, data: str = "") -> dict[str, Any]:
         result = run_cli("admin", "--json", "create", name, "--data", data, env=self.admin_env())
         assert result.returncode == 0, result.stderr
@@ -59,9 +63,31 @@ def run_cli(
     )
 
 
-def start_stack(processes: Processes, tmp_path: Path, client_portals: int = 2) -> Stack:
+def start_stack(
+    processes: Processes,
+    tmp_path: Path,
+    client_portals: int = 2,
+    storage: str = "local",
+    cache_nodes: int = 4,
+) -> Stack:
+    """Mosquitto, the cache ring in `ring` storage, client portals and an admin portal."""
     broker = start_mosquitto(processes, tmp_path)
-    env = {"TASKRING_BROKER": broker, "TASKRING_ADMIN_TOKEN": ADMIN_TOKEN}
+    env = {
+        "TASKRING_BROKER": broker,
+        "TASKRING_ADMIN_TOKEN": ADMIN_TOKEN,
+        "TASKRING_STORAGE": storage,
+    }
+    if storage == "ring":
+        for number in range(1, cache_nodes + 1):
+            bootstrap = ["--bootstrap"] if number == 1 else []
+            processes.taskring(
+                "cache-node",
+                "--id",
+                f"cache-node-{number}",
+                *bootstrap,
+                name=f"cache-node-{number}",
+                env=env,
+            )
     client_ports = [free_port() for _ in range(client_portals)]
     admin_port = free_port()
     for number, port in enumerate(client_ports, 1):
@@ -87,4 +113,6 @@ def start_stack(processes: Processes, tmp_path: Path, client_portals: int = 2) -
     )
     for port in [*client_ports, admin_port]:
         wait_until(lambda port=port: port_open(port), f"a portal listening on {port}", timeout=20)
-    return Stack(broker, client_ports, admin_port, env=env)
+    stack = Stack(broker, client_ports, admin_port, env=env)
+    wait_until(stack.serves_writes, f"the {storage} storage to take requests", timeout=30)
+    return stack

@@ -16,9 +16,9 @@ from tests.e2e.stack import Stack, run_cli, start_stack
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def stack(processes, tmp_path) -> Stack:
-    return start_stack(processes, tmp_path)
+@pytest.fixture(params=["local", "ring"])
+def stack(request, processes, tmp_path) -> Stack:
+    return start_stack(processes, tmp_path, storage=request.param)
 
 
 @pytest.fixture
