@@ -1,0 +1,1 @@
+"""Deterministic simulators that drive the pure cores over a seeded in-memory network."""
