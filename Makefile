@@ -5,6 +5,7 @@
 #   make lint    ruff check and ruff format --check
 #   make fmt     ruff format and the fixes ruff check can make
 #   make proto   regenerate backend/admin_pb from protos/
+#   make frontend   build the browser UI into frontend/dist (only when stale)
 #   make clean   remove the virtual environment and caches (keeps ./data)
 #
 # The virtual environment is (re)installed whenever pyproject.toml changes.
@@ -17,12 +18,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-from-pyproject
 APT_STAMP := /tmp/taskring-apt-lists-updated
 ARGS ?=
+FRONTEND := frontend
+DIST := $(FRONTEND)/dist/index.html
+NPM_STAMP := $(FRONTEND)/node_modules/.installed-from-lockfile
+# Everything the built UI depends on; generated code (src/gen) is an output, not an input.
+FRONTEND_INPUTS := $(shell find $(FRONTEND)/src -type f -not -path '$(FRONTEND)/src/gen/*' 2>/dev/null) \
+	$(FRONTEND)/index.html $(FRONTEND)/vite.config.ts $(FRONTEND)/tsconfig.json \
+	$(FRONTEND)/buf.gen.yaml $(shell find protos -name '*.proto')
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt proto clean check-python mosquitto
+.PHONY: help run test lint fmt proto clean check-python mosquitto frontend chromium check-node
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
 
 # $(call apt_install,package): install a Debian package, refreshing the package lists
 # at most every six hours.
@@ -55,10 +64,31 @@ $(STAMP): pyproject.toml | check-python
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { $(call apt_install,mosquitto); }
 
-run: $(STAMP)
+check-node:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+		echo "error: the browser UI needs Node.js 20.19 or newer with npm (https://nodejs.org)" >&2; exit 1; }
+	@node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' || { \
+		echo "error: the browser UI needs Node.js 20.19 or newer; this is $$(node --version)" >&2; exit 1; }
+
+$(NPM_STAMP): $(FRONTEND)/package.json $(FRONTEND)/package-lock.json | check-node
+	@echo "installing the frontend's npm packages"
+	@cd $(FRONTEND) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(DIST): $(NPM_STAMP) $(FRONTEND_INPUTS)
+	@echo "building the browser UI"
+	@cd $(FRONTEND) && npm run --silent build
+	@touch $@
+
+frontend: $(DIST)
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { $(call apt_install,chromium); }
+
+run: $(STAMP) $(DIST)
 	$(BIN)/taskring up $(ARGS)
 
-test: $(STAMP) mosquitto
+test: $(STAMP) mosquitto chromium $(DIST)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -75,4 +105,5 @@ proto: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info build dist
+	rm -rf $(FRONTEND)/dist $(FRONTEND)/src/gen
 	find . -name __pycache__ -type d -prune -not -path './frontend/node_modules/*' -exec rm -rf {} +

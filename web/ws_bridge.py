@@ -1,0 +1,374 @@
+"""WS /ws/client: the browser's connection to a client portal.
+
+Each WebSocket gets its own TCP connection to a client portal. Every text
+message from the browser is one request line of the client protocol
+(CONTRACT section 2) and goes to the portal unchanged, with the `\\n` the
+line protocol needs; every line the portal sends (responses and watch
+events) comes back as one text message, without its `\\n`.
+
+Choosing a portal: the addresses come from a callable (the live portals the
+web process hears heartbeats from). Each new socket starts at the next
+address in turn, so sockets spread over the portals; an address that could
+not be reached a moment ago is tried last. When a portal cannot be reached
+the bridge fails over to the next one; when none can, the browser gets an
+`unavailable` response line and close code 1013 (try again later).
+
+A portal that goes away mid-connection takes its per-connection state (the
+`auth` binding, the `watch`) with it, and the outcome of requests it had not
+answered is unknown. The bridge does not hide that: it closes the socket
+with code 1012 (service restart) and a reason naming the portal, and the
+browser reconnects, which picks a live portal, and signs in again.
+
+Messages the bridge cannot pass on as one line, it answers itself, still in
+request order (after the portal's answers to earlier requests):
+
+- a binary message, or a text message holding a newline (other than one at
+  its very end): `bad_request`, and the socket stays usable;
+- a message longer than the protocol's 65,536-byte line limit: `too_large`,
+  then close code 1009, as the portal itself would close the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from backend.config import ConfigError, parse_host_port
+from backend.errors import BAD_REQUEST, TOO_LARGE, UNAVAILABLE
+from backend.protocol import MAX_LINE_BYTES, error_line
+
+log = logging.getLogger(__name__)
+
+PortalList = Callable[[], list[str]]
+
+# WebSocket close codes (RFC 6455 section 7.4 and the IANA registry).
+CLOSE_NORMAL = 1000
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_PORTAL_GONE = 1012  # "service restart": reconnect and you get a live portal
+CLOSE_TRY_LATER = 1013
+MAX_REASON_BYTES = 123  # the most a close frame's reason may hold
+
+
+@dataclass(frozen=True)
+class BridgeLimits:
+    connect_timeout: float = 2.0  # per portal address
+    wait_for_portals: float = 3.0  # a just-started web process has heard no heartbeat yet
+    poll_interval: float = 0.1
+    avoid_failed_for: float = 5.0  # an unreachable address goes last for this long
+    max_reply_bytes: int = 64 << 20  # a list_tasks reply can be large; past this, give up
+
+
+# ---- choosing a portal ------------------------------------------------------------
+
+
+@dataclass
+class PortalChooser:
+    """The order to try portal addresses in: round robin, recently unreachable ones last."""
+
+    portals: PortalList
+    limits: BridgeLimits
+    clock: Callable[[], float] = time.monotonic
+    failed: dict[str, float] = field(default_factory=dict)
+    turns: itertools.count[int] = field(default_factory=itertools.count)
+
+    def order(self, addresses: list[str]) -> list[str]:
+        if not addresses:
+            return []
+        start = next(self.turns) % len(addresses)
+        rotated = addresses[start:] + addresses[:start]
+        now = self.clock()
+        recent = {a for a, at in self.failed.items() if now - at < self.limits.avoid_failed_for}
+        return [a for a in rotated if a not in recent] + [a for a in rotated if a in recent]
+
+    def mark_failed(self, address: str) -> None:
+        self.failed[address] = self.clock()
+
+    def mark_ok(self, address: str) -> None:
+        self.failed.pop(address, None)
+
+    async def addresses(self) -> list[str]:
+        """The live addresses, waiting a little for the first heartbeats if there are none."""
+        addresses = self.portals()
+        # Nothing to wait on but the heartbeat view itself, so look again at intervals.
+        for _ in range(int(self.limits.wait_for_portals / self.limits.poll_interval)):
+            if addresses:
+                break
+            await asyncio.sleep(self.limits.poll_interval)
+            addresses = self.portals()
+        return self.order(addresses)
+
+
+@dataclass(frozen=True)
+class PortalStream:
+    address: str
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    max_reply_bytes: int
+
+
+async def connect_to_portal(
+    chooser: PortalChooser,
+) -> tuple[PortalStream | None, list[str]]:
+    """The first portal that accepts a TCP connection, or None and why each one failed."""
+    failures: list[str] = []
+    for address in await chooser.addresses():
+        try:
+            host, port = parse_host_port(address)
+            async with asyncio.timeout(chooser.limits.connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, limit=chooser.limits.max_reply_bytes
+                )
+        except ConfigError as exc:
+            failures.append(f"{address}: unusable address ({exc})")
+        except TimeoutError:
+            chooser.mark_failed(address)
+            failures.append(f"{address}: no connection within {chooser.limits.connect_timeout:g}s")
+        except OSError as exc:
+            chooser.mark_failed(address)
+            failures.append(f"{address}: {exc.strerror or exc}")
+        else:
+            chooser.mark_ok(address)
+            stream = PortalStream(address, reader, writer, chooser.limits.max_reply_bytes)
+            return stream, failures
+    return None, failures
+
+
+def no_portal_message(failures: list[str]) -> str:
+    if not failures:
+        return "no client portal is up (the web process hears no heartbeat from one); try again"
+    return "no client portal is reachable (" + "; ".join(failures) + "); try again"
+
+
+# ---- checking browser messages -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Send this line (with its newline) to the portal."""
+
+    line: bytes
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Answer the browser with this line ourselves; close with `close_code` if set."""
+
+    line: bytes
+    close_code: int | None = None
+
+
+def check_message(message: dict[str, Any]) -> Forward | Answer:
+    """What to do with one ASGI websocket.receive message holding data."""
+    text = message.get("text")
+    if text is None:
+        return Answer(
+            error_line(
+                None,
+                BAD_REQUEST,
+                "send each request as a text message holding one JSON line, not binary",
+            )
+        )
+    if text.endswith("\n"):
+        text = text[:-1]
+    if "\n" in text:
+        return Answer(
+            error_line(
+                _request_id(text),
+                BAD_REQUEST,
+                "a message must hold exactly one request line; this one holds a newline",
+            )
+        )
+    line = text.encode("utf-8", "surrogatepass")
+    if len(line) > MAX_LINE_BYTES:
+        message_text = (
+            f"request line is longer than {MAX_LINE_BYTES:,} bytes; the connection is closed"
+        )
+        return Answer(error_line(None, TOO_LARGE, message_text), CLOSE_TOO_BIG)
+    return Forward(line + b"\n")
+
+
+def _request_id(text: str) -> Any:
+    """The id to echo in the bridge's own error answers: the request's, when it has one."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    request_id = value.get("id") if isinstance(value, dict) else None
+    return request_id if isinstance(request_id, str | int | float | bool) else None
+
+
+def is_response(line: bytes) -> bool:
+    """A portal line is a response (has `ok`), as opposed to a watch event (has neither)."""
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return True  # not JSON at all: count it as the answer it must be
+    return not (isinstance(value, dict) and "ok" not in value and "event" in value)
+
+
+def close_reason(text: str) -> str:
+    """A close-frame reason, cut to the 123 bytes the frame can carry."""
+    data = text.encode()
+    if len(data) <= MAX_REASON_BYTES:
+        return text
+    return data[: MAX_REASON_BYTES - 3].decode(errors="ignore") + "..."
+
+
+# ---- one bridged connection --------------------------------------------------------
+
+
+class Bridge:
+    """One WebSocket joined to one TCP connection; `run` returns when either side ends."""
+
+    def __init__(self, websocket: WebSocket, portal: PortalStream) -> None:
+        self.websocket = websocket
+        self.portal = portal
+        self.send_lock = asyncio.Lock()
+        self.forwarded = 0  # requests sent to the portal
+        self.answered = 0  # responses received from it
+        self.own_answers: deque[tuple[int, Answer]] = deque()  # (requests before it, answer)
+        self.close_code: int | None = None
+        self.close_text = ""
+
+    async def run(self) -> None:
+        upstream = asyncio.create_task(self._browser_to_portal())
+        downstream = asyncio.create_task(self._portal_to_browser())
+        try:
+            await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (upstream, downstream):
+                task.cancel()
+            await asyncio.gather(upstream, downstream, return_exceptions=True)
+            self._close_portal()
+        if self.close_code is not None:
+            await self._close_browser(self.close_code, self.close_text)
+
+    # ---- browser -> portal ----------------------------------------------------------
+
+    async def _browser_to_portal(self) -> None:
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            action = check_message(message)
+            if isinstance(action, Forward):
+                self.forwarded += 1
+                try:
+                    self.portal.writer.write(action.line)
+                    await self.portal.writer.drain()
+                except OSError as exc:
+                    self._portal_gone(exc.strerror or str(exc))
+                    return
+                continue
+            if await self._answer_in_order(action):
+                return
+            if action.close_code is not None:
+                # Read nothing more; the answer goes out once earlier ones have.
+                await asyncio.Event().wait()
+
+    async def _answer_in_order(self, answer: Answer) -> bool:
+        """Send our own answer now if nothing is outstanding, else queue it; True if closing."""
+        if self.answered >= self.forwarded and not self.own_answers:
+            return await self._send_own(answer)
+        self.own_answers.append((self.forwarded, answer))
+        return False
+
+    async def _send_own(self, answer: Answer) -> bool:
+        await self._send(answer.line)
+        if answer.close_code is not None:
+            self.close_code, self.close_text = answer.close_code, "request line too long"
+            return True
+        return False
+
+    # ---- portal -> browser ------------------------------------------------------------
+
+    async def _portal_to_browser(self) -> None:
+        reader = self.portal.reader
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:
+                limit = f"{self.portal.max_reply_bytes:,}"
+                self._closing(CLOSE_INTERNAL, f"a reply from the client portal exceeds {limit} B")
+                return
+            except OSError as exc:
+                self._portal_gone(exc.strerror or str(exc))
+                return
+            if not line.endswith(b"\n"):
+                self._portal_gone("closed the connection")
+                return
+            await self._send(line)
+            if is_response(line):
+                self.answered += 1
+                if await self._flush_own_answers():
+                    return
+
+    async def _flush_own_answers(self) -> bool:
+        while self.own_answers and self.own_answers[0][0] <= self.answered:
+            _, answer = self.own_answers.popleft()
+            if await self._send_own(answer):
+                return True
+        return False
+
+    def _portal_gone(self, what: str) -> None:
+        self._closing(CLOSE_PORTAL_GONE, f"client portal {self.portal.address} {what}; reconnect")
+
+    def _closing(self, code: int, text: str) -> None:
+        self.close_code, self.close_text = code, text
+
+    # ---- sockets ------------------------------------------------------------------
+
+    async def _send(self, line: bytes) -> None:
+        text = line.removesuffix(b"\n").decode("utf-8", "replace")
+        async with self.send_lock:
+            await self.websocket.send_text(text)
+
+    async def _close_browser(self, code: int, text: str) -> None:
+        if self.websocket.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await self.websocket.close(code, close_reason(text))
+
+    def _close_portal(self) -> None:
+        self.portal.writer.close()
+
+
+async def serve_socket(websocket: WebSocket, chooser: PortalChooser) -> None:
+    """Accept one browser socket and bridge it to a portal until either side leaves."""
+    await websocket.accept()
+    portal, failures = await connect_to_portal(chooser)
+    if portal is None:
+        message = no_portal_message(failures)
+        log.warning("client bridge: %s", message)
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await websocket.send_text(error_line(None, UNAVAILABLE, message).decode()[:-1])
+            await websocket.close(CLOSE_TRY_LATER, close_reason("no client portal is reachable"))
+        return
+    try:
+        await Bridge(websocket, portal).run()
+    except (WebSocketDisconnect, OSError) as exc:
+        log.debug("client bridge to %s ended: %s", portal.address, exc)
+        portal.writer.close()
+
+
+def create_ws_router(portals: PortalList, limits: BridgeLimits | None = None) -> APIRouter:
+    """An APIRouter serving WS /ws/client over the client portals `portals()` names."""
+    chooser = PortalChooser(portals, limits or BridgeLimits())
+    router = APIRouter()
+
+    @router.websocket("/ws/client")
+    async def client_bridge(websocket: WebSocket) -> None:
+        await serve_socket(websocket, chooser)
+
+    return router
