@@ -19,10 +19,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("backend.broker:broker", "Run an MQTT broker (Mosquitto, else embedded)."),
     "client-portal": ("backend.nodes.client_portal:command", "Run one client portal (TCP)."),
     "admin-portal": ("backend.nodes.admin_portal:command", "Run one admin portal (gRPC)."),
+    "cache-node": ("backend.nodes.cache_node:command", "Run one cache node of the Chord ring."),
+    "replica": ("backend.nodes.replica:command", "Run one replica of a replica group (Raft)."),
     "web": ("web.server:command", "Run the web process (health, metrics, UI)."),
     "client": ("backend.client_app:client", "The client application: manage your tasks."),
     "admin": ("backend.admin_app:admin", "The administrator application: manage clients."),
     "status": ("backend.status:status", "Show the cluster: components, health, storage."),
+    "bench": ("backend.bench.cli:bench", "Load-test a running system through its portals."),
 }
 
 

@@ -33,7 +33,7 @@ PORTAL_NAMES = {CLIENT_PORTAL: "client portal", ADMIN_PORTAL: "admin portal"}
 
 
 CACHE_NODE = "cache-node"
-RING_FIELDS = ("positions", "successors", "fingers", "predecessors", "member")
+RING_BITS = 64
 
 
 class HeartbeatError(ValueError):
@@ -165,11 +165,7 @@ class ClusterView:
 
     def cache_nodes(self, now: float) -> list[dict[str, Any]]:
         """The live cache nodes and their view of the ring, as /api/cluster lists them."""
-        nodes = []
-        for c in self.alive(now, CACHE_NODE):
-            ring = c.heartbeat.ring or {}
-            nodes.append({"id": c.id, **{k: ring.get(k, []) for k in RING_FIELDS}})
-            nodes[-1]["keys"] = ring.get("keys", 0)
+        nodes = [ring_summary(c.id, c.heartbeat.ring or {}) for c in self.alive(now, CACHE_NODE)]
         return sorted(nodes, key=lambda node: node["id"])
 
     def ready_portals(self, now: float, kind: str) -> list[Component]:
@@ -216,6 +212,46 @@ def cumulative_buckets(counts: tuple[int, ...] | list[int]) -> list[tuple[str, i
         running += count
         pairs.append((bound, running))
     return pairs
+
+
+def ring_summary(node_id: str, ring: dict[str, Any]) -> dict[str, Any]:
+    """A cache node's heartbeat `ring` map in the shape of /api/cluster (all ids strings).
+
+    The heartbeat names peers as [host, position]; the API lists successors by
+    cache node id and fingers as {start, node, position} of the lowest position.
+    """
+    positions = [str(p) for p in ring.get("positions", [])]
+    fingers = []
+    if positions:
+        base = int(positions[0], 16)
+        targets = [p for p in ring.get("fingers", []) if _is_peer(p)]
+        for peer in targets:
+            start = _finger_start(base, int(peer[1], 16))
+            fingers.append({"start": f"{start:016x}", "node": peer[0], "position": peer[1]})
+    return {
+        "id": node_id,
+        "positions": positions,
+        "successors": [p[0] for p in ring.get("successors", []) if _is_peer(p)],
+        "fingers": fingers,
+        "keys": ring.get("keys", 0) if isinstance(ring.get("keys"), int) else 0,
+        "member": bool(ring.get("member", False)),
+    }
+
+
+def _is_peer(value: Any) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], str)
+    )
+
+
+def _finger_start(base: int, target: int) -> int:
+    """The largest finger start base + 2^k that the target position still succeeds."""
+    distance = (target - base) % (1 << RING_BITS)
+    k = max(distance.bit_length() - 1, 0)
+    return (base + (1 << k)) % (1 << RING_BITS)
 
 
 # ---- parsing ------------------------------------------------------------------------

@@ -222,8 +222,8 @@ def print_ring(nodes: list[dict[str, Any]]) -> None:
 
 
 def _hosts(entries: list[Any]) -> str:
-    """The distinct cache nodes named in a list of [host, position] pairs (or host ids)."""
-    hosts = [e[0] if isinstance(e, (list, tuple)) and e else str(e) for e in entries]
+    """The distinct cache nodes named by successor ids or {start, node, position} fingers."""
+    hosts = [str(e.get("node", "?")) if isinstance(e, dict) else str(e) for e in entries]
     return ", ".join(dict.fromkeys(hosts)) or "-"
 
 

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 # Without TCP_NODELAY a QoS-1 round trip stalls on Nagle's algorithm (~88 ms).
 _NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
+# aiomqtt warns once more than 10 QoS-1 publishes await their PUBACK; components publish
+# many at once on purpose (one task per message), so warn only at a real backlog.
+PENDING_PUBLISH_WARNING = 1000
 SHUTDOWN_WAIT = 0.5
 SETTLE_WAIT = 3.0
 
@@ -136,6 +139,7 @@ class MqttBus:
             timeout=5,
             logger=_paho_log,
         )
+        client.pending_calls_threshold = PENDING_PUBLISH_WARNING
         async with client:
             for topic_filter in dict.fromkeys(f for f, _ in self.handlers):
                 await client.subscribe(topic_filter, qos=1)

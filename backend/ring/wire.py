@@ -6,8 +6,11 @@ the types below never collide with Chord's.
 
     request   portal -> any cache node's topic: run `op` on the owner of `key`
               {"t": "request", "corr", "reply_to", "key": int, "op": {...}, "trace": bool}
-              The op is a backend/model/kv.py operation. The request rides inside
-              a Chord lookup as its payload until it reaches the owner.
+              The op is a backend/model/kv.py operation whose "cid" equals `key`.
+              The request rides inside a Chord lookup as its payload until it
+              reaches the owner; corr and reply_to ride in the lookup's token, so
+              together they must stay under 500 characters (else bad_request).
+              A node that cannot route it answers unavailable (not applied).
     reply     owner -> reply_to
               {"t": "reply", "corr", "ok": bool, "result": {...}|None,
                "error": {"code", "message"}|None, "route": [host ids], "owner": host id,
@@ -16,7 +19,16 @@ the types below never collide with Chord's.
               {"t": "scan", "corr", "reply_to", "after": int (-1 for the start), "limit": int}
               answered by a reply whose result is {"clients": [record...], "host": id}
     handover  cache node -> cache node: keys whose owner is now the receiver
-              {"t": "handover", "from": host id, "keys": [kv.key_to_wire(...)...]}
+              {"t": "handover", "from": host id, "keys": [kv.key_to_wire(...)...],
+               "id": text naming this handover, "arcs": [[start, end], ...]}
+              Sent directly, or as the payload of a Chord lookup for one of its keys
+              (routing then finds the owner). Each arc (start, end] in "arcs" is one the
+              sender held no other keys in: a new owner waiting for that arc's keys
+              stops waiting. The receiver keeps a key it already holds (its copy is the
+              newer) and acknowledges with handover_ack; the sender keeps the keys
+              aside until then and takes them back if no acknowledgement comes.
+    handover_ack  receiver -> sender's host topic
+              {"t": "handover_ack", "from": host id, "id": the handover's id}
     announce  cache node -> ANNOUNCE topic, twice a second
               {"t": "announce", "host", "incarnation", "member": bool, "positions": [int]}
 
@@ -35,6 +47,7 @@ REQUEST = "request"
 REPLY = "reply"
 SCAN = "scan"
 HANDOVER = "handover"
+HANDOVER_ACK = "handover_ack"
 ANNOUNCE = "announce"
 TOKEN_ROTATED = "token_rotated"
 
@@ -77,8 +90,14 @@ def scan(corr: str, reply_to: str, after: int, limit: int) -> dict:
     return {"t": SCAN, "corr": corr, "reply_to": reply_to, "after": after, "limit": limit}
 
 
-def handover(from_host: str, keys: list[Any]) -> dict:
-    return {"t": HANDOVER, "from": from_host, "keys": keys}
+def handover(
+    from_host: str, keys: list[Any], hid: str = "", arcs: list[list[int]] | None = None
+) -> dict:
+    return {"t": HANDOVER, "from": from_host, "keys": keys, "id": hid, "arcs": arcs or []}
+
+
+def handover_ack(from_host: str, hid: str) -> dict:
+    return {"t": HANDOVER_ACK, "from": from_host, "id": hid}
 
 
 def announce(host: str, incarnation: str, member: bool, positions: list[int]) -> dict:
@@ -120,6 +139,25 @@ def check_announce(message: dict[str, Any]) -> None:
     positions = message.get("positions")
     if not isinstance(positions, list) or not all(is_position(p) for p in positions):
         raise ValueError("announce positions must be a list of ring positions")
+
+
+def check_handover(message: dict[str, Any]) -> None:
+    """Raise ValueError naming the first malformed field of a handover (keys are checked
+    one by one as they are imported)."""
+    _text(message, "from")
+    _text(message, "id")
+    if not isinstance(message.get("keys"), list):
+        raise ValueError("handover keys must be a list")
+    arcs = message.get("arcs", [])
+    if not isinstance(arcs, list) or not all(
+        isinstance(a, list) and len(a) == 2 and all(is_position(p) for p in a) for a in arcs
+    ):
+        raise ValueError("handover arcs must be a list of [start, end] ring positions")
+
+
+def check_handover_ack(message: dict[str, Any]) -> None:
+    _text(message, "from")
+    _text(message, "id")
 
 
 def check_reply(message: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ from .interface import TRACE, EventSink, Unwatch
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 5.0  # seconds until a request's outcome is declared unknown
-HOST_FRESHNESS = 3.0  # an announcement older than this no longer counts
+HOST_FRESHNESS = 1.6  # announcements come twice a second; three missed ones mean gone
 AUTH_CACHE_TTL = 1.0  # a positive authentication is reused this long (see authenticate)
 RETRY_PAUSE = 0.05
 

@@ -1,0 +1,232 @@
+"""`taskring cache-node`: one cache node of the Chord ring, as its own process.
+
+A thin asyncio adapter around backend/ring/cache_core.py's CacheNode: it moves
+msgpack maps between the MQTT broker and the core, ticks the core every 0.1 s,
+publishes what the core returns in order, and sends a heartbeat every second.
+
+    taskring cache-node [--id cache-node-1] [--broker URL] [--vnodes 8]
+                        [--bootstrap] [--join-wait 2.0]
+
+Without --bootstrap the node waits (as long as it takes, saying so every 5 s)
+for a ring member to announce itself and joins through it. With --bootstrap it
+starts a new ring when no member has announced itself within --join-wait
+seconds. SIGTERM or SIGINT: hand every key to its next owner, leave the ring,
+let the handovers be acknowledged (briefly), exit 0.
+
+Subscriptions: topics.ring_host(id) (Chord messages, request, scan, handover,
+handover_ack) and topics.RING_ANNOUNCE. Publishes: Chord messages and handovers
+to other nodes' host topics, replies to each request's reply_to, change events
+on topics.ring_events(cid), an announcement twice a second.
+
+Heartbeat on topics.heartbeat("cache-node", id): telemetry.heartbeat_message's
+fields (address "", ready while a ring member, problem "not yet in the ring"
+otherwise; metrics count the operations this node applied as owner, by op and
+outcome) plus a "ring" map. Ring positions are 16 lowercase hex digits, a peer
+is [host id, position]:
+
+    "ring": {
+      "member":       bool, some position is in the ring (and the node is not leaving)
+      "positions":    [position, ...] of this node, ascending
+      "predecessors": [peer | None, ...] one per position, same order
+      "successors":   [peer, ...] successor list of the first (lowest) position
+      "fingers":      [peer, ...] that position's distinct fingers, nearest first
+      "keys":         int, keys (CIDs) held in memory
+      "moving":       int, keys handed to another node and not yet acknowledged
+      "vnodes":       [{"position", "state": "idle"|"joining"|"member"|"lost"|"left",
+                        "predecessor": peer | None, "successors": [peer...],
+                        "fingers": [peer...]}, ...] every position in full, same order
+    }
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Iterable
+
+import click
+
+from ..bus import topics
+from ..bus.mqtt import MqttBus
+from ..bus.transport import BusUnavailable, Message
+from ..cli_common import broker_option, component_id_option
+from ..config import BrokerAddress
+from ..ring.cache_core import CacheNode, Publish
+from ..telemetry import HEARTBEAT_INTERVAL, RequestMetrics, heartbeat_message
+
+log = logging.getLogger(__name__)
+
+KIND = "cache-node"
+TICK_INTERVAL = 0.1
+CONNECT_LOG_INTERVAL = 5.0
+LEAVE_ACK_WAIT = 2.0  # how long a leaving node waits for its handovers' acknowledgements
+FLUSH_WAIT = 2.0
+
+
+class Publisher:
+    """Publishes in the order given, without waiting for each acknowledgement in turn.
+
+    Each publish is its own task; tasks start in creation order and hand the message
+    to the MQTT client before their first pause, so the broker gets them in order.
+    """
+
+    def __init__(self, bus: MqttBus) -> None:
+        self.bus = bus
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, publishes: Iterable[Publish]) -> None:
+        for item in publishes:
+            task = asyncio.create_task(self._publish(item))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def flush(self, timeout: float) -> None:
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=timeout)
+
+    async def _publish(self, item: Publish) -> None:
+        try:
+            await self.bus.publish(item.topic, item.message, qos=item.qos)
+        except BusUnavailable as exc:
+            log.debug("not sent: %s", exc)  # the ring retries what matters
+        except Exception as exc:  # e.g. a topic the broker client refuses
+            log.warning("could not publish to %r: %r", item.topic, exc)
+
+
+async def run_cache_node(
+    node_id: str, broker: BrokerAddress, vnodes: int, bootstrap: bool, join_wait: float
+) -> int:
+    """Serve until SIGTERM or SIGINT; return the exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    bus = MqttBus(broker, node_id)
+    publisher = Publisher(bus)
+    metrics = RequestMetrics()
+    holder: list[CacheNode] = []
+    handed_over = asyncio.Event()  # set once a leaving node's handovers are acknowledged
+
+    async def on_message(topic: str, message: Message) -> None:
+        if holder:
+            node = holder[0]
+            publisher.send(node.receive(topic, message, loop.time()))
+            if node.leaving and not node.handovers_pending:
+                handed_over.set()
+
+    bus.subscribe(topics.ring_host(node_id), on_message)
+    bus.subscribe(topics.RING_ANNOUNCE, on_message)
+    async with bus:
+        if not await _connected(bus, stop, broker):
+            return 0
+        # The join wait starts once the node can hear announcements.
+        node = CacheNode(
+            node_id,
+            incarnation=secrets.token_hex(6),
+            vnodes=vnodes,
+            bootstrap=bootstrap,
+            join_wait=join_wait,
+            now=loop.time(),
+            metrics=metrics,
+        )
+        holder.append(node)
+        log.info(
+            "cache node %s up with %d ring positions (broker %s)",
+            node_id,
+            vnodes,
+            broker.redacted(),
+        )
+        ticker = asyncio.create_task(_tick(node, publisher))
+        heartbeat = asyncio.create_task(_heartbeat(bus, node, metrics))
+        await stop.wait()
+        log.info("cache node %s leaving the ring", node_id)
+        publisher.send(node.leave(loop.time()))
+        if node.handovers_pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(handed_over.wait(), LEAVE_ACK_WAIT)
+        if node.handovers_pending:
+            log.warning(
+                "%d handovers were not acknowledged in time; their keys may be lost",
+                node.handovers_pending,
+            )
+        for task in (ticker, heartbeat):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await publisher.flush(FLUSH_WAIT)
+    log.info("cache node %s stopped", node_id)
+    return 0
+
+
+async def _connected(bus: MqttBus, stop: asyncio.Event, broker: BrokerAddress) -> bool:
+    """Wait for the broker (saying so now and then) or a stop; True once connected."""
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        while True:
+            connecting = asyncio.create_task(bus.wait_connected(CONNECT_LOG_INTERVAL))
+            await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                connecting.cancel()
+                return False
+            if connecting.result():
+                return True
+            log.info("waiting for the broker at %s", broker.redacted())
+    finally:
+        stopping.cancel()
+
+
+async def _tick(node: CacheNode, publisher: Publisher) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            publisher.send(node.tick(loop.time()))
+        except Exception:
+            # A bug must not stop the ticks: without them the node drops out of the ring.
+            log.exception("cache node %s failed on a tick", node.id)
+        await asyncio.sleep(TICK_INTERVAL)
+
+
+async def _heartbeat(bus: MqttBus, node: CacheNode, metrics: RequestMetrics) -> None:
+    started = time.time()
+    topic = topics.heartbeat(KIND, node.id)
+    while True:
+        message = heartbeat_message(node.id, KIND, "", started, node.readiness(), metrics)
+        message["ring"] = node.ring_status()
+        with contextlib.suppress(BusUnavailable):  # the bus logs its own connection trouble
+            await bus.publish(topic, message, qos=0)
+        await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+
+@click.command("cache-node")
+@component_id_option("cache-node-1")
+@broker_option
+@click.option(
+    "--vnodes",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    envvar="TASKRING_VNODES",
+    help="Ring positions (virtual nodes) of this cache node.",
+)
+@click.option(
+    "--bootstrap",
+    is_flag=True,
+    help="Start a new ring if no ring member announces itself within --join-wait seconds.",
+)
+@click.option(
+    "--join-wait",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds to listen for ring members before --bootstrap starts a new ring.",
+)
+def command(
+    component_id: str, broker: BrokerAddress, vnodes: int, bootstrap: bool, join_wait: float
+) -> None:
+    """Run one cache node of the Chord ring."""
+    sys.exit(asyncio.run(run_cache_node(component_id, broker, vnodes, bootstrap, join_wait)))

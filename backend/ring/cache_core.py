@@ -1,0 +1,691 @@
+"""One cache node of the ring, pure: Chord routing plus the keys this node holds.
+
+`CacheNode` wraps a ChordHost (ring membership and routing) and a KeyValueState
+(the keys it owns, in memory only). It takes decoded messages and ticks, each
+with the caller's clock reading, and returns `Publish`es (topic, message,
+QoS) for the caller to send in order; it does no I/O and reads no clock. The
+message formats are backend/ring/wire.py's and Chord's own.
+
+    node = CacheNode("cache-node-1", incarnation=<random text>, bootstrap=True, now=t)
+    publishes = node.receive(topic, message, now)   # per message on its host topic or announce
+    publishes = node.tick(now)                      # every 0.1 s or so
+    publishes = node.leave(now)                     # on SIGTERM; then wait for handovers_pending
+
+Requests enter at any node and ride a Chord lookup to the owner of their key,
+which applies the operation and replies (Owned may repeat for one request, so
+replies are remembered by correlation id and re-sent, never applied twice). A
+lookup that cannot be routed is answered `unavailable` (not applied). The reply
+address and correlation id ride in the lookup's token (so together they must
+fit in its 512 characters), so whichever node gives up on a request can answer it.
+
+Keys move when ownership does, so a graceful join or leave loses nothing:
+
+- An arc lost to a new predecessor on another node (it joined in front of us) is
+  handed to it directly, with the arc itself, so it knows the handover is complete.
+- Keys held here that no position here owns any more are swept (each second, when
+  the ring view changed) to their owner by a Chord lookup carrying them.
+- A handover is acknowledged; until then the sender keeps the keys aside, serving
+  nothing from them (requests for them wait), and takes them back if no
+  acknowledgement comes or the receiver stops answering Chord's probes.
+- A position that just gained an arc parks requests for keys in it that it does
+  not hold, for up to COLD_WAIT seconds or until a handover covering them arrives,
+  instead of answering not_found (or creating a client) before the keys arrive.
+- Leaving, every key goes to the successor (on another node) of the position
+  that owns it, before Chord's leave messages.
+
+A crashed node's keys are lost (there is no durable tier yet); the ring heals
+around it and its keys answer not_found.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..bus import topics
+from ..chord import (
+    MEMBER,
+    ChordConfig,
+    ChordHost,
+    Dropped,
+    Isolated,
+    Joined,
+    Output,
+    Owned,
+    RangeChanged,
+    Send,
+    between,
+    between_right,
+    decode,
+    format_position,
+    hosts_visited,
+    owner_index,
+)
+from ..chord.messages import MAX_TOKEN_CHARS, MESSAGE_TYPES
+from ..errors import BAD_REQUEST, UNAVAILABLE, OpError
+from ..model.kv import WRITE_OPS, KeyValueState, record_to_wire
+from ..telemetry import RequestMetrics
+from . import wire
+from .key_moves import KeyMoves, import_keys
+
+log = logging.getLogger(__name__)
+
+ANNOUNCE_INTERVAL = 0.5
+PEER_FRESH = 2.0  # a member announced this recently is a join contact
+PEER_FORGET = 60.0
+WAIT_LOG_INTERVAL = 5.0
+COLD_WAIT = 2.0  # a newly gained arc waits this long for its keys
+PARK_LIMIT = 8.0  # a parked request is answered `unavailable` after this long
+SWEEP_INTERVAL = 1.0
+FULL_SWEEP_INTERVAL = 10.0  # sweep even when nothing seems to have changed
+SWEEP_BATCH = 512  # keys routed away per sweep
+HANDOVER_BATCH = 256  # keys per direct handover message
+REPLY_CACHE = 10_000
+
+NOT_IN_RING = "not yet in the ring"
+UNROUTABLE = "no route to the owner of this key; not applied, safe to retry"
+MOVING = "the key is moving between cache nodes; not applied, safe to retry"
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    topic: str
+    message: dict[str, Any]
+    qos: int = 1
+
+
+@dataclass(slots=True)
+class _PeerInfo:
+    positions: list[int]
+    member: bool
+    incarnation: str
+    heard: float
+
+
+@dataclass(slots=True)
+class _Parked:
+    owned: Owned
+    since: float
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """When this node started waiting to get into a ring, and when it last said so."""
+
+    since: float
+    logged: float = field(default=-1e18)
+
+
+class _Lru:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        return self.items.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+        self.items.move_to_end(key)
+        if len(self.items) > self.limit:
+            self.items.popitem(last=False)
+
+
+class CacheNode:
+    def __init__(
+        self,
+        host_id: str,
+        *,
+        incarnation: str,
+        vnodes: int = 8,
+        bootstrap: bool = False,
+        join_wait: float = 2.0,
+        cold_wait: float = COLD_WAIT,
+        config: ChordConfig | None = None,
+        now: float = 0.0,
+        seed: int | None = None,
+        metrics: RequestMetrics | None = None,
+    ) -> None:
+        self.id = host_id
+        self.incarnation = incarnation
+        self.host = ChordHost(host_id, vnodes, config, incarnation)
+        self.host.now = now
+        self.state = KeyValueState()
+        self.may_bootstrap = bootstrap
+        self.join_wait = join_wait
+        self.metrics = metrics or RequestMetrics()
+        self.rng = random.Random(seed)
+        self.now = now
+        self.peers: dict[str, _PeerInfo] = {}
+        self.leaving = False
+        self._waiting: _Waiting | None = _Waiting(now)
+        self._bootstrapping = False
+        self._was_member = False
+        self._replies = _Lru(REPLY_CACHE)
+        self.moves = KeyMoves(f"{host_id}/{incarnation}", cold_wait)
+        self._parked: list[_Parked] = []
+        self._due_announce = now
+        self._due_sweep = now
+        self._due_full_sweep = now
+        self._swept_view: tuple[Any, ...] | None = None
+        self._imported = False  # keys arrived since the last sweep
+        self._arrived = False  # keys arrived since parked requests were last looked at
+
+    # ---- queries --------------------------------------------------------------------
+
+    @property
+    def member(self) -> bool:
+        return not self.leaving and bool(self.host.members())
+
+    def readiness(self) -> str | None:
+        return None if self.member else NOT_IN_RING
+
+    @property
+    def handovers_pending(self) -> int:
+        """Handovers sent and not yet acknowledged."""
+        return len(self.moves.inflight)
+
+    def ring_status(self) -> dict[str, Any]:
+        """The heartbeat's "ring" field (layout in backend/nodes/cache_node.py)."""
+        vnodes = [_vnode_status(v) for v in self.host.describe()["vnodes"]]
+        first = vnodes[0]
+        return {
+            "member": self.member,
+            "positions": [v["position"] for v in vnodes],
+            "predecessors": [v["predecessor"] for v in vnodes],
+            "successors": first["successors"],
+            "fingers": first["fingers"],
+            "keys": len(self.state.keys),
+            "moving": len(self.moves.moving),
+            "vnodes": vnodes,
+        }
+
+    # ---- inputs ---------------------------------------------------------------------
+
+    def receive(self, topic: str, message: dict[str, Any], now: float) -> list[Publish]:
+        """A message from the node's own host topic or the announcement topic."""
+        self._clock(now)
+        if topic == topics.RING_ANNOUNCE:
+            self._on_announce(message)
+            return []
+        kind = message.get("t")
+        out: list[Publish] = []
+        self._receive(kind, topic, message, out)
+        if self._arrived and self._parked:
+            self._release_parked(out)
+        return out
+
+    def _receive(self, kind: Any, topic: str, message: dict[str, Any], out: list[Publish]) -> None:
+        if kind == wire.REQUEST:
+            self._on_request(message, out)
+        elif kind == wire.SCAN:
+            self._on_scan(message, out)
+        elif kind == wire.HANDOVER:
+            self._on_handover(message, out)
+        elif kind == wire.HANDOVER_ACK:
+            self._on_handover_ack(message)
+        elif isinstance(kind, str) and kind in MESSAGE_TYPES:
+            try:
+                chord_message = decode(message)
+            except ValueError as exc:
+                log.warning("dropped a malformed ring message: %s", exc)
+                return
+            self._process(self.host.handle(chord_message), out)
+        else:
+            log.warning("dropped a message of unknown type %r on %s", kind, topic)
+
+    def tick(self, now: float) -> list[Publish]:
+        self._clock(now)
+        out: list[Publish] = []
+        self._process(self.host.tick(now), out)
+        if not self.leaving and self.host.isolated:
+            self._get_into_ring(out)
+        if now >= self._due_announce:
+            self._due_announce = now + ANNOUNCE_INTERVAL
+            out.append(Publish(topics.RING_ANNOUNCE, self._announcement(), qos=0))
+        self._expire()
+        self._release_parked(out)
+        if now >= self._due_sweep:
+            self._due_sweep = now + SWEEP_INTERVAL
+            self._sweep(out)
+        return out
+
+    def leave(self, now: float) -> list[Publish]:
+        """Hand every key to its next owner, then leave the ring (Chord's goodbye)."""
+        self._clock(now)
+        out: list[Publish] = []
+        if self.leaving:
+            return out
+        if self.host.members():
+            self._hand_everything_over(out)
+        self.leaving = True
+        self._process(self.host.leave(), out)
+        for parked in self._parked:
+            self._reply_unavailable(parked.owned.token, MOVING, parked.owned.hosts(), out)
+        self._parked.clear()
+        out.append(Publish(topics.RING_ANNOUNCE, self._announcement(), qos=0))
+        return out
+
+    # ---- membership -----------------------------------------------------------------
+
+    def _clock(self, now: float) -> None:
+        self.now = now
+        self.host.now = now
+
+    def _on_announce(self, message: dict[str, Any]) -> None:
+        try:
+            wire.check_announce(message)
+        except ValueError as exc:
+            log.warning("dropped a malformed announcement: %s", exc)
+            return
+        host = message["host"]
+        if host == self.id:
+            return
+        self.peers[host] = _PeerInfo(
+            list(message["positions"]),
+            message.get("member") is True,
+            message["incarnation"],
+            self.now,
+        )
+
+    def _announcement(self) -> dict[str, Any]:
+        return wire.announce(self.id, self.incarnation, self.member, self.host.positions)
+
+    def _contacts(self) -> list[str]:
+        fresh = self.now - PEER_FRESH
+        return sorted(h for h, p in self.peers.items() if p.member and p.heard >= fresh)
+
+    def _get_into_ring(self, out: list[Publish]) -> None:
+        """Join through a member heard recently; with none, start a ring (if allowed,
+        after join_wait) or keep waiting and say so now and then."""
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = _Waiting(self.now)
+        contacts = self._contacts()
+        if contacts:
+            contact = self.rng.choice(contacts)
+            log.info("cache node %s joining the ring through %s", self.id, contact)
+            self._waiting = None
+            self._process(self.host.join(contact), out)
+        elif self.may_bootstrap and self.now - waiting.since >= self.join_wait:
+            log.info("no cache node in a ring announced itself; %s starts a new ring", self.id)
+            self._waiting = None
+            self._bootstrapping = True
+            try:
+                self._process(self.host.bootstrap(), out)
+            finally:
+                self._bootstrapping = False
+        elif self.now - waiting.logged >= WAIT_LOG_INTERVAL:
+            waiting.logged = self.now
+            log.info(
+                "cache node %s waiting %.0fs for a ring member to announce itself",
+                self.id,
+                self.now - waiting.since,
+            )
+
+    # ---- what the Chord core hands back ---------------------------------------------
+
+    def _process(self, outputs: Iterable[Output], out: list[Publish]) -> None:
+        for item in outputs:
+            kind = type(item)
+            if kind is Send:
+                out.append(Publish(topics.ring_host(item.host), item.message.to_wire()))  # type: ignore[union-attr]
+            elif kind is Owned:
+                self._on_owned(item, out)  # type: ignore[arg-type]
+            elif kind is Dropped:
+                self._on_dropped(item, out)  # type: ignore[arg-type]
+            elif kind is RangeChanged:
+                self._on_range_changed(item, out)  # type: ignore[arg-type]
+            elif kind is Joined:
+                self._was_member = True
+                if not self._bootstrapping:
+                    self.moves.predecessor_unknown(item.position, self.now)  # type: ignore[union-attr]
+            elif kind is Isolated and self._was_member:
+                log.warning("cache node %s lost touch with the ring; joining again", self.id)
+
+    def _on_owned(self, owned: Owned, out: list[Publish]) -> None:
+        payload = owned.payload
+        kind = payload.get("t") if isinstance(payload, dict) else None
+        if kind == wire.REQUEST:
+            self._serve(owned, out)
+        elif kind == wire.HANDOVER:
+            self._on_handover(payload, out)
+        else:
+            log.warning("dropped a lookup with an unknown payload (token %r)", owned.token)
+
+    def _on_dropped(self, dropped: Dropped, out: list[Publish]) -> None:
+        token = dropped.token
+        if token.startswith(HANDOVER_TOKEN):
+            self._take_back(token[len(HANDOVER_TOKEN) :], "its lookup was dropped")
+        else:
+            self._reply_unavailable(token, UNROUTABLE, hosts_visited(dropped.route), out)
+
+    def _on_range_changed(self, change: RangeChanged, out: list[Publish]) -> None:
+        pos, old, new = change.position, change.old_predecessor, change.new_predecessor
+        if self._bootstrapping:
+            return
+        if new is None:
+            self.moves.predecessor_unknown(pos, self.now)
+        elif old is None:
+            self.moves.gained(new, pos, self.now)
+        elif between(new, old, pos):
+            self._hand_lost_arc(pos, old, new, out)
+        else:
+            self.moves.gained(new, old, self.now)
+        self._due_sweep = min(self._due_sweep, self.now)
+
+    # ---- serving requests -----------------------------------------------------------
+
+    def _on_request(self, message: dict[str, Any], out: list[Publish]) -> None:
+        try:
+            wire.check_request(message)
+            if not _reply_address(message["reply_to"]):
+                raise ValueError("reply_to must be an MQTT topic name without wildcards")
+            if message["op"].get("cid") != message["key"]:
+                raise ValueError("request key must equal the operation's cid")
+            token = _request_token(message["reply_to"], message["corr"])
+            if len(token) > MAX_TOKEN_CHARS:
+                raise ValueError("corr and reply_to together are too long")
+        except ValueError as exc:
+            self._refuse(message, str(exc), out)
+            return
+        self._process(self.host.lookup(message["key"], token, message), out)
+
+    def _refuse(self, message: dict[str, Any], problem: str, out: list[Publish]) -> None:
+        corr, reply_to = message.get("corr"), message.get("reply_to")
+        if _usable_text(corr) and _reply_address(reply_to):
+            out.append(Publish(reply_to, wire.reply_error(corr, BAD_REQUEST, problem)))  # type: ignore[arg-type]
+        else:
+            kind = message.get("t")
+            log.warning("dropped a malformed %s with no usable reply address: %s", kind, problem)
+
+    def _serve(self, owned: Owned, out: list[Publish], since: float | None = None) -> None:
+        request = owned.payload
+        try:
+            wire.check_request(request)
+        except ValueError as exc:
+            log.warning("dropped a malformed request that reached its owner: %s", exc)
+            return
+        corr, reply_to = request["corr"], request["reply_to"]
+        cached = self._replies.get((reply_to, corr))
+        if cached is not None:
+            out.append(Publish(reply_to, cached))
+            return
+        if since is None and self._must_wait(owned):
+            self._parked.append(_Parked(owned, self.now))
+            return
+        self._apply(owned, request, out, self.now - (since if since is not None else self.now))
+
+    def _apply(
+        self, owned: Owned, request: dict[str, Any], out: list[Publish], waited: float
+    ) -> None:
+        op, corr, reply_to = request["op"], request["corr"], request["reply_to"]
+        route = owned.hosts()
+        events: list[Any] = []
+        try:
+            result, events = self.state.apply(op)
+            reply = wire.reply_ok(corr, result, route, self.id, owned.hops)
+            outcome = "ok"
+        except OpError as exc:
+            reply = wire.reply_error(corr, exc.code, exc.message, route, self.id)
+            outcome = exc.code
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._drop_if_empty(owned.key)
+            reply = wire.reply_error(corr, BAD_REQUEST, f"malformed operation: {exc!r}", route)
+            outcome = BAD_REQUEST
+        reply["hops"] = owned.hops
+        self.metrics.observe(str(op.get("op")), outcome, max(0.0, waited))
+        if op.get("op") in WRITE_OPS:  # a read may run twice; a write must not
+            self._replies.put((reply_to, corr), reply)
+        out.append(Publish(reply_to, reply))
+        for event in events:
+            out.append(Publish(topics.ring_events(owned.key), event.to_wire()))
+
+    def _drop_if_empty(self, cid: int) -> None:
+        """A malformed create may leave an empty key behind; it must not count as held."""
+        key = self.state.keys.get(cid)
+        if key is not None and key.record is None and not key.tasks:
+            del self.state.keys[cid]
+
+    def _reply_unavailable(
+        self, token: str, message: str, route: list[str], out: list[Publish]
+    ) -> None:
+        address = _parse_request_token(token)
+        if address is None:
+            log.warning("cannot answer request token %r: no reply address in it", token)
+            return
+        reply_to, corr = address
+        out.append(Publish(reply_to, wire.reply_error(corr, UNAVAILABLE, message, route)))
+
+    def _on_scan(self, message: dict[str, Any], out: list[Publish]) -> None:
+        try:
+            wire.check_scan(message)
+            if not _reply_address(message["reply_to"]):
+                raise ValueError("reply_to must be an MQTT topic name without wildcards")
+        except ValueError as exc:
+            self._refuse(message, str(exc), out)
+            return
+        serves = self._serves()
+        records = self.state.clients_after(message["after"], len(self.state.keys))
+        clients = [record_to_wire(r) for r in records if serves(r.cid)][: message["limit"]]
+        result = {"clients": clients, "host": self.id}
+        reply = wire.reply_ok(message["corr"], result, [self.id], self.id, 0)
+        out.append(Publish(message["reply_to"], reply))
+
+    # ---- ownership ------------------------------------------------------------------
+
+    def _ownership(self) -> Callable[[int], bool] | None:
+        """Whether a position here owns a key, or None when this node cannot tell: it is
+        not wholly in the ring or a position does not know its predecessor yet."""
+        nodes = sorted(self.host.nodes, key=lambda n: n.pos)
+        if self.leaving or any(n.state != MEMBER or n.predecessor is None for n in nodes):
+            return None
+        positions = [n.pos for n in nodes]
+        host = self.host
+
+        def owns(key: int) -> bool:
+            # The first own position at or after the key owns it if any does; the slow
+            # check covers predecessor pointers that are not yet consistent.
+            if nodes[owner_index(key, positions)].owns(key):
+                return True
+            return host.owner_of(key) is not None
+
+        return owns
+
+    def _serves(self) -> Callable[[int], bool]:
+        """Whether a held key counts as this node's for a scan."""
+        if not self.member:
+            return lambda _cid: False
+        owns = self._ownership()
+        return owns if owns is not None else lambda _cid: True
+
+    # ---- cold arcs and parked requests ----------------------------------------------
+
+    def _must_wait(self, owned: Owned) -> bool:
+        """A key this position may own but whose handover has not arrived yet."""
+        held = owned.key in self.state.keys
+        return self.moves.must_wait(held, owned.position, owned.key, self.now)
+
+    def _release_parked(self, out: list[Publish]) -> None:
+        if not self._parked:
+            return
+        parked, self._parked = self._parked, []
+        self._arrived = False
+        owns = self._ownership()
+        for item in parked:
+            owned = item.owned
+            if self.now - item.since >= PARK_LIMIT:
+                self._reply_unavailable(owned.token, MOVING, owned.hosts(), out)
+            elif self._must_wait(owned):
+                self._parked.append(item)
+            elif owns is not None and not owns(owned.key):
+                # The arc moved on while the request waited: route it again from here.
+                self._process(self.host.lookup(owned.key, owned.token, owned.payload), out)
+            else:
+                self._serve(owned, out, since=item.since)
+
+    def _expire(self) -> None:
+        now = self.now
+        self.moves.expire(now)
+        for hid in self.moves.overdue(now):
+            self._take_back(hid, "no acknowledgement came")
+        for hid in self.moves.sent_to(self.host.liveness.suspects):
+            self._take_back(hid, "that cache node stopped answering")
+        forget = now - PEER_FORGET
+        self.peers = {h: p for h, p in self.peers.items() if p.heard >= forget}
+
+    # ---- moving keys ----------------------------------------------------------------
+
+    def _hand_directly(
+        self, to: str, cids: list[int], arcs: list[list[int]], out: list[Publish]
+    ) -> None:
+        """Hand `cids` to cache node `to` in batches; the arcs ride on the last batch, so
+        the receiver stops waiting for them only once every key has arrived."""
+        batches = [cids[i : i + HANDOVER_BATCH] for i in range(0, len(cids), HANDOVER_BATCH)]
+        for i, batch in enumerate(batches or [[]]):
+            hid, keys = self.moves.send_away(self.state, batch, to, self.now)
+            last = i == max(len(batches), 1) - 1
+            message = wire.handover(self.id, keys, hid, arcs if last else [])
+            out.append(Publish(topics.ring_host(to), message))
+
+    def _hand_lost_arc(self, pos: int, old: int, new: int, out: list[Publish]) -> None:
+        """Position `pos` gave the arc (old, new] to its new predecessor `new`."""
+        node = self.host.node_at(pos)
+        pred = None if node is None else node.predecessor
+        if pred is None or pred.pos != new or pred.host == self.id:
+            return  # moved on already, or to a position of this node: the sweep decides
+        cids = [c for c in self.state.keys if c == new or between_right(c, old, new)]
+        self._hand_directly(pred.host, cids, [[old, new]], out)
+
+    def _sweep(self, out: list[Publish]) -> None:
+        """Route keys no position here owns to their owner."""
+        owns = self._ownership()
+        if owns is None:
+            return
+        view = tuple((n.pos, n.predecessor) for n in self.host.nodes)
+        if view == self._swept_view and not self._imported and self.now < self._due_full_sweep:
+            return
+        self._swept_view, self._imported = view, False
+        self._due_full_sweep = self.now + FULL_SWEEP_INTERVAL
+        strays = [c for c in self.state.keys if not owns(c)][:SWEEP_BATCH]
+        if strays:
+            log.info("cache node %s routing %d keys to their owners", self.id, len(strays))
+        for cid in strays:
+            hid, keys = self.moves.send_away(self.state, [cid], "", self.now)
+            payload = wire.handover(self.id, keys, hid)
+            self._process(self.host.lookup(cid, HANDOVER_TOKEN + hid, payload), out)
+
+    def _take_back(self, hid: str, why: str) -> None:
+        flight = self.moves.acknowledged(hid)
+        if flight is None:
+            return
+        if self.leaving:
+            log.warning("lost %d keys handed to %s: %s", len(flight.cids), flight.to or "?", why)
+            return
+        log.info("taking back %d keys handed to %s: %s", len(flight.cids), flight.to or "?", why)
+        self._import(flight.keys)
+
+    def _on_handover(self, message: dict[str, Any], out: list[Publish]) -> None:
+        try:
+            wire.check_handover(message)
+        except ValueError as exc:
+            log.warning("dropped a malformed handover: %s", exc)
+            return
+        hid, sender = message["id"], message["from"]
+        if sender == self.id:
+            self.moves.acknowledged(hid)  # our own stray came back to us: we own it
+            self._import(message["keys"])
+            return
+        if self.moves.first_time(hid):
+            self._import(message["keys"])
+            self.moves.covered(message.get("arcs", []), self.now)
+        out.append(Publish(topics.ring_host(sender), wire.handover_ack(self.id, hid)))
+
+    def _on_handover_ack(self, message: dict[str, Any]) -> None:
+        try:
+            wire.check_handover_ack(message)
+        except ValueError as exc:
+            log.warning("dropped a malformed handover acknowledgement: %s", exc)
+            return
+        self.moves.acknowledged(message["id"])
+
+    def _import(self, items: list[Any]) -> None:
+        import_keys(self.state, items)
+        self._imported = self._arrived = True
+
+    def _hand_everything_over(self, out: list[Publish]) -> None:
+        """Before leaving: each key to the first position after its owner that lives on
+        another cache node (its owner once this node is gone)."""
+        members = sorted(self.host.members(), key=lambda n: n.pos)
+        positions = [n.pos for n in members]
+        target: dict[int, str | None] = {
+            n.pos: next((p.host for p in n.successors if p.host != self.id), None) for n in members
+        }
+        cids: dict[str, list[int]] = {}
+        arcs: dict[str, list[list[int]]] = {}
+        for n in members:
+            to = target[n.pos]
+            if to is not None and n.predecessor is not None:
+                arcs.setdefault(to, []).append([n.predecessor.pos, n.pos])
+        lost = 0
+        for cid in list(self.state.keys):
+            to = target[positions[owner_index(cid, positions)]]
+            if to is None:
+                lost += 1
+            else:
+                cids.setdefault(to, []).append(cid)
+        for to in sorted(set(cids) | set(arcs)):
+            self._hand_directly(to, cids.get(to, []), arcs.get(to, []), out)
+        handed = sum(len(c) for c in cids.values())
+        log.info("cache node %s handing %d keys to %d others", self.id, handed, len(cids))
+        if lost:
+            log.warning("no other cache node to hand %d keys to; they are lost", lost)
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+
+HANDOVER_TOKEN = "h"  # a lookup token: "h" + handover id, or a request's (below)
+
+
+def _request_token(reply_to: str, corr: str) -> str:
+    """The reply address and correlation id, in the Chord lookup's token."""
+    return f"r{len(reply_to)}:{reply_to}{corr}"
+
+
+def _parse_request_token(token: str) -> tuple[str, str] | None:
+    if not token.startswith("r"):
+        return None
+    length, colon, rest = token[1:].partition(":")
+    if not colon or not length.isdigit() or int(length) > len(rest):
+        return None
+    n = int(length)
+    return rest[:n], rest[n:]
+
+
+def _usable_text(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 512
+
+
+def _reply_address(value: object) -> bool:
+    """A topic a reply can be published to: MQTT forbids wildcards and NUL in one."""
+    return _usable_text(value) and not any(c in value for c in "+#\0")  # type: ignore[union-attr]
+
+
+def _hex_peer(pair: list[Any] | None) -> list[str] | None:
+    """[position, host] from ChordHost.describe() as [host, "%016x"]."""
+    return None if pair is None else [pair[1], format_position(pair[0])]
+
+
+def _vnode_status(vnode: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "position": format_position(vnode["position"]),
+        "state": vnode["state"],
+        "predecessor": _hex_peer(vnode["predecessor"]),
+        "successors": [_hex_peer(p) for p in vnode["successors"]],
+        "fingers": [_hex_peer(p) for p in vnode["fingers"]],
+    }
