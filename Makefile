@@ -28,7 +28,7 @@ FRONTEND_INPUTS := $(shell find $(FRONTEND)/src -type f -not -path '$(FRONTEND)/
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt proto clean check-python mosquitto frontend chromium check-node
+.PHONY: help run test lint fmt proto clean check-python mosquitto frontend chromium check-node redis
 
 help:
 	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
@@ -82,13 +82,17 @@ $(DIST): $(NPM_STAMP) $(FRONTEND_INPUTS)
 
 frontend: $(DIST)
 
+# Redis is the peer that `taskring bench --compare` measures against; its smoke test needs it.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { $(call apt_install,redis-server); }
+
 chromium:
 	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { $(call apt_install,chromium); }
 
 run: $(STAMP) $(DIST)
 	$(BIN)/taskring up $(ARGS)
 
-test: $(STAMP) mosquitto chromium $(DIST)
+test: $(STAMP) mosquitto chromium redis $(DIST)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

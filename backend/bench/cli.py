@@ -1,0 +1,394 @@
+"""`taskring bench`: load-test a running system through its portals, and compare with peers.
+
+Exit codes: 0 measured; 1 the run could not be done or measured nothing
+(setup failed, no operation succeeded); 2 usage error (bad flag, no admin
+token); 3 the system is not reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+
+from .. import config
+from ..client_app import DEFAULT_PORTALS as DEFAULT_CLIENT_PORTALS
+from . import environment, report
+from .driver import RunOptions, run
+from .progress import live_progress
+from .results import Live, RunResult
+from .targets.base import Target, TargetUnreachable, TargetUnusable
+from .targets.etcd import EtcdTarget
+from .targets.redis import RedisTarget
+from .targets.taskring import TaskringTarget
+from .targets.taskring_admin import AdminPortals, grpc_target
+from .workload import KEY_DISTRIBUTIONS, WORKLOADS, WorkloadSpec
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
+DEFAULT_ADMIN_PORTALS = ",".join(
+    f"{config.DEFAULT_HOST}:{port}" for port in config.DEFAULT_ADMIN_PORTS
+)
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "": 1.0}
+
+out = Console()
+err = Console(stderr=True)
+
+
+class Duration(click.ParamType):
+    """Seconds, written `10`, `10s`, `500ms` or `2m`."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", str(value))
+        if not match:
+            self.fail(f"{value!r} is not a duration like 10s, 500ms or 2m", param, ctx)
+        return float(match.group(1)) * DURATION_UNITS[match.group(2) or ""]
+
+
+def fail(code: int, message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def host_ports(text: str, flag: str) -> list[tuple[str, int]]:
+    try:
+        found = [config.parse_host_port(part.strip()) for part in text.split(",") if part.strip()]
+    except config.ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
+    if not found:
+        raise click.BadParameter("give at least one HOST:PORT", param_hint=flag)
+    return found
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The workload and run options every target gets, and how to show progress."""
+
+    spec: WorkloadSpec
+    options: RunOptions
+    timeout: float
+    progress: bool
+
+    def label(self) -> str:
+        loop = (
+            f"open loop at {self.options.rate:,.0f} ops/s" if self.options.rate else "closed loop"
+        )
+        reads = f", {self.spec.reads:.0%} reads" if self.spec.workload in ("mixed", "admin") else ""
+        return (
+            f"{self.spec.workload}{reads}, {self.options.connections} connections, {loop}, "
+            f"{self.spec.clients} clients ({self.spec.keys}), {self.options.duration:g} s"
+        )
+
+
+async def measure(target: Target, plan: Plan) -> RunResult:
+    """Prepare one target, run the workload on it, and always clean up what it started."""
+    try:
+        say(f"{target.name}: setting up")
+        await target.prepare()
+        live = Live()
+        seconds = plan.options.warmup + plan.options.duration
+        async with live_progress(err, target.name, live, seconds, plan.progress):
+            return await run(target, plan.spec, plan.options, live)
+    finally:
+        await target.close()
+
+
+async def measure_all(
+    factories: list[Callable[[], Target]], plan: Plan
+) -> tuple[list[RunResult], dict[str, str]]:
+    # SIGTERM stops a run like Ctrl-C does: the peers started here are stopped on the way out.
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    results: list[RunResult] = []
+    skipped: dict[str, str] = {}
+    for factory in factories:
+        target = factory()
+        try:
+            results.append(await measure(target, plan))
+        except TargetUnusable as exc:
+            if isinstance(target, TaskringTarget):
+                raise  # the system under test itself: nothing to measure
+            say(f"skipping {target.name}: {exc}")
+            skipped[target.name] = str(exc)
+    return results, skipped
+
+
+def admin_token(flag: str | None, data_dir: str | None) -> str:
+    token = flag or config.read_admin_token(config.data_dir(data_dir))
+    if not token:
+        where = config.data_dir(data_dir) / config.ADMIN_TOKEN_FILE
+        fail(
+            EXIT_USAGE,
+            "no admin token (the bench creates its clients through the admin portal): give "
+            f"--admin-token or set TASKRING_ADMIN_TOKEN ({where} does not hold one; "
+            "see --data-dir)",
+        )
+    if not token.isascii() or not token.isprintable():
+        fail(EXIT_USAGE, "the admin token must be printable ASCII")
+    return token
+
+
+@click.command(
+    epilog="Exit codes: 0 measured; 1 setup failed or nothing succeeded; 2 usage error; "
+    "3 the system is not reachable."
+)
+@click.option(
+    "--workload",
+    type=click.Choice(WORKLOADS),
+    default="write",
+    show_default=True,
+    help="write: update_task; read: list_tasks; mixed: both; admin: Get/UpdateClient.",
+)
+@click.option(
+    "--read-ratio",
+    type=click.FloatRange(0, 1),
+    default=0.9,
+    show_default=True,
+    help="Share of reads in the mixed and admin workloads.",
+)
+@click.option(
+    "--connections",
+    "-c",
+    type=click.IntRange(1, 10_000),
+    default=64,
+    show_default=True,
+    help="Connections, spread over the portals.",
+)
+@click.option(
+    "--pipeline",
+    type=click.IntRange(1, 1_000),
+    default=1,
+    show_default=True,
+    help="Requests in flight per connection.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0, min_open=True),
+    help="Open loop: this many operations per second in total, latency counted from "
+    "when each was due. Without it: closed loop, as fast as answers come.",
+)
+@click.option(
+    "--duration", type=Duration(), default="10s", show_default=True, help="How long to measure."
+)
+@click.option(
+    "--warmup",
+    type=Duration(),
+    default="2s",
+    show_default=True,
+    help="How long to run before measuring.",
+)
+@click.option(
+    "--clients",
+    type=click.IntRange(1, 1_000_000),
+    default=100,
+    show_default=True,
+    help="K: how many clients the operations spread over.",
+)
+@click.option(
+    "--tasks",
+    type=click.IntRange(1, 10_000),
+    default=10,
+    show_default=True,
+    help="Tasks per client (what a read returns; what writes update).",
+)
+@click.option(
+    "--keys",
+    type=click.Choice(KEY_DISTRIBUTIONS),
+    default="uniform",
+    show_default=True,
+    help="How operations choose their client.",
+)
+@click.option(
+    "--zipf-s",
+    type=click.FloatRange(0, min_open=True),
+    default=0.99,
+    show_default=True,
+    help="Zipf exponent for --keys zipfian.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the workload.")
+@click.option(
+    "--description-bytes",
+    type=click.IntRange(0, 16_384),
+    default=100,
+    show_default=True,
+    help="Size of each written description.",
+)
+@click.option(
+    "--timeout",
+    type=Duration(),
+    default="10s",
+    show_default=True,
+    help="How long to wait for one reply before counting a timeout.",
+)
+@click.option(
+    "--portal",
+    envvar="TASKRING_PORTAL",
+    default=DEFAULT_CLIENT_PORTALS,
+    show_default=True,
+    help="Client portals, HOST:PORT, comma-separated; all are used.",
+)
+@click.option(
+    "--admin-portal",
+    envvar="TASKRING_ADMIN_PORTAL",
+    default=DEFAULT_ADMIN_PORTALS,
+    show_default=True,
+    help="Admin portals, HOST:PORT, comma-separated.",
+)
+@click.option(
+    "--admin-token",
+    envvar="TASKRING_ADMIN_TOKEN",
+    help="The admin token (default: DATA_DIR/admin-token).",
+)
+@click.option(
+    "--data-dir",
+    envvar="TASKRING_DATA_DIR",
+    help="Where `taskring up` keeps the admin token.  [default: ./data]",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the results as JSON to this file.",
+)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Also run the same workload against Redis and a 3-member etcd cluster.",
+)
+@click.option("--compare-only", is_flag=True, help="Run only against Redis and etcd.")
+@click.option(
+    "--no-install",
+    is_flag=True,
+    help="Skip a comparison peer that is not installed instead of installing it.",
+)
+@click.option("--no-progress", is_flag=True, help="No live progress bar.")
+def bench(**flags: Any) -> None:
+    """Load-test a running system through its real portals and print latency and throughput.
+
+    Creates (or reuses) K clients `bench-client-NNNNNN` through an admin portal,
+    gives each T tasks, then drives the workload through every client portal.
+    """
+    plan = make_plan(flags)
+    json_path = flags["json_path"]
+    if json_path is not None and not json_path.parent.is_dir():
+        # found out now rather than after a long run
+        raise click.BadParameter(f"{json_path.parent} is not a directory", param_hint="--json")
+    factories = target_factories(flags, plan)
+    machine = environment.machine()  # before the run, so the load average is other work's
+    try:
+        results, skipped = asyncio.run(measure_all(factories, plan))
+    except TargetUnreachable as exc:
+        fail(EXIT_UNREACHABLE, str(exc))
+    except TargetUnusable as exc:
+        fail(EXIT_FAILED, str(exc))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        fail(EXIT_INTERRUPTED, "interrupted")
+    show(results, plan)
+    if flags["json_path"]:
+        write_json(flags["json_path"], flags, plan, results, skipped, machine)
+    if not results:
+        fail(EXIT_FAILED, "nothing was measured")
+    for result in results:
+        if result.ok == 0:
+            fail(EXIT_FAILED, f"no operation on {result.target} succeeded")
+
+
+def make_plan(flags: dict[str, Any]) -> Plan:
+    if flags["duration"] <= 0:
+        raise click.BadParameter("must be above zero", param_hint="--duration")
+    if flags["timeout"] <= 0:
+        raise click.BadParameter("must be above zero", param_hint="--timeout")
+    spec = WorkloadSpec(
+        workload=flags["workload"],
+        read_ratio=flags["read_ratio"],
+        clients=flags["clients"],
+        tasks=flags["tasks"],
+        keys=flags["keys"],
+        zipf_s=flags["zipf_s"],
+        description_bytes=flags["description_bytes"],
+        seed=flags["seed"],
+    )
+    options = RunOptions(
+        connections=flags["connections"],
+        pipeline=flags["pipeline"],
+        rate=flags["rate"],
+        warmup=flags["warmup"],
+        duration=flags["duration"],
+    )
+    progress = not flags["no_progress"] and err.is_terminal
+    return Plan(spec, options, flags["timeout"], progress)
+
+
+def target_factories(flags: dict[str, Any], plan: Plan) -> list[Callable[[], Target]]:
+    factories: list[Callable[[], Target]] = []
+    install = not flags["no_install"]
+    if not flags["compare_only"]:
+        portals = host_ports(flags["portal"], "--portal")
+        admin_addresses = [
+            grpc_target(*hp) for hp in host_ports(flags["admin_portal"], "--admin-portal")
+        ]
+        token = admin_token(flags["admin_token"], flags["data_dir"])
+        factories.append(
+            lambda: TaskringTarget(
+                portals, AdminPortals(admin_addresses, token, plan.timeout), plan.spec, plan.timeout
+            )
+        )
+    if flags["compare"] or flags["compare_only"]:
+        factories.append(lambda: RedisTarget(plan.spec, plan.timeout, install, say))
+        factories.append(lambda: EtcdTarget(plan.spec, plan.timeout, install, say))
+    return factories
+
+
+def show(results: list[RunResult], plan: Plan) -> None:
+    if not results:
+        return
+    out.print(report.results_table(results, plan.label()))
+    for line in report.error_lines(results):
+        out.print(line)
+    rows = report.ratios(results)
+    if rows:
+        out.print(report.ratios_table(rows))
+
+
+def write_json(
+    path: Path,
+    flags: dict[str, Any],
+    plan: Plan,
+    results: list[RunResult],
+    skipped: dict[str, str],
+    machine: dict[str, Any],
+) -> None:
+    parameters = {**asdict(plan.spec), **asdict(plan.options), "timeout": plan.timeout}
+    parameters["reads"] = plan.spec.reads
+    if not flags["compare_only"]:
+        parameters["portals"] = flags["portal"]
+        parameters["admin_portals"] = flags["admin_portal"]
+    command = shlex.join(["taskring", *sys.argv[1:]])
+    document = report.document(
+        command, parameters, results, machine, environment.git_commit(), skipped
+    )
+    try:
+        path.write_text(json.dumps(document, indent=2) + "\n")
+    except OSError as exc:
+        fail(EXIT_FAILED, f"cannot write {path}: {exc.strerror or exc}")
+    say(f"results written to {path}")

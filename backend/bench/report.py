@@ -1,0 +1,114 @@
+"""What a bench run prints and saves: the results table, the ratios between targets, JSON.
+
+The first result is the baseline of the ratios: taskring when it ran, else
+the first peer. A throughput ratio above 1 means the baseline did more
+operations per second; a latency ratio above 1 means it was slower.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from .histogram import PERCENTILES
+from .results import RunResult
+
+LATENCY_COLUMNS = [f"p{q:g}" for q in PERCENTILES] + ["max"]
+
+
+def results_table(results: list[RunResult], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("target")
+    table.add_column("ops/s", justify="right")
+    for name in LATENCY_COLUMNS:
+        table.add_column(f"{name} ms", justify="right")
+    table.add_column("errors", justify="right")
+    for result in results:
+        latency = result.latency.summary()
+        table.add_row(
+            result.target,
+            f"{result.ops_per_second:,.0f}",
+            *(f"{latency[name]:.2f}" for name in LATENCY_COLUMNS),
+            str(result.error_count),
+        )
+    return table
+
+
+def error_lines(results: list[RunResult]) -> list[Text]:
+    """One line per target that had errors or missed its schedule."""
+    lines = []
+    for result in results:
+        parts = [f"{code} {count:,}" for code, count in result.errors.items()]
+        if result.missed:
+            parts.append(f"{result.missed:,} due operations never started (open loop behind)")
+        if parts:
+            lines.append(Text(f"{result.target}: " + ", ".join(parts)))
+    return lines
+
+
+def ratios(results: list[RunResult]) -> list[dict[str, Any]]:
+    """The baseline (first result) against each other target."""
+    if len(results) < 2:
+        return []
+    base = results[0]
+    base_latency = base.latency.summary()
+    rows = []
+    for other in results[1:]:
+        latency = other.latency.summary()
+        row: dict[str, Any] = {
+            "baseline": base.target,
+            "versus": other.target,
+            "throughput": _ratio(base.ops_per_second, other.ops_per_second),
+        }
+        for name in ("p50", "p99", "p99.9"):
+            row[name] = _ratio(base_latency[name], latency[name])
+        rows.append(row)
+    return rows
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def ratios_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(
+        title="ratios",
+        title_justify="left",
+        caption="throughput above 1x: the first did more ops/s; latency below 1x: it was faster",
+        caption_justify="left",
+    )
+    for name in ("", "throughput", "p50", "p99", "p99.9"):
+        table.add_column(name, justify="right" if name else "left")
+    for row in rows:
+        cells = [_times(row[name]) for name in ("throughput", "p50", "p99", "p99.9")]
+        table.add_row(f"{row['baseline']} / {row['versus']}", *cells)
+    return table
+
+
+def _times(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def document(
+    command: str,
+    parameters: dict[str, Any],
+    results: list[RunResult],
+    machine: dict[str, Any],
+    commit: str | None,
+    skipped: dict[str, str],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Everything about a run, for `--json`."""
+    return {
+        "command": command,
+        "date": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "machine": machine,
+        "commit": commit,
+        "parameters": parameters,
+        "results": [result.to_dict() for result in results],
+        "ratios": ratios(results),
+        "skipped": skipped,
+    }

@@ -1,0 +1,72 @@
+"""When each operation is meant to start, as pure arithmetic.
+
+Closed loop: every stream starts its next operation as soon as the previous
+one answered, so throughput is whatever the system gives, and a slow answer
+delays what follows (the measured latency then hides the queueing: this is
+"coordinated omission").
+
+Open loop: operations are due at a fixed total rate R, whatever the system
+does. With L streams, stream l's k-th operation is due at
+`start + (k * L + l) / R`: the streams interleave into one evenly spaced
+sequence. A stream that falls behind starts its next operation at once, and
+the latency of every operation is measured from when it was *due*, not from
+when it could be sent, so time spent waiting behind a slow answer is
+counted as latency, as a user arriving at that moment would feel it.
+
+Both loops count the operations that *finish* inside the measured window:
+throughput is what the system completed per second, and in an overloaded
+open loop the latencies keep growing, as they would for real users. Open-loop
+operations that were due but had not started when the window closed are
+reported as missed (the backlog).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Window:
+    """The phases of a run in loop-clock seconds: warm-up from `start`, measuring to `end`."""
+
+    start: float
+    warmup: float
+    duration: float
+
+    @property
+    def measure_from(self) -> float:
+        return self.start + self.warmup
+
+    @property
+    def end(self) -> float:
+        return self.measure_from + self.duration
+
+    def measures(self, finished: float) -> bool:
+        """Whether an operation that finished at `finished` is counted."""
+        return self.measure_from <= finished < self.end
+
+
+@dataclass(frozen=True)
+class OpenLoopSchedule:
+    """Due times for `streams` interleaved streams at `rate` operations per second in total."""
+
+    rate: float
+    streams: int
+    start: float
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0:
+            raise ValueError("the target rate must be positive")
+        if self.streams < 1:
+            raise ValueError("there must be at least one stream")
+
+    def due(self, stream: int, k: int) -> float:
+        """When stream `stream`'s k-th operation (k from 0) is due."""
+        return self.start + (k * self.streams + stream) / self.rate
+
+    def count_before(self, stream: int, moment: float) -> int:
+        """How many of stream `stream`'s operations are due before `moment`."""
+        # k is due before `moment` exactly when k * streams < slots
+        slots = (moment - self.start) * self.rate - stream
+        return max(0, math.ceil(slots / self.streams))
