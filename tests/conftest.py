@@ -69,7 +69,10 @@ class Processes:
         self, args: list[str], name: str, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         log_path = self.log_dir / f"{name}.log"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # Components run the stage-1 `local` storage unless a test asks for the ring
+        # (TASKRING_STORAGE=ring) or for the default (TASKRING_STORAGE="").
+        defaults = {"PYTHONUNBUFFERED": "1", "TASKRING_STORAGE": "local"}
+        full_env = {**os.environ, **defaults, **(env or {})}
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 args,

@@ -31,7 +31,8 @@ from tests.conftest import (
 pytestmark = pytest.mark.e2e
 STARTUP = 60.0
 CHILDREN = ["client-portal-1", "client-portal-2", "admin-portal-1", "admin-portal-2", "web"]
-CLEAN_ENV = {"TASKRING_BROKER": "", "TASKRING_ADMIN_TOKEN": "", "TASKRING_STORAGE": ""}
+# Supervision is the same in both storage modes; the lighter one keeps these tests quick.
+CLEAN_ENV = {"TASKRING_BROKER": "", "TASKRING_ADMIN_TOKEN": "", "TASKRING_STORAGE": "local"}
 
 
 @dataclass

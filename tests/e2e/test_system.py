@@ -84,7 +84,7 @@ def system(processes, tmp_path):
         "--web-port",
         str(ports["web"]),
         name="up",
-        env={"TASKRING_ADMIN_TOKEN": "", "TASKRING_BROKER": ""},
+        env={"TASKRING_ADMIN_TOKEN": "", "TASKRING_BROKER": "", "TASKRING_STORAGE": ""},
     )
     web = f"http://127.0.0.1:{ports['web']}"
 
@@ -182,7 +182,7 @@ def test_the_admin_token_is_private_and_kept_across_restarts(system, processes) 
         "--web-port",
         str(system["ports"]["web"]),
         name="up-again",
-        env={"TASKRING_ADMIN_TOKEN": "", "TASKRING_BROKER": ""},
+        env={"TASKRING_ADMIN_TOKEN": "", "TASKRING_BROKER": "", "TASKRING_STORAGE": ""},
     )
     wait_until(lambda: token in log_text(again), "the same admin token printed again", timeout=30)
     assert path.read_text().strip() == token

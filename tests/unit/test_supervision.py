@@ -22,7 +22,7 @@ from backend.supervision import (
 from backend.supervisor import describe_exit, parse_ports
 
 PASSWORDS = {role: f"pw-{role}" for role in ROLES}
-SETTINGS = Settings(data_dir=Path("/srv/taskring"), broker_port=1999)
+SETTINGS = Settings(data_dir=Path("/srv/taskring"), broker_port=1999, storage="local")
 
 
 def test_backoff_doubles_to_ten_seconds() -> None:
@@ -120,6 +120,18 @@ def test_children_broker_first_each_with_its_port() -> None:
     )  # fmt: skip
 
 
+def test_ring_storage_starts_cache_nodes_before_the_portals_and_only_one_may_found_a_ring():
+    settings = Settings(data_dir=Path("/d"), storage="ring", cache_nodes=3)
+    urls = {role: f"mqtt://{role}:pw@h:1" for role in ROLES}
+    children = plan_children(settings, BrokerPlan(False, urls, "test"), "t")
+    names = [c.name for c in children]
+    assert names[:3] == ["cache-node-1", "cache-node-2", "cache-node-3"]
+    assert names.index("client-portal-1") > 2
+    assert [("--bootstrap" in c.args) for c in children[:3]] == [True, False, False]
+    assert all(c.env == {"TASKRING_BROKER": urls["cachenode"]} for c in children[:3])
+    assert children[3].args[-2:] == ("--storage", "ring")
+
+
 def test_secrets_travel_in_the_environment_only() -> None:
     urls = {role: f"mqtt://{role}:secret-{role}@127.0.0.1:1999" for role in ROLES}
     children = plan_children(SETTINGS, BrokerPlan(False, urls, "test"), "admin-secret")
@@ -136,7 +148,9 @@ def test_secrets_travel_in_the_environment_only() -> None:
 
 
 def test_port_lists_decide_how_many_portals_run() -> None:
-    settings = Settings(data_dir=Path("/d"), client_ports=(9001,), admin_ports=(9101, 9102, 9103))
+    settings = Settings(
+        data_dir=Path("/d"), client_ports=(9001,), admin_ports=(9101, 9102, 9103), storage="local"
+    )
     plan = BrokerPlan(False, same_url_for_every_role("mqtt://h:1"), "test")
     names = [c.name for c in plan_children(settings, plan, "t")]
     assert names == ["client-portal-1", "admin-portal-1", "admin-portal-2", "admin-portal-3", "web"]
