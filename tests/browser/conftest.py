@@ -107,10 +107,10 @@ def _admin_metadata() -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {ADMIN_TOKEN}")]
 
 
-def deploy(processes: Processes, tmp_path: Path) -> Deployment:
+def deploy(processes: Processes, tmp_path: Path, storage: str = "local") -> Deployment:
     if not DIST.exists():
         pytest.fail(f"the browser UI is not built ({DIST} is missing): run `make frontend`")
-    stack = start_stack(processes, tmp_path)
+    stack = start_stack(processes, tmp_path, storage=storage)
     port = free_port()
     processes.taskring("web", "--listen", f"127.0.0.1:{port}", name="web", env=stack.env)
     wait_until(lambda: port_open(port), f"the web process on port {port}", timeout=20)

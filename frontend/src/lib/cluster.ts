@@ -7,6 +7,7 @@ export interface CacheNode {
   successors: string[];
   fingers: Finger[];
   keys: number;
+  member: boolean; // false while the node is still joining the ring
 }
 
 export interface Finger {
@@ -101,6 +102,8 @@ export function parseCluster(json: unknown): Cluster {
       successors: list(node.successors).map(text),
       fingers: list(node.fingers).map(finger),
       keys: typeof node.keys === "number" ? node.keys : 0,
+      // Older views did not say; a node that reports itself counts as a member.
+      member: node.member !== false,
     };
   });
   const replicaGroups = list(body.replica_groups).map((raw) => {
@@ -130,9 +133,69 @@ export function fingerTarget(f: Finger, nodes: CacheNode[]): { node: CacheNode |
   return { node: byId, position: sorted.find((p) => p >= f.start!) ?? sorted[0] };
 }
 
-/** A node's place for a trace step: a cache node's first position, else null. */
-export function nodePosition(id: string, nodes: CacheNode[]): string | null {
-  return nodes.find((n) => n.id === id)?.positions[0] ?? null;
+const RING = 2n ** 64n;
+
+/** How far clockwise `to` lies from `from`, in [0, 2^64). */
+export function clockwise(from: string, to: string): bigint {
+  return (((BigInt(`0x${to}`) - BigInt(`0x${from}`)) % RING) + RING) % RING;
+}
+
+/** The position of `node` that owns `key`: its first position at or after the key, wrapping. */
+export function owningPosition(node: CacheNode, key: string): string | null {
+  return closest(node.positions, (p) => clockwise(key, p));
+}
+
+/** The position of `node` closest before `key`: where a Chord lookup for the key leaves it. */
+export function precedingPosition(node: CacheNode, key: string): string | null {
+  return closest(node.positions, (p) => clockwise(p, key));
+}
+
+function closest(positions: string[], distance: (p: string) => bigint): string | null {
+  let best: string | null = null;
+  let bestDistance = RING;
+  for (const p of positions) {
+    const d = distance(p);
+    if (d < bestDistance) [best, bestDistance] = [p, d];
+  }
+  return best;
+}
+
+/** The cache node whose positions own `key` among the nodes shown, if any. */
+export function ownerOf(key: string, nodes: CacheNode[]): CacheNode | null {
+  let best: CacheNode | null = null;
+  let bestDistance = RING;
+  for (const node of nodes) {
+    const p = owningPosition(node, key);
+    const d = p === null ? RING : clockwise(key, p);
+    if (d < bestDistance) [best, bestDistance] = [node, d];
+  }
+  return best;
+}
+
+export interface RouteStep {
+  id: string;
+  node: CacheNode | null; // null when the step is not a cache node on the ring (a portal, a node gone)
+  position: string | null; // where on the ring the step is drawn
+}
+
+/**
+ * Where each step of a traced route sits on the ring. A request is routed towards its key,
+ * so every cache node on the way is drawn at its position closest before the key, and the
+ * owner at the position that owns it. Without a key, a node's first position stands in.
+ */
+export function routeSteps(route: string[], owner: string, key: string | null, nodes: CacheNode[]): RouteStep[] {
+  return route.map((id, i) => {
+    const node = nodes.find((n) => n.id === id) ?? null;
+    if (!node) return { id, node, position: null };
+    const last = i === route.length - 1 && id === owner;
+    const position = key ? (last ? owningPosition(node, key) : precedingPosition(node, key)) : node.positions[0] ?? null;
+    return { id, node, position };
+  });
+}
+
+/** Successor ids with runs of the same node collapsed: virtual nodes repeat a host. */
+export function distinctRuns(ids: string[]): string[] {
+  return ids.filter((id, i) => i === 0 || ids[i - 1] !== id);
 }
 
 /** What changed between two views, as sentences for the change log. */
@@ -153,6 +216,39 @@ export function changes(before: Cluster, after: Cluster): string[] {
           : `group ${group.id}: no leader (was ${old.leader})`,
       );
     }
+  }
+  return lines;
+}
+
+/** The process id of every live component, keyed "kind/id", from GET /api/components. */
+export function parsePids(json: unknown): Map<string, number> {
+  const body = (typeof json === "object" && json !== null ? json : {}) as Record<string, unknown>;
+  const pids = new Map<string, number>();
+  for (const raw of list(body.components)) {
+    const entry = (raw ?? {}) as Record<string, unknown>;
+    if (entry.alive === true && typeof entry.pid === "number") pids.set(`${text(entry.kind)}/${text(entry.id)}`, entry.pid);
+  }
+  return pids;
+}
+
+const KIND_NAMES: Record<string, string> = {
+  "cache-node": "cache node",
+  "client-portal": "portal",
+  "admin-portal": "portal",
+};
+
+/**
+ * Components that came back as a new process between two looks. A supervisor restarts a
+ * process killed with kill -9 within a second, faster than its heartbeats go stale, so
+ * this is how such a crash shows.
+ */
+export function restarts(before: Map<string, number>, after: Map<string, number>): string[] {
+  const lines: string[] = [];
+  for (const [key, pid] of after) {
+    const old = before.get(key);
+    if (old === undefined || old === pid) continue;
+    const [kind, ...id] = key.split("/");
+    lines.push(`${KIND_NAMES[kind] ?? kind} ${id.join("/")} restarted (process ${old} → ${pid})`);
   }
   return lines;
 }

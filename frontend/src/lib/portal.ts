@@ -15,6 +15,7 @@ import {
   isEvent,
   isReply,
 } from "./protocol";
+import { portalOf } from "./trace";
 
 export type ConnectionState = "connecting" | "live" | "reconnecting" | "closed";
 
@@ -189,7 +190,7 @@ export class ClientSession {
     socket.onEvent = (event) => this.handlers.onEvent(event);
     socket.onClose = (code, reason) => this.dropped(socket, code, reason);
     const auth = await this.call("auth", { token: this.token });
-    this.portal = auth.trace?.route[0] ?? "";
+    this.portal = auth.trace ? portalOf(auth.trace) ?? "" : "";
     await this.call("watch");
     const listed = await this.call("list_tasks");
     this.attempt = 0;

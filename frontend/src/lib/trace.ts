@@ -43,3 +43,12 @@ export function onTrace(listener: (traced: TracedRequest | null) => void): () =>
     window.removeEventListener("taskring:trace", local);
   };
 }
+
+/**
+ * The client portal that answered, when the trace says so. With local storage the portal
+ * itself serves the request and is the whole route; with ring storage the route lists
+ * cache nodes only, and which portal the bridge chose is not part of it.
+ */
+export function portalOf(trace: { route: string[]; group: string }): string | null {
+  return trace.group === "local" ? trace.route[0] ?? null : null;
+}

@@ -8,7 +8,7 @@ import { live } from "lit-html/directives/live.js";
 import type { Page } from "../main";
 import { ClientSession, type ConnectionState } from "../lib/portal";
 import { type ChangeEvent, type Task, ProtocolError, describeError } from "../lib/protocol";
-import { saveTrace } from "../lib/trace";
+import { portalOf, saveTrace } from "../lib/trace";
 import { confirmDialog, copyButton, toast, typing } from "../lib/ui";
 import {
   MAX_DESCRIPTION_BYTES,
@@ -181,7 +181,7 @@ export class ClientPage implements Page {
       onResync: (tasks) => this.resync(tasks),
       onSignedOut: (reason) => this.signedOut(reason),
       onTrace: (op, ok, trace) => {
-        this.portal = trace.route[0] ?? this.portal;
+        this.portal = portalOf(trace) ?? this.portal;
         saveTrace({ ...trace, op, ok, at: Date.now(), cid });
       },
     });
@@ -275,7 +275,12 @@ export class ClientPage implements Page {
       reconnecting: "Reconnecting…",
       closed: "Offline",
     };
-    const title = this.connection === "live" ? `Connected through client portal ${this.portal}` : this.connectionDetail;
+    const title =
+      this.connection !== "live"
+        ? this.connectionDetail
+        : this.portal
+          ? `Connected through client portal ${this.portal}`
+          : "Connected through a client portal";
     return html`<span class="pill pill-${this.connection}" role="status" title=${title} data-testid="connection">
       <span class="dot" aria-hidden="true"></span>${labels[this.connection]}</span>`;
   }
@@ -561,7 +566,7 @@ export class ClientPage implements Page {
     this.connection = state;
     this.connectionDetail = detail;
     if (state === "live") this.portal = detail || this.portal;
-    if (state === "live" && wasReconnecting) toast(`Reconnected through ${this.portal}.`, "success");
+    if (state === "live" && wasReconnecting) toast(this.portal ? `Reconnected through ${this.portal}.` : "Reconnected.", "success");
     this.render();
   }
 
