@@ -31,7 +31,8 @@ class ChordConfig:
     def __post_init__(self) -> None:
         if self.successors < 1:
             raise ValueError("the successor list needs at least one entry")
-        for name in ("stabilize_interval", "fix_fingers_interval", "check_predecessor_interval"):
+        intervals = ("stabilize_interval", "fix_fingers_interval", "check_predecessor_interval")
+        for name in (*intervals, "cross_check_interval", "route_wait", "suspect_ttl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.peer_timeout <= 0 or self.hop_timeout <= 0:

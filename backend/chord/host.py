@@ -10,6 +10,7 @@ The caller's loop:
 
     host = ChordHost("cache-1", incarnation=<random text>)
     outputs = host.bootstrap()        # the first cache node; others: host.join("cache-0")
+    host.set_known_hosts(ids)         # whenever heartbeats show which cache nodes are up
     outputs = host.tick(now)          # often (say every 0.1 s)
     outputs = host.handle(decode(wire))   # for each message received
     outputs = host.lookup(cid, token, payload)   # a request enters here
@@ -17,7 +18,8 @@ The caller's loop:
 
 and for each output: Send -> publish `message.to_wire()` to cache node `host`;
 Owned -> serve the request; RangeChanged -> the arc owned changed; Isolated ->
-call join(<another cache node>).
+call join(<a cache node that is in_ring>); if none is, the operator lets one
+cache node (say the lowest id) bootstrap() and the others join it.
 """
 
 from __future__ import annotations
@@ -116,8 +118,8 @@ class ChordHost:
 
     @property
     def isolated(self) -> bool:
-        """No position has a successor or a search under way, and none knows whom to ask:
-        only join(<another cache node>) or bootstrap() helps."""
+        """No position has a successor or a search under way: unless known_hosts lets
+        it search again by itself, only join(<another cache node>) or bootstrap() helps."""
         if self._left:
             return False
         return not any(n.successors or n.searching for n in self.nodes)

@@ -20,6 +20,12 @@ not the original paper's pseudo-code, which can break the ring:
 - leave (an optimisation; a silent leave is just a failure): hand the
   predecessor to the successor and the successor list to the predecessor.
 
+Beyond Zave's assumptions (more than r - 1 failures in a row, or a crash before
+new lists spread) two more rules keep the ring whole: a position whose every
+successor failed searches for the true one through another cache node while
+staying a member (repair), and now and then each position asks another cache
+node who follows it, which merges a ring that split (cross-check).
+
 Lookup forwarding is in routing.py; this class answers the two questions
 routing asks of a position: does it own a key, and what is the best next hop.
 """
@@ -130,6 +136,19 @@ class ChordNode:
     def is_member(self) -> bool:
         return self.state == MEMBER
 
+    @property
+    def needs_repair(self) -> bool:
+        """A member whose every successor failed and that is not searching yet."""
+        return self.state == MEMBER and not self.successors and self._search is None
+
+    @property
+    def searching(self) -> bool:
+        return self._search is not None
+
+    @property
+    def failed_searches(self) -> int:
+        return self._searches
+
     def owns(self, key: int) -> bool:
         """key in (predecessor, me]: the arc this position serves."""
         if self.state != MEMBER:
@@ -148,7 +167,8 @@ class ChordNode:
 
         The first usable successor if the key lies up to it; else the usable known
         position closest before the key (fingers and successor list: the closest
-        preceding finger). None when no successor is usable.
+        preceding finger). With no usable successor at all, the nearest live
+        finger; None when nothing ahead is known.
         """
         if self.state != MEMBER:
             return None
@@ -235,18 +255,6 @@ class ChordNode:
             self._send_search(out)
         return out
 
-    @property
-    def failed_searches(self) -> int:
-        return self._searches
-
-    @property
-    def searching(self) -> bool:
-        return self._search is not None
-
-    @property
-    def needs_repair(self) -> bool:
-        return self.state == MEMBER and not self.successors and self._search is None
-
     def leave(
         self,
         successor: Peer | None,
@@ -286,7 +294,7 @@ class ChordNode:
             if now >= self._due_check:
                 self._due_check = now + cfg.check_predecessor_interval
                 self._check_predecessor(out)
-            if now >= self._due_fix and self.state == MEMBER:
+            if now >= self._due_fix:
                 self._due_fix = now + cfg.fix_fingers_interval
                 self._fix_fingers(out)
         return out

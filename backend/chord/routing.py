@@ -64,20 +64,23 @@ class Router:
     def on_lookup(self, m: Lookup, out: list[Output]) -> None:
         src = m.src
         if src is not None and src.host != self.host.id:
-            target = self.host.node_at(m.dst)
-            if not self.host.members() or (m.dst is not None and not target):
-                out.append(Send(src.host, Gone(src.pos, self.host.id, None, m.lid, m.hops)))
-                return
-            if target is not None and not target.is_member:
-                # The sender thinks that position is in the ring (it restarted, or is
-                # rejoining): refuse the hop so the sender forgets it and routes around.
-                out.append(Send(src.host, Gone(src.pos, self.host.id, m.dst, m.lid, m.hops)))
+            if self._refuse(m, src, out):
                 return
             ack_from = Peer(m.dst if m.dst is not None else self.host.nodes[0].pos, self.host.id)
             out.append(Send(src.host, LookupAck(src.pos, ack_from, m.lid, m.hops)))
             if self._duplicate((m.lid, m.hops)):
                 return
         self.route(m, out)
+
+    def _refuse(self, m: Lookup, src: Peer, out: list[Output]) -> bool:
+        """Say Gone for a hop to a position (or a cache node) that is not in the ring:
+        it restarted or is rejoining, so the sender forgets it and routes around."""
+        target = self.host.node_at(m.dst)
+        if self.host.members() and (m.dst is None or (target is not None and target.is_member)):
+            return False
+        position = m.dst if target is not None and self.host.members() else None
+        out.append(Send(src.host, Gone(src.pos, self.host.id, position, m.lid, m.hops)))
+        return True
 
     def on_ack(self, m: LookupAck) -> None:
         self.pending.pop((m.lid, m.hops), None)
@@ -121,22 +124,16 @@ class Router:
         avoid: frozenset[str] = frozenset(),
         since: float | None = None,
     ) -> None:
-        """Serve `m` here or send it one hop on. `since`: when it was first parked."""
+        """Serve `m` here, send it one hop on, or hold it until a route appears.
+        `avoid`: cache nodes that did not acknowledge it; `since`: when it was parked."""
         # A search never comes back to the position that asked: it must find the
         # first position after it as the rest of the ring sees it.
         skip = m.origin if m.skip_origin else None
         members = [v for v in self.host.members() if v.me != skip]
-        key = m.key
-        for v in members:
-            if v.owns(key):
-                self._deliver(v, m, out)
-                return
         usable = self._usable(members, avoid, skip)
-        target = self.host.node_at(m.dst) if m.final else None
-        settled = target is not None and target.is_member
-        if settled and self._settle_final(target, m, out, usable, avoid, since):  # type: ignore[arg-type]
+        if self._served_here(members, m, out, usable, avoid, since):
             return
-        best = self._best_hop(members, key, usable)
+        best = self._best_hop(members, m.key, usable)
         if best is not None and best[1] == best[0].me:
             if not avoid:
                 self._deliver(best[0], m, out)  # it knows of no live position nearer the key
@@ -148,9 +145,28 @@ class Router:
             # A search (join, repair, cross-check) here knows no live position past this
             # cache node: like a lone survivor, answer with the own position first at
             # or after the key; stabilize walks the asker on from there.
-            self._deliver(min(members, key=lambda v: distance(key, v.pos)), m, out)
+            self._deliver(min(members, key=lambda v: distance(m.key, v.pos)), m, out)
         else:
             self._park(m, out, since)
+
+    def _served_here(
+        self,
+        members: list[ChordNode],
+        m: Lookup,
+        out: list[Output],
+        usable: Callable[[Peer], bool],
+        avoid: frozenset[str],
+        since: float | None,
+    ) -> bool:
+        """An own position owns the key, or was told it does and settles that."""
+        for v in members:
+            if v.owns(m.key):
+                self._deliver(v, m, out)
+                return True
+        target = self.host.node_at(m.dst) if m.final else None
+        if target is None or target not in members:
+            return False
+        return self._settle_final(target, m, out, usable, avoid, since)
 
     def _usable(
         self, members: list[ChordNode], avoid: frozenset[str], origin: Peer | None

@@ -241,6 +241,8 @@ class CacheNode:
     def tick(self, now: float) -> list[Publish]:
         self._clock(now)
         out: list[Publish] = []
+        # The other members heard of let Chord find its way back and merge a split ring.
+        self.host.set_known_hosts(self._contacts())
         self._process(self.host.tick(now), out)
         if not self.leaving and self.host.isolated:
             self._get_into_ring(out)

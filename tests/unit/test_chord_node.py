@@ -32,6 +32,7 @@ from backend.chord import (
     Send,
     StabilizeReply,
     between_right,
+    finger_start,
     owner_index,
 )
 from backend.sim.chord_sim import ring_violations
@@ -266,6 +267,40 @@ def test_a_lone_survivor_becomes_a_ring_of_one() -> None:
     wires.settle()
     (node,) = wires.hosts["c0"].nodes
     assert node.successors == [node.me] and node.predecessor == node.me
+
+
+def test_a_position_whose_every_successor_failed_finds_the_next_live_one() -> None:
+    wires = ring_of(12)
+    ring = wires.ring()
+    node = wires.node(ring[0])
+    for peer in ring[1 : CONFIG.successors + 1]:  # r in a row: beyond Zave's bound
+        wires.crash(peer.host)
+    wires.run(2 * CONFIG.peer_timeout)
+    assert node.state == MEMBER  # it kept its place while it searched
+    wires.settle()
+    assert node.successors[0] == ring[CONFIG.successors + 1]
+
+
+def test_two_rings_merge_once_they_know_of_each_other() -> None:
+    wires = Wires(config=replace(CONFIG, cross_check_interval=2.0))
+    for side in "ab":
+        wires.add(f"{side}0")
+        for i in range(1, 5):
+            wires.add(f"{side}{i}", f"{side}0")
+    wires.run(10)
+    assert any("AtMostOneRing" in v for v in wires.violations())
+    for host in wires.hosts.values():
+        host.set_known_hosts(wires.hosts)
+    wires.settle()
+    assert wires.violations() == []
+
+
+def test_fingers_converge_to_the_owners_of_their_starts() -> None:
+    wires = ring_of(16)
+    wires.run(40)
+    for node in wires.nodes():
+        for i, finger in enumerate(node.fingers.entries):
+            assert finger == wires.true_owner(finger_start(node.pos, i)), (node, i)
 
 
 # ---- graceful leave -----------------------------------------------------------------
