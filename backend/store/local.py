@@ -21,8 +21,9 @@ from ..bus.transport import Bus, BusUnavailable, Message
 from ..model.hlc import HybridClock
 from ..model.identity import hash_token, new_salt, token_matches
 from ..model.lww_tables import Entry, LwwTables, entry_from_wire, entry_to_wire
-from ..model.records import ClientRecord, Event, Task
+from ..model.records import ClientRecord, Task
 from .interface import EventSink, Unwatch
+from .watchers import Watchers
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class LocalStore:
         self.tables = LwwTables()
         self.clock = HybridClock(portal_id, wall_ms)
         self.wall_ms = wall_ms
-        self.watchers: dict[int, list[EventSink]] = {}
+        self.watchers = Watchers()
         self.dropped_publishes = 0
         bus.subscribe(topics.SYNC_CHANGES, self._on_changes)
         bus.subscribe(topics.SYNC_SNAPSHOT_REQUEST, self._on_snapshot_request)
@@ -109,16 +110,7 @@ class LocalStore:
     # ---- events and health ---------------------------------------------------
 
     def watch(self, cid: int, sink: EventSink) -> Unwatch:
-        self.watchers.setdefault(cid, []).append(sink)
-
-        def unwatch() -> None:
-            sinks = self.watchers.get(cid, [])
-            if sink in sinks:
-                sinks.remove(sink)
-            if not sinks:
-                self.watchers.pop(cid, None)
-
-        return unwatch
+        return self.watchers.add(cid, sink)
 
     def readiness(self) -> str | None:
         return None if self.bus.connected else "the portal is not connected to the MQTT broker"
@@ -127,7 +119,7 @@ class LocalStore:
 
     async def _commit(self, entries: list[Entry]) -> None:
         """Apply a write here, tell watchers, then send it to the other portals."""
-        self._deliver(self.tables.merge(entries))
+        self.watchers.deliver(self.tables.merge(entries))
         message = {"origin": self.portal_id, "entries": [entry_to_wire(e) for e in entries]}
         try:
             await self.bus.publish(topics.SYNC_CHANGES, message)
@@ -136,18 +128,13 @@ class LocalStore:
             self.dropped_publishes += 1
             log.warning("change kept locally, peers get it after reconnect: %s", exc)
 
-    def _deliver(self, events: list[Event]) -> None:
-        for event in events:
-            for sink in list(self.watchers.get(event.cid, ())):
-                sink(event)
-
     async def _on_changes(self, _topic: str, message: Message) -> None:
         if message.get("origin") == self.portal_id:
             return
         entries = _decode_entries(message.get("entries"))
         for _, _, version in entries:
             self.clock.observe(version)
-        self._deliver(self.tables.merge(entries))
+        self.watchers.deliver(self.tables.merge(entries))
 
     async def _on_snapshot_request(self, _topic: str, message: Message) -> None:
         requester = message.get("origin")

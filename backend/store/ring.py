@@ -31,6 +31,7 @@ from ..model.kv import READ_OPS, record_from_wire
 from ..model.records import TOKEN_ROTATED, ClientRecord, Event, Task
 from ..ring import wire
 from .interface import TRACE, EventSink, Unwatch
+from .watchers import Watchers
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class RingStore:
         self.reply_topic = topics.ring_reply(portal_id)
         self.hosts: dict[str, HostInfo] = {}
         self.pending: dict[str, asyncio.Future[Message]] = {}
-        self.watchers: dict[int, list[EventSink]] = {}
+        self.watchers = Watchers()
         self.authenticated: dict[tuple[int, str], float] = {}
         self._ids = itertools.count()
         bus.subscribe(topics.RING_ANNOUNCE, self._on_announce)
@@ -149,16 +150,7 @@ class RingStore:
     # ---- events and health -----------------------------------------------------
 
     def watch(self, cid: int, sink: EventSink) -> Unwatch:
-        self.watchers.setdefault(cid, []).append(sink)
-
-        def unwatch() -> None:
-            sinks = self.watchers.get(cid, [])
-            if sink in sinks:
-                sinks.remove(sink)
-            if not sinks:
-                self.watchers.pop(cid, None)
-
-        return unwatch
+        return self.watchers.add(cid, sink)
 
     def readiness(self) -> str | None:
         if not self.bus.connected:
@@ -298,8 +290,7 @@ class RingStore:
             self._forget_authentications(event.cid)
         if event.kind == TOKEN_ROTATED:
             return
-        for sink in list(self.watchers.get(event.cid, ())):
-            sink(event)
+        self.watchers.deliver([event])
 
     def _forget_authentications(self, cid: int) -> None:
         for key in [k for k in self.authenticated if k[0] == cid]:

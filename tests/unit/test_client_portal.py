@@ -464,9 +464,9 @@ async def test_events_and_responses_interleave_as_whole_lines(world: World) -> N
 async def test_a_closed_watcher_is_unsubscribed(world: World) -> None:
     watcher = await world.authed()
     await watcher.call("watch", cid=world.cid)
-    assert world.store.watchers
+    assert world.store.watchers.sinks
     watcher.close()
-    await eventually(lambda: not world.store.watchers, "the watch to be dropped")
+    await eventually(lambda: not world.store.watchers.sinks, "the watch to be dropped")
 
 
 async def test_watching_twice_delivers_each_event_once(world: World) -> None:
@@ -484,7 +484,7 @@ async def test_client_deleted_is_delivered_then_the_connection_is_unbound(world:
     await world.store.delete_client(cid_for_name("alice"))
     assert await watcher.recv() == {"event": "client_deleted", "cid": world.cid}
     assert error_code(await watcher.call("list_tasks", cid=world.cid)) == "unauthorized"
-    assert not world.store.watchers
+    assert not world.store.watchers.sinks
 
 
 async def test_rebinding_to_another_client_ends_the_watch(world: World) -> None:
@@ -604,7 +604,7 @@ async def test_a_watcher_that_never_reads_is_dropped_at_the_hard_limit() -> None
         await fill_until_dropped(w, 2, "t")
         reading.cancel()
         assert len(w.portal.connections) == 1
-        assert len(w.store.watchers[cid_for_name("alice")]) == 1  # the reading watcher stays
+        assert len(w.store.watchers.sinks[cid_for_name("alice")]) == 1  # the reading watcher stays
     finally:
         await stop_world(w)
 
@@ -686,7 +686,7 @@ async def test_closing_the_portal_ends_every_connection(world: World) -> None:
     await world.portal.close()
     for peer in peers:
         assert await peer.closed_by_portal() == b""
-    assert not world.portal.connections and not world.store.watchers
+    assert not world.portal.connections and not world.store.watchers.sinks
 
 
 # ---- store failures ------------------------------------------------------------------
