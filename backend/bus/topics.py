@@ -35,6 +35,22 @@ def ring_events(cid: int) -> str:
     return f"{ROOT}/ring/events/{cid:016x}"
 
 
+# Replica groups (the durable tier): one inbox per replica, carrying Raft messages between
+# the group's members and proposals and reads from the group's users; replies go to a topic
+# the user names under raft/ (the only subtree replicas may publish on).
+def raft_member(group: str, member: int) -> str:
+    return f"{ROOT}/raft/{group}/{member}"
+
+
+def raft_reply(group: str, client_id: str) -> str:
+    return f"{ROOT}/raft/{group}/reply/{client_id}"
+
+
+def raft_replies(client_id: str) -> str:
+    """Filter for a client's replies from every group."""
+    return f"{ROOT}/raft/+/reply/{client_id}"
+
+
 # Heartbeats: every component announces itself, its address and its metrics.
 HEARTBEATS = f"{ROOT}/heartbeat/#"
 

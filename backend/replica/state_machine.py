@@ -1,0 +1,298 @@
+"""What every replica of a group applies in log order: the key-value state plus a
+table of answered requests, so a retried request is never applied twice.
+
+The Raft log (backend/raft) orders opaque entries; this module gives them
+meaning. Each entry holds a batch of proposals (`encode_batch`), each
+proposal a run of operations from one client:
+
+    Proposal(client, request, acked, ops)
+
+`client` names one incarnation of one user of the group (a cache node that
+restarts takes a new id); operation i of the proposal has request id
+`request + i`, and a client numbers its operations 1, 2, 3, ... without
+reuse. `acked` says the client holds the answer of every request id below
+it, so the group may forget those answers.
+
+Exactly once (Raft dissertation §6.3). A proposal reaches the log more than
+once when a client retries after a timeout, or when MQTT QoS 1 delivers a
+proposal twice. The state machine keeps, per client, the result of every
+request id at or above the client's `floor` and applies an operation only
+if its id is new:
+
+    id in the table                 -> the stored result, nothing applied
+    id >= floor, not in the table   -> apply it, store the result
+    id <  floor                     -> nothing applied; the outcome is unknown
+                                       (`timeout`): the answer was forgotten
+
+Bounds, both deterministic so every replica forgets the same things:
+- per client: the floor rises to the client's `acked`, and to the lowest id
+  kept once more than `max_results` answers are held (a client that never
+  acknowledges still costs at most that many);
+- clients: at most `max_clients` are remembered; the one whose last request
+  is oldest in the log is forgotten first. An unknown client whose proposal
+  says `acked > 1` was forgotten (it had answers already), so its requests
+  are not applied and answer `timeout` with `"expired": true`: the client
+  must start over under a new id. So a client sends `acked` = 1 until the
+  group has answered one of its proposals `ok` (only then does the group
+  know it).
+
+Results are per operation: `{"ok": true, "result": {...}, "events": [event
+map, ...]}` or `{"ok": false, "error": {"code", "message"}}`, with the
+contract's codes (KeyValueState's OpError). Events ride along so the
+caller can publish them even when it learns the result from a retry.
+
+`snapshot()` and `restore()` give the whole state (keys, the answer table
+and the last applied index) as msgpack bytes for Raft snapshots (§7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from ..errors import BAD_REQUEST, TIMEOUT, OpError
+from ..model.kv import READ_OPS, KeyValueState, key_from_wire, key_to_wire, record_to_wire
+
+Operation = dict[str, Any]
+OpResult = dict[str, Any]
+
+MAX_RESULTS_PER_CLIENT = 1024
+MAX_CLIENTS = 4096
+SNAPSHOT_VERSION = 1
+# Operations the durable tier answers beyond KeyValueState's, for its users' own needs:
+#   load_keys      {"cids": [cid, ...]}    -> {"keys": [kv.key_to_wire(...), ...]} (a cold owner)
+#   clients_after  {"after": -1|cid, "limit": n} -> {"clients": [record, ...]}
+EXTRA_READ_OPS = frozenset({"load_keys", "clients_after"})
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    client: str
+    request: int  # request id of ops[0]; ops[i] has request + i
+    acked: int  # the client holds the answers of every request id below this
+    ops: tuple[Operation, ...]
+
+    @property
+    def request_ids(self) -> range:
+        return range(self.request, self.request + len(self.ops))
+
+    def to_wire(self) -> list[Any]:
+        return [self.client, self.request, self.acked, list(self.ops)]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Proposal:
+        client, request, acked, ops = value
+        return cls(client, request, acked, tuple(ops))
+
+
+def encode_batch(proposals: Sequence[Proposal]) -> bytes:
+    """One log entry's data: proposals applied in this order."""
+    return join_packed([pack_proposal(p) for p in proposals])
+
+
+def pack_proposal(proposal: Proposal) -> bytes:
+    """One proposal packed alone; `join_packed` makes a batch of such pieces without
+    packing them again (so a batch can be cut to size as it grows)."""
+    return msgpack.packb(proposal.to_wire(), use_bin_type=True)
+
+
+def join_packed(pieces: Sequence[bytes]) -> bytes:
+    return msgpack.Packer().pack_array_header(len(pieces)) + b"".join(pieces)
+
+
+def decode_batch(data: bytes) -> list[Proposal]:
+    items = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return [Proposal.from_wire(item) for item in items]
+
+
+def op_ok(result: dict[str, Any], events: Iterable[dict[str, Any]] = ()) -> OpResult:
+    return {"ok": True, "result": result, "events": list(events)}
+
+
+def op_error(code: str, message: str) -> OpResult:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+@dataclass
+class Session:
+    """What the group remembers of one client."""
+
+    floor: int = 1  # answers below this id are forgotten
+    results: dict[int, OpResult] = field(default_factory=dict)
+    last_index: int = 0  # log index of the client's latest proposal
+
+    def to_wire(self) -> list[Any]:
+        return [self.floor, self.last_index, [[rid, r] for rid, r in self.results.items()]]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Session:
+        floor, last_index, results = value
+        return cls(floor, {rid: result for rid, result in results}, last_index)
+
+
+class Outcome:
+    """What `lookup` knows of one request id."""
+
+    APPLIED = "applied"
+    NOT_APPLIED = "not_applied"
+    UNKNOWN = "unknown"
+
+
+class ReplicaStateMachine:
+    def __init__(
+        self, max_results: int = MAX_RESULTS_PER_CLIENT, max_clients: int = MAX_CLIENTS
+    ) -> None:
+        if max_results < 1 or max_clients < 1:
+            raise ValueError("the answer table needs room for at least one entry")
+        self.kv = KeyValueState()
+        self.sessions: dict[str, Session] = {}
+        self.applied_index = 0
+        self.max_results = max_results
+        self.max_clients = max_clients
+
+    # ---- applying the log ----------------------------------------------------------
+
+    def apply_entry(self, index: int, data: bytes) -> list[list[OpResult]]:
+        """Apply one committed entry; per proposal, per operation, the results."""
+        self._advance_to(index)
+        if not data:
+            return []  # a new leader's no-op
+        try:
+            proposals = decode_batch(data)
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as exc:
+            # every replica decodes the same bytes the same way, so skipping stays in step
+            raise ValueError(f"log entry {index} is not a batch of proposals: {exc}") from exc
+        return [self._apply_proposal(index, proposal) for proposal in proposals]
+
+    def skip(self, index: int) -> None:
+        """A configuration entry: nothing to apply, but the index is consumed."""
+        self._advance_to(index)
+
+    def _advance_to(self, index: int) -> None:
+        if index != self.applied_index + 1:
+            raise ValueError(f"applying index {index} after {self.applied_index}: out of order")
+        self.applied_index = index
+
+    def _apply_proposal(self, index: int, proposal: Proposal) -> list[OpResult]:
+        session = self.sessions.get(proposal.client)
+        if session is None:
+            if proposal.acked > 1:
+                return [self._expired(proposal.client)] * len(proposal.ops)
+            session = self.sessions[proposal.client] = Session()
+        results = [
+            self._apply_once(session, proposal.client, rid, op)
+            for rid, op in zip(proposal.request_ids, proposal.ops, strict=True)
+        ]
+        session.last_index = index
+        self._forget(session, proposal.acked)
+        self._evict_clients()
+        return results
+
+    def _apply_once(self, session: Session, client: str, rid: int, op: Operation) -> OpResult:
+        if rid < session.floor:
+            return op_error(
+                TIMEOUT,
+                f"request {rid} of {client} is older than the answers this group keeps; "
+                "its outcome is unknown",
+            )
+        cached = session.results.get(rid)
+        if cached is not None:
+            return cached
+        result = self._run(op)
+        session.results[rid] = result
+        return result
+
+    def _run(self, op: Operation) -> OpResult:
+        try:
+            result, events = self.kv.apply(op)
+        except OpError as exc:
+            return op_error(exc.code, exc.message)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # proposals are checked before they are appended; this is the last line
+            return op_error(BAD_REQUEST, f"malformed operation: {exc!r}")
+        return op_ok(result, (event.to_wire() for event in events))
+
+    def _forget(self, session: Session, acked: int) -> None:
+        floor = max(session.floor, acked)
+        if len(session.results) > self.max_results:
+            kept = sorted(session.results)[-self.max_results :]
+            floor = max(floor, kept[0])
+        if floor != session.floor:
+            session.floor = floor
+            session.results = {rid: r for rid, r in session.results.items() if rid >= floor}
+
+    def _evict_clients(self) -> None:
+        excess = len(self.sessions) - self.max_clients
+        if excess > 0:
+            oldest = sorted(self.sessions, key=lambda c: (self.sessions[c].last_index, c))
+            for client in oldest[:excess]:
+                del self.sessions[client]
+
+    def _expired(self, client: str) -> OpResult:
+        result = op_error(
+            TIMEOUT,
+            f"this group no longer remembers client {client}; the outcome of its "
+            "earlier requests is unknown; continue under a new client id",
+        )
+        result["expired"] = True
+        return result
+
+    # ---- answering -------------------------------------------------------------------
+
+    def lookup(self, client: str, rid: int) -> tuple[str, OpResult | None]:
+        """Whether request `rid` of `client` was applied, and its result if it was."""
+        session = self.sessions.get(client)
+        if session is None or rid < session.floor:
+            return Outcome.UNKNOWN, None
+        result = session.results.get(rid)
+        if result is None:
+            return Outcome.NOT_APPLIED, None
+        return Outcome.APPLIED, result
+
+    def read(self, op: Operation) -> OpResult:
+        """Answer a read-only operation from the applied state."""
+        name = op.get("op")
+        if name == "load_keys":
+            return op_ok({"keys": self.kv.export_keys(list(op["cids"]))})
+        if name == "clients_after":
+            records = self.kv.clients_after(op["after"], op["limit"])
+            return op_ok({"clients": [record_to_wire(r) for r in records]})
+        if name not in READ_OPS:
+            return op_error(BAD_REQUEST, f"{name!r} is not a read operation")
+        return self._run(op)
+
+    # ---- snapshots -------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        state = {
+            "version": SNAPSHOT_VERSION,
+            "applied": self.applied_index,
+            "keys": [key_to_wire(cid, key) for cid, key in self.kv.keys.items()],
+            "sessions": [[client, s.to_wire()] for client, s in self.sessions.items()],
+        }
+        return msgpack.packb(state, use_bin_type=True)
+
+    @classmethod
+    def restore(
+        cls,
+        data: bytes,
+        max_results: int = MAX_RESULTS_PER_CLIENT,
+        max_clients: int = MAX_CLIENTS,
+    ) -> ReplicaStateMachine:
+        """The state machine `snapshot()` described; empty bytes give an empty one."""
+        machine = cls(max_results, max_clients)
+        if not data:
+            return machine
+        try:
+            state = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if state.get("version") != SNAPSHOT_VERSION:
+                raise ValueError(f"unknown snapshot version {state.get('version')!r}")
+            machine.applied_index = state["applied"]
+            machine.kv.keys = dict(key_from_wire(item) for item in state["keys"])
+            machine.sessions = {c: Session.from_wire(s) for c, s in state["sessions"]}
+        except (ValueError, TypeError, KeyError, AttributeError, msgpack.ExtraData) as exc:
+            raise ValueError(f"not a replica state machine snapshot: {exc}") from exc
+        return machine

@@ -1,0 +1,226 @@
+"""One replica's logic around Raft: who is answered what, and when.
+
+Each test runs a whole group of ReplicaCores in one process (replica_harness.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backend.replica import wire
+from tests.unit.replica_harness import REPLY, Group
+
+CID = 42
+
+
+def create() -> dict[str, Any]:
+    return {
+        "op": "create_client",
+        "cid": CID,
+        "name": "alice",
+        "data": "",
+        "created_at": 1,
+        "token_salt": b"salt",
+        "token_hash": b"hash",
+    }
+
+
+def insert(title: str) -> dict[str, Any]:
+    return {"op": "insert_task", "cid": CID, "title": title, "description": ""}
+
+
+def propose(corr: str, request: int, *ops: dict[str, Any], client: str = "c1") -> dict:
+    return wire.propose(corr, REPLY, client, request, list(ops), 1)
+
+
+def titles(group: Group, member: int) -> list[str]:
+    key = group.core(member).machine.kv.keys.get(CID)
+    return list(key.tasks) if key else []
+
+
+def test_a_proposal_is_answered_once_committed_and_applied_everywhere() -> None:
+    group = Group()
+    leader = group.elect()
+    group.deliver(leader, propose("p1", 1, create(), insert("a")))
+    assert group.answer("p1") is None  # not before it is durable on a majority
+    group.settle()
+    answer = group.answer("p1")
+    assert answer is not None and answer["ok"] is True and answer["member"] == leader
+    assert [r["ok"] for r in answer["results"]] == [True, True]
+    group.step(2)  # followers learn the commit index from the next heartbeat
+    assert all(titles(group, m) == ["a"] for m in group.ids)
+
+
+def test_proposals_arriving_together_share_one_log_entry() -> None:
+    group = Group()
+    leader = group.elect()
+    before = group.core(leader).node.last_index
+    group.deliver(leader, propose("p1", 1, create()))
+    for n in range(2, 12):
+        group.deliver(leader, propose(f"p{n}", n, insert(f"t{n}")))
+    group.settle()
+    assert group.core(leader).node.last_index == before + 1
+    assert all(group.answer(f"p{n}")["ok"] for n in range(1, 12))  # type: ignore[index]
+
+
+def test_a_follower_refuses_and_names_the_leader() -> None:
+    group = Group()
+    leader = group.elect()
+    follower = next(m for m in group.ids if m != leader)
+    group.deliver(follower, propose("p1", 1, create()))
+    answer = group.answer("p1")
+    assert answer is not None and answer["ok"] is False
+    assert answer["error"]["code"] == "unavailable" and answer["leader"] == leader
+    group.settle()
+    assert titles(group, leader) == []
+
+
+def test_a_duplicate_is_answered_from_the_answer_table_without_a_new_entry() -> None:
+    group = Group()
+    leader = group.elect()
+    group.deliver(leader, propose("p1", 1, create(), insert("a")))
+    group.settle()
+    last = group.core(leader).node.last_index
+    group.deliver(leader, propose("p1-again", 1, create(), insert("a")))
+    again = group.answer("p1-again")
+    assert again is not None and again["results"] == group.answer("p1")["results"]  # type: ignore[index]
+    assert group.core(leader).node.last_index == last
+    # two copies of one proposal in the log (QoS 1 redelivered it) still apply once
+    group.deliver(leader, propose("p2", 3, insert("b")))
+    group.deliver(leader, propose("p2", 3, insert("b")))
+    group.settle()
+    p2 = [a for a in group.answers if a["corr"] == "p2"]
+    assert len(p2) == 2 and p2[0]["results"] == p2[1]["results"]
+    assert p2[0]["results"][0]["ok"] is True
+    assert titles(group, leader) == ["a", "b"]
+
+
+def test_a_malformed_proposal_is_refused_as_a_bad_request() -> None:
+    group = Group()
+    leader = group.elect()
+    group.deliver(leader, propose("p1", 1, {"op": "insert_task", "cid": CID}))
+    answer = group.answer("p1")
+    assert answer is not None and answer["error"]["code"] == "bad_request"
+    group.deliver(leader, {"t": "propose", "ops": []})  # nowhere to answer: dropped
+    group.deliver(leader, {"t": "mystery"})
+    assert len(group.answers) == 1
+
+
+def test_an_entry_lost_to_a_new_leader_is_answered_unavailable() -> None:
+    """Log Matching (§5.3): the entry committed at our index has another term, so ours never
+    commits; the proposal was certainly not applied."""
+    group = Group()
+    old = group.elect()
+    group.isolate(old)
+    group.deliver(old, propose("lost", 1, create()))
+    group.settle()  # appended by the old leader alone: no majority
+    assert group.answer("lost") is None
+    group.run_until(lambda: any(group.core(m).node.is_leader for m in group.ids if m != old))
+    new = next(m for m in group.ids if m != old and group.core(m).node.is_leader)
+    group.deliver(new, propose("won", 1, create(), client="c2"))
+    group.deliver(new, propose("more", 2, insert("x"), client="c2"))
+    group.settle()
+    group.heal()
+    group.run_until(lambda: group.answer("lost") is not None)
+    answer = group.answer("lost")
+    assert answer is not None and answer["error"]["code"] == "unavailable"
+    group.step(3)
+    assert all(titles(group, m) == ["x"] for m in group.ids)
+
+
+def test_a_lost_entry_whose_retry_was_applied_is_answered_with_the_retry_result() -> None:
+    group = Group()
+    old = group.elect()
+    group.isolate(old)
+    group.deliver(old, propose("other", 1, insert("x"), client="c9"))
+    group.settle()
+    group.deliver(old, propose("first-try", 1, create()))  # the entry after it
+    group.settle()
+    group.run_until(lambda: any(group.core(m).node.is_leader for m in group.ids if m != old))
+    new = next(m for m in group.ids if m != old and group.core(m).node.is_leader)
+    group.deliver(new, propose("retry", 1, create()))  # lands where first-try was
+    group.settle()
+    group.heal()
+    group.run_until(lambda: group.answer("first-try") is not None)
+    assert group.answer("first-try")["ok"] is True  # type: ignore[index]
+    assert group.answer("first-try")["results"] == group.answer("retry")["results"]  # type: ignore[index]
+    assert group.answer("other")["error"]["code"] == "unavailable"  # type: ignore[index]
+
+
+def test_without_a_majority_a_proposal_times_out_it_is_never_acknowledged() -> None:
+    group = Group(proposal_timeout=2.0)
+    leader = group.elect()
+    for member in group.ids:
+        if member != leader:
+            group.crash(member)
+    group.deliver(leader, propose("p1", 1, create()))
+    group.settle()
+    group.run_until(lambda: group.answer("p1") is not None, ticks=100)
+    answer = group.answer("p1")
+    assert answer is not None and answer["ok"] is False
+    assert answer["error"]["code"] == "timeout"  # the entry is in a log: it may yet commit
+    # and the lone member stepped down (check-quorum), so new proposals are refused
+    group.deliver(leader, propose("p2", 2, insert("a")))
+    assert group.answer("p2")["error"]["code"] == "unavailable"  # type: ignore[index]
+
+
+def test_reads_are_linearizable_and_served_by_the_leader_only() -> None:
+    group = Group()
+    leader = group.elect()
+    group.deliver(leader, propose("p1", 1, create(), insert("a")))
+    group.settle()
+    group.deliver(leader, wire.read("r1", REPLY, [{"op": "list_tasks", "cid": CID}]))
+    assert group.answer("r1") is None  # waits for a heartbeat round to confirm leadership
+    group.settle()
+    read = group.answer("r1")
+    assert read is not None and read["ok"] is True
+    assert read["results"][0]["result"]["tasks"] == [{"title": "a", "description": ""}]
+    follower = next(m for m in group.ids if m != leader)
+    group.deliver(follower, wire.read("r2", REPLY, [{"op": "list_tasks", "cid": CID}]))
+    assert group.answer("r2")["error"]["code"] == "unavailable"  # type: ignore[index]
+
+
+def test_a_read_on_a_deposed_leader_is_never_served() -> None:
+    group = Group()
+    old = group.elect()
+    group.isolate(old)
+    group.deliver(old, wire.read("r1", REPLY, [{"op": "list_tasks", "cid": CID}]))
+    group.run_until(lambda: group.answer("r1") is not None)
+    assert group.answer("r1")["error"]["code"] == "unavailable"  # type: ignore[index]
+
+
+def test_a_member_far_behind_catches_up_from_a_snapshot_and_restarts_from_disk() -> None:
+    group = Group(snapshot_every=5)
+    leader = group.elect()
+    lagging = next(m for m in group.ids if m != leader)
+    group.crash(lagging)
+    group.deliver(leader, propose("p0", 1, create()))
+    group.settle()
+    for n in range(2, 30):
+        group.deliver(leader, propose(f"p{n}", n, insert(f"t{n}")))
+        group.settle()
+    assert group.core(leader).node.log.snapshot.index > 10
+    group.restart(lagging)
+    group.run_until(lambda: titles(group, lagging) == [f"t{n}" for n in range(2, 30)])
+    # the restored answer table still catches a retry
+    group.deliver(group.leader() or leader, propose("dup", 5, insert("t5")))
+    group.settle()
+    assert group.answer("dup")["results"][0]["ok"] is True  # type: ignore[index]
+    # every member restarts from its own disk and agrees
+    for member in group.ids:
+        group.crash(member)
+        group.restart(member)
+    group.elect()
+    group.step(3)
+    assert all(titles(group, m) == [f"t{n}" for n in range(2, 30)] for m in group.ids)
+
+
+def test_status_and_readiness_follow_the_leader() -> None:
+    group = Group()
+    assert group.core(1).readiness() is not None
+    leader = group.elect()
+    group.step(2)
+    status = group.core(leader).status()
+    assert status["role"] == "leader" and status["leader"] == leader
+    assert status["commit_index"] == status["applied_index"] == status["last_index"]
+    assert status["voters"] == [1, 2, 3]
+    assert all(group.core(m).readiness() is None for m in group.ids)
