@@ -69,7 +69,11 @@ def test_json_from_the_web_process_matches(cluster: dict[str, Any]) -> None:
         result = status("--web", cluster["web"], "--json")
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
-        return report if "client-portal-1" in by_id(report) else None
+        # status asks /readyz before /api/components: both must have heard the portal.
+        heard = (
+            "client-portal-1" in by_id(report) and "no client portal is up" not in report["missing"]
+        )
+        return report if heard else None
 
     report = wait_until(listed, "the web process to hear the client portal")
     assert by_id(report)["client-portal-1"]["pid"] == cluster["portal_pid"]
