@@ -19,12 +19,16 @@ from typing import Any
 
 import pytest
 
+from backend.bus import topics
 from backend.bus.memory import MemoryHub
 from backend.errors import TIMEOUT, UNAVAILABLE, OpError
 from backend.model.identity import cid_for_name, format_cid
+from backend.nodes.cache_node import Publisher
 from backend.nodes.client_connection import Limits
 from backend.nodes.client_portal import ClientPortal, serve_client_portal
+from backend.ring.cache_core import CacheNode
 from backend.store.local import LocalStore
+from backend.store.ring import RingStore
 from backend.telemetry import RequestMetrics
 
 DEADLINE = 5.0
@@ -85,6 +89,7 @@ class World:
     metrics: RequestMetrics
     cid: str
     peers: list[Peer]
+    ring: InProcessRing | None = None
 
     @property
     def port(self) -> int:
@@ -101,34 +106,99 @@ class World:
         return peer
 
 
-async def make_store(hub: MemoryHub, portal_id: str, cls: type[LocalStore] = LocalStore):
+async def make_store(hub: MemoryHub, portal_id: str, cls: type = LocalStore):
     bus = hub.attach()
     store = cls(bus, portal_id)
     await bus.connect()
     return store
 
 
-async def start_world(limits: Limits | None = None, store_class=LocalStore) -> World:
+class InProcessRing:
+    """Two cache nodes on the in-memory bus, driven by the same core as the real process."""
+
+    def __init__(self, hub: MemoryHub, count: int = 2) -> None:
+        loop = asyncio.get_running_loop()
+        self.nodes = [
+            CacheNode(f"cache-{n}", incarnation="t", vnodes=4, bootstrap=n == 1, join_wait=0.05,
+                      now=loop.time(), seed=n)
+            for n in range(1, count + 1)
+        ]  # fmt: skip
+        self.ticker: asyncio.Task[None] | None = None
+        self.publishers = []
+        for node in self.nodes:
+            bus = hub.attach()
+            publisher = Publisher(bus)
+            self.publishers.append((bus, publisher))
+            handler = self._handler(node, publisher)
+            bus.subscribe(topics.ring_host(node.id), handler)
+            bus.subscribe(topics.RING_ANNOUNCE, handler)
+
+    @staticmethod
+    def _handler(node: CacheNode, publisher: Publisher):
+        async def on_message(topic: str, message: dict) -> None:
+            publisher.send(node.receive(topic, message, asyncio.get_running_loop().time()))
+
+        return on_message
+
+    async def start(self) -> None:
+        for bus, _ in self.publishers:
+            await bus.connect()
+        self.ticker = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            for node, (_, publisher) in zip(self.nodes, self.publishers, strict=True):
+                publisher.send(node.tick(loop.time()))
+            await asyncio.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.ticker is not None:
+            self.ticker.cancel()
+
+
+async def start_world(
+    limits: Limits | None = None, store_class: type = LocalStore, storage: str = "local"
+) -> World:
     hub = MemoryHub()
+    ring = None
+    if storage == "ring":
+        ring = InProcessRing(hub)
+        await ring.start()
+        store_class = RingStore
     store = await make_store(hub, "portal-a", store_class)
+    if ring is not None:
+        await eventually(lambda: store.readiness() is None and all(n.member for n in ring.nodes),
+                         "the in-process ring to form")  # fmt: skip
     cid = cid_for_name("alice")
     await store.create_client(cid, "alice", "", TOKEN)
     metrics = RequestMetrics()
     portal = await serve_client_portal(store, "127.0.0.1", 0, "portal-a", metrics, limits)
-    return World(hub, store, portal, metrics, format_cid(cid), [])
+    return World(hub, store, portal, metrics, format_cid(cid), [], ring)
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    w = await start_world()
+@pytest.fixture(params=["local", "ring"])
+async def world(request) -> AsyncIterator[World]:
+    """The portal over each storage mode: the contract is the same for both."""
+    w = await start_world(storage=request.param)
     yield w
     await stop_world(w)
+
+
+async def stored_state(w: World) -> tuple:
+    """Everything stored, read through the store's own interface (works in both modes)."""
+    state = []
+    for client in await w.store.list_clients(None, 1000):
+        state.append((client, tuple(await w.store.list_tasks(client.cid))))
+    return tuple(state)
 
 
 async def stop_world(w: World) -> None:
     for peer in w.peers:
         peer.close()
     await w.portal.close()
+    if w.ring is not None:
+        w.ring.stop()
 
 
 async def eventually(condition: Callable[[], Any], what: str, within: float = DEADLINE) -> None:
@@ -215,7 +285,7 @@ async def test_every_op_but_ping_and_auth_needs_auth(world: World) -> None:
         response = await peer.call(op, cid=cid, **args)
         assert error_code(response) == "unauthorized", op
         assert "send auth" in response["error"]["message"]
-    assert world.store.tables.tasks(cid_for_name("alice")) == []
+    assert await world.store.list_tasks(cid_for_name("alice")) == []
 
 
 async def test_wrong_token_and_unknown_cid_are_told_alike(world: World) -> None:
@@ -289,14 +359,14 @@ async def test_each_malformed_line_gets_bad_request_and_the_connection_stays_usa
 ) -> None:
     peer = await world.authed()
     await peer.call("insert_task", cid=world.cid, title="keep", description="me")
-    before = world.store.tables.snapshot()
+    before = await stored_state(world)
     for raw in BAD_LINES:
         line = raw.replace(b"%s", world.cid.encode()) if b"%s" in raw else raw
         await peer.send(line)
         response = await peer.recv()
         assert error_code(response) == "bad_request", line[:80]
         assert (await peer.call("ping"))["pong"] is True
-    assert world.store.tables.snapshot() == before
+    assert await stored_state(world) == before
     tasks = (await peer.call("list_tasks", cid=world.cid))["tasks"]
     assert tasks == [{"title": "keep", "description": "me"}]
 
@@ -428,7 +498,7 @@ async def test_watch_gets_every_change_from_another_connection_in_order(world: W
 
 
 async def test_watch_sees_changes_made_through_another_portal(world: World) -> None:
-    other_store = await make_store(world.hub, "portal-b")
+    other_store = await make_store(world.hub, "portal-b", type(world.store))
     other = await serve_client_portal(other_store, "127.0.0.1", 0, "portal-b")
     try:
         watcher = await world.authed()
