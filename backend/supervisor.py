@@ -420,7 +420,7 @@ def count_option(name: str, default: int, what: str) -> Decorator:
         default=default,
         show_default=True,
         envvar=f"TASKRING_{name[2:].replace('-', '_').upper()}",
-        help=f"{what} (ring storage; not used by local storage).",
+        help=f"{what}.",
     )
 
 
@@ -431,11 +431,20 @@ def count_option(name: str, default: int, what: str) -> Decorator:
     default=config.DEFAULT_STORAGE,
     show_default=True,
     envvar="TASKRING_STORAGE",
-    help="local: portals keep the tables in memory and converge over MQTT; ring: not yet.",
+    help="ring: a Chord ring of cache nodes holds each key on its owner; local: every "
+    "portal keeps the tables in memory and they converge over MQTT. Neither is durable yet.",
 )
 @count_option("--cache-nodes", config.DEFAULT_CACHE_NODES, "Cache nodes on the Chord ring")
-@count_option("--replica-groups", config.DEFAULT_REPLICA_GROUPS, "Replica groups")
-@count_option("--replicas", config.DEFAULT_REPLICAS, "Replicas per group")
+@count_option(
+    "--replica-groups",
+    config.DEFAULT_REPLICA_GROUPS,
+    "Replica groups (accepted; the durable tier is not started by `up` yet)",
+)
+@count_option(
+    "--replicas",
+    config.DEFAULT_REPLICAS,
+    "Replicas per group (accepted; the durable tier is not started by `up` yet)",
+)
 @click.option(
     "--broker",
     "broker_flag",
