@@ -33,6 +33,7 @@ PORTAL_NAMES = {CLIENT_PORTAL: "client portal", ADMIN_PORTAL: "admin portal"}
 
 
 CACHE_NODE = "cache-node"
+REPLICA = "replica"
 RING_BITS = 64
 
 
@@ -78,6 +79,7 @@ class Heartbeat:
     interval: float
     metrics: Metrics
     ring: dict[str, Any] | None = None  # a cache node's view of the ring (cache_node.py)
+    raft: dict[str, Any] | None = None  # a replica's Raft state (nodes/replica.py)
 
     @property
     def uptime(self) -> float:
@@ -178,7 +180,18 @@ class ClusterView:
         reasons: list[str] = []
         for kind in PORTAL_KINDS:
             reasons.extend(self._missing_for(kind, now))
+        for group in self.replica_groups(now):
+            if not group["leader"]:
+                reasons.append(f"replica group {group['id']} has no leader")
         return reasons
+
+    def replica_groups(self, now: float) -> list[dict[str, Any]]:
+        """Each replica group heard from, its live members and its leader (/api/cluster)."""
+        groups: dict[str, list[Component]] = {}
+        for c in self.alive(now, REPLICA):
+            raft = c.heartbeat.raft or {}
+            groups.setdefault(str(raft.get("group", "?")), []).append(c)
+        return [_group_summary(gid, members) for gid, members in sorted(groups.items())]
 
     def _missing_for(self, kind: str, now: float) -> list[str]:
         live = self.alive(now, kind)
@@ -212,6 +225,28 @@ def cumulative_buckets(counts: tuple[int, ...] | list[int]) -> list[tuple[str, i
         running += count
         pairs.append((bound, running))
     return pairs
+
+
+def _group_summary(group_id: str, members: list[Component]) -> dict[str, Any]:
+    """A group in the shape of /api/cluster: the leader is the member of the highest term
+    that says it leads (an old leader cut off from the others may still think it does)."""
+    rows, leaders = [], []
+    for c in sorted(members, key=lambda c: c.id):
+        raft = c.heartbeat.raft or {}
+        role = str(raft.get("role", "unknown"))
+        term = raft.get("term", 0) if isinstance(raft.get("term"), int) else 0
+        rows.append(
+            {
+                "id": c.id,
+                "role": role,
+                "term": term,
+                "commit_index": raft.get("commit_index", 0),
+                "applied_index": raft.get("applied_index", 0),
+            }
+        )
+        if role == "leader":
+            leaders.append((term, c.id))
+    return {"id": group_id, "members": rows, "leader": max(leaders)[1] if leaders else ""}
 
 
 def ring_summary(node_id: str, ring: dict[str, Any]) -> dict[str, Any]:
@@ -277,16 +312,21 @@ def parse_heartbeat(message: dict[str, Any]) -> Heartbeat:
         interval=interval,
         metrics=parse_metrics(message.get("metrics")),
         ring=_ring(message),
+        raft=_map_field(message, "raft"),
     )
 
 
 def _ring(message: dict[str, Any]) -> dict[str, Any] | None:
-    ring = message.get("ring")
-    if ring is None:
+    return _map_field(message, "ring")
+
+
+def _map_field(message: dict[str, Any], name: str) -> dict[str, Any] | None:
+    value = message.get(name)
+    if value is None:
         return None
-    if not isinstance(ring, dict):
-        raise HeartbeatError("heartbeat field 'ring' must be a map")
-    return ring
+    if not isinstance(value, dict):
+        raise HeartbeatError(f"heartbeat field {name!r} must be a map")
+    return value
 
 
 def parse_metrics(wire: Any) -> Metrics:

@@ -108,6 +108,7 @@ async def listen_to_heartbeats(address: BrokerAddress, wait: float) -> Snapshot:
         components=[c.summary(now) for c in view.components(now)],
         missing=view.missing(now),
         cache_nodes=view.cache_nodes(now),
+        replica_groups=view.replica_groups(now),
     )
 
 

@@ -187,11 +187,10 @@ def create_app(context: WebContext) -> FastAPI:
 
     @app.get("/api/cluster")
     async def cluster() -> dict[str, Any]:
-        # Replica groups join with the durable tier.
         now = context.clock()
         return {
             "cache_nodes": context.view.cache_nodes(now),
-            "replica_groups": [],
+            "replica_groups": context.view.replica_groups(now),
             "portals": context.view.portals(now),
         }
 

@@ -247,3 +247,39 @@ def test_a_heartbeat_missing_a_field_is_rejected() -> None:
     del message["pid"]
     with pytest.raises(HeartbeatError, match="'pid'"):
         parse_heartbeat(message)
+
+
+# ---- replica groups -----------------------------------------------------------------
+
+
+def replica(member: int, role: str, term: int, group: str = "g1") -> dict[str, Any]:
+    raft = {"group": group, "member": member, "role": role, "term": term, "leader": None,
+            "commit_index": 7, "applied_index": 7}  # fmt: skip
+    return beat(f"{group}-{member}", "replica", "", raft=raft)
+
+
+def test_a_group_lists_its_members_and_the_leader_of_the_highest_term() -> None:
+    view = ready_cluster()
+    view.observe(replica(1, "leader", 3), 100.0)  # an old leader, cut off, still thinks so
+    view.observe(replica(2, "leader", 4), 100.0)
+    view.observe(replica(3, "follower", 4), 100.0)
+    [group] = view.replica_groups(100.0)
+    assert group["id"] == "g1" and group["leader"] == "g1-2"
+    assert [m["id"] for m in group["members"]] == ["g1-1", "g1-2", "g1-3"]
+    assert view.missing(100.0) == []
+
+
+def test_a_group_without_a_leader_makes_the_cluster_unready() -> None:
+    view = ready_cluster()
+    view.observe(replica(1, "candidate", 5), 100.0)
+    view.observe(replica(2, "follower", 5), 100.0)
+    view.observe(replica(1, "leader", 1, group="g2"), 100.0)
+    assert view.missing(100.0) == ["replica group g1 has no leader"]
+    assert [g["leader"] for g in view.replica_groups(100.0)] == ["", "g2-1"]
+
+
+def test_a_silent_leader_no_longer_counts() -> None:
+    view = ready_cluster(130.0)
+    view.observe(replica(1, "leader", 2), 100.0)
+    view.observe(replica(2, "follower", 2), 129.0)
+    assert view.missing(130.0) == ["replica group g1 has no leader"]
