@@ -47,16 +47,16 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Iterable
 
 import click
 
 from ..bus import topics
 from ..bus.mqtt import MqttBus
+from ..bus.publisher import Publisher
 from ..bus.transport import BusUnavailable, Message
 from ..cli_common import broker_option, component_id_option
 from ..config import BrokerAddress
-from ..ring.cache_core import CacheNode, Publish
+from ..ring.cache_core import CacheNode
 from ..telemetry import HEARTBEAT_INTERVAL, RequestMetrics, heartbeat_message
 
 log = logging.getLogger(__name__)
@@ -66,36 +66,6 @@ TICK_INTERVAL = 0.1
 CONNECT_LOG_INTERVAL = 5.0
 LEAVE_ACK_WAIT = 2.0  # how long a leaving node waits for its handovers' acknowledgements
 FLUSH_WAIT = 2.0
-
-
-class Publisher:
-    """Publishes in the order given, without waiting for each acknowledgement in turn.
-
-    Each publish is its own task; tasks start in creation order and hand the message
-    to the MQTT client before their first pause, so the broker gets them in order.
-    """
-
-    def __init__(self, bus: MqttBus) -> None:
-        self.bus = bus
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def send(self, publishes: Iterable[Publish]) -> None:
-        for item in publishes:
-            task = asyncio.create_task(self._publish(item))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def flush(self, timeout: float) -> None:
-        if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=timeout)
-
-    async def _publish(self, item: Publish) -> None:
-        try:
-            await self.bus.publish(item.topic, item.message, qos=item.qos)
-        except BusUnavailable as exc:
-            log.debug("not sent: %s", exc)  # the ring retries what matters
-        except Exception as exc:  # e.g. a topic the broker client refuses
-            log.warning("could not publish to %r: %r", item.topic, exc)
 
 
 async def run_cache_node(

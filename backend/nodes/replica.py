@@ -41,7 +41,6 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import IO
@@ -50,11 +49,12 @@ import click
 
 from ..bus import topics
 from ..bus.mqtt import MqttBus
+from ..bus.publisher import Publisher
 from ..bus.transport import BusUnavailable, Message
 from ..cli_common import broker_option
 from ..config import BrokerAddress, data_dir
 from ..raft import LogCorruptedError, RaftOptions
-from ..replica.core import SNAPSHOT_EVERY, ReplicaCore, Send
+from ..replica.core import SNAPSHOT_EVERY, ReplicaCore
 from ..replica.group import check_group_id
 from ..storage import DurableRaftStorage, StorageCorruptError
 from ..telemetry import HEARTBEAT_INTERVAL, heartbeat_message
@@ -64,30 +64,6 @@ log = logging.getLogger(__name__)
 KIND = "replica"
 FLUSH_WAIT = 2.0
 EXIT_FAILED, EXIT_USAGE = 1, 2
-
-
-class Publisher:
-    """Publishes without waiting for each acknowledgement; Raft copes with what is lost."""
-
-    def __init__(self, bus: MqttBus) -> None:
-        self.bus = bus
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def send(self, sends: Iterable[Send]) -> None:
-        for item in sends:
-            task = asyncio.create_task(self._publish(item))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def flush(self, timeout: float) -> None:
-        if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=timeout)
-
-    async def _publish(self, item: Send) -> None:
-        try:
-            await self.bus.publish(item.topic, item.message, qos=item.qos)
-        except BusUnavailable as exc:
-            log.debug("not sent: %s", exc)
 
 
 class Replica:

@@ -21,9 +21,9 @@ import pytest
 
 from backend.bus import topics
 from backend.bus.memory import MemoryHub
+from backend.bus.publisher import Publisher
 from backend.errors import TIMEOUT, UNAVAILABLE, OpError
 from backend.model.identity import cid_for_name, format_cid
-from backend.nodes.cache_node import Publisher
 from backend.nodes.client_connection import Limits
 from backend.nodes.client_portal import ClientPortal, serve_client_portal
 from backend.ring.cache_core import CacheNode
