@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 import sys
 import time
@@ -50,6 +49,7 @@ from backend.config import (
     DEFAULT_WEB_PORT,
     BrokerAddress,
 )
+from backend.nodes.process import stop_on_signals
 from backend.telemetry import RequestMetrics, heartbeat_message, run_heartbeat
 
 from .grpc_web import create_grpc_web_router
@@ -287,10 +287,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 async def run_web(web_id: str, host: str, port: int, broker: BrokerAddress) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     try:
         sock = bind(host, port)
     except OSError as exc:

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,8 +44,9 @@ from ..config import (
 )
 from ..store import make_store
 from ..store.interface import Store
-from ..telemetry import RequestMetrics, run_heartbeat
+from ..telemetry import RequestMetrics
 from .admin_service import AdminService
+from .process import heartbeating, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -236,10 +236,7 @@ async def run_admin_portal(
     portal_id: str, host: str, port: int, broker: BrokerAddress, admin_token: str, storage: str
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     bus = MqttBus(broker, portal_id)
     store = make_store(storage, bus, portal_id)
     metrics = RequestMetrics()
@@ -249,20 +246,15 @@ async def run_admin_portal(
         except OSError as exc:
             log.error("%s", exc)
             return EXIT_FAILED
-        heartbeat = asyncio.create_task(
-            run_heartbeat(bus, KIND, portal_id, portal.address, store.readiness, metrics)
-        )
-        log.info(
-            "admin portal %s listening on %s (broker %s)",
-            portal_id,
-            portal.address,
-            broker.redacted(),
-        )
-        await stop.wait()
-        log.info("admin portal %s stopping", portal_id)
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+        async with heartbeating(bus, KIND, portal_id, portal.address, store.readiness, metrics):
+            log.info(
+                "admin portal %s listening on %s (broker %s)",
+                portal_id,
+                portal.address,
+                broker.redacted(),
+            )
+            await stop.wait()
+            log.info("admin portal %s stopping", portal_id)
         await portal.stop()
     return 0
 

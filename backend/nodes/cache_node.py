@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import signal
 import sys
 import time
 
@@ -58,6 +57,7 @@ from ..cli_common import broker_option, component_id_option
 from ..config import BrokerAddress
 from ..ring.cache_core import CacheNode
 from ..telemetry import HEARTBEAT_INTERVAL, RequestMetrics, heartbeat_message
+from .process import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,8 @@ async def run_cache_node(
     node_id: str, broker: BrokerAddress, vnodes: int, bootstrap: bool, join_wait: float
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     bus = MqttBus(broker, node_id)
     publisher = Publisher(bus)
     metrics = RequestMetrics()

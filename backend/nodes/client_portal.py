@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import resource
-import signal
 import sys
 from typing import Any
 
@@ -33,8 +32,9 @@ from ..errors import UNAVAILABLE
 from ..protocol import error_line
 from ..store import make_store
 from ..store.interface import Store
-from ..telemetry import RequestMetrics, run_heartbeat
+from ..telemetry import RequestMetrics
 from .client_connection import Connection, Limits, PortalContext
+from .process import heartbeating, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +135,7 @@ async def run_client_portal(
     portal_id: str, host: str, port: int, broker: BrokerAddress, limits: Limits, storage: str
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     bus = MqttBus(broker, portal_id)
     store = make_store(storage, bus, portal_id)
     metrics = RequestMetrics()
@@ -149,17 +146,15 @@ async def run_client_portal(
             log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
             return EXIT_FAILED
         address = "{}:{}".format(*portal.address)
-        heartbeat = asyncio.create_task(
-            run_heartbeat(bus, KIND, portal_id, address, store.readiness, metrics)
-        )
-        log.info(
-            "client portal %s listening on %s (broker %s)", portal_id, address, broker.redacted()
-        )
-        await stop.wait()
-        log.info("client portal %s stopping", portal_id)
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+        async with heartbeating(bus, KIND, portal_id, address, store.readiness, metrics):
+            log.info(
+                "client portal %s listening on %s (broker %s)",
+                portal_id,
+                address,
+                broker.redacted(),
+            )
+            await stop.wait()
+            log.info("client portal %s stopping", portal_id)
         await portal.close()
     return 0
 

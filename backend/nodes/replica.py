@@ -38,7 +38,6 @@ import contextlib
 import fcntl
 import logging
 import random
-import signal
 import sys
 import time
 from functools import partial
@@ -58,6 +57,7 @@ from ..replica.core import SNAPSHOT_EVERY, ReplicaCore
 from ..replica.group import check_group_id
 from ..storage import DurableRaftStorage, StorageCorruptError
 from ..telemetry import HEARTBEAT_INTERVAL, heartbeat_message
+from .process import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +157,7 @@ async def run_replica(
     snapshot_every: int,
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     try:
         lock = lock_directory(directory)
         storage = open_storage(directory, member, members)

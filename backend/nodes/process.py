@@ -1,0 +1,39 @@
+"""What every component process does the same way: stop on a signal, heartbeat while serving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Callable
+
+from ..bus.transport import Bus
+from ..telemetry import RequestMetrics, run_heartbeat
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT, so the process can shut down in its own order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(
+    bus: Bus,
+    kind: str,
+    component_id: str,
+    address: str,
+    readiness: Callable[[], str | None],
+    metrics: RequestMetrics,
+) -> AsyncIterator[None]:
+    """Publish heartbeats for as long as the block runs."""
+    task = asyncio.create_task(run_heartbeat(bus, kind, component_id, address, readiness, metrics))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
