@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
+import httpx
 
 from . import broker as broker_command
 from . import broker_auth, config
@@ -260,6 +261,7 @@ class Supervisor:
                     self.runners.append(asyncio.create_task(child.keep_running(self.stopping)))
                 if not await self.wait_listening(group(), deadline):
                     return 1
+            await self.wait_ready(deadline)
             with contextlib.suppress(OSError):
                 self.stream.write(ready_text)
                 self.stream.flush()
@@ -296,6 +298,21 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), 0.1)
         return True
+
+    async def wait_ready(self, deadline: float) -> None:
+        """Wait until the web process says a write can commit end to end (the ring forms a
+        moment after the ports open), so the banner's example commands work at once."""
+        url = f"http://{self.settings.host}:{self.settings.web_port}/readyz"
+        loop = asyncio.get_running_loop()
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            while loop.time() < deadline and not self.stopping.is_set():
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(url)).status_code == 200:
+                        return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), 0.2)
+        if not self.stopping.is_set():
+            log.warning("not ready yet by the startup deadline; see %s for what is missing", url)
 
     async def answers(self, child: Child) -> bool:
         if not child.running or child.spec.port is None:
