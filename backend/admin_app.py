@@ -22,12 +22,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import config
+from . import cli_common, config
 from .admin_pb import admin_pb2, admin_pb2_grpc
-from .cli_common import json_flag
+from .cli_common import (
+    EXIT_REFUSED,
+    EXIT_UNAUTHORIZED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    json_flag,
+)
 
 DEFAULT_PORTALS = f"{config.DEFAULT_HOST}:{config.DEFAULT_ADMIN_PORTS[0]}"
-EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_UNAUTHENTICATED = 1, 2, 3, 4
+EXIT_UNAUTHENTICATED = EXIT_UNAUTHORIZED
 EXIT_BY_STATUS = {
     grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
@@ -41,8 +47,8 @@ console = Console()
 
 
 def fail(code: int, message: str) -> NoReturn:
-    click.echo(f"error: {' '.join(message.split())}", err=True)
-    sys.exit(code)
+    # gRPC status messages may span lines; the error stays one line.
+    cli_common.fail(code, " ".join(message.split()))
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -18,6 +19,15 @@ from .config import (
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The exit codes every command-line application shares (the README lists them).
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_UNAUTHORIZED = 1, 2, 3, 4
+
+
+def fail(code: int, message: str) -> NoReturn:
+    """One line on standard error, no traceback, and an exit code saying what kind of failure."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 def json_flag(command: F) -> F:

@@ -15,17 +15,23 @@ import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from .cli_common import json_flag
+from .cli_common import (
+    EXIT_REFUSED,
+    EXIT_UNAUTHORIZED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    fail,
+    json_flag,
+)
 from .config import ConfigError, parse_host_port
 
 DEFAULT_PORTALS = "127.0.0.1:7001,127.0.0.1:7002"
-EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_UNAUTHORIZED = 1, 2, 3, 4
 EXIT_BY_CODE = {
     "unreachable": EXIT_UNREACHABLE,
     "unavailable": EXIT_UNREACHABLE,
@@ -123,11 +129,6 @@ class Session:
 
 def exit_code_for(code: str) -> int:
     return EXIT_BY_CODE.get(code, EXIT_REFUSED)
-
-
-def fail(code: int, message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 def parse_portals(text: str) -> list[tuple[str, int]]:

@@ -17,10 +17,9 @@ import json
 import logging
 import os
 import secrets
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import httpx
@@ -32,11 +31,11 @@ from rich.table import Table
 from .broker_auth import local_broker_url
 from .bus import topics
 from .bus.mqtt import MqttBus
+from .cli_common import EXIT_UNREACHABLE, fail
 from .cluster_view import ClusterView, HeartbeatError
 from .config import BrokerAddress, ConfigError
 from .config import data_dir as config_data_dir
 
-EXIT_USAGE, EXIT_UNREACHABLE = 2, 3
 DEFAULT_WAIT = 2.5
 LOCAL_STORAGE = "every portal holds a full copy"
 WIDE = 160
@@ -270,11 +269,6 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:.1f}s"
 
 
-def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
 @click.command("status")
 @click.option(
     "--broker", envvar="TASKRING_BROKER", help="MQTT broker URL (default mqtt://127.0.0.1:1883)."
@@ -308,7 +302,7 @@ def status(
         else:
             snapshot = asyncio.run(listen_to_heartbeats(_broker(broker, data_dir), wait))
     except Unreachable as exc:
-        fail(str(exc), EXIT_UNREACHABLE)
+        fail(EXIT_UNREACHABLE, str(exc))
     if as_json:
         click.echo(json.dumps(snapshot.to_json(), indent=2))
     else:

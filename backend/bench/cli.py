@@ -16,12 +16,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from rich.console import Console
 
 from .. import config
+from ..cli_common import EXIT_UNREACHABLE, EXIT_USAGE, fail
 from ..client_app import DEFAULT_PORTALS as DEFAULT_CLIENT_PORTALS
 from . import environment, report
 from .driver import RunOptions, run
@@ -34,7 +35,7 @@ from .targets.taskring import TaskringTarget
 from .targets.taskring_admin import AdminPortals, grpc_target
 from .workload import KEY_DISTRIBUTIONS, WORKLOADS, WorkloadSpec
 
-EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 DEFAULT_ADMIN_PORTALS = ",".join(
     f"{config.DEFAULT_HOST}:{port}" for port in config.DEFAULT_ADMIN_PORTS
 )
@@ -58,11 +59,6 @@ class Duration(click.ParamType):
         if not match:
             self.fail(f"{value!r} is not a duration like 10s, 500ms or 2m", param, ctx)
         return float(match.group(1)) * DURATION_UNITS[match.group(2) or ""]
-
-
-def fail(code: int, message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 def say(message: str) -> None:
