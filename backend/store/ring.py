@@ -18,6 +18,7 @@ import asyncio
 import bisect
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,9 @@ class RingStore:
         self.watchers = Watchers()
         self.authenticated: dict[tuple[int, str], float] = {}
         self._ids = itertools.count()
+        # Owners answer a repeated correlation id from their reply cache, so a portal
+        # restarted under the same id must never reuse one from its previous run.
+        self._corr_prefix = f"{portal_id}/{secrets.token_hex(4)}"
         bus.subscribe(topics.RING_ANNOUNCE, self._on_announce)
         bus.subscribe(self.reply_topic, self._on_reply)
         bus.subscribe(topics.RING_EVENTS, self._on_event)
@@ -188,7 +192,7 @@ class RingStore:
     async def _exchange(
         self, entry: str, key: int, op: dict[str, Any], deadline: float, is_read: bool
     ) -> Message:
-        corr = f"{self.portal_id}/{next(self._ids)}"
+        corr = self._next_corr()
         trace = TRACE.get() is not None
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.pending[corr] = future
@@ -224,7 +228,7 @@ class RingStore:
         raise OpError(code if code in CODES else INTERNAL, str(error.get("message", "")))
 
     async def _scan(self, host: str, after: int, limit: int) -> list[dict[str, Any]]:
-        corr = f"{self.portal_id}/{next(self._ids)}"
+        corr = self._next_corr()
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.pending[corr] = future
         try:
@@ -237,6 +241,9 @@ class RingStore:
         finally:
             self.pending.pop(corr, None)
         return list(self._result(reply).get("clients", []))
+
+    def _next_corr(self) -> str:
+        return f"{self._corr_prefix}/{next(self._ids)}"
 
     def _entry_for(self, key: int, avoid: set[str]) -> str | None:
         """The member host with the first position at or after `key` (wrapping), if any."""

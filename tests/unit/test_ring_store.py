@@ -129,3 +129,13 @@ async def test_no_cache_node_means_unavailable_and_not_ready() -> None:
     with pytest.raises(OpError) as nothing:
         await store.insert_task(CID, "t", "d")
     assert nothing.value.code == UNAVAILABLE
+
+
+async def test_a_restarted_portal_never_reuses_a_correlation_id() -> None:
+    """Owners answer a repeated id from their reply cache: a portal restarted under the same
+    id that reused one would get the answer to its previous run's operation."""
+    hub = MemoryHub()
+    before, after = RingStore(hub.attach(), "portal-1"), RingStore(hub.attach(), "portal-1")
+    first_run = {before._next_corr() for _ in range(100)}
+    second_run = {after._next_corr() for _ in range(100)}
+    assert not first_run & second_run
