@@ -100,7 +100,8 @@ def system(processes, tmp_path):
 
 def test_a_newcomer_creates_a_client_and_manages_tasks_on_both_portals(system) -> None:
     token = (system["data"] / "admin-token").read_text().strip()
-    assert token in log_text(system["up"]), "taskring up prints the admin token"
+    # The banner follows the supervisor's own /readyz check, a moment after ours.
+    wait_until(lambda: token in log_text(system["up"]), "taskring up to print the admin token")
     admin_env = {
         "TASKRING_ADMIN_TOKEN": token,
         "TASKRING_ADMIN_PORTAL": f"127.0.0.1:{system['ports']['admin'][1]}",
