@@ -1,10 +1,12 @@
 """What `taskring up` starts and how it treats a child that dies: the pure decisions.
 
 `plan_children` turns the settings into one ChildSpec per process (command
-line, environment, port); `choose_broker` decides whether to use a broker
-that already answers or start one; `Backoff` says how long to wait before a
-restart; `banner` is what a person sees once everything listens. The
-process handling that acts on these lives in backend/supervisor.py.
+line, environment, port), in the order they start: the broker, the replica
+groups, the cache ring, the portals, the web process. `choose_broker` decides
+whether to use a broker that already answers or start one; `Backoff` says how
+long to wait before a restart; `banner` is what a person sees once everything
+is ready. The process handling that acts on these lives in
+backend/supervisor.py.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from pathlib import Path
 
 from . import broker_auth, config
 from .bus.probe import CONNACK_ACCEPTED, CONNACK_REASONS
+from .replica.group import default_groups
 
 BROKER = "broker"
+REPLICA = "replica"
 DEFAULT_BROKER_PORT = config.BrokerAddress.parse(config.DEFAULT_BROKER).port
 
 
@@ -48,6 +52,13 @@ class Settings:
     admin_ports: tuple[int, ...] = config.DEFAULT_ADMIN_PORTS
     broker_port: int = DEFAULT_BROKER_PORT
     cache_nodes: int = config.DEFAULT_CACHE_NODES
+    replica_groups: int = config.DEFAULT_REPLICA_GROUPS  # 0: memory-only cache nodes
+    replicas: int = config.DEFAULT_REPLICAS  # per group
+
+    @property
+    def durable(self) -> bool:
+        """Whether the ring keeps its keys in replica groups (else in memory only)."""
+        return self.storage == "ring" and self.replica_groups > 0
 
     def ports(self) -> list[int]:
         return [*self.client_ports, *self.admin_ports, self.web_port]
@@ -65,6 +76,10 @@ class ChildSpec:
     @property
     def is_broker(self) -> bool:
         return self.name == BROKER
+
+    @property
+    def is_replica(self) -> bool:
+        return self.args[:1] == (REPLICA,)
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,7 @@ def plan_children(settings: Settings, broker: BrokerPlan, admin_token: str) -> l
         args = (BROKER, "--listen", listen, "--data-dir", data)
         children.append(ChildSpec(BROKER, args, {}, settings.broker_port))
     if settings.storage == "ring":
+        children += plan_replicas(settings, broker)
         children += plan_cache_nodes(settings, broker)
     portal_env = {"TASKRING_BROKER": broker.url("portal")}
     for number, port in enumerate(settings.client_ports, 1):
@@ -160,16 +176,58 @@ def plan_children(settings: Settings, broker: BrokerPlan, admin_token: str) -> l
     return children
 
 
+def replica_name(group: str, member: int) -> str:
+    """The supervisor's name for a replica: `replica-g1-2` (logs, pids.json, output)."""
+    return f"{REPLICA}-{group}-{member}"
+
+
+def plan_replicas(settings: Settings, broker: BrokerPlan) -> list[ChildSpec]:
+    """Every member of every replica group: groups g1..gG (the ids the cache nodes derive
+    from --replica-groups), members 1..R, files under DATA/replicas/<group>-<member>/."""
+    if settings.replica_groups == 0:
+        return []
+    env = {"TASKRING_BROKER": broker.url(broker_auth.COMPONENT_ROLES[REPLICA])}
+    members = ",".join(str(m) for m in range(1, settings.replicas + 1))
+    specs = []
+    for group in default_groups(settings.replica_groups):
+        for member in range(1, settings.replicas + 1):
+            args = (REPLICA, "--group", group, "--member", str(member), "--members", members)
+            args += ("--data-dir", str(settings.data_dir))
+            specs.append(ChildSpec(replica_name(group, member), args, env))
+    return specs
+
+
+def groups_without_leader(settings: Settings, cluster: object) -> list[str]:
+    """The replica groups `up` starts that a /api/cluster answer does not show with a leader.
+
+    /readyz counts only the groups the web process has heard from, so right after the
+    start it may say ready before the first replica heartbeat; this closes that gap.
+    """
+    if not settings.durable:
+        return []
+    listed = cluster.get("replica_groups") if isinstance(cluster, dict) else None
+    led = {
+        group.get("id")
+        for group in (listed if isinstance(listed, list) else [])
+        if isinstance(group, dict) and group.get("leader")
+    }
+    return [group for group in default_groups(settings.replica_groups) if group not in led]
+
+
 def plan_cache_nodes(settings: Settings, broker: BrokerPlan) -> list[ChildSpec]:
-    """The ring's cache nodes; the first may found a new ring, the others always join one."""
-    env = {"TASKRING_BROKER": broker.url("cachenode")}
+    """The ring's cache nodes; the first may found a new ring, the others always join one.
+    Each is told the replica groups explicitly, so an inherited TASKRING_REPLICA_GROUPS
+    cannot give it another idea of them than the replicas have."""
+    env = {"TASKRING_BROKER": broker.url(broker_auth.COMPONENT_ROLES["cache-node"])}
+    groups = ("--replica-groups", str(settings.replica_groups))
+    groups += ("--replicas", str(settings.replicas))
     nodes = []
     for number in range(1, settings.cache_nodes + 1):
         name = f"cache-node-{number}"
         args: tuple[str, ...] = ("cache-node", "--id", name)
         if number == 1:
             args += ("--bootstrap",)
-        nodes.append(ChildSpec(name, args, env))
+        nodes.append(ChildSpec(name, args + groups, env))
     return nodes
 
 
@@ -197,13 +255,24 @@ def example_commands(settings: Settings, admin_token: str) -> list[str]:
 
 
 def storage_summary(settings: Settings) -> str:
-    if settings.storage == "ring":
-        return f"ring: {settings.cache_nodes} cache nodes (in memory; no durability yet)"
-    return "local: every portal holds a full copy (in memory; no durability)"
+    if settings.storage == "local":
+        return "local: every portal holds a full copy (in memory; no durability)"
+    nodes = plural(settings.cache_nodes, "cache node")
+    if not settings.durable:
+        return f"ring: {nodes}, in memory only (--replica-groups 0: no durability)"
+    groups = plural(settings.replica_groups, "replica group")
+    return (
+        f"ring: {nodes}; {groups} of {plural(settings.replicas, 'replica')} "
+        f"(a majority fsyncs each write; files in {settings.data_dir / 'replicas'})"
+    )
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def banner(settings: Settings, broker: BrokerPlan, admin_token: str, token_source: str) -> str:
-    """What `taskring up` prints once every child listens."""
+    """What `taskring up` prints once every child listens and /readyz says writes work."""
     host = settings.host
     rows = [
         ("web", f"http://{host}:{settings.web_port}"),

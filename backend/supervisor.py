@@ -12,10 +12,13 @@ DATA/pids.json holds {"supervisor": pid, "children": {name: pid}} for the
 children running right now; it is rewritten at every start and exit and
 removed when `taskring up` stops.
 
-A child that exits on its own is restarted after a Backoff delay
-(backend/supervision.py). SIGINT, SIGTERM or SIGHUP stops the components,
-then the broker: SIGTERM, up to STOP_GRACE seconds, then SIGKILL; a second
-signal skips the wait.
+The children start in tiers: the broker (until its port answers), the
+replicas, then the cache nodes, portals and web process. A child that exits
+on its own is restarted after a Backoff delay (backend/supervision.py).
+SIGINT, SIGTERM or SIGHUP stops the tiers in the opposite order, so the
+replicas outlive the cache nodes that write to them and the broker outlives
+everyone: SIGTERM, up to STOP_GRACE seconds, then SIGKILL; a second signal
+skips the wait.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from .supervision import (
     Settings,
     banner,
     choose_broker,
+    groups_without_leader,
     plan_children,
 )
 
@@ -219,7 +223,8 @@ class Child:
 
 
 class Supervisor:
-    """Runs the children: broker first, then the rest; stops them in the opposite order."""
+    """Runs the children tier by tier (broker, replicas, the rest); stops them in the
+    opposite order."""
 
     def __init__(self, specs: list[ChildSpec], settings: Settings, stream: IO[str]) -> None:
         self.settings = settings
@@ -256,10 +261,10 @@ class Supervisor:
             loop.add_signal_handler(signum, self.request_stop)
         deadline = loop.time() + startup_timeout
         try:
-            for group in (self.brokers, self.components):
-                for child in group():
+            for tier in self.tiers():
+                for child in tier:
                     self.runners.append(asyncio.create_task(child.keep_running(self.stopping)))
-                if not await self.wait_listening(group(), deadline):
+                if not await self.wait_listening(tier, deadline):
                     return 1
             await self.wait_ready(deadline)
             with contextlib.suppress(OSError):
@@ -270,11 +275,12 @@ class Supervisor:
         finally:
             await self.stop_all()
 
-    def brokers(self) -> list[Child]:
-        return [child for child in self.children if child.spec.is_broker]
-
-    def components(self) -> list[Child]:
-        return [child for child in self.children if not child.spec.is_broker]
+    def tiers(self) -> list[list[Child]]:
+        """The children in start order: broker, replicas, everything else; empty tiers left out."""
+        brokers = [child for child in self.children if child.spec.is_broker]
+        replicas = [child for child in self.children if child.spec.is_replica]
+        rest = [child for child in self.children if child not in brokers + replicas]
+        return [tier for tier in (brokers, replicas, rest) if tier]
 
     async def wait_listening(self, children: list[Child], deadline: float) -> bool:
         """True once every child's port accepts connections; False on stop or deadline."""
@@ -300,19 +306,30 @@ class Supervisor:
         return True
 
     async def wait_ready(self, deadline: float) -> None:
-        """Wait until the web process says a write can commit end to end (the ring forms a
-        moment after the ports open), so the banner's example commands work at once."""
-        url = f"http://{self.settings.host}:{self.settings.web_port}/readyz"
+        """Wait until the web process says a write can commit end to end (the ring forms and
+        each replica group elects a leader a moment after the ports open), so the banner's
+        example commands work at once."""
+        web = f"http://{self.settings.host}:{self.settings.web_port}"
         loop = asyncio.get_running_loop()
-        async with httpx.AsyncClient(timeout=2.0) as http:
+        async with httpx.AsyncClient(base_url=web, timeout=2.0) as http:
             while loop.time() < deadline and not self.stopping.is_set():
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(url)).status_code == 200:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    if await self.ready(http):
                         return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), 0.2)
         if not self.stopping.is_set():
-            log.warning("not ready yet by the startup deadline; see %s for what is missing", url)
+            log.warning(
+                "not ready yet by the startup deadline; see %s/readyz for what is missing", web
+            )
+
+    async def ready(self, http: httpx.AsyncClient) -> bool:
+        """/readyz says ready and /api/cluster shows a leader in every group we started."""
+        if (await http.get("/readyz")).status_code != 200:
+            return False
+        if not self.settings.durable:
+            return True
+        return not groups_without_leader(self.settings, (await http.get("/api/cluster")).json())
 
     async def answers(self, child: Child) -> bool:
         if not child.running or child.spec.port is None:
@@ -331,8 +348,8 @@ class Supervisor:
     async def stop_all(self) -> None:
         self.stopping.set()
         await asyncio.gather(*self.runners, return_exceptions=True)
-        for group in (self.components(), self.brokers()):
-            await self.stop_group(group)
+        for tier in reversed(self.tiers()):
+            await self.stop_group(tier)
         for child in self.children:
             await child.drain_output()
         with contextlib.suppress(FileNotFoundError):
@@ -430,10 +447,10 @@ def port_option(name: str, default: int, what: str) -> Decorator:
     )
 
 
-def count_option(name: str, default: int, what: str) -> Decorator:
+def count_option(name: str, default: int, what: str, minimum: int = 1) -> Decorator:
     return click.option(
         name,
-        type=click.IntRange(min=1),
+        type=click.IntRange(min=minimum),
         default=default,
         show_default=True,
         envvar=f"TASKRING_{name[2:].replace('-', '_').upper()}",
@@ -448,19 +465,24 @@ def count_option(name: str, default: int, what: str) -> Decorator:
     default=config.DEFAULT_STORAGE,
     show_default=True,
     envvar="TASKRING_STORAGE",
-    help="ring: a Chord ring of cache nodes holds each key on its owner; local: every "
-    "portal keeps the tables in memory and they converge over MQTT. Neither is durable yet.",
+    help="ring: a Chord ring of cache nodes serves each key from its owner's memory and "
+    "writes it through the key's replica group (Raft, fsynced by a majority), so it is "
+    "durable; local: every portal keeps the tables in memory and they converge over MQTT, "
+    "not durable.",
 )
 @count_option("--cache-nodes", config.DEFAULT_CACHE_NODES, "Cache nodes on the Chord ring")
 @count_option(
     "--replica-groups",
     config.DEFAULT_REPLICA_GROUPS,
-    "Replica groups (accepted; the durable tier is not started by `up` yet)",
+    "Replica groups g1..gG holding the ring's keys durably (ring storage only); 0 starts "
+    "no replicas and the cache nodes keep keys in memory only, lost when a node is killed",
+    minimum=0,
 )
 @count_option(
     "--replicas",
     config.DEFAULT_REPLICAS,
-    "Replicas per group (accepted; the durable tier is not started by `up` yet)",
+    "Replicas per group, each its own process with its files in DATA/replicas/; a write "
+    "commits once a majority of its group has it on disk",
 )
 @click.option(
     "--broker",
@@ -474,7 +496,8 @@ def count_option(name: str, default: int, what: str) -> Decorator:
     show_default=True,
     envvar="TASKRING_DATA_DIR",
     type=click.Path(file_okay=False),
-    help="Admin token, broker logins, logs.",
+    help="Admin token, broker logins, logs; the replicas' write-ahead logs and snapshots "
+    "in DIR/replicas/.",
 )
 @port_option("--web-port", config.DEFAULT_WEB_PORT, "HTTP port of the web process.")
 @click.option(
@@ -528,6 +551,8 @@ def up(
         admin_ports=parse_ports(admin_ports, "--admin-ports"),
         broker_port=broker_port,
         cache_nodes=cache_nodes,
+        replica_groups=replica_groups,
+        replicas=replicas,
     )
     try:
         data.mkdir(mode=0o700, parents=True, exist_ok=True)

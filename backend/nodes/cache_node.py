@@ -6,6 +6,11 @@ publishes what the core returns in order, and sends a heartbeat every second.
 
     taskring cache-node [--id cache-node-1] [--broker URL] [--vnodes 8]
                         [--bootstrap] [--join-wait 2.0]
+                        [--replica-groups 0] [--replicas 3]
+
+With --replica-groups G > 0 the node is durable: keys live in replica groups
+g1..gG of members 1..R (`taskring replica`), and memory is their cache
+(backend/ring/durable.py). With 0 keys live in memory only.
 
 Without --bootstrap the node waits (as long as it takes, saying so every 5 s)
 for a ring member to announce itself and joins through it. With --bootstrap it
@@ -14,7 +19,8 @@ seconds. SIGTERM or SIGINT: hand every key to its next owner, leave the ring,
 let the handovers be acknowledged (briefly), exit 0.
 
 Subscriptions: topics.ring_host(id) (Chord messages, request, scan, handover,
-handover_ack) and topics.RING_ANNOUNCE. Publishes: Chord messages and handovers
+handover_ack), topics.RING_ANNOUNCE and, durable, the groups' answers
+(topics.raft_replies of the node's per-run client name). Publishes: Chord messages and handovers
 to other nodes' host topics, replies to each request's reply_to, change events
 on topics.ring_events(cid), an announcement twice a second.
 
@@ -55,7 +61,9 @@ from ..bus.publisher import Publisher
 from ..bus.transport import BusUnavailable, Message
 from ..cli_common import broker_option, component_id_option
 from ..config import BrokerAddress
+from ..replica.group import default_groups
 from ..ring.cache_core import CacheNode
+from ..ring.durable import client_name
 from ..telemetry import HEARTBEAT_INTERVAL, RequestMetrics, heartbeat_message
 from .process import stop_on_signals
 
@@ -68,8 +76,20 @@ LEAVE_ACK_WAIT = 2.0  # how long a leaving node waits for its handovers' acknowl
 FLUSH_WAIT = 2.0
 
 
+def group_members(replica_groups: int, replicas: int) -> dict[str, list[int]] | None:
+    """The groups `taskring up` starts: g1..gG, each of members 1..R; None for none."""
+    if replica_groups == 0:
+        return None
+    return {group: list(range(1, replicas + 1)) for group in default_groups(replica_groups)}
+
+
 async def run_cache_node(
-    node_id: str, broker: BrokerAddress, vnodes: int, bootstrap: bool, join_wait: float
+    node_id: str,
+    broker: BrokerAddress,
+    vnodes: int,
+    bootstrap: bool,
+    join_wait: float,
+    groups: dict[str, list[int]] | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
     stop = stop_on_signals()
@@ -79,34 +99,50 @@ async def run_cache_node(
     metrics = RequestMetrics()
     holder: list[CacheNode] = []
     handed_over = asyncio.Event()  # set once a leaving node's handovers are acknowledged
+    incarnation = secrets.token_hex(6)
+    flush_due = False
+
+    def flush() -> None:
+        # Everything that arrived in one turn of the event loop goes out in one proposal.
+        nonlocal flush_due
+        flush_due = False
+        publisher.send(holder[0].flush(loop.time()))
 
     async def on_message(topic: str, message: Message) -> None:
+        nonlocal flush_due
         if holder:
             node = holder[0]
             publisher.send(node.receive(topic, message, loop.time()))
+            if node.durable is not None and not flush_due:
+                flush_due = True
+                loop.call_soon(flush)
             if node.leaving and not node.handovers_pending:
                 handed_over.set()
 
     bus.subscribe(topics.ring_host(node_id), on_message)
     bus.subscribe(topics.RING_ANNOUNCE, on_message)
+    if groups:
+        bus.subscribe(topics.raft_replies(client_name(node_id, incarnation)), on_message)
     async with bus:
         if not await _connected(bus, stop, broker):
             return 0
         # The join wait starts once the node can hear announcements.
         node = CacheNode(
             node_id,
-            incarnation=secrets.token_hex(6),
+            incarnation=incarnation,
             vnodes=vnodes,
             bootstrap=bootstrap,
             join_wait=join_wait,
             now=loop.time(),
             metrics=metrics,
+            groups=groups,
         )
         holder.append(node)
         log.info(
-            "cache node %s up with %d ring positions (broker %s)",
+            "cache node %s up with %d ring positions, %s (broker %s)",
             node_id,
             vnodes,
+            f"durable in groups {', '.join(sorted(groups))}" if groups else "memory only",
             broker.redacted(),
         )
         ticker = asyncio.create_task(_tick(node, publisher))
@@ -193,8 +229,33 @@ async def _heartbeat(bus: MqttBus, node: CacheNode, metrics: RequestMetrics) -> 
     show_default=True,
     help="Seconds to listen for ring members before --bootstrap starts a new ring.",
 )
+@click.option(
+    "--replica-groups",
+    type=click.IntRange(0, 64),
+    default=0,
+    show_default=True,
+    envvar="TASKRING_REPLICA_GROUPS",
+    help="Replica groups g1..gN holding the keys durably; 0 keeps keys in memory only.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 9),
+    default=3,
+    show_default=True,
+    envvar="TASKRING_REPLICAS",
+    help="Members per replica group (1..N).",
+)
 def command(
-    component_id: str, broker: BrokerAddress, vnodes: int, bootstrap: bool, join_wait: float
+    component_id: str,
+    broker: BrokerAddress,
+    vnodes: int,
+    bootstrap: bool,
+    join_wait: float,
+    replica_groups: int,
+    replicas: int,
 ) -> None:
     """Run one cache node of the Chord ring."""
-    sys.exit(asyncio.run(run_cache_node(component_id, broker, vnodes, bootstrap, join_wait)))
+    groups = group_members(replica_groups, replicas)
+    sys.exit(
+        asyncio.run(run_cache_node(component_id, broker, vnodes, bootstrap, join_wait, groups))
+    )

@@ -63,6 +63,7 @@ class Done:
     results: list[OpResult] = field(default_factory=list)
     code: str = ""
     message: str = ""
+    index: int = 0  # the log index the answer reflects (applied at, or read at)
 
 
 @dataclass(slots=True)
@@ -141,7 +142,9 @@ class GroupProposer:
             results = message["results"]
             if request.kind == wire.PROPOSE and request.client == self.client_id:
                 self._on_applied(request.group, results)
-            return [self._finish(request, Done(request.handle, True, results))], []
+            index = message.get("index")
+            index = index if isinstance(index, int) else 0
+            return [self._finish(request, Done(request.handle, True, results, index=index))], []
         error = message.get("error") or {}
         code, text = error.get("code", UNAVAILABLE), error.get("message", "")
         if code == BAD_REQUEST:

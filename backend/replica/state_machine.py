@@ -41,8 +41,29 @@ map, ...]}` or `{"ok": false, "error": {"code", "message"}}`, with the
 contract's codes (KeyValueState's OpError). Events ride along so the
 caller can publish them even when it learns the result from a retry.
 
-`snapshot()` and `restore()` give the whole state (keys, the answer table
-and the last applied index) as msgpack bytes for Raft snapshots (§7).
+Ownership (fencing the cache ring, DESIGN.md "A write, end to end"). The
+cache node that owns a key in the ring claims it through the group before
+serving it, and every write it proposes names it as `owner`:
+
+    {"op": "claim", "cid", "owner"}  -> {"key": kv.key_to_wire(...) | None,
+                                          "previous": owner | None}
+    {"op": "renew", "cid": 0, "owner"} -> {"revoked": [cid, ...] | None}
+    a write with "owner"             -> refused unless `owner` holds the key:
+                                          {"ok": false, "fenced": true,
+                                           "error": {"code": "unavailable", ...}}
+
+A claim hands the key to its caller whoever held it before, and the key
+goes on the previous owner's `revoked` list. `renew` answers and empties
+that list: the keys taken from the caller since its last renewal, or None
+for "all of them" when the group does not know the caller (it never renewed
+here, or was forgotten, or too many keys were taken from it to list). An
+owner serves reads from memory for a while after each renewal (a lease,
+backend/ring/durable.py); a node that claims a key from another live owner
+waits that long before serving it. Writes need no lease: a stale owner's
+write is refused here, in log order.
+
+`snapshot()` and `restore()` give the whole state (keys, owners, the answer
+table and the last applied index) as msgpack bytes for Raft snapshots (§7).
 """
 
 from __future__ import annotations
@@ -53,7 +74,7 @@ from typing import Any
 
 import msgpack
 
-from ..errors import BAD_REQUEST, TIMEOUT, OpError
+from ..errors import BAD_REQUEST, TIMEOUT, UNAVAILABLE, OpError
 from ..model.kv import READ_OPS, KeyValueState, key_from_wire, key_to_wire, record_to_wire
 
 Operation = dict[str, Any]
@@ -61,7 +82,11 @@ OpResult = dict[str, Any]
 
 MAX_RESULTS_PER_CLIENT = 1024
 MAX_CLIENTS = 4096
-SNAPSHOT_VERSION = 1
+MAX_OWNERS = 1024
+MAX_REVOKED = 10_000  # keys listed per owner before its list becomes "all of them"
+SNAPSHOT_VERSION = 2
+# Operations of the cache nodes that own keys (see "Ownership" above).
+OWNER_OPS = frozenset({"claim", "renew"})
 # Operations the durable tier answers beyond KeyValueState's, for its users' own needs:
 #   load_keys      {"cids": [cid, ...]}    -> {"keys": [kv.key_to_wire(...), ...]} (a cold owner)
 #   clients_after  {"after": -1|cid, "limit": n} -> {"clients": [record, ...]}
@@ -116,6 +141,18 @@ def op_error(code: str, message: str) -> OpResult:
     return {"ok": False, "error": {"code": code, "message": message}}
 
 
+def apply_op(kv: KeyValueState, op: Operation) -> OpResult:
+    """Apply one KeyValueState operation; its result or error as an op result."""
+    try:
+        result, events = kv.apply(op)
+    except OpError as exc:
+        return op_error(exc.code, exc.message)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # operations are checked before they get here; this is the last line
+        return op_error(BAD_REQUEST, f"malformed operation: {exc!r}")
+    return op_ok(result, (event.to_wire() for event in events))
+
+
 @dataclass
 class Session:
     """What the group remembers of one client."""
@@ -131,6 +168,23 @@ class Session:
     def from_wire(cls, value: Any) -> Session:
         floor, last_index, results = value
         return cls(floor, {rid: result for rid, result in results}, last_index)
+
+
+@dataclass
+class OwnerLease:
+    """What the group remembers of one owner: keys taken from it since it last renewed
+    (None: it must assume all of them) and the log index of its latest claim or renewal."""
+
+    revoked: set[int] | None = None
+    last_index: int = 0
+
+    def to_wire(self) -> list[Any]:
+        return [None if self.revoked is None else sorted(self.revoked), self.last_index]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> OwnerLease:
+        revoked, last_index = value
+        return cls(None if revoked is None else set(revoked), last_index)
 
 
 class Outcome:
@@ -149,6 +203,8 @@ class ReplicaStateMachine:
             raise ValueError("the answer table needs room for at least one entry")
         self.kv = KeyValueState()
         self.sessions: dict[str, Session] = {}
+        self.owners: dict[int, str] = {}  # cid -> the cache node that may write it
+        self.leases: dict[str, OwnerLease] = {}
         self.applied_index = 0
         self.max_results = max_results
         self.max_clients = max_clients
@@ -201,19 +257,63 @@ class ReplicaStateMachine:
         cached = session.results.get(rid)
         if cached is not None:
             return cached
-        result = self._run(op)
+        result = self._run_owned(op) if "owner" in op else self._run(op)
         session.results[rid] = result
         return result
 
+    # ---- ownership -------------------------------------------------------------------
+
+    def _run_owned(self, op: Operation) -> OpResult:
+        name, owner = op.get("op"), op["owner"]
+        if name == "claim":
+            return self._claim(op["cid"], owner)
+        if name == "renew":
+            return self._renew(owner)
+        holder = self.owners.get(op.get("cid"))  # type: ignore[arg-type]
+        if holder != owner:
+            result = op_error(
+                UNAVAILABLE,
+                f"not applied: cache node {holder or 'none'} owns this key, not {owner}",
+            )
+            result["fenced"] = True
+            return result
+        return self._run(op)
+
+    def _claim(self, cid: int, owner: str) -> OpResult:
+        previous = self.owners.get(cid)
+        self.owners[cid] = owner
+        if previous is not None and previous != owner:
+            lease = self.leases.get(previous)
+            if lease is not None and lease.revoked is not None:
+                lease.revoked.add(cid)
+                if len(lease.revoked) > MAX_REVOKED:
+                    lease.revoked = None
+        self._lease(owner, register_as=None)
+        exported = self.kv.export_keys([cid])
+        return op_ok({"key": exported[0] if exported else None, "previous": previous})
+
+    def _renew(self, owner: str) -> OpResult:
+        lease = self.leases.get(owner)
+        revoked = None if lease is None or lease.revoked is None else sorted(lease.revoked)
+        self._lease(owner, register_as=set()).revoked = set()
+        return op_ok({"revoked": revoked})
+
+    def _lease(self, owner: str, register_as: set[int] | None) -> OwnerLease:
+        """The owner's lease record, made if missing (an unknown owner that claims must
+        hear "all revoked" on its first renewal: its earlier record may have been forgotten)."""
+        lease = self.leases.get(owner)
+        if lease is None:
+            lease = self.leases[owner] = OwnerLease(register_as)
+        lease.last_index = self.applied_index
+        excess = len(self.leases) - MAX_OWNERS
+        if excess > 0:
+            oldest = sorted(self.leases, key=lambda o: (self.leases[o].last_index, o))
+            for name in oldest[:excess]:
+                del self.leases[name]
+        return self.leases.get(owner, lease)
+
     def _run(self, op: Operation) -> OpResult:
-        try:
-            result, events = self.kv.apply(op)
-        except OpError as exc:
-            return op_error(exc.code, exc.message)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            # proposals are checked before they are appended; this is the last line
-            return op_error(BAD_REQUEST, f"malformed operation: {exc!r}")
-        return op_ok(result, (event.to_wire() for event in events))
+        return apply_op(self.kv, op)
 
     def _forget(self, session: Session, acked: int) -> None:
         floor = max(session.floor, acked)
@@ -271,6 +371,8 @@ class ReplicaStateMachine:
             "version": SNAPSHOT_VERSION,
             "applied": self.applied_index,
             "keys": [key_to_wire(cid, key) for cid, key in self.kv.keys.items()],
+            "owners": list(self.owners.items()),
+            "leases": [[owner, lease.to_wire()] for owner, lease in self.leases.items()],
             "sessions": [[client, s.to_wire()] for client, s in self.sessions.items()],
         }
         return msgpack.packb(state, use_bin_type=True)
@@ -288,10 +390,12 @@ class ReplicaStateMachine:
             return machine
         try:
             state = msgpack.unpackb(data, raw=False, strict_map_key=False)
-            if state.get("version") != SNAPSHOT_VERSION:
+            if state.get("version") not in (1, SNAPSHOT_VERSION):
                 raise ValueError(f"unknown snapshot version {state.get('version')!r}")
             machine.applied_index = state["applied"]
             machine.kv.keys = dict(key_from_wire(item) for item in state["keys"])
+            machine.owners = {cid: owner for cid, owner in state.get("owners", [])}
+            machine.leases = {o: OwnerLease.from_wire(v) for o, v in state.get("leases", [])}
             machine.sessions = {c: Session.from_wire(s) for c, s in state["sessions"]}
         except (ValueError, TypeError, KeyError, AttributeError, msgpack.ExtraData) as exc:
             raise ValueError(f"not a replica state machine snapshot: {exc}") from exc

@@ -30,7 +30,10 @@ member's inbox `topics.raft_member(group, member)`. Raft's own messages
                 "error": {"code", "message"}, "leader": member id | None}
 
 An op result is `{"ok": true, "result": {...}, "events": [...]}` or
-`{"ok": false, "error": {"code", "message"}}` (state_machine.py). Ops are
+`{"ok": false, "error": {"code", "message"}}` (state_machine.py; a write
+refused because its `owner` does not hold the key adds `"fenced": true`).
+Writes may name an `owner`; `claim` and `renew` must (state_machine.py,
+"Ownership"). Ops are
 backend/model/kv.py operations; reads may also be state_machine.EXTRA_READ_OPS.
 `reply_to` must lie under taskring/v1/raft/ (topics.raft_reply), the only
 subtree the broker lets replicas publish on.
@@ -42,7 +45,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..model.kv import READ_OPS, WRITE_OPS
-from .state_machine import OpResult, Proposal
+from .state_machine import OWNER_OPS, OpResult, Proposal
 
 RAFT = "raft"
 PROPOSE = "propose"
@@ -163,8 +166,10 @@ _OP_FIELDS: dict[str, dict[str, type]] = {
     "delete_task": {"title": str},
     "delete_tasks": {},
     "list_tasks": {},
+    "claim": {"owner": str},
+    "renew": {"owner": str},
 }
-assert set(_OP_FIELDS) == READ_OPS | WRITE_OPS
+assert set(_OP_FIELDS) == READ_OPS | WRITE_OPS | OWNER_OPS
 
 
 def check_write_or_read_op(op: Any) -> None:
@@ -179,6 +184,9 @@ def check_write_or_read_op(op: Any) -> None:
         value = op.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ValueError(f"{name}: {key} must be {kind.__name__}")
+    owner = op.get("owner")
+    if owner is not None and (not isinstance(owner, str) or not 0 < len(owner) <= MAX_TEXT):
+        raise ValueError(f"{name}: owner must be text of 1 to {MAX_TEXT} characters")
 
 
 def check_read_op(op: Any) -> None:
@@ -194,7 +202,7 @@ def check_read_op(op: Any) -> None:
     elif name == "clients_after":
         _int(op.get("after"), "clients_after: after", -1, MAX_U64)
         _int(op.get("limit"), "clients_after: limit", 1, MAX_OPS)
-    elif name in READ_OPS:
+    elif name in READ_OPS and "owner" not in op:
         check_write_or_read_op(op)
     else:
         raise ValueError(f"{name!r} is not a read operation")

@@ -33,7 +33,15 @@ Keys move when ownership does, so a graceful join or leave loses nothing:
 - Leaving, every key goes to the successor (on another node) of the position
   that owns it, before Chord's leave messages.
 
-A crashed node's keys are lost (there is no durable tier yet); the ring heals
+Durable mode (`groups` given): the keys live in replica groups and memory is
+only their cache, so none of the moving above happens. An owner claims each
+key from its group before serving it, commits every write through the group
+before it touches memory, and answers reads under a lease (durable.py). Keys
+a node no longer owns simply leave its memory; a crashed node's keys are
+claimed, with their committed state, by whichever node owns them next.
+Scans read every group instead of memory.
+
+Memory-only mode (no groups): a crashed node's keys are lost; the ring heals
 around it and its keys answer not_found.
 """
 
@@ -66,10 +74,13 @@ from ..chord import (
     owner_index,
 )
 from ..chord.messages import MAX_TOKEN_CHARS, MESSAGE_TYPES
-from ..errors import BAD_REQUEST, UNAVAILABLE, OpError
+from ..errors import BAD_REQUEST, UNAVAILABLE
 from ..model.kv import WRITE_OPS, KeyValueState, record_to_wire
+from ..replica import wire as group_wire
+from ..replica.state_machine import OpResult, apply_op
 from ..telemetry import RequestMetrics
 from . import wire
+from .durable import DurableKeys, Finished, Job
 from .key_moves import KeyMoves, import_keys
 
 log = logging.getLogger(__name__)
@@ -149,7 +160,10 @@ class CacheNode:
         now: float = 0.0,
         seed: int | None = None,
         metrics: RequestMetrics | None = None,
+        groups: dict[str, list[int]] | None = None,
     ) -> None:
+        """`groups` (group id -> member ids) makes the node durable; None keeps keys in
+        memory only."""
         self.id = host_id
         self.incarnation = incarnation
         self.host = ChordHost(host_id, vnodes, config, incarnation)
@@ -174,8 +188,19 @@ class CacheNode:
         self._swept_view: tuple[Any, ...] | None = None
         self._imported = False  # keys arrived since the last sweep
         self._arrived = False  # keys arrived since parked requests were last looked at
+        self.durable = (
+            DurableKeys(host_id, incarnation, groups, self.state, now) if groups else None
+        )
+        self._in_flight: set[tuple[str, str]] = set()  # (reply_to, corr) being proposed
 
     # ---- queries --------------------------------------------------------------------
+
+    def subscriptions(self) -> list[str]:
+        """The topics whose messages go to `receive`."""
+        subscribed = [topics.ring_host(self.id), topics.RING_ANNOUNCE]
+        if self.durable is not None:
+            subscribed.append(self.durable.reply_filter)
+        return subscribed
 
     @property
     def member(self) -> bool:
@@ -202,6 +227,7 @@ class CacheNode:
             "keys": len(self.state.keys),
             "moving": len(self.moves.moving),
             "vnodes": vnodes,
+            "durable": self.durable is not None,
         }
 
     # ---- inputs ---------------------------------------------------------------------
@@ -214,10 +240,27 @@ class CacheNode:
             return []
         kind = message.get("t")
         out: list[Publish] = []
-        self._receive(kind, topic, message, out)
+        if self.durable is not None and kind in (group_wire.PROPOSED, group_wire.READ_RESULT):
+            self._sends(self.durable.receive(message, now), out)
+        else:
+            self._receive(kind, topic, message, out)
         if self._arrived and self._parked:
             self._release_parked(out)
+        self._answer_finished(out)
         return out
+
+    def flush(self, now: float) -> list[Publish]:
+        """Propose what arrived since the last flush (durable mode: one message per
+        group for all of it); call after a burst of `receive`s."""
+        out: list[Publish] = []
+        if self.durable is not None:
+            self._clock(now)
+            self._sends(self.durable.flush(now), out)
+            self._answer_finished(out)
+        return out
+
+    def _sends(self, sends: Iterable[Any], out: list[Publish]) -> None:
+        out.extend(Publish(send.topic, send.message, send.qos) for send in sends)
 
     def _receive(self, kind: Any, topic: str, message: dict[str, Any], out: list[Publish]) -> None:
         if kind == wire.REQUEST:
@@ -254,6 +297,9 @@ class CacheNode:
         if now >= self._due_sweep:
             self._due_sweep = now + SWEEP_INTERVAL
             self._sweep(out)
+        if self.durable is not None:
+            self._sends(self.durable.tick(now), out)
+            self._answer_finished(out)
         return out
 
     def leave(self, now: float) -> list[Publish]:
@@ -262,7 +308,7 @@ class CacheNode:
         out: list[Publish] = []
         if self.leaving:
             return out
-        if self.host.members():
+        if self.host.members() and self.durable is None:
             self._hand_everything_over(out)
         self.leaving = True
         self._process(self.host.leave(), out)
@@ -295,7 +341,9 @@ class CacheNode:
         )
 
     def _announcement(self) -> dict[str, Any]:
-        return wire.announce(self.id, self.incarnation, self.member, self.host.positions)
+        message = wire.announce(self.id, self.incarnation, self.member, self.host.positions)
+        message["durable"] = self.durable is not None
+        return message
 
     def _contacts(self) -> list[str]:
         fresh = self.now - PEER_FRESH
@@ -417,35 +465,71 @@ class CacheNode:
         if cached is not None:
             out.append(Publish(reply_to, cached))
             return
+        if (reply_to, corr) in self._in_flight:
+            return  # a repeat of a request still being proposed: it gets the one answer
         if since is None and self._must_wait(owned):
             self._parked.append(_Parked(owned, self.now))
             return
-        self._apply(owned, request, out, self.now - (since if since is not None else self.now))
+        started = since if since is not None else self.now
+        if self.durable is not None:
+            self._in_flight.add((reply_to, corr))
+            self.durable.submit(owned.key, Job((owned, request), request["op"], started))
+            return
+        result = apply_op(self.state, request["op"])
+        if _code(result) == BAD_REQUEST:
+            self._drop_if_empty(owned.key)
+        self._answer(owned, request, result, "", self.now - started, out)
 
-    def _apply(
-        self, owned: Owned, request: dict[str, Any], out: list[Publish], waited: float
+    def _answer(
+        self,
+        owned: Owned,
+        request: dict[str, Any],
+        result: OpResult,
+        group: str,
+        waited: float,
+        out: list[Publish],
     ) -> None:
         op, corr, reply_to = request["op"], request["corr"], request["reply_to"]
         route = owned.hosts()
-        events: list[Any] = []
-        try:
-            result, events = self.state.apply(op)
-            reply = wire.reply_ok(corr, result, route, self.id, owned.hops)
-            outcome = "ok"
-        except OpError as exc:
-            reply = wire.reply_error(corr, exc.code, exc.message, route, self.id)
-            outcome = exc.code
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            self._drop_if_empty(owned.key)
-            reply = wire.reply_error(corr, BAD_REQUEST, f"malformed operation: {exc!r}", route)
-            outcome = BAD_REQUEST
-        reply["hops"] = owned.hops
-        self.metrics.observe(str(op.get("op")), outcome, max(0.0, waited))
+        if result.get("ok"):
+            reply = wire.reply_ok(corr, result["result"], route, self.id, owned.hops)
+        else:
+            error = result["error"]
+            reply = wire.reply_error(corr, error["code"], error["message"], route, self.id)
+            reply["hops"] = owned.hops
+        if group:
+            reply["group"] = group
+        self.metrics.observe(str(op.get("op")), _code(result), max(0.0, waited))
         if op.get("op") in WRITE_OPS:  # a read may run twice; a write must not
             self._replies.put((reply_to, corr), reply)
         out.append(Publish(reply_to, reply))
-        for event in events:
-            out.append(Publish(topics.ring_events(owned.key), event.to_wire()))
+        for event in result.get("events", ()):
+            out.append(Publish(topics.ring_events(owned.key), event))
+
+    def _answer_finished(self, out: list[Publish]) -> None:
+        if self.durable is None or not self.durable.finished:
+            return
+        finished, self.durable.finished = self.durable.finished, []
+        for item in finished:
+            self._answer_one(item, out)
+
+    def _answer_one(self, item: Finished, out: list[Publish]) -> None:
+        waited = self.now - item.job.since
+        context = item.job.context
+        if isinstance(context, tuple):
+            owned, request = context
+            self._in_flight.discard((request["reply_to"], request["corr"]))
+            self._answer(owned, request, item.result, item.group, waited, out)
+            return
+        corr, reply_to = context["corr"], context["reply_to"]  # a scan
+        if item.result.get("ok"):
+            result = {**item.result["result"], "host": self.id, "complete": True}
+            reply = wire.reply_ok(corr, result, [self.id], self.id, 0)
+        else:
+            error = item.result["error"]
+            reply = wire.reply_error(corr, error["code"], error["message"], [self.id], self.id)
+        self.metrics.observe("scan", _code(item.result), max(0.0, waited))
+        out.append(Publish(reply_to, reply))
 
     def _drop_if_empty(self, cid: int) -> None:
         """A malformed create may leave an empty key behind; it must not count as held."""
@@ -470,6 +554,10 @@ class CacheNode:
                 raise ValueError("reply_to must be an MQTT topic name without wildcards")
         except ValueError as exc:
             self._refuse(message, str(exc), out)
+            return
+        if self.durable is not None:
+            job = Job(message, {"op": "scan", "limit": message["limit"]}, self.now)
+            self._sends(self.durable.scan(job, message["after"], message["limit"], self.now), out)
             return
         serves = self._serves()
         records = self.state.clients_after(message["after"], len(self.state.keys))
@@ -509,6 +597,8 @@ class CacheNode:
 
     def _must_wait(self, owned: Owned) -> bool:
         """A key this position may own but whose handover has not arrived yet."""
+        if self.durable is not None:
+            return False  # the key's group has it: the claim fetches it
         held = owned.key in self.state.keys
         return self.moves.must_wait(held, owned.position, owned.key, self.now)
 
@@ -556,6 +646,8 @@ class CacheNode:
 
     def _hand_lost_arc(self, pos: int, old: int, new: int, out: list[Publish]) -> None:
         """Position `pos` gave the arc (old, new] to its new predecessor `new`."""
+        if self.durable is not None:
+            return  # the new owner claims the keys; the sweep drops them here
         node = self.host.node_at(pos)
         pred = None if node is None else node.predecessor
         if pred is None or pred.pos != new or pred.host == self.id:
@@ -573,6 +665,9 @@ class CacheNode:
             return
         self._swept_view, self._imported = view, False
         self._due_full_sweep = self.now + FULL_SWEEP_INTERVAL
+        if self.durable is not None:
+            self._forget_strays(owns)
+            return
         strays = [c for c in self.state.keys if not owns(c)][:SWEEP_BATCH]
         if strays:
             log.info("cache node %s routing %d keys to their owners", self.id, len(strays))
@@ -580,6 +675,15 @@ class CacheNode:
             hid, keys = self.moves.send_away(self.state, [cid], "", self.now)
             payload = wire.handover(self.id, keys, hid)
             self._process(self.host.lookup(cid, HANDOVER_TOKEN + hid, payload), out)
+
+    def _forget_strays(self, owns: Callable[[int], bool]) -> None:
+        """Durable mode: keys this node no longer owns leave memory (their group keeps
+        them, and their next owner claims them)."""
+        assert self.durable is not None
+        strays = [c for c in self.durable.keys if not owns(c)]
+        dropped = sum(self.durable.forget(cid) for cid in strays)
+        if dropped:
+            log.info("cache node %s dropped %d keys it no longer owns", self.id, dropped)
 
     def _take_back(self, hid: str, why: str) -> None:
         flight = self.moves.acknowledged(hid)
@@ -667,6 +771,10 @@ def _parse_request_token(token: str) -> tuple[str, str] | None:
         return None
     n = int(length)
     return rest[:n], rest[n:]
+
+
+def _code(result: OpResult) -> str:
+    return "ok" if result.get("ok") else str(result["error"]["code"])
 
 
 def _usable_text(value: object) -> bool:

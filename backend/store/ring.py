@@ -18,6 +18,7 @@ import asyncio
 import bisect
 import itertools
 import logging
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class HostInfo:
     positions: list[int]
     member: bool
     heard: float
+    durable: bool = False
 
 
 class RingStore:
@@ -107,14 +109,32 @@ class RingStore:
         return record_from_wire((await self._call(cid, op))["client"])
 
     async def list_clients(self, after: int | None, limit: int) -> list[ClientRecord]:
-        """Ask every cache node for its clients after `after`, and merge the answers."""
+        """Ask every cache node for its clients after `after`, and merge the answers; a
+        durable node answers for all of them at once, from the replica groups."""
         hosts = self._member_hosts()
         if not hosts:
             raise OpError(UNAVAILABLE, "no cache node is in the ring yet")
         floor = -1 if after is None else after
+        durable = [h for h in hosts if self.hosts[h].durable]
+        if durable:
+            return await self._list_durable(durable, floor, limit)
         answers = await asyncio.gather(*(self._scan(h, floor, limit) for h in hosts))
         merged = {c["cid"]: c for answer in answers for c in answer}
         return [record_from_wire(merged[cid]) for cid in sorted(merged)[:limit]]
+
+    async def _list_durable(self, hosts: list[str], after: int, limit: int) -> list[ClientRecord]:
+        problem: OpError | None = None
+        for host in random.sample(hosts, min(len(hosts), 2)):
+            try:
+                clients = await self._scan(host, after, limit)
+            except OpError as exc:
+                if exc.code != UNAVAILABLE:
+                    raise
+                problem = exc
+                continue
+            return [record_from_wire(c) for c in clients[:limit]]
+        assert problem is not None
+        raise problem
 
     # ---- tasks ---------------------------------------------------------------
 
@@ -219,7 +239,11 @@ class RingStore:
     def _result(self, reply: Message) -> dict[str, Any]:
         sink = TRACE.get()
         if sink is not None:
-            sink.update(route=reply.get("route", []), owner=reply.get("owner", ""), group="")
+            sink.update(
+                route=reply.get("route", []),
+                owner=reply.get("owner", ""),
+                group=str(reply.get("group", "")),
+            )
         if reply.get("ok"):
             result = reply.get("result")
             return result if isinstance(result, dict) else {}
@@ -274,7 +298,12 @@ class RingStore:
         except ValueError as exc:
             log.warning("dropped a malformed announcement: %s", exc)
             return
-        info = HostInfo(list(message["positions"]), bool(message.get("member")), self.clock())
+        info = HostInfo(
+            list(message["positions"]),
+            message.get("member") is True,
+            self.clock(),
+            message.get("durable") is True,
+        )
         self.hosts[message["host"]] = info
 
     async def _on_reply(self, _topic: str, message: Message) -> None:

@@ -1,0 +1,409 @@
+"""A cache node's keys backed by replica groups, pure: what makes an owner's answers
+durable and linearizable (DESIGN.md, "A write, end to end").
+
+`DurableKeys` sits between the ring's owner logic (cache_core.py) and the
+replica groups (backend/replica). The cache node hands it each request that
+reached this node as the key's owner (`submit`), moves the groups' answers in
+(`receive`), ticks it, and calls `flush` after a burst of messages; it returns
+messages to publish, and collects answers in `finished` for the node to send.
+
+Per key, requests run strictly one after another in arrival order:
+
+- A key not in memory is *claimed* first: the claim, committed through the
+  key's group (state_machine.py, "Ownership"), makes this node the only one
+  whose writes the group accepts and returns the key's committed state. If
+  another live cache node held the key, its lease may still let it answer
+  reads from memory, so the key waits out LEASE (+ margin) before serving.
+  A previous owner that is an earlier incarnation of this node is dead: no wait.
+- Writes are proposed to the group, naming this node as owner; memory changes
+  only once the group has committed and applied them, with the group's result
+  as the answer. Consecutive writes of one key share one proposal, and every
+  key's proposals to a group in one flush share one message (and so one log
+  entry and one fsync at the leader).
+- Reads are answered from memory while this node's lease on the group holds:
+  until LEASE after it sent a renewal that the group then committed. The
+  renewal's answer lists keys other nodes claimed meanwhile; those leave
+  memory at once.
+
+Outcomes stay honest: a write refused by the fence (another node claimed the
+key) or never proposed answers `unavailable`; one whose fate the group could
+not tell answers `timeout`, and the key is claimed again before its next use,
+a barrier behind which memory equals the group's state again.
+
+The lease assumes clocks of cache nodes advance at about the same rate (they
+measure only durations, on one machine or with NTP-disciplined clocks); the
+margin covers small drift.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..bus import topics
+from ..errors import TIMEOUT, UNAVAILABLE
+from ..model.kv import WRITE_OPS, KeyValueState
+from ..replica.core import Send
+from ..replica.group import group_for
+from ..replica.proposer import Done, GroupProposer
+from ..replica.state_machine import Operation, OpResult, apply_op, op_error, op_ok
+
+log = logging.getLogger(__name__)
+
+LEASE = 0.6  # seconds an owner answers reads after sending a renewal the group committed
+RENEW_INTERVAL = 0.2
+LEASE_MARGIN = 0.1  # added to a takeover's wait, for clock-rate drift and scheduling
+QUEUE_LIMIT = 4.0  # a request not yet proposed after this long answers `unavailable`
+PROPOSAL_DEADLINE = 4.0  # then `timeout`; portals give up at 5 s
+
+MOVED = "not applied: the key moved to another cache node; safe to retry"
+
+COLD, CLAIMING, WAITING, READY = "cold", "claiming", "waiting", "ready"
+
+
+@dataclass(slots=True)
+class Job:
+    """One request to answer: `context` is the caller's, handed back in Finished."""
+
+    context: Any
+    op: Operation
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    job: Job
+    result: OpResult  # state_machine's op result: {"ok", "result", "events"} or {"ok", "error"}
+    group: str
+
+
+@dataclass(slots=True)
+class _Key:
+    group: str
+    status: str = COLD
+    queue: deque[Job] = field(default_factory=deque)
+    claim_index: int = 0  # log index of the claim that loaded it
+    ready_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Item:
+    """One operation of a proposal, and what it is for."""
+
+    kind: str  # "claim", "write" or "renew"
+    cid: int
+    op: Operation
+    job: Job | None = None
+
+
+@dataclass(slots=True)
+class _Batch:
+    group: str
+    items: list[_Item]
+    sent_at: float
+
+
+@dataclass(slots=True)
+class _Scan:
+    job: Job
+    waiting: set[str]
+    clients: dict[int, dict[str, Any]] = field(default_factory=dict)
+    error: OpResult | None = None
+
+
+class DurableKeys:
+    def __init__(
+        self,
+        host_id: str,
+        incarnation: str,
+        groups: dict[str, list[int]],
+        state: KeyValueState,
+        now: float,
+        *,
+        lease: float = LEASE,
+    ) -> None:
+        self.host_id = host_id
+        self.owner = f"{host_id}/{incarnation}"
+        client = client_name(host_id, incarnation)
+        self.proposer = GroupProposer(
+            client,
+            groups,
+            topics.raft_member,
+            lambda group: topics.raft_reply(group, client),
+            deadline=PROPOSAL_DEADLINE,
+        )
+        self.reply_filter = topics.raft_replies(client)
+        self.groups = sorted(groups)
+        self.state = state
+        self.lease = lease
+        self.keys: dict[int, _Key] = {}
+        self.finished: list[Finished] = []
+        self._lease_until = dict.fromkeys(self.groups, -math.inf)
+        self._renewing: set[str] = set()
+        self._due_renew = now
+        self._lease_waiters: dict[str, set[int]] = {g: set() for g in self.groups}
+        self._writes_in_flight: Counter[int] = Counter()
+        self._dirty: set[int] = set()
+        self._queued: set[int] = set()  # keys with requests waiting (for expiry)
+        self._waiting: set[int] = set()  # keys waiting out another owner's lease
+        self._outbox: dict[str, list[_Item]] = {}
+        self._batches: dict[str, _Batch] = {}
+        self._scans: dict[str, _Scan] = {}
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def submit(self, cid: int, job: Job) -> None:
+        key = self.keys.get(cid)
+        if key is None:
+            key = self.keys[cid] = _Key(group_for(cid, self.groups))
+        key.queue.append(job)
+        self._dirty.add(cid)
+        self._queued.add(cid)
+
+    def scan(self, job: Job, after: int, limit: int, now: float) -> list[Send]:
+        """Every group's clients after `after`, merged (linearizable reads, not the cache)."""
+        scan = _Scan(job, set())
+        sends: list[Send] = []
+        for group in self.groups:
+            op = {"op": "clients_after", "after": after, "limit": limit}
+            handle, out = self.proposer.read(group, [op], now)
+            scan.waiting.add(handle)
+            self._scans[handle] = scan
+            sends.extend(out)
+        return sends
+
+    def receive(self, message: dict[str, Any], now: float) -> list[Send]:
+        done, sends = self.proposer.receive(message, now)
+        for item in done:
+            self._on_done(item, now)
+        return sends
+
+    def tick(self, now: float) -> list[Send]:
+        done, sends = self.proposer.tick(now)
+        for item in done:
+            self._on_done(item, now)
+        if now >= self._due_renew:
+            self._due_renew = now + RENEW_INTERVAL
+            for group in self.groups:
+                if group not in self._renewing:
+                    self._renewing.add(group)
+                    op = {"op": "renew", "cid": 0, "owner": self.owner}
+                    self._outbox.setdefault(group, []).append(_Item("renew", 0, op))
+        self._expire_queued(now)
+        for cid in list(self._waiting):
+            key = self.keys.get(cid)
+            if key is None or key.status != WAITING or now >= key.ready_at:
+                self._waiting.discard(cid)
+                self._dirty.add(cid)
+        sends.extend(self.flush(now))
+        return sends
+
+    def flush(self, now: float) -> list[Send]:
+        """Serve what memory can, and send one proposal per group with the rest."""
+        dirty, self._dirty = self._dirty, set()
+        for cid in dirty:
+            self._pump(cid, now)
+        sends: list[Send] = []
+        outbox, self._outbox = self._outbox, {}
+        for group, items in outbox.items():
+            handle, out = self.proposer.propose(group, [item.op for item in items], now)
+            self._batches[handle] = _Batch(group, items, now)
+            sends.extend(out)
+        return sends
+
+    def forget(self, cid: int) -> bool:
+        """Drop an idle key from memory (this node no longer owns it); False if it is busy."""
+        key = self.keys.get(cid)
+        if key is not None and (key.queue or key.status == CLAIMING):
+            return False
+        if self._writes_in_flight[cid]:
+            return False
+        self.keys.pop(cid, None)
+        self.state.keys.pop(cid, None)
+        return True
+
+    # ---- running a key's queue ----------------------------------------------------------
+
+    def _pump(self, cid: int, now: float) -> None:
+        key = self.keys.get(cid)
+        if key is None or not key.queue or self._writes_in_flight[cid]:
+            return
+        if key.status == COLD:
+            key.status = CLAIMING
+            op = {"op": "claim", "cid": cid, "owner": self.owner}
+            self._outbox.setdefault(key.group, []).append(_Item("claim", cid, op))
+            return
+        if key.status == WAITING and now >= key.ready_at:
+            key.status = READY
+        if key.status != READY:
+            return
+        while key.queue:
+            if key.queue[0].op.get("op") in WRITE_OPS:
+                self._propose_writes(cid, key)
+                return
+            if now >= self._lease_until[key.group]:
+                self._lease_waiters[key.group].add(cid)
+                return
+            job = key.queue.popleft()
+            self.finished.append(Finished(job, self._read(job.op), key.group))
+
+    def _propose_writes(self, cid: int, key: _Key) -> None:
+        outbox = self._outbox.setdefault(key.group, [])
+        while key.queue and key.queue[0].op.get("op") in WRITE_OPS:
+            job = key.queue.popleft()
+            outbox.append(_Item("write", cid, {**job.op, "owner": self.owner}, job))
+            self._writes_in_flight[cid] += 1
+
+    def _read(self, op: Operation) -> OpResult:
+        return apply_op(self.state, op)
+
+    def _expire_queued(self, now: float) -> None:
+        for cid in list(self._queued):
+            key = self.keys.get(cid)
+            if key is None or not key.queue:
+                self._queued.discard(cid)
+                continue
+            while key.queue and now - key.queue[0].since >= QUEUE_LIMIT:
+                job = key.queue.popleft()
+                why = f"not applied: the key was not ready within {QUEUE_LIMIT:g}s"
+                self.finished.append(Finished(job, op_error(UNAVAILABLE, why), key.group))
+
+    # ---- answers from the groups --------------------------------------------------------
+
+    def _on_done(self, done: Done, now: float) -> None:
+        scan = self._scans.pop(done.handle, None)
+        if scan is not None:
+            self._on_scan_part(scan, done)
+            return
+        batch = self._batches.pop(done.handle, None)
+        if batch is None:
+            return
+        if done.ok:
+            results = done.results
+        else:
+            results = [op_error(done.code, done.message)] * len(batch.items)
+        for item, result in zip(batch.items, results, strict=False):
+            if item.kind == "renew":
+                self._on_renewed(batch, result, done.index)
+            elif item.kind == "claim":
+                self._on_claimed(item.cid, result, done.index, now)
+            else:
+                self._on_written(item, result, batch.group)
+        for item in batch.items:
+            if item.kind == "write":
+                self._writes_in_flight[item.cid] -= 1
+                if not self._writes_in_flight[item.cid]:
+                    del self._writes_in_flight[item.cid]
+            self._dirty.add(item.cid)
+
+    def _on_renewed(self, batch: _Batch, result: OpResult, index: int) -> None:
+        group = batch.group
+        self._renewing.discard(group)
+        if not result.get("ok"):
+            return
+        self._lease_until[group] = batch.sent_at + self.lease
+        revoked = result["result"].get("revoked")
+        if revoked is None:
+            gone = [c for c, k in self.keys.items() if k.group == group]
+        else:
+            gone = [c for c in revoked if c in self.keys]
+        for cid in gone:
+            key = self.keys[cid]
+            if key.status != CLAIMING and key.claim_index < index:
+                self._lose(cid, key)
+        self._dirty |= self._lease_waiters[group]
+        self._lease_waiters[group].clear()
+
+    def _on_claimed(self, cid: int, result: OpResult, index: int, now: float) -> None:
+        key = self.keys.get(cid)
+        if key is None or key.status != CLAIMING:
+            return
+        if not result.get("ok"):
+            key.status = COLD
+            self._fail_queue(key, op_error(UNAVAILABLE, _claim_failed(result)))
+            return
+        claimed = result["result"]
+        self.state.keys.pop(cid, None)
+        if claimed.get("key") is not None:
+            self.state.import_keys([claimed["key"]])
+        key.claim_index = index
+        previous = claimed.get("previous")
+        if previous in (None, self.owner) or previous.startswith(f"{self.host_id}/"):
+            key.status = READY
+        else:
+            key.status = WAITING
+            key.ready_at = now + self.lease + LEASE_MARGIN
+            self._waiting.add(cid)
+
+    def _on_written(self, item: _Item, result: OpResult, group: str) -> None:
+        assert item.job is not None
+        key = self.keys.get(item.cid)
+        if result.get("fenced"):
+            if key is not None:
+                self._lose(item.cid, key)
+            result = op_error(UNAVAILABLE, MOVED)
+        elif not result.get("ok") and result["error"]["code"] in (TIMEOUT, UNAVAILABLE):
+            if key is not None and result["error"]["code"] == TIMEOUT:
+                key.status = COLD  # memory may miss it: claim again, as a barrier
+        elif key is not None and key.status == READY:
+            self._apply_committed(item, result, key)
+        self.finished.append(Finished(item.job, result, group))
+
+    def _apply_committed(self, item: _Item, result: OpResult, key: _Key) -> None:
+        """Memory follows the group; if it disagrees, it is stale: load the key again."""
+        assert item.job is not None
+        local = apply_op(self.state, item.job.op)
+        if _code(local) != _code(result):
+            log.warning("key %016x in memory disagreed with its group; loading it again", item.cid)
+            key.status = COLD
+
+    def _on_scan_part(self, scan: _Scan, done: Done) -> None:
+        scan.waiting.discard(done.handle)
+        if done.ok and done.results and done.results[0].get("ok"):
+            for client in done.results[0]["result"]["clients"]:
+                scan.clients[client["cid"]] = client
+        elif scan.error is None:
+            scan.error = op_error(UNAVAILABLE, f"listing clients: {done.message or 'failed'}")
+        if scan.waiting:
+            return
+        if scan.error is not None:
+            self.finished.append(Finished(scan.job, scan.error, ""))
+            return
+        limit = scan.job.op["limit"]
+        clients = [scan.clients[c] for c in sorted(scan.clients)[:limit]]
+        self.finished.append(Finished(scan.job, op_ok({"clients": clients}), ""))
+
+    # ---- losing keys --------------------------------------------------------------------
+
+    def _lose(self, cid: int, key: _Key) -> None:
+        """Another node claimed the key: forget it, and send its waiting requests back."""
+        self.keys.pop(cid, None)
+        self.state.keys.pop(cid, None)
+        self._fail_queue(key, op_error(UNAVAILABLE, MOVED))
+
+    def _fail_queue(self, key: _Key, result: OpResult) -> None:
+        while key.queue:
+            self.finished.append(Finished(key.queue.popleft(), result, key.group))
+
+    # ---- for status -----------------------------------------------------------------------
+
+    def leases(self, now: float) -> dict[str, float]:
+        """Seconds of lease left per group (0 when lapsed)."""
+        return {g: max(0.0, round(t - now, 3)) for g, t in self._lease_until.items()}
+
+
+def client_name(host_id: str, incarnation: str) -> str:
+    """The node's name towards the groups (a topic level: no '/'), new per incarnation."""
+    return f"{host_id}-{incarnation}"
+
+
+def _code(result: OpResult) -> str:
+    return "ok" if result.get("ok") else str((result.get("error") or {}).get("code"))
+
+
+def _claim_failed(result: OpResult) -> str:
+    error = result.get("error") or {}
+    return f"not applied: loading the key from its replica group failed ({error.get('message')})"
