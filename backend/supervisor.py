@@ -65,6 +65,8 @@ PIDS_FILE = "pids.json"
 LOGS_DIR = "logs"
 COLOURS = (36, 32, 33, 35, 34, 96, 92, 93)
 SECRET_VARIABLES = ("TASKRING_BROKER", "TASKRING_ADMIN_TOKEN")
+# The most `taskring cache-node` accepts: more would leave every cache node failing
+# its usage check in a restart loop, so `up` refuses them at once.
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
@@ -447,10 +449,12 @@ def port_option(name: str, default: int, what: str) -> Decorator:
     )
 
 
-def count_option(name: str, default: int, what: str, minimum: int = 1) -> Decorator:
+def count_option(
+    name: str, default: int, what: str, minimum: int = 1, maximum: int | None = None
+) -> Decorator:
     return click.option(
         name,
-        type=click.IntRange(min=minimum),
+        type=click.IntRange(min=minimum, max=maximum),
         default=default,
         show_default=True,
         envvar=f"TASKRING_{name[2:].replace('-', '_').upper()}",
@@ -477,12 +481,14 @@ def count_option(name: str, default: int, what: str, minimum: int = 1) -> Decora
     "Replica groups g1..gG holding the ring's keys durably (ring storage only); 0 starts "
     "no replicas and the cache nodes keep keys in memory only, lost when a node is killed",
     minimum=0,
+    maximum=config.MAX_REPLICA_GROUPS,
 )
 @count_option(
     "--replicas",
     config.DEFAULT_REPLICAS,
     "Replicas per group, each its own process with its files in DATA/replicas/; a write "
     "commits once a majority of its group has it on disk",
+    maximum=config.MAX_REPLICAS,
 )
 @click.option(
     "--broker",

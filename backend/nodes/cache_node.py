@@ -55,6 +55,7 @@ import time
 
 import click
 
+from .. import config
 from ..bus import topics
 from ..bus.mqtt import MqttBus
 from ..bus.publisher import Publisher
@@ -62,7 +63,7 @@ from ..bus.transport import BusUnavailable, Message
 from ..cli_common import broker_option, component_id_option
 from ..config import BrokerAddress
 from ..replica.group import default_groups
-from ..ring.cache_core import CacheNode
+from ..ring.cache_core import CacheNode, Publish, coalesce
 from ..ring.durable import client_name
 from ..telemetry import HEARTBEAT_INTERVAL, RequestMetrics, heartbeat_message
 from .process import stop_on_signals
@@ -100,20 +101,24 @@ async def run_cache_node(
     holder: list[CacheNode] = []
     handed_over = asyncio.Event()  # set once a leaving node's handovers are acknowledged
     incarnation = secrets.token_hex(6)
+    outgoing: list[Publish] = []
     flush_due = False
 
     def flush() -> None:
-        # Everything that arrived in one turn of the event loop goes out in one proposal.
+        # What the messages of one turn of the event loop produced leaves together: one
+        # proposal per replica group, one MQTT message per cache node or portal.
         nonlocal flush_due
         flush_due = False
-        publisher.send(holder[0].flush(loop.time()))
+        outgoing.extend(holder[0].flush(loop.time()))
+        publisher.send(coalesce(outgoing))
+        outgoing.clear()
 
     async def on_message(topic: str, message: Message) -> None:
         nonlocal flush_due
         if holder:
             node = holder[0]
-            publisher.send(node.receive(topic, message, loop.time()))
-            if node.durable is not None and not flush_due:
+            outgoing.extend(node.receive(topic, message, loop.time()))
+            if not flush_due:
                 flush_due = True
                 loop.call_soon(flush)
             if node.leaving and not node.handovers_pending:
@@ -188,7 +193,7 @@ async def _tick(node: CacheNode, publisher: Publisher) -> None:
     loop = asyncio.get_running_loop()
     while True:
         try:
-            publisher.send(node.tick(loop.time()))
+            publisher.send(coalesce(node.tick(loop.time())))
         except Exception:
             # A bug must not stop the ticks: without them the node drops out of the ring.
             log.exception("cache node %s failed on a tick", node.id)
@@ -231,7 +236,7 @@ async def _heartbeat(bus: MqttBus, node: CacheNode, metrics: RequestMetrics) -> 
 )
 @click.option(
     "--replica-groups",
-    type=click.IntRange(0, 64),
+    type=click.IntRange(0, config.MAX_REPLICA_GROUPS),
     default=0,
     show_default=True,
     envvar="TASKRING_REPLICA_GROUPS",
@@ -239,7 +244,7 @@ async def _heartbeat(bus: MqttBus, node: CacheNode, metrics: RequestMetrics) -> 
 )
 @click.option(
     "--replicas",
-    type=click.IntRange(1, 9),
+    type=click.IntRange(1, config.MAX_REPLICAS),
     default=3,
     show_default=True,
     envvar="TASKRING_REPLICAS",

@@ -242,6 +242,14 @@ class CacheNode:
         out: list[Publish] = []
         if self.durable is not None and kind in (group_wire.PROPOSED, group_wire.READ_RESULT):
             self._sends(self.durable.receive(message, now), out)
+        elif kind == wire.BATCH:
+            try:
+                inner = wire.unbatch(message)
+            except ValueError as exc:
+                log.warning("dropped a malformed batch on %s: %s", topic, exc)
+                inner = []
+            for item in inner:
+                self._receive(item.get("t"), topic, item, out)
         else:
             self._receive(kind, topic, message, out)
         if self._arrived and self._parked:
@@ -315,6 +323,9 @@ class CacheNode:
         for parked in self._parked:
             self._reply_unavailable(parked.owned.token, MOVING, parked.owned.hosts(), out)
         self._parked.clear()
+        if self.durable is not None:
+            self.durable.abandon_queued("the cache node is leaving the ring")
+            self._answer_finished(out)
         out.append(Publish(topics.RING_ANNOUNCE, self._announcement(), qos=0))
         return out
 
@@ -771,6 +782,26 @@ def _parse_request_token(token: str) -> tuple[str, str] | None:
         return None
     n = int(length)
     return rest[:n], rest[n:]
+
+
+_BATCHED_TOPICS = (topics.ring_host(""), topics.ring_reply(""))
+
+
+def coalesce(publishes: list[Publish]) -> list[Publish]:
+    """The same messages, with every cache node's or portal's share sent as one batch
+    (wire.BATCH) per topic, in order: one MQTT message instead of many."""
+    by_topic: dict[str, list[Publish]] = {}
+    for item in publishes:
+        by_topic.setdefault(item.topic, []).append(item)
+    out: list[Publish] = []
+    for topic, items in by_topic.items():
+        if len(items) == 1 or not topic.startswith(_BATCHED_TOPICS):
+            out.extend(items)
+            continue
+        for start in range(0, len(items), wire.MAX_BATCH):
+            chunk = [item.message for item in items[start : start + wire.MAX_BATCH]]
+            out.append(Publish(topic, wire.batch(chunk), max(i.qos for i in items)))
+    return out
 
 
 def _code(result: OpResult) -> str:

@@ -214,6 +214,14 @@ class DurableKeys:
             sends.extend(out)
         return sends
 
+    def abandon_queued(self, why: str) -> None:
+        """Answer every request not yet proposed `unavailable` (the node is leaving)."""
+        for cid in list(self._queued):
+            key = self.keys.get(cid)
+            if key is not None:
+                self._fail_queue(key, op_error(UNAVAILABLE, f"not applied: {why}"))
+        self._queued.clear()
+
     def forget(self, cid: int) -> bool:
         """Drop an idle key from memory (this node no longer owns it); False if it is busy."""
         key = self.keys.get(cid)

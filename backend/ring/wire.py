@@ -30,7 +30,11 @@ the types below never collide with Chord's.
     handover_ack  receiver -> sender's host topic
               {"t": "handover_ack", "from": host id, "id": the handover's id}
     announce  cache node -> ANNOUNCE topic, twice a second
-              {"t": "announce", "host", "incarnation", "member": bool, "positions": [int]}
+              {"t": "announce", "host", "incarnation", "member": bool, "positions": [int],
+               "durable": bool (its keys live in replica groups; it answers scans for all)}
+    batch     anyone -> a cache node's host topic or a portal's reply topic: several of
+              the messages above for the same topic in one MQTT message, in order
+              {"t": "batch", "msgs": [message, ...]}   (at most MAX_BATCH, never nested)
 
 Client change events are published by the owner on `ring_events(cid)` as the
 contract's event maps (Event.to_wire()), plus `{"event": "token_rotated", "cid"}`
@@ -51,7 +55,10 @@ HANDOVER_ACK = "handover_ack"
 ANNOUNCE = "announce"
 TOKEN_ROTATED = "token_rotated"
 
+BATCH = "batch"
+
 MAX_SCAN_LIMIT = 10_000
+MAX_BATCH = 1024
 
 
 def request(corr: str, reply_to: str, key: int, op: dict[str, Any], trace: bool) -> dict:
@@ -108,6 +115,24 @@ def announce(host: str, incarnation: str, member: bool, positions: list[int]) ->
         "member": member,
         "positions": positions,
     }
+
+
+def batch(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"t": BATCH, "msgs": messages}
+
+
+def unbatch(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages a batch carries (a message that is not a batch: itself); ValueError
+    if a batch is malformed."""
+    if message.get("t") != BATCH:
+        return [message]
+    inner = message.get("msgs")
+    if not isinstance(inner, list) or len(inner) > MAX_BATCH:
+        raise ValueError(f"batch msgs must be a list of at most {MAX_BATCH} messages")
+    for item in inner:
+        if not isinstance(item, dict) or item.get("t") == BATCH:
+            raise ValueError("a batch holds message maps, and no batches")
+    return inner
 
 
 # ---- checks on what arrives -------------------------------------------------------------

@@ -41,6 +41,7 @@ REQUEST_TIMEOUT = 5.0  # seconds until a request's outcome is declared unknown
 HOST_FRESHNESS = 1.6  # announcements come twice a second; three missed ones mean gone
 AUTH_CACHE_TTL = 1.0  # a positive authentication is reused this long (see authenticate)
 RETRY_PAUSE = 0.05
+READ_ATTEMPT_WAIT = 1.0
 
 
 @dataclass
@@ -69,6 +70,8 @@ class RingStore:
         self.watchers = Watchers()
         self.authenticated: dict[tuple[int, str], float] = {}
         self._ids = itertools.count()
+        self._outbox: dict[str, list[tuple[dict[str, Any], asyncio.Future[None]]]] = {}
+        self._publishing: set[asyncio.Task[None]] = set()
         # Owners answer a repeated correlation id from their reply cache, so a portal
         # restarted under the same id must never reuse one from its previous run.
         self._corr_prefix = f"{portal_id}/{secrets.token_hex(4)}"
@@ -218,10 +221,11 @@ class RingStore:
         self.pending[corr] = future
         try:
             message = wire.request(corr, self.reply_topic, key, op, trace)
-            await self.bus.publish(topics.ring_host(entry), message)
+            await self._send(topics.ring_host(entry), message)
             wait = max(0.0, deadline - self.clock())
             if is_read:
-                wait = min(wait, self.request_timeout / 2)  # leave time for a second try
+                # a read is safe to repeat: a dead entry node costs one short wait, not all
+                wait = min(wait, READ_ATTEMPT_WAIT)
             return await asyncio.wait_for(future, wait)
         except BusUnavailable as exc:
             raise OpError(UNAVAILABLE, f"cannot reach the ring: {exc}") from exc
@@ -256,15 +260,55 @@ class RingStore:
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.pending[corr] = future
         try:
-            await self.bus.publish(
-                topics.ring_host(host), wire.scan(corr, self.reply_topic, after, limit)
-            )
+            message = wire.scan(corr, self.reply_topic, after, limit)
+            await self._send(topics.ring_host(host), message)
             reply = await asyncio.wait_for(future, self.request_timeout)
         except (BusUnavailable, TimeoutError) as exc:
             raise OpError(UNAVAILABLE, f"cache node {host} did not answer a scan") from exc
         finally:
             self.pending.pop(corr, None)
         return list(self._result(reply).get("clients", []))
+
+    def _send(self, topic: str, message: dict[str, Any]) -> asyncio.Future[None]:
+        """Publish `message` with everything else sent to `topic` in this turn of the
+        event loop, as one batch; the future fails with BusUnavailable if it could not."""
+        loop = asyncio.get_running_loop()
+        sent: asyncio.Future[None] = loop.create_future()
+        if not self._outbox:
+            loop.call_soon(self._flush_outbox)
+        self._outbox.setdefault(topic, []).append((message, sent))
+        return sent
+
+    def _flush_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for topic, items in outbox.items():
+            for start in range(0, len(items), wire.MAX_BATCH):
+                chunk = items[start : start + wire.MAX_BATCH]
+                message = chunk[0][0] if len(chunk) == 1 else wire.batch([m for m, _ in chunk])
+                self._start_publishing(topic, message, [f for _, f in chunk])
+
+    def _start_publishing(
+        self, topic: str, message: dict[str, Any], waiting: list[asyncio.Future[None]]
+    ) -> None:
+        task = asyncio.create_task(self._publish(topic, message, waiting))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish(
+        self, topic: str, message: dict[str, Any], waiting: list[asyncio.Future[None]]
+    ) -> None:
+        failure: BusUnavailable | None = None
+        try:
+            await self.bus.publish(topic, message)
+        except BusUnavailable as exc:
+            failure = exc
+        for sent in waiting:
+            if sent.done():
+                continue  # its request was cancelled meanwhile
+            if failure is None:
+                sent.set_result(None)
+            else:
+                sent.set_exception(failure)
 
     def _next_corr(self) -> str:
         return f"{self._corr_prefix}/{next(self._ids)}"
@@ -308,13 +352,19 @@ class RingStore:
 
     async def _on_reply(self, _topic: str, message: Message) -> None:
         try:
-            wire.check_reply(message)
+            replies = wire.unbatch(message)
         except ValueError as exc:
-            log.warning("dropped a malformed reply: %s", exc)
+            log.warning("dropped a malformed batch of replies: %s", exc)
             return
-        future = self.pending.get(message["corr"])
-        if future is not None and not future.done():
-            future.set_result(message)
+        for reply in replies:
+            try:
+                wire.check_reply(reply)
+            except ValueError as exc:
+                log.warning("dropped a malformed reply: %s", exc)
+                continue
+            future = self.pending.get(reply["corr"])
+            if future is not None and not future.done():
+                future.set_result(reply)
 
     async def _on_event(self, _topic: str, message: Message) -> None:
         try:

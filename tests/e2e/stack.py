@@ -1,21 +1,32 @@
 """A small real deployment for end-to-end tests: Mosquitto, two client portals, an admin portal.
 
-Every piece is a real `taskring` process on free ports; the `processes`
-fixture stops them all at teardown.
+In `ring` storage it adds the cache ring and, when asked for replica groups,
+their replicas (durable mode): `start_stack(..., storage="ring",
+replica_groups=1, replicas=3)`. Every piece is a real `taskring` process on
+free ports, with its files under the test's tmp path; the `processes`
+fixture stops them all at teardown. `Stack.kill` and `Stack.restart` let a
+test crash a replica or a cache node with SIGKILL and bring it back with the
+same command line and data directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.supervision import BrokerPlan, Settings, plan_replicas, same_url_for_every_role
 from tests.conftest import TASKRING, Processes, free_port, port_open, start_mosquitto, wait_until
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+
+
+Process = subprocess.Popen[bytes]
 
 
 @dataclass
@@ -25,6 +36,34 @@ class Stack:
     admin_port: int
     admin_token: str = ADMIN_TOKEN
     env: dict[str, str] = field(default_factory=dict)
+    data_dir: Path | None = None  # replicas keep their files in DATA/replicas/<group>-<member>/
+    replicas: dict[str, Process] = field(default_factory=dict)  # "replica-g1-2" -> process
+    cache_nodes: dict[str, Process] = field(default_factory=dict)  # "cache-node-1" -> process
+    processes: Processes | None = None
+    commands: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> taskring args
+
+    def members(self, name: str) -> dict[str, Process]:
+        """The table (replicas or cache nodes) that holds the process called `name`."""
+        for table in (self.replicas, self.cache_nodes):
+            if name in table:
+                return table
+        raise KeyError(f"no replica or cache node called {name!r} in this stack")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a replica or cache node (no goodbye, nothing flushed) and reap it."""
+        process = self.members(name)[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def restart(self, name: str) -> Process:
+        """Start `name` again with its command line and data (killing it first if it runs)."""
+        assert self.processes is not None
+        if self.members(name)[name].poll() is None:
+            self.kill(name)
+        process = self.processes.taskring(*self.commands[name], name=name, env=self.env)
+        self.members(name)[name] = process
+        return process
 
     def client_env(self, cid: str = "", token: str = "", port_index: int = 0) -> dict[str, str]:
         return {
@@ -69,25 +108,28 @@ def start_stack(
     client_portals: int = 2,
     storage: str = "local",
     cache_nodes: int = 4,
+    replica_groups: int = 0,
+    replicas: int = 3,
 ) -> Stack:
-    """Mosquitto, the cache ring in `ring` storage, client portals and an admin portal."""
+    """Mosquitto, the cache ring in `ring` storage (with `replica_groups` groups of
+    `replicas` replicas behind it when replica_groups > 0), client portals and an admin
+    portal."""
+    if replica_groups and storage != "ring":
+        raise ValueError(f"replica groups need storage='ring', not {storage!r}")
     broker = start_mosquitto(processes, tmp_path)
+    data = tmp_path / "data"
     env = {
         "TASKRING_BROKER": broker,
         "TASKRING_ADMIN_TOKEN": ADMIN_TOKEN,
         "TASKRING_STORAGE": storage,
     }
+    stack = Stack(broker, [], 0, env=env, data_dir=data, processes=processes)
     if storage == "ring":
-        for number in range(1, cache_nodes + 1):
-            bootstrap = ["--bootstrap"] if number == 1 else []
-            processes.taskring(
-                "cache-node",
-                "--id",
-                f"cache-node-{number}",
-                *bootstrap,
-                name=f"cache-node-{number}",
-                env=env,
-            )
+        stack.commands.update(replica_commands(replica_groups, replicas, data))
+        stack.commands.update(cache_node_commands(cache_nodes, replica_groups, replicas))
+        for name, args in stack.commands.items():
+            table = stack.replicas if name.startswith("replica-") else stack.cache_nodes
+            table[name] = processes.taskring(*args, name=name, env=env)
     client_ports = [free_port() for _ in range(client_portals)]
     admin_port = free_port()
     for number, port in enumerate(client_ports, 1):
@@ -113,6 +155,30 @@ def start_stack(
     )
     for port in [*client_ports, admin_port]:
         wait_until(lambda port=port: port_open(port), f"a portal listening on {port}", timeout=20)
-    stack = Stack(broker, client_ports, admin_port, env=env)
-    wait_until(stack.serves_writes, f"the {storage} storage to take requests", timeout=30)
+    stack.client_ports, stack.admin_port = client_ports, admin_port
+    what = f"the {storage} storage" + (" with its replica groups" if replica_groups else "")
+    wait_until(
+        stack.serves_writes, f"{what} to take requests", timeout=60 if replica_groups else 30
+    )
     return stack
+
+
+def replica_commands(groups: int, replicas: int, data: Path) -> dict[str, tuple[str, ...]]:
+    """`taskring replica` for every member of groups g1..g<groups>: the command lines
+    `taskring up` uses (the broker URL travels in the environment)."""
+    settings = Settings(data_dir=data, storage="ring", replica_groups=groups, replicas=replicas)
+    plan = BrokerPlan(False, same_url_for_every_role("mqtt://unused"), "test")
+    return {spec.name: spec.args for spec in plan_replicas(settings, plan)}
+
+
+def cache_node_commands(nodes: int, groups: int, replicas: int) -> dict[str, tuple[str, ...]]:
+    """`taskring cache-node` for each node; the first may found the ring. Memory-only nodes
+    (groups == 0) get no replica flags: that is the standalone command's default."""
+    durable = ("--replica-groups", str(groups), "--replicas", str(replicas)) if groups else ()
+    commands = {}
+    for number in range(1, nodes + 1):
+        args: tuple[str, ...] = ("cache-node", "--id", f"cache-node-{number}")
+        if number == 1:
+            args += ("--bootstrap",)
+        commands[f"cache-node-{number}"] = args + durable
+    return commands

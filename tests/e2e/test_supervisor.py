@@ -230,6 +230,8 @@ def test_a_taken_port_is_named_before_anything_starts(processes: Processes, tmp_
     [
         (["--client-ports", "70x1"], "--client-ports"),
         (["--replicas", "0"], "--replicas"),
+        (["--replica-groups", "-1"], "--replica-groups"),
+        (["--replicas", "10"], "--replicas"),
         (["--web-port", "7001", "--client-ports", "7001"], "port 7001 is given to two"),
     ],
 )

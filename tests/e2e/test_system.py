@@ -1,4 +1,8 @@
-"""The whole system the way a user runs it: `taskring up`, the CLIs, the web endpoints."""
+"""The whole system the way a user runs it: `taskring up`, the CLIs, the web endpoints.
+
+`taskring up` runs with its defaults here: ring storage, four cache nodes and
+one replica group of three replicas behind them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backend.config import BrokerAddress
 from tests.conftest import free_port, log_text, port_open, wait_until
 from tests.e2e.stack import run_cli
 
@@ -39,6 +44,17 @@ def alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().rstrip("\0").split("\0")
+
+
+def broker_user(pid: int) -> str | None:
+    """Who the process logs in to the broker as, from the TASKRING_BROKER it was given."""
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    url = dict(pair.split("=", 1) for pair in pairs if "=" in pair)["TASKRING_BROKER"]
+    return BrokerAddress.parse(url).username
 
 
 def pid_listening_on(port: int) -> int | None:
@@ -142,6 +158,34 @@ def test_a_newcomer_creates_a_client_and_manages_tasks_on_both_portals(system) -
     kinds = sorted(p["kind"] for p in cluster["portals"])
     assert kinds == ["admin-portal", "admin-portal", "client-portal", "client-portal"]
     assert httpx.get(f"{system['web']}/healthz", timeout=5).json() == {"status": "ok"}
+    the_replica_group_runs_behind_the_ring(system)
+
+
+def the_replica_group_runs_behind_the_ring(system) -> None:
+    """Group g1's three replicas run as processes of their own, log in as `replica`, keep
+    their files in DATA/replicas/, have a leader; every cache node is told of the group."""
+    data = system["data"]
+    children = json.loads((data / "pids.json").read_text())["children"]
+    replicas = sorted(name for name in children if name.startswith("replica-"))
+    assert replicas == ["replica-g1-1", "replica-g1-2", "replica-g1-3"]
+    for member, name in enumerate(replicas, 1):
+        pid = children[name]
+        assert cmdline(pid)[-9:] == [
+            "replica", "--group", "g1", "--member", str(member),
+            "--members", "1,2,3", "--data-dir", str(data.resolve()),
+        ]  # fmt: skip
+        assert broker_user(pid) == "replica"
+        assert (data / "replicas" / f"g1-{member}").is_dir()
+    for name in (f"cache-node-{n}" for n in range(1, 5)):
+        assert cmdline(children[name])[-4:] == ["--replica-groups", "1", "--replicas", "3"]
+
+    def g1_led() -> dict | None:
+        groups = httpx.get(f"{system['web']}/api/cluster", timeout=5).json()["replica_groups"]
+        return groups[0] if [g["id"] for g in groups] == ["g1"] and groups[0]["leader"] else None
+
+    group = wait_until(g1_led, "/api/cluster to show group g1 with a leader", timeout=5)
+    assert sorted(m["id"] for m in group["members"]) == ["g1-1", "g1-2", "g1-3"]
+    assert group["leader"] in {"g1-1", "g1-2", "g1-3"}
 
 
 def test_a_killed_portal_is_restarted_and_ctrl_c_leaves_no_process(system) -> None:
@@ -157,17 +201,33 @@ def test_a_killed_portal_is_restarted_and_ctrl_c_leaves_no_process(system) -> No
 
     wait_until(restarted, "the client portal to be restarted", timeout=20, interval=0.1)
     family = descendants_of(up.pid)
-    assert len(family) >= 6, family  # broker, 2 client portals, 2 admin portals, web
+    assert len(family) >= 13, family  # broker, 3 replicas, 4 cache nodes, 4 portals, web
     up.send_signal(signal.SIGINT)
     assert up.wait(20) == 0, log_text(up)[-3000:]
     wait_until(lambda: not any(alive(pid) for pid in family), "every child to exit", timeout=5)
     assert not port_open(port)
 
 
-def test_the_admin_token_is_private_and_kept_across_restarts(system, processes) -> None:
+def test_a_full_restart_keeps_the_admin_token_and_every_client_and_task(system, processes) -> None:
     path = system["data"] / "admin-token"
     token = path.read_text().strip()
     assert len(token) >= 22 and path.stat().st_mode & 0o777 == 0o600
+    admin_env = {
+        "TASKRING_ADMIN_TOKEN": token,
+        "TASKRING_ADMIN_PORTAL": f"127.0.0.1:{system['ports']['admin'][0]}",
+    }
+    created = run_cli("admin", "--json", "create", "Restart", env=admin_env)
+    assert created.returncode == 0, created.stderr
+    client = json.loads(created.stdout)
+    client_env = {
+        "TASKRING_CID": client["cid"],
+        "TASKRING_TOKEN": client["token"],
+        "TASKRING_PORTAL": f"127.0.0.1:{system['ports']['client'][0]}",
+    }
+    for n in range(5):
+        added = run_cli("client", "add", f"task {n}", f"kept {n}", env=client_env)
+        assert added.returncode == 0, added.stderr
+    assert run_cli("client", "delete", "task 2", env=client_env).returncode == 0
     system["up"].send_signal(signal.SIGINT)
     assert system["up"].wait(20) == 0
     again = processes.taskring(
@@ -187,3 +247,11 @@ def test_the_admin_token_is_private_and_kept_across_restarts(system, processes) 
     )
     wait_until(lambda: token in log_text(again), "the same admin token printed again", timeout=30)
     assert path.read_text().strip() == token
+    listed = run_cli("admin", "--json", "list", env=admin_env)
+    assert listed.returncode == 0, listed.stderr
+    assert client["cid"] in listed.stdout
+    tasks = run_cli("client", "--json", "list", env=client_env)
+    assert tasks.returncode == 0, tasks.stderr
+    assert json.loads(tasks.stdout)["tasks"] == [
+        {"title": f"task {n}", "description": f"kept {n}"} for n in (0, 1, 3, 4)
+    ]

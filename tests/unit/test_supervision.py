@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import click
@@ -16,10 +17,11 @@ from backend.supervision import (
     banner,
     choose_broker,
     example_commands,
+    groups_without_leader,
     plan_children,
     same_url_for_every_role,
 )
-from backend.supervisor import describe_exit, parse_ports
+from backend.supervisor import Supervisor, describe_exit, parse_ports
 
 PASSWORDS = {role: f"pw-{role}" for role in ROLES}
 SETTINGS = Settings(data_dir=Path("/srv/taskring"), broker_port=1999, storage="local")
@@ -121,7 +123,7 @@ def test_children_broker_first_each_with_its_port() -> None:
 
 
 def test_ring_storage_starts_cache_nodes_before_the_portals_and_only_one_may_found_a_ring():
-    settings = Settings(data_dir=Path("/d"), storage="ring", cache_nodes=3)
+    settings = Settings(data_dir=Path("/d"), storage="ring", cache_nodes=3, replica_groups=0)
     urls = {role: f"mqtt://{role}:pw@h:1" for role in ROLES}
     children = plan_children(settings, BrokerPlan(False, urls, "test"), "t")
     names = [c.name for c in children]
@@ -129,7 +131,55 @@ def test_ring_storage_starts_cache_nodes_before_the_portals_and_only_one_may_fou
     assert names.index("client-portal-1") > 2
     assert [("--bootstrap" in c.args) for c in children[:3]] == [True, False, False]
     assert all(c.env == {"TASKRING_BROKER": urls["cachenode"]} for c in children[:3])
+    assert all(c.args[-4:] == ("--replica-groups", "0", "--replicas", "3") for c in children[:3])
+    assert not any(c.is_replica for c in children)
     assert children[3].args[-2:] == ("--storage", "ring")
+
+
+def test_ring_storage_starts_every_replica_of_every_group_before_the_cache_nodes():
+    settings = Settings(data_dir=Path("/d"), storage="ring", cache_nodes=2, replica_groups=2)
+    urls = {role: f"mqtt://{role}:pw@h:1" for role in ROLES}
+    children = plan_children(settings, BrokerPlan(False, urls, "test"), "t")
+    names = [c.name for c in children]
+    replicas = ["replica-g1-1", "replica-g1-2", "replica-g1-3"]
+    replicas += ["replica-g2-1", "replica-g2-2", "replica-g2-3"]
+    assert names[:8] == [*replicas, "cache-node-1", "cache-node-2"]
+    assert [c.is_replica for c in children[:8]] == [True] * 6 + [False] * 2
+    assert children[4].args == (
+        "replica", "--group", "g2", "--member", "2", "--members", "1,2,3", "--data-dir", "/d"
+    )  # fmt: skip
+    assert all(
+        c.env == {"TASKRING_BROKER": urls["replica"]} and c.port is None for c in children[:6]
+    )
+    assert children[6].args == (
+        "cache-node", "--id", "cache-node-1", "--bootstrap",
+        "--replica-groups", "2", "--replicas", "3",
+    )  # fmt: skip
+
+
+def test_replica_groups_follow_the_settings_and_local_storage_starts_none():
+    urls = same_url_for_every_role("mqtt://h:1")
+    five = Settings(data_dir=Path("/d"), storage="ring", replica_groups=1, replicas=5)
+    replicas = [c for c in plan_children(five, BrokerPlan(False, urls, "t"), "t") if c.is_replica]
+    assert [c.name for c in replicas] == [f"replica-g1-{m}" for m in range(1, 6)]
+    assert all(c.args[6] == "1,2,3,4,5" for c in replicas)
+    local = Settings(data_dir=Path("/d"), storage="local", replica_groups=3)
+    children = plan_children(local, BrokerPlan(False, urls, "t"), "t")
+    assert not any(c.is_replica or c.name.startswith("cache-node") for c in children)
+
+
+def test_the_supervisor_starts_broker_then_replicas_then_the_rest(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, storage="ring", cache_nodes=1, replica_groups=1)
+    plan = BrokerPlan(True, same_url_for_every_role("mqtt://127.0.0.1:1999"), "test")
+    supervisor = Supervisor(plan_children(settings, plan, "t"), settings, io.StringIO())
+    tiers = [[child.spec.name for child in tier] for tier in supervisor.tiers()]
+    assert tiers[:2] == [["broker"], ["replica-g1-1", "replica-g1-2", "replica-g1-3"]]
+    assert tiers[2][:2] == ["cache-node-1", "client-portal-1"]
+    assert len(tiers) == 3
+    memory = Settings(data_dir=tmp_path, storage="ring", replica_groups=0)
+    reused = BrokerPlan(False, plan.urls, "test")
+    supervisor = Supervisor(plan_children(memory, reused, "t"), memory, io.StringIO())
+    assert len(supervisor.tiers()) == 1
 
 
 def test_secrets_travel_in_the_environment_only() -> None:
@@ -170,6 +220,33 @@ def test_banner_shows_addresses_and_token_but_no_broker_password() -> None:
     ):
         assert expected in text
     assert "hunter2" not in text
+
+
+def test_banner_says_where_the_keys_live() -> None:
+    plan = BrokerPlan(True, same_url_for_every_role("mqtt://127.0.0.1:1999"), "embedded")
+    durable = Settings(data_dir=Path("/d"), storage="ring", cache_nodes=4, replica_groups=2)
+    text = banner(durable, plan, "tok", "new")
+    assert "ring: 4 cache nodes; 2 replica groups of 3 replicas" in text
+    assert "/d/replicas" in text
+    memory = Settings(data_dir=Path("/d"), storage="ring", cache_nodes=1, replica_groups=0)
+    assert "ring: 1 cache node, in memory only" in banner(memory, plan, "tok", "new")
+    assert "local: every portal" in banner(SETTINGS, plan, "tok", "new")
+    assert not memory.durable and durable.durable and not SETTINGS.durable
+
+
+def test_the_banner_waits_for_a_leader_in_every_group_started() -> None:
+    settings = Settings(data_dir=Path("/d"), storage="ring", replica_groups=2)
+    led = {"id": "g1", "members": [], "leader": "g1-2"}
+    leaderless = {"id": "g2", "members": [], "leader": ""}
+    assert groups_without_leader(settings, {"replica_groups": [led, leaderless]}) == ["g2"]
+    assert groups_without_leader(settings, {"replica_groups": [led]}) == ["g2"]
+    leading = {**leaderless, "leader": "g2-1"}
+    assert groups_without_leader(settings, {"replica_groups": [leading, led]}) == []
+    for odd in (None, [], {"replica_groups": "g1"}, {"replica_groups": [None, 3]}):
+        assert groups_without_leader(settings, odd) == ["g1", "g2"]
+    memory = Settings(data_dir=Path("/d"), storage="ring", replica_groups=0)
+    assert groups_without_leader(memory, {}) == []
+    assert groups_without_leader(SETTINGS, {}) == []
 
 
 def test_examples_point_at_non_default_ports_and_data_dir() -> None:
