@@ -101,6 +101,7 @@ class Replica:
                 ready = self.core.next_ready()
                 if ready is None:
                     break
+                self.publisher.send(self.core.sends_before_persist(ready))
                 await asyncio.to_thread(self.storage.save, ready)
                 self.publisher.send(self.core.after_persist(ready, self.loop.time()))
                 snapshot = self.core.maybe_compact()

@@ -11,6 +11,7 @@ of who waits for what. The adapter's cycle, in the order Raft requires
     loop:
         sends = core.flush(now)               buffered proposals -> log entries, reads -> ReadIndex
         ready = core.next_ready()             None: nothing to do
+        sends = core.sends_before_persist(ready)   a leader's entries, to followers at once
         storage.save(ready)                   persist: one fsync for the whole Ready
         sends = core.after_persist(ready, now)   Raft messages, then apply, answers, advance
         snapshot = core.maybe_compact()       if due: storage.save_snapshot(snapshot)
@@ -56,6 +57,8 @@ from typing import Any
 
 from ..errors import BAD_REQUEST, TIMEOUT, UNAVAILABLE
 from ..raft import (
+    AppendEntries,
+    Heartbeat,
     NotLeader,
     PersistentState,
     ProposalDropped,
@@ -154,6 +157,7 @@ class ReplicaCore:
         self._reads_asked: dict[bytes, list[_Waiter]] = {}
         self._reads_ready: list[tuple[int, list[_Waiter]]] = []
         self._read_ctx = itertools.count(1)
+        self._sent_early: Ready | None = None
 
     # ---- inputs -------------------------------------------------------------------------
 
@@ -191,9 +195,22 @@ class ReplicaCore:
     def next_ready(self) -> Ready | None:
         return self.node.ready() if self.node.has_ready() else None
 
+    def sends_before_persist(self, ready: Ready) -> list[Send]:
+        """Messages that may leave before `ready` is durable: a leader's entries and
+        heartbeats. The leader writes its log in parallel with replicating it (Raft
+        dissertation §10.2.1): its own copy counts towards commitment only once stable,
+        so followers may store the entries first. Everything else waits for the fsync."""
+        if ready.soft_state is not None or not self.node.is_leader or not ready.messages:
+            return []
+        if not all(isinstance(m, AppendEntries | Heartbeat) for m in ready.messages):
+            return []
+        self._sent_early = ready
+        return self._raft_sends(ready)
+
     def after_persist(self, ready: Ready, now: float) -> list[Send]:
         """`ready` is durable: its messages, then the answers its applied entries allow."""
-        sends = self._raft_sends(ready)
+        sends = [] if self._sent_early is ready else self._raft_sends(ready)
+        self._sent_early = None
         if ready.soft_state is not None:
             soft = ready.soft_state
             log.info(

@@ -46,8 +46,8 @@ cache node that owns a key in the ring claims it through the group before
 serving it, and every write it proposes names it as `owner`:
 
     {"op": "claim", "cid", "owner"}  -> {"key": kv.key_to_wire(...) | None,
-                                          "previous": owner | None}
-    {"op": "renew", "cid": 0, "owner"} -> {"revoked": [cid, ...] | None}
+                                          "previous": owner | None, "index": log index}
+    {"op": "renew", "cid": 0, "owner"} -> {"revoked": [cid, ...] | None, "index": log index}
     a write with "owner"             -> refused unless `owner` holds the key:
                                           {"ok": false, "fenced": true,
                                            "error": {"code": "unavailable", ...}}
@@ -288,15 +288,19 @@ class ReplicaStateMachine:
                 lease.revoked.add(cid)
                 if len(lease.revoked) > MAX_REVOKED:
                     lease.revoked = None
-        self._lease(owner, register_as=None)
+        mine = self._lease(owner, register_as=None)
+        if mine.revoked is not None:
+            mine.revoked.discard(cid)  # taken back before it heard it was taken
         exported = self.kv.export_keys([cid])
-        return op_ok({"key": exported[0] if exported else None, "previous": previous})
+        # The index rides in the result, so an answer repeated from the table keeps it.
+        key = exported[0] if exported else None
+        return op_ok({"key": key, "previous": previous, "index": self.applied_index})
 
     def _renew(self, owner: str) -> OpResult:
         lease = self.leases.get(owner)
         revoked = None if lease is None or lease.revoked is None else sorted(lease.revoked)
         self._lease(owner, register_as=set()).revoked = set()
-        return op_ok({"revoked": revoked})
+        return op_ok({"revoked": revoked, "index": self.applied_index})
 
     def _lease(self, owner: str, register_as: set[int] | None) -> OwnerLease:
         """The owner's lease record, made if missing (an unknown owner that claims must
@@ -307,10 +311,11 @@ class ReplicaStateMachine:
         lease.last_index = self.applied_index
         excess = len(self.leases) - MAX_OWNERS
         if excess > 0:
-            oldest = sorted(self.leases, key=lambda o: (self.leases[o].last_index, o))
+            others = (o for o in self.leases if o != owner)
+            oldest = sorted(others, key=lambda o: (self.leases[o].last_index, o))
             for name in oldest[:excess]:
                 del self.leases[name]
-        return self.leases.get(owner, lease)
+        return lease
 
     def _run(self, op: Operation) -> OpResult:
         return apply_op(self.kv, op)

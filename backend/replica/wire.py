@@ -185,7 +185,7 @@ def check_write_or_read_op(op: Any) -> None:
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ValueError(f"{name}: {key} must be {kind.__name__}")
     owner = op.get("owner")
-    if owner is not None and (not isinstance(owner, str) or not 0 < len(owner) <= MAX_TEXT):
+    if "owner" in op and (not isinstance(owner, str) or not 0 < len(owner) <= MAX_TEXT):
         raise ValueError(f"{name}: owner must be text of 1 to {MAX_TEXT} characters")
 
 

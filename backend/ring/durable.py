@@ -44,8 +44,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..bus import topics
-from ..errors import TIMEOUT, UNAVAILABLE
+from ..errors import BAD_REQUEST, TIMEOUT, UNAVAILABLE
 from ..model.kv import WRITE_OPS, KeyValueState
+from ..replica import wire as group_wire
 from ..replica.core import Send
 from ..replica.group import group_for
 from ..replica.proposer import Done, GroupProposer
@@ -62,6 +63,7 @@ PROPOSAL_DEADLINE = 4.0  # then `timeout`; portals give up at 5 s
 MOVED = "not applied: the key moved to another cache node; safe to retry"
 
 COLD, CLAIMING, WAITING, READY = "cold", "claiming", "waiting", "ready"
+IN_DOUBT = 1 << 62  # a log index above any claim's
 
 
 @dataclass(slots=True)
@@ -149,6 +151,11 @@ class DurableKeys:
         self._dirty: set[int] = set()
         self._queued: set[int] = set()  # keys with requests waiting (for expiry)
         self._waiting: set[int] = set()  # keys waiting out another owner's lease
+        # Renewals may be answered before claims committed earlier (retries, leader
+        # changes): the latest renewal index that revoked a key, or all of a group's
+        # keys, while it was being claimed. A claim below it is stale and runs again.
+        self._revoked_while_claiming: dict[int, int] = {}
+        self._all_revoked_at = dict.fromkeys(self.groups, 0)
         self._outbox: dict[str, list[_Item]] = {}
         self._batches: dict[str, _Batch] = {}
         self._scans: dict[str, _Scan] = {}
@@ -156,6 +163,12 @@ class DurableKeys:
     # ---- inputs -------------------------------------------------------------------------
 
     def submit(self, cid: int, job: Job) -> None:
+        try:
+            group_wire.check_write_or_read_op(job.op)
+        except ValueError as exc:
+            # alone, so that it cannot sink the proposal other requests share
+            self.finished.append(Finished(job, op_error(BAD_REQUEST, str(exc)), ""))
+            return
         key = self.keys.get(cid)
         if key is None:
             key = self.keys[cid] = _Key(group_for(cid, self.groups))
@@ -311,19 +324,32 @@ class DurableKeys:
         group = batch.group
         self._renewing.discard(group)
         if not result.get("ok"):
+            if _code(result) != UNAVAILABLE:
+                # it may have been applied, emptying our revoked list unheard
+                self._revoke(group, None, None)
             return
         self._lease_until[group] = batch.sent_at + self.lease
-        revoked = result["result"].get("revoked")
+        answer = result["result"]
+        self._revoke(group, answer.get("revoked"), answer.get("index", index))
+        self._dirty |= self._lease_waiters[group]
+        self._lease_waiters[group].clear()
+
+    def _revoke(self, group: str, revoked: list[int] | None, index: int | None) -> None:
+        """Keys (None: all of the group's) claimed by others before log index `index`
+        (None: at an unknown index, so every claim made so far is in doubt)."""
         if revoked is None:
+            if index is not None:
+                self._all_revoked_at[group] = max(self._all_revoked_at[group], index)
             gone = [c for c, k in self.keys.items() if k.group == group]
         else:
             gone = [c for c in revoked if c in self.keys]
         for cid in gone:
             key = self.keys[cid]
-            if key.status != CLAIMING and key.claim_index < index:
+            if key.status == CLAIMING:
+                at = self._revoked_while_claiming.get(cid, 0)
+                self._revoked_while_claiming[cid] = max(at, IN_DOUBT if index is None else index)
+            elif index is None or key.claim_index < index:
                 self._lose(cid, key)
-        self._dirty |= self._lease_waiters[group]
-        self._lease_waiters[group].clear()
 
     def _on_claimed(self, cid: int, result: OpResult, index: int, now: float) -> None:
         key = self.keys.get(cid)
@@ -334,6 +360,12 @@ class DurableKeys:
             self._fail_queue(key, op_error(UNAVAILABLE, _claim_failed(result)))
             return
         claimed = result["result"]
+        index = claimed.get("index", index)
+        revoked_at = max(self._revoked_while_claiming.pop(cid, 0), self._all_revoked_at[key.group])
+        if index < revoked_at:
+            key.status = COLD  # taken from us after this claim: claim again
+            self._dirty.add(cid)
+            return
         self.state.keys.pop(cid, None)
         if claimed.get("key") is not None:
             self.state.import_keys([claimed["key"]])

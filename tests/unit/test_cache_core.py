@@ -21,8 +21,14 @@ from backend.bus import topics
 from backend.bus.codec import pack, unpack
 from backend.chord import owner_index
 from backend.model.identity import cid_for_name, hash_token, new_salt
+from backend.replica import wire as group_wire
+from backend.replica.core import Send
+from backend.replica.group import group_for
+from backend.replica.state_machine import Proposal, encode_batch
 from backend.ring import wire
 from backend.ring.cache_core import COLD_WAIT, CacheNode, Publish
+from backend.ring.durable import client_name
+from tests.unit.durable_harness import Groups
 
 REPLY_TO = topics.ring_reply("test-portal")
 HOST_PREFIX = topics.ring_host("")
@@ -569,3 +575,141 @@ def test_no_acknowledged_write_is_lost_through_joins_and_a_leave_on_a_slow_netwo
     assert len(tasks) > 30
     for cid, expected in tasks.items():
         assert set(titles(cluster.call("n1", cid, list_tasks(cid)))) == expected
+
+
+# ---- durable mode ----------------------------------------------------------------------------
+
+
+class DurableNode:
+    """One durable cache node in a ring of its own; its replica groups are state machines
+    that commit every proposal at once (tests/unit/durable_harness.py)."""
+
+    def __init__(self) -> None:
+        self.groups = Groups(["g1", "g2"])
+        self.now = 0.0
+        self.node = CacheNode(
+            "d1",
+            incarnation="i",
+            vnodes=VNODES,
+            bootstrap=True,
+            join_wait=0.2,
+            now=0.0,
+            seed=0,
+            groups=self.groups.members,
+        )
+        self.replies: dict[str, dict[str, Any]] = {}
+        self.announcements: list[dict[str, Any]] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def route(self, publishes: list[Publish]) -> None:
+        queue = list(publishes)
+        while queue:
+            item = queue.pop(0)
+            message = unpack(pack(item.message))
+            if item.topic == topics.ring_host(self.node.id):
+                queue += self.node.receive(item.topic, message, self.now)
+            elif message.get("t") in (group_wire.PROPOSE, group_wire.READ):
+                answer = self.groups.commit(Send(item.topic, message))
+                queue += self.node.receive(message["reply_to"], answer, self.now)
+            elif item.topic == REPLY_TO:
+                self.replies[message["corr"]] = message
+            elif item.topic == topics.RING_ANNOUNCE:
+                self.announcements.append(message)
+            else:
+                self.events.append((item.topic, message))
+            if not queue:
+                queue += self.node.flush(self.now)  # after each burst, as the adapter does
+
+    def run(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.now < end - 1e-9:
+            self.route(self.node.tick(self.now))
+            self.now = round(self.now + STEP, 6)
+
+    def send(self, *messages: dict[str, Any]) -> None:
+        self.route([Publish(topics.ring_host(self.node.id), m) for m in messages])
+
+    def call(self, cid: int, op: dict[str, Any], corr: str) -> dict[str, Any]:
+        self.send(wire.request(corr, REPLY_TO, cid, op, True))
+        for _ in range(20):
+            if corr in self.replies:
+                return self.replies.pop(corr)
+            self.run(STEP)
+        raise AssertionError(f"no reply to {op}")
+
+
+@pytest.fixture
+def durable_node() -> DurableNode:
+    ring = DurableNode()
+    ring.run(1.0)
+    assert ring.node.member
+    return ring
+
+
+def test_a_durable_node_commits_through_the_keys_group_and_names_it_in_the_reply(
+    durable_node: DurableNode,
+) -> None:
+    cid = cid_for_name("durable")
+    group = group_for(cid, ["g1", "g2"])
+    assert durable_node.call(cid, create(cid, "durable"), "c1")["group"] == group
+    reply = durable_node.call(cid, insert(cid, "kept"), "c2")
+    assert reply["ok"] and reply["group"] == group and reply["owner"] == "d1"
+    machine = durable_node.groups.machine(group)
+    assert list(machine.kv.keys[cid].tasks) == ["kept"]
+    assert machine.owners[cid] == "d1/i"
+    assert titles(durable_node.call(cid, list_tasks(cid), "c3")) == ["kept"]
+    assert (topics.ring_events(cid), "task_inserted") in [
+        (topic, event.get("event")) for topic, event in durable_node.events
+    ]
+
+
+def test_a_durable_node_loads_a_key_its_group_already_holds(durable_node: DurableNode) -> None:
+    cid = cid_for_name("earlier")
+    seed_op = insert(cid, "from the group")
+    machine = durable_node.groups.machine(group_for(cid, ["g1", "g2"]))
+    for op in (create(cid, "earlier"), seed_op):
+        index = machine.applied_index + 1
+        machine.apply_entry(index, encode_batch([Proposal("seed", index, 1, (op,))]))
+    assert titles(durable_node.call(cid, list_tasks(cid), "c1")) == ["from the group"]
+
+
+def test_a_durable_scan_reads_every_group_not_memory(durable_node: DurableNode) -> None:
+    names = {cid_for_name(f"scan {i}"): f"scan {i}" for i in range(6)}
+    for cid, name in names.items():  # written straight to the groups: not in memory
+        machine = durable_node.groups.machine(group_for(cid, ["g1", "g2"]))
+        index = machine.applied_index + 1
+        machine.apply_entry(index, encode_batch([Proposal("seed", index, 1, (create(cid, name),))]))
+    assert durable_node.node.state.keys == {}
+    durable_node.send(wire.scan("s1", REPLY_TO, -1, 4))
+    result = durable_node.replies["s1"]["result"]
+    assert [c["cid"] for c in result["clients"]] == sorted(names)[:4]
+    assert result["host"] == "d1" and result["complete"] is True
+    assert {group_for(c, ["g1", "g2"]) for c in names} == {"g1", "g2"}
+
+
+def test_a_durable_node_says_so_and_listens_for_its_groups_answers(
+    durable_node: DurableNode,
+) -> None:
+    node = durable_node.node
+    assert durable_node.announcements and all(a["durable"] for a in durable_node.announcements)
+    assert node.ring_status()["durable"] is True
+    assert topics.raft_replies(client_name("d1", "i")) in node.subscriptions()
+    memory_only = CacheNode("m1", incarnation="i", bootstrap=True)
+    assert memory_only.ring_status()["durable"] is False
+    assert len(memory_only.subscriptions()) == 2
+
+
+def test_a_malformed_write_to_a_durable_node_fails_alone(durable_node: DurableNode) -> None:
+    # Both requests reach the node in one burst, so their writes share one proposal; the
+    # group refuses a proposal with a malformed operation as a whole.
+    good, bad = cid_for_name("good"), cid_for_name("bad")
+    assert group_for(good, ["g1", "g2"]) == group_for(bad, ["g1", "g2"])
+    for cid, corr in ((good, "c1"), (bad, "c2")):
+        durable_node.call(cid, create(cid, corr), corr)
+    durable_node.send(
+        wire.request("w1", REPLY_TO, good, insert(good, "fine"), True),
+        wire.request("w2", REPLY_TO, bad, {"op": "insert_task", "cid": bad}, True),
+    )
+    durable_node.run(0.5)
+    assert durable_node.replies["w2"]["error"]["code"] == "bad_request"
+    assert durable_node.replies["w1"]["ok"] is True, durable_node.replies["w1"]
