@@ -24,6 +24,7 @@ from rich.console import Console
 from .. import config
 from ..cli_common import EXIT_UNREACHABLE, EXIT_USAGE, fail
 from ..client_app import DEFAULT_PORTALS as DEFAULT_CLIENT_PORTALS
+from ..nodes.process import run as run_loop
 from . import environment, report
 from .driver import RunOptions, run
 from .progress import live_progress
@@ -292,7 +293,7 @@ def bench(**flags: Any) -> None:
     factories = target_factories(flags, plan)
     machine = environment.machine()  # before the run, so the load average is other work's
     try:
-        results, skipped = asyncio.run(measure_all(factories, plan))
+        results, skipped = run_loop(measure_all(factories, plan))
     except TargetUnreachable as exc:
         fail(EXIT_UNREACHABLE, str(exc))
     except TargetUnusable as exc:

@@ -66,7 +66,7 @@ from ..replica.group import default_groups
 from ..ring.cache_core import CacheNode, Publish, coalesce
 from ..ring.durable import client_name
 from ..telemetry import HEARTBEAT_INTERVAL, RequestMetrics, heartbeat_message
-from .process import stop_on_signals
+from .process import run, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,4 @@ def command(
 ) -> None:
     """Run one cache node of the Chord ring."""
     groups = group_members(replica_groups, replicas)
-    sys.exit(
-        asyncio.run(run_cache_node(component_id, broker, vnodes, bootstrap, join_wait, groups))
-    )
+    sys.exit(run(run_cache_node(component_id, broker, vnodes, bootstrap, join_wait, groups)))

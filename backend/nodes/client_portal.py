@@ -34,7 +34,7 @@ from ..store import make_store
 from ..store.interface import Store
 from ..telemetry import RequestMetrics
 from .client_connection import Connection, Limits, PortalContext
-from .process import heartbeating, stop_on_signals
+from .process import heartbeating, run, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -191,4 +191,4 @@ def command(
     host, port = listen
     _raise_file_limit()
     limits = Limits(idle_timeout=idle_timeout)
-    sys.exit(asyncio.run(run_client_portal(component_id, host, port, broker, limits, storage)))
+    sys.exit(run(run_client_portal(component_id, host, port, broker, limits, storage)))

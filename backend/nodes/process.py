@@ -5,10 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
 
 from ..bus.transport import Bus
 from ..telemetry import RequestMetrics, run_heartbeat
+
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on uvloop's event loop when it is installed (it moves MQTT and TCP
+    messages markedly faster than the default loop), else on the default one."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -57,7 +57,7 @@ from ..replica.core import SNAPSHOT_EVERY, ReplicaCore
 from ..replica.group import check_group_id
 from ..storage import DurableRaftStorage, StorageCorruptError
 from ..telemetry import HEARTBEAT_INTERVAL, heartbeat_message
-from .process import stop_on_signals
+from .process import run, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def command(
             err=True,
         )
     options = RaftOptions(election_ticks=election_ticks)
-    code = asyncio.run(
+    code = run(
         run_replica(group, member, members, directory, broker, tick, options, snapshot_every)
     )
     sys.exit(code)
