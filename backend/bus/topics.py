@@ -18,6 +18,14 @@ def sync_snapshot_reply(portal_id: str) -> str:
     return f"{ROOT}/sync/snapshot/{portal_id}"
 
 
+# Requests, replies, Raft messages and change events travel at QoS 0. Over a live
+# connection to the broker it loses nothing QoS 1 would keep (sessions are clean, so
+# neither survives a reconnect), every protocol above retries or times out on its own, and
+# it spares a PUBACK per message both ways. Mosquitto also sends QoS-0 messages to a
+# connected client at once, whereas QoS-1 ones beyond a client's 20 in flight wait in a
+# queue that drops what passes 1000: under load QoS 1 would lose more, not less.
+MESSAGE_QOS = 0
+
 # The cache ring: one inbox per cache node, announcements, replies to portals, events.
 RING_ANNOUNCE = f"{ROOT}/ring/announce"
 RING_EVENTS = f"{ROOT}/ring/events/+"

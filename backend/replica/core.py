@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..bus import topics
 from ..errors import BAD_REQUEST, TIMEOUT, UNAVAILABLE
 from ..raft import (
     AppendEntries,
@@ -97,7 +98,7 @@ class Send:
 
     topic: str
     message: dict[str, Any]
-    qos: int = 1
+    qos: int = topics.MESSAGE_QOS
 
 
 @dataclass(slots=True)

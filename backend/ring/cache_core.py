@@ -106,7 +106,7 @@ MOVING = "the key is moving between cache nodes; not applied, safe to retry"
 class Publish:
     topic: str
     message: dict[str, Any]
-    qos: int = 1
+    qos: int = topics.MESSAGE_QOS
 
 
 @dataclass(slots=True)

@@ -299,7 +299,7 @@ class RingStore:
     ) -> None:
         failure: BusUnavailable | None = None
         try:
-            await self.bus.publish(topic, message)
+            await self.bus.publish(topic, message, qos=topics.MESSAGE_QOS)
         except BusUnavailable as exc:
             failure = exc
         for sent in waiting:

@@ -52,9 +52,10 @@ class RingClient:
         self.bus.subscribe(topics.heartbeat("cache-node", "+"), self._on_heartbeat)
 
     async def _on_reply(self, _topic: str, message: dict[str, Any]) -> None:
-        future = self.waiting.pop(message.get("corr", ""), None)
-        if future is not None and not future.done():
-            future.set_result(message)
+        for reply in wire.unbatch(message):  # a node sends a portal's replies together
+            future = self.waiting.pop(reply.get("corr", ""), None)
+            if future is not None and not future.done():
+                future.set_result(reply)
 
     async def _on_announce(self, _topic: str, message: dict[str, Any]) -> None:
         if message.get("member"):
@@ -269,7 +270,7 @@ async def write_during(
             acked += 1
         elif reply is not None:
             raise AssertionError(f"write {title} to {cid:016x} failed: {reply['error']}")
-        else:
+        elif cid in tasks:
             cids.remove(cid)  # its tasks are now unknown: check it no more
             del tasks[cid]
 

@@ -1,0 +1,375 @@
+"""Faults under load, judged by the linearizability checker: real processes, real crashes.
+
+Each scenario starts a real stack (tests/e2e/stack.py): Mosquitto, three
+cache nodes, two client portals, an admin portal, and in durable mode one
+replica group of three replicas. Three clients are loaded for about eight
+seconds through both portals by tests/e2e/history.py, which records every
+call; a fault strikes in the middle. Then every client is listed through
+every portal, and each client's history, final lists included, must be
+linearizable (backend/sim/linearizability.py, TaskBagModel): every answer is
+one the task store could give with each call taking effect at one instant
+while it was outstanding, and so every acknowledged write shows in the final
+lists. The faults are SIGKILLs: nothing gets a chance to say goodbye. A killed
+Raft leader and a killed cache node are started again later in the load, as a
+supervisor would, and must rejoin (the cache node taking its keys back).
+
+The scenarios print what they measured (how long the fault kept clients
+from being served, the longest stretch without a successful call); run
+pytest with -s to see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend.bus import topics
+from backend.bus.mqtt import MqttBus
+from backend.cluster_view import REPLICA, ClusterView, HeartbeatError
+from backend.config import BrokerAddress
+from tests.conftest import MOSQUITTO, Processes, start_mosquitto
+from tests.e2e.history import Account, Dropped, Line, Load, eventually, linearizability_failures
+from tests.e2e.stack import Stack, start_stack
+
+pytestmark = pytest.mark.e2e
+
+CACHE_NODES = 3
+CLIENTS = 3
+LOAD_SECONDS = 8.0
+FAULT_AT = 3.5  # seconds into the load
+RECOVERY_DEADLINE = 15.0  # a fault must stop hurting within this long
+GROUP = "g1"
+
+Fault = Callable[["Scenario"], Awaitable[None]]
+
+
+class Heartbeats:
+    """The cluster as its heartbeats tell it (backend/cluster_view.py), heard live."""
+
+    def __init__(self, broker: str) -> None:
+        self.view = ClusterView()
+        self.bus = MqttBus(BrokerAddress.parse(broker), f"fault-test-{secrets.token_hex(3)}")
+        self.bus.subscribe(topics.HEARTBEATS, self._on_heartbeat)
+
+    async def _on_heartbeat(self, _topic: str, message: dict[str, Any]) -> None:
+        with contextlib.suppress(HeartbeatError):
+            self.view.observe(message, time.monotonic())
+
+    def group(self, group: str) -> dict[str, Any]:
+        groups = self.view.replica_groups(time.monotonic())
+        return next((g for g in groups if g["id"] == group), {"members": [], "leader": ""})
+
+    def leader(self, group: str) -> tuple[str, int] | None:
+        """The leader's component id and term, once its heartbeat says it leads."""
+        summary = self.group(group)
+        for member in summary["members"]:
+            if member["id"] == summary["leader"]:
+                return member["id"], member["term"]
+        return None
+
+    def pid(self, kind: str, component_id: str) -> int | None:
+        for component in self.view.alive(time.monotonic(), kind):
+            if component.id == component_id:
+                return component.heartbeat.pid
+        return None
+
+
+class Scenario:
+    """One stack, its clients, a heartbeat listener and the load, for one test."""
+
+    def __init__(self, processes: Processes, tmp_path: Path, replica_groups: int) -> None:
+        self.processes, self.tmp_path, self.replica_groups = processes, tmp_path, replica_groups
+        self.figures: list[str] = []
+        self.failures: list[str] = []
+        self.fault_at = 0.0
+
+    async def start(self) -> None:
+        self.stack = await asyncio.to_thread(self.launch)
+        names = [f"fault-client-{n}" for n in range(1, CLIENTS + 1)]
+        created = await asyncio.gather(
+            *(asyncio.to_thread(self.stack.create_client, name) for name in names)
+        )
+        self.accounts = [Account(c["cid"], c["token"]) for c in created]
+        self.load = Load(self.stack.client_ports, self.accounts)
+        self.heartbeats = Heartbeats(self.stack.broker)
+
+    def launch(self) -> Stack:
+        return start_stack(
+            self.processes,
+            self.tmp_path,
+            storage="ring",
+            cache_nodes=CACHE_NODES,
+            replica_groups=self.replica_groups,
+            replicas=3,
+        )
+
+    async def run(self, fault: Fault | None) -> None:
+        """Load, the fault in the middle, the final reads, the check."""
+        async with self.heartbeats.bus:
+            self.load.start()
+            try:
+                await self.load.ran_for(FAULT_AT)
+                assert self.load.acknowledged_writes() > 0, self.load.summary()
+                if fault is not None:
+                    self.fault_at = time.monotonic()
+                    await fault(self)
+                await self.load.ran_for(LOAD_SECONDS)
+            finally:
+                await self.load.stop()
+        if fault is not None:
+            gap = self.load.longest_gap(self.fault_at, time.monotonic())
+            self.note(f"longest stretch without a successful call after the fault: {gap:.2f}s")
+        await self.finish()
+
+    async def finish(self) -> None:
+        """The final reads and the check; fail with everything that went wrong."""
+        finals = await self.load.final_reads()
+        self.note(f"load: {self.load.summary()}")
+        counts = ["refused" if t is None else len(t) for t in finals.values()]
+        self.note(f"final tasks per client: {counts}")
+        started = time.monotonic()
+        results, failures = linearizability_failures(self.load, self.tmp_path / "histories")
+        self.note(f"checked {len(results)} clients in {time.monotonic() - started:.2f}s")
+        self.report()
+        if self.load.problems:
+            shown = "\n  ".join(self.load.problems[:10])
+            failures.append(
+                f"{len(self.load.problems)} answers no correct run gives, the first:\n  {shown}"
+            )
+        if self.failures or failures:
+            pytest.fail("\n\n".join([*self.failures, *failures]), pytrace=False)
+
+    def note(self, text: str) -> None:
+        self.figures.append(text)
+
+    def report(self) -> None:
+        print(f"\n[figures] {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}")
+        for line in self.figures:
+            print(f"[figures]   {line}")
+
+    async def kill_pid(self, pid: int, what: str) -> None:
+        """SIGKILL a process this test started (its whole process group) and reap it."""
+        process = next((p for p in self.processes.started if p.pid == pid), None)
+        assert process is not None, f"{what} (pid {pid}) is not a process this test started"
+        os.killpg(pid, signal.SIGKILL)
+        await asyncio.to_thread(process.wait, 10)
+
+    async def served_again(self, cid: str | None, what: str, writes: bool = False) -> None:
+        """Measure how long the fault kept calls (on `cid`; writes) from succeeding."""
+        delay = await self.expect(
+            self.load.served_again(self.fault_at, cid, RECOVERY_DEADLINE, writes), what
+        )
+        if delay is not None:
+            self.note(f"{what}: {delay:.2f}s")
+
+    async def expect(self, waiting: Awaitable[Any], what: str) -> Any:
+        """Await a recovery; one that does not come in time is a failure, reported with the
+        check's verdict after the load rather than cutting the load short. None then."""
+        try:
+            return await waiting
+        except AssertionError as exc:
+            self.failures.append(f"{what}: {exc}")
+            self.note(f"{what}: not within {RECOVERY_DEADLINE}s")
+            return None
+
+
+async def scenario(processes: Processes, tmp_path: Path, replica_groups: int) -> Scenario:
+    run = Scenario(processes, tmp_path, replica_groups)
+    await run.start()
+    return run
+
+
+# ---- the faults -------------------------------------------------------------------------
+
+
+async def kill_leader(run: Scenario) -> None:
+    hb = run.heartbeats
+    old_id, old_term = await eventually(lambda: hb.leader(GROUP), f"a leader of {GROUP}", 10)
+    pid = hb.pid(REPLICA, old_id)
+    assert pid is not None, f"no heartbeat pid for replica {old_id}"
+    run.fault_at = time.monotonic()
+    await run.kill_pid(pid, f"the leader of {GROUP}, replica {old_id}")
+
+    def new_leader() -> tuple[str, int] | None:
+        leader = hb.leader(GROUP)
+        return leader if leader and leader[1] > old_term and leader[0] != old_id else None
+
+    elected = await run.expect(
+        eventually(new_leader, "its heartbeat", RECOVERY_DEADLINE), f"a new leader of {GROUP}"
+    )
+    if elected is not None:
+        run.note(
+            f"killed leader {old_id} (term {old_term}); heartbeats show {elected[0]} leading "
+            f"term {elected[1]} {time.monotonic() - run.fault_at:.2f}s later"
+        )
+    await run.served_again(None, "first write made after the kill acknowledged after", True)
+    await restart(run, pid, REPLICA, old_id)
+
+
+async def kill_follower(run: Scenario) -> None:
+    hb = run.heartbeats
+    leader_id, _ = await eventually(lambda: hb.leader(GROUP), f"a leader of {GROUP}", 10)
+    followers = [m["id"] for m in hb.group(GROUP)["members"] if m["id"] != leader_id]
+    assert followers, f"no follower of {GROUP} heard from: {hb.group(GROUP)}"
+    pid = hb.pid(REPLICA, followers[0])
+    assert pid is not None
+    run.fault_at = time.monotonic()
+    await run.kill_pid(pid, f"follower {followers[0]} of {GROUP}")
+    run.note(f"killed follower {followers[0]} (leader {leader_id})")
+    await run.served_again(None, "first write made after the kill acknowledged after", True)
+
+
+async def kill_owner(run: Scenario) -> None:
+    account = run.accounts[0]
+    owner = await eventually(
+        lambda: traced_owner(run.stack.client_ports[0], account),
+        f"a traced answer naming the owner of {account.cid}",
+        10,
+    )
+    pid = run.heartbeats.pid("cache-node", owner)
+    assert pid is not None, f"no heartbeat pid for cache node {owner}"
+    run.fault_at = time.monotonic()
+    await run.kill_pid(pid, f"cache node {owner}, owner of {account.cid}")
+    run.note(f"killed cache node {owner}, the owner of client {account.cid}")
+    await run.served_again(account.cid, f"the killed owner's client {account.cid} served again")
+    await restart(run, pid, "cache-node", owner)
+
+    async def owner_again() -> bool:
+        return await traced_owner(run.stack.client_ports[0], account) == owner
+
+    since = time.monotonic()
+    back = eventually(owner_again, "a traced answer naming it", RECOVERY_DEADLINE)
+    if await run.expect(back, f"{owner} owning {account.cid} again"):
+        run.note(f"{owner} owns {account.cid} again {time.monotonic() - since:.2f}s after that")
+
+
+async def restart(run: Scenario, pid: int, kind: str, component_id: str) -> None:
+    """Start a killed replica or cache node again, as a supervisor would, with its command
+    line and data directory, and wait for its heartbeat."""
+    name = next(
+        n for n, p in {**run.stack.replicas, **run.stack.cache_nodes}.items() if p.pid == pid
+    )
+    since = time.monotonic()
+    fresh = await asyncio.to_thread(run.stack.restart, name)
+    beating = await run.expect(
+        eventually(
+            lambda: run.heartbeats.pid(kind, component_id) == fresh.pid,
+            f"a heartbeat with pid {fresh.pid}",
+            RECOVERY_DEADLINE,
+        ),
+        f"a heartbeat from the restarted {name}",
+    )
+    if beating:
+        run.note(f"restarted {name}: heartbeating after {time.monotonic() - since:.2f}s")
+
+
+async def traced_owner(port: int, account: Account) -> str | None:
+    """The owner a traced list names, or None if the portal could not answer yet."""
+    with contextlib.suppress(Dropped):
+        line = await Line.open(port)
+        try:
+            auth = await line.call({"op": "auth", "cid": account.cid, "token": account.token})
+            listed = await line.call({"op": "list_tasks", "cid": account.cid, "trace": True})
+        finally:
+            line.close()
+        if auth.get("ok") and listed.get("ok"):
+            return listed["trace"]["owner"] or None
+    return None
+
+
+async def kill_broker(run: Scenario) -> None:
+    port = BrokerAddress.parse(run.stack.broker).port
+    conf = f"mosquitto-{port}.conf"
+    broker = next(
+        p
+        for p in run.processes.started
+        if p.args[0] == MOSQUITTO
+        and any(str(a).endswith(conf) for a in p.args)
+        and p.poll() is None
+    )
+    run.fault_at = time.monotonic()
+    await run.kill_pid(broker.pid, f"Mosquitto on port {port}")
+    await asyncio.to_thread(start_mosquitto, run.processes, run.tmp_path, port)
+    run.note(
+        f"killed Mosquitto; listening again on {port} after {time.monotonic() - run.fault_at:.2f}s"
+    )
+    await run.served_again(None, "first successful call made after the kill, returned after")
+
+
+# ---- the scenarios ----------------------------------------------------------------------
+
+
+async def test_memory_ring_without_faults_is_linearizable(
+    processes: Processes, tmp_path: Path
+) -> None:
+    run = await scenario(processes, tmp_path, replica_groups=0)
+    await run.run(None)
+
+
+async def test_killing_the_raft_leader_loses_no_acknowledged_write(
+    processes: Processes, tmp_path: Path
+) -> None:
+    run = await scenario(processes, tmp_path, replica_groups=1)
+    await run.run(kill_leader)
+
+
+async def test_killing_a_follower_replica_loses_no_acknowledged_write(
+    processes: Processes, tmp_path: Path
+) -> None:
+    run = await scenario(processes, tmp_path, replica_groups=1)
+    await run.run(kill_follower)
+
+
+async def test_killing_a_keys_owner_loses_nothing_and_the_keys_come_back(
+    processes: Processes, tmp_path: Path
+) -> None:
+    run = await scenario(processes, tmp_path, replica_groups=1)
+    await run.run(kill_owner)
+
+
+async def test_killing_and_restarting_the_broker_loses_no_acknowledged_write(
+    processes: Processes, tmp_path: Path
+) -> None:
+    run = await scenario(processes, tmp_path, replica_groups=1)
+    await run.run(kill_broker)
+
+
+async def test_a_full_restart_brings_back_every_acknowledged_task(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """SIGKILL every process under load, start the stack again on the same data
+    directory, load it again, and check one history across both lives."""
+    run = await scenario(processes, tmp_path, replica_groups=1)
+    load = run.load
+    load.start()
+    try:
+        await load.ran_for(FAULT_AT)
+        assert load.acknowledged_writes() > 0, load.summary()
+        run.fault_at = time.monotonic()
+        alive = [p for p in processes.started if p.poll() is None]
+        for process in alive:
+            await run.kill_pid(process.pid, " ".join(map(str, process.args)))
+    finally:
+        await load.stop()
+    before = load.acknowledged_writes()
+    run.stack = await asyncio.to_thread(run.launch)
+    restarted = time.monotonic() - run.fault_at
+    run.note(f"killed all {len(alive)} processes; the new stack took writes after {restarted:.2f}s")
+    load.ports = run.stack.client_ports
+    load.start()
+    try:
+        await run.served_again(None, "first successful call after the restart, returned after")
+        await load.ran_for(LOAD_SECONDS - FAULT_AT)
+    finally:
+        await load.stop()
+    run.note(f"{before} writes acknowledged before the crash")
+    await run.finish()
