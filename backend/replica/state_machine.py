@@ -41,6 +41,12 @@ map, ...]}` or `{"ok": false, "error": {"code", "message"}}`, with the
 contract's codes (KeyValueState's OpError). Events ride along so the
 caller can publish them even when it learns the result from a retry.
 
+Portal retries. A portal that hears nothing from a cache node retries the
+write through another one, which proposes it as a new request of its own.
+Writes carry the portal's request id `req`; the first result of each `req`
+is kept (the latest MAX_REQUESTS, forgotten oldest first in log order) and a
+repeat gets it back, marked `"repeat": true`, without applying anything.
+
 Ownership (fencing the cache ring, DESIGN.md "A write, end to end"). The
 cache node that owns a key in the ring claims it through the group before
 serving it, and every write it proposes names it as `owner`:
@@ -68,6 +74,7 @@ table and the last applied index) as msgpack bytes for Raft snapshots (§7).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +90,7 @@ OpResult = dict[str, Any]
 MAX_RESULTS_PER_CLIENT = 1024
 MAX_CLIENTS = 4096
 MAX_OWNERS = 1024
+MAX_REQUESTS = 50_000  # portal request ids remembered; portals retry within seconds
 MAX_REVOKED = 10_000  # keys listed per owner before its list becomes "all of them"
 SNAPSHOT_VERSION = 2
 # Operations of the cache nodes that own keys (see "Ownership" above).
@@ -204,6 +212,7 @@ class ReplicaStateMachine:
         self.kv = KeyValueState()
         self.sessions: dict[str, Session] = {}
         self.owners: dict[int, str] = {}  # cid -> the cache node that may write it
+        self.requests: OrderedDict[str, OpResult] = OrderedDict()  # portal request id -> result
         self.leases: dict[str, OwnerLease] = {}
         self.applied_index = 0
         self.max_results = max_results
@@ -261,6 +270,24 @@ class ReplicaStateMachine:
         session.results[rid] = result
         return result
 
+    # ---- requests retried by the portals ----------------------------------------------
+
+    def _run_request(self, op: Operation) -> OpResult:
+        """Apply a write carrying a portal's request id at most once across owners: a
+        portal that hears nothing retries through another cache node, which proposes
+        the same `req` afresh; the repeat gets the first result, marked `repeat`."""
+        req = op.get("req")
+        if req is None:
+            return self._run(op)
+        seen = self.requests.get(req)
+        if seen is not None:
+            return {**seen, "repeat": True}
+        result = self._run(op)
+        self.requests[req] = result
+        if len(self.requests) > MAX_REQUESTS:
+            self.requests.popitem(last=False)  # the oldest in log order: every replica agrees
+        return result
+
     # ---- ownership -------------------------------------------------------------------
 
     def _run_owned(self, op: Operation) -> OpResult:
@@ -277,7 +304,7 @@ class ReplicaStateMachine:
             )
             result["fenced"] = True
             return result
-        return self._run(op)
+        return self._run_request(op)
 
     def _claim(self, cid: int, owner: str) -> OpResult:
         previous = self.owners.get(cid)
@@ -378,6 +405,7 @@ class ReplicaStateMachine:
             "keys": [key_to_wire(cid, key) for cid, key in self.kv.keys.items()],
             "owners": list(self.owners.items()),
             "leases": [[owner, lease.to_wire()] for owner, lease in self.leases.items()],
+            "requests": list(self.requests.items()),
             "sessions": [[client, s.to_wire()] for client, s in self.sessions.items()],
         }
         return msgpack.packb(state, use_bin_type=True)
@@ -401,6 +429,7 @@ class ReplicaStateMachine:
             machine.kv.keys = dict(key_from_wire(item) for item in state["keys"])
             machine.owners = {cid: owner for cid, owner in state.get("owners", [])}
             machine.leases = {o: OwnerLease.from_wire(v) for o, v in state.get("leases", [])}
+            machine.requests = OrderedDict((r, v) for r, v in state.get("requests", []))
             machine.sessions = {c: Session.from_wire(s) for c, s in state["sessions"]}
         except (ValueError, TypeError, KeyError, AttributeError, msgpack.ExtraData) as exc:
             raise ValueError(f"not a replica state machine snapshot: {exc}") from exc

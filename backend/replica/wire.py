@@ -184,9 +184,10 @@ def check_write_or_read_op(op: Any) -> None:
         value = op.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ValueError(f"{name}: {key} must be {kind.__name__}")
-    owner = op.get("owner")
-    if "owner" in op and (not isinstance(owner, str) or not 0 < len(owner) <= MAX_TEXT):
-        raise ValueError(f"{name}: owner must be text of 1 to {MAX_TEXT} characters")
+    for optional in ("owner", "req"):
+        value = op.get(optional)
+        if optional in op and (not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT):
+            raise ValueError(f"{name}: {optional} must be text of 1 to {MAX_TEXT} characters")
 
 
 def check_read_op(op: Any) -> None:

@@ -388,7 +388,8 @@ class DurableKeys:
         elif not result.get("ok") and result["error"]["code"] in (TIMEOUT, UNAVAILABLE):
             if key is not None and result["error"]["code"] == TIMEOUT:
                 key.status = COLD  # memory may miss it: claim again, as a barrier
-        elif key is not None and key.status == READY:
+        elif key is not None and key.status == READY and not result.get("repeat"):
+            # (a repeat was applied before: through us, or before our claim loaded the key)
             self._apply_committed(item, result, key)
         self.finished.append(Finished(item.job, result, group))
 

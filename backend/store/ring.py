@@ -41,7 +41,7 @@ REQUEST_TIMEOUT = 5.0  # seconds until a request's outcome is declared unknown
 HOST_FRESHNESS = 1.6  # announcements come twice a second; three missed ones mean gone
 AUTH_CACHE_TTL = 1.0  # a positive authentication is reused this long (see authenticate)
 RETRY_PAUSE = 0.05
-READ_ATTEMPT_WAIT = 1.0
+ATTEMPT_WAIT = 1.0  # before a repeatable request tries another entry node
 
 
 @dataclass
@@ -189,11 +189,22 @@ class RingStore:
     # ---- talking to the ring -----------------------------------------------------
 
     async def _call(self, key: int, op: dict[str, Any]) -> dict[str, Any]:
-        """Run `op` on the owner of `key`; return its result or raise OpError."""
+        """Run `op` on the owner of `key`; return its result or raise OpError.
+
+        An attempt answered `unavailable` (not applied) is retried through another
+        entry node until the deadline. One that gets no answer within ATTEMPT_WAIT is
+        retried too if repeating it is harmless: a read, or a write to a durable ring,
+        whose replica groups apply each request id once (`req`, state_machine.py). A
+        write to a memory-only ring waits for its answer until the deadline instead.
+        """
         deadline = self.clock() + self.request_timeout
         is_read = op["op"] in READ_OPS
+        repeatable = is_read or self._durable()
+        if not is_read and repeatable:
+            op = {**op, "req": f"{self._corr_prefix}/w{next(self._ids)}"}
         tried: set[str] = set()
         last_problem = "no cache node is in the ring"
+        maybe_applied = False
         while self.clock() < deadline:
             entry = self._entry_for(key, avoid=tried)
             if entry is None:
@@ -201,20 +212,40 @@ class RingStore:
                 tried.clear()
                 continue
             tried.add(entry)
+            wait = max(0.0, deadline - self.clock())
             try:
-                return self._result(await self._exchange(entry, key, op, deadline, is_read))
+                reply = await self._exchange(
+                    entry, key, op, min(wait, ATTEMPT_WAIT) if repeatable else wait
+                )
+            except OpError as exc:
+                last_problem = exc.message
+                await asyncio.sleep(RETRY_PAUSE)
+                continue
+            if reply is None:
+                last_problem = f"cache node {entry} did not answer"
+                maybe_applied = not is_read
+                continue
+            try:
+                return self._result(reply)
             except OpError as exc:
                 if exc.code != UNAVAILABLE:
                     raise
                 last_problem = exc.message
                 await asyncio.sleep(RETRY_PAUSE)
+        if maybe_applied:
+            raise OpError(
+                TIMEOUT,
+                f"no answer from the ring in {self.request_timeout:g}s; the change "
+                "may or may not have been applied",
+            )
         raise OpError(
             UNAVAILABLE, f"{op['op']} not applied in {self.request_timeout:g}s: {last_problem}"
         )
 
     async def _exchange(
-        self, entry: str, key: int, op: dict[str, Any], deadline: float, is_read: bool
-    ) -> Message:
+        self, entry: str, key: int, op: dict[str, Any], wait: float
+    ) -> Message | None:
+        """One attempt through `entry`: its reply, or None if none came within `wait`."""
         corr = self._next_corr()
         trace = TRACE.get() is not None
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -222,23 +253,18 @@ class RingStore:
         try:
             message = wire.request(corr, self.reply_topic, key, op, trace)
             await self._send(topics.ring_host(entry), message)
-            wait = max(0.0, deadline - self.clock())
-            if is_read:
-                # a read is safe to repeat: a dead entry node costs one short wait, not all
-                wait = min(wait, READ_ATTEMPT_WAIT)
             return await asyncio.wait_for(future, wait)
         except BusUnavailable as exc:
             raise OpError(UNAVAILABLE, f"cannot reach the ring: {exc}") from exc
-        except TimeoutError as exc:
-            if is_read:
-                raise OpError(UNAVAILABLE, f"cache node {entry} did not answer") from exc
-            raise OpError(
-                TIMEOUT,
-                f"no answer from the ring in {self.request_timeout:g}s; the change "
-                "may or may not have been applied",
-            ) from exc
+        except TimeoutError:
+            return None
         finally:
             self.pending.pop(corr, None)
+
+    def _durable(self) -> bool:
+        """Whether the ring's nodes keep their keys in replica groups."""
+        hosts = self._member_hosts()
+        return bool(hosts) and all(self.hosts[h].durable for h in hosts)
 
     def _result(self, reply: Message) -> dict[str, Any]:
         sink = TRACE.get()

@@ -411,3 +411,43 @@ def test_a_read_naming_an_owner_is_refused_as_a_read() -> None:
     op = {"op": "get_client", "cid": CID, "owner": "a/1"}
     with pytest.raises(ValueError, match="not a read operation"):
         wire.check_read(wire.read("c1", "taskring/v1/raft/g1/reply/x", [op]))
+
+
+# ---- writes a portal retried through another cache node --------------------------------
+
+
+def test_a_portal_request_retried_through_a_new_owner_is_applied_once() -> None:
+    group = Group()
+    group.run("a", claim("a/1"), create())
+    first = group.run("a", {**insert("x", owner="a/1"), "req": "portal/1/w7"})[0]
+    assert first["ok"] and "repeat" not in first
+    group.run("b", claim("b/1"))
+    again = group.run("b", {**insert("x", owner="b/1"), "req": "portal/1/w7"})[0]
+    assert again["ok"] and again["repeat"] is True  # not `exists`: nothing ran twice
+    assert list(group.machine.kv.keys[CID].tasks) == ["x"]
+
+
+def test_a_fenced_attempt_does_not_use_up_its_request_id() -> None:
+    group = Group()
+    group.run("a", claim("a/1"), create())
+    group.run("b", claim("b/1"))
+    refused = group.run("a", {**insert("x", owner="a/1"), "req": "portal/1/w8"})[0]
+    assert refused.get("fenced") is True
+    applied = group.run("b", {**insert("x", owner="b/1"), "req": "portal/1/w8"})[0]
+    assert applied["ok"] and "repeat" not in applied
+
+
+def test_request_ids_are_forgotten_oldest_first_and_survive_a_snapshot(monkeypatch) -> None:
+    monkeypatch.setattr(state_machine, "MAX_REQUESTS", 2)
+    group = Group()
+    group.run("a", claim("a/1"), create())
+    for n in range(3):
+        group.run("a", {**insert(f"t{n}", owner="a/1"), "req": f"r{n}"})
+    assert list(group.machine.requests) == ["r1", "r2"]
+    restored = ReplicaStateMachine.restore(group.machine.snapshot())
+    assert list(restored.requests) == ["r1", "r2"]
+
+
+def test_a_request_id_must_be_text() -> None:
+    with pytest.raises(ValueError, match="req must be text"):
+        wire.check_write_or_read_op({**insert("x"), "req": 7})
