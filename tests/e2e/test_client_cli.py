@@ -18,7 +18,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(params=["local", "ring"])
 def stack(request, processes, tmp_path) -> Stack:
-    return start_stack(processes, tmp_path, storage=request.param)
+    # ring as `taskring up` runs it: the cache ring in front of a 1x3 replica group
+    groups = 1 if request.param == "ring" else 0
+    return start_stack(processes, tmp_path, storage=request.param, replica_groups=groups)
 
 
 @pytest.fixture
