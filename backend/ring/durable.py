@@ -18,8 +18,10 @@ Per key, requests run strictly one after another in arrival order:
 - Writes are proposed to the group, naming this node as owner; memory changes
   only once the group has committed and applied them, with the group's result
   as the answer. Consecutive writes of one key share one proposal, and every
-  key's proposals to a group in one flush share one message (and so one log
-  entry and one fsync at the leader).
+  key's proposals to a group share one message (and so one log entry and one
+  fsync at the leader): while MAX_IN_FLIGHT proposals to a group await their
+  answers, what arrives waits and goes out together after, so batches grow
+  with the load. Lease renewals go alone, outside that limit.
 - Reads are answered from memory while this node's lease on the group holds:
   until LEASE after it sent a renewal that the group then committed. The
   renewal's answer lists keys other nodes claimed meanwhile; those leave
@@ -59,6 +61,7 @@ RENEW_INTERVAL = 0.2
 LEASE_MARGIN = 0.1  # added to a takeover's wait, for clock-rate drift and scheduling
 QUEUE_LIMIT = 4.0  # a request not yet proposed after this long answers `unavailable`
 PROPOSAL_DEADLINE = 4.0  # then `timeout`; portals give up at 5 s
+MAX_IN_FLIGHT = 1  # proposals per group awaiting answers; what arrives meanwhile waits
 
 MOVED = "not applied: the key moved to another cache node; safe to retry"
 
@@ -157,6 +160,8 @@ class DurableKeys:
         self._revoked_while_claiming: dict[int, int] = {}
         self._all_revoked_at = dict.fromkeys(self.groups, 0)
         self._outbox: dict[str, list[_Item]] = {}
+        self._in_flight: Counter[str] = Counter()  # proposals out per group
+        self._renewals: dict[str, list[_Item]] = {}
         self._batches: dict[str, _Batch] = {}
         self._scans: dict[str, _Scan] = {}
 
@@ -204,7 +209,8 @@ class DurableKeys:
                 if group not in self._renewing:
                     self._renewing.add(group)
                     op = {"op": "renew", "cid": 0, "owner": self.owner}
-                    self._outbox.setdefault(group, []).append(_Item("renew", 0, op))
+                    # alone, outside the in-flight limit: a lease must not queue
+                    self._renewals[group] = [_Item("renew", 0, op)]
         self._expire_queued(now)
         for cid in list(self._waiting):
             key = self.keys.get(cid)
@@ -220,12 +226,21 @@ class DurableKeys:
         for cid in dirty:
             self._pump(cid, now)
         sends: list[Send] = []
-        outbox, self._outbox = self._outbox, {}
-        for group, items in outbox.items():
-            handle, out = self.proposer.propose(group, [item.op for item in items], now)
-            self._batches[handle] = _Batch(group, items, now)
-            sends.extend(out)
+        for group, items in self._renewals.items():
+            sends.extend(self._propose(group, items, now))
+        self._renewals.clear()
+        for group in list(self._outbox):
+            if self._in_flight[group] >= MAX_IN_FLIGHT:
+                continue  # it grows until an answer frees a slot: bigger batches under load
+            items = self._outbox.pop(group)
+            self._in_flight[group] += 1
+            sends.extend(self._propose(group, items, now))
         return sends
+
+    def _propose(self, group: str, items: list[_Item], now: float) -> list[Send]:
+        handle, out = self.proposer.propose(group, [item.op for item in items], now)
+        self._batches[handle] = _Batch(group, items, now)
+        return out
 
     def abandon_queued(self, why: str) -> None:
         """Answer every request not yet proposed `unavailable` (the node is leaving)."""
@@ -302,6 +317,8 @@ class DurableKeys:
         batch = self._batches.pop(done.handle, None)
         if batch is None:
             return
+        if batch.items[0].kind != "renew":
+            self._in_flight[batch.group] -= 1
         if done.ok:
             results = done.results
         else:
