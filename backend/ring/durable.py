@@ -158,6 +158,11 @@ class DurableKeys:
         # changes): the latest renewal index that revoked a key, or all of a group's
         # keys, while it was being claimed. A claim below it is stale and runs again.
         self._revoked_while_claiming: dict[int, int] = {}
+        # Keys whose latest claim of ours was answered and waited out as needed: a later
+        # claim that finds us still the owner may serve at once (any claim in between
+        # would show as `previous`). A claim of ours whose answer was lost or set aside
+        # takes a key out, since it may have displaced a live owner unseen.
+        self._cleared: set[int] = set()
         self._all_revoked_at = dict.fromkeys(self.groups, 0)
         self._outbox: dict[str, list[_Item]] = {}
         self._in_flight: Counter[str] = Counter()  # proposals out per group
@@ -274,6 +279,7 @@ class DurableKeys:
             return
         if key.status == WAITING and now >= key.ready_at:
             key.status = READY
+            self._cleared.add(cid)
         if key.status != READY:
             return
         while key.queue:
@@ -366,6 +372,8 @@ class DurableKeys:
                 at = self._revoked_while_claiming.get(cid, 0)
                 self._revoked_while_claiming[cid] = max(at, IN_DOUBT if index is None else index)
             elif index is None or key.claim_index < index:
+                if index is not None:
+                    self._cleared.discard(cid)  # another node took it
                 self._lose(cid, key)
 
     def _on_claimed(self, cid: int, result: OpResult, index: int, now: float) -> None:
@@ -374,6 +382,7 @@ class DurableKeys:
             return
         if not result.get("ok"):
             key.status = COLD
+            self._cleared.discard(cid)  # it may have been applied, displacing a live owner
             self._fail_queue(key, op_error(UNAVAILABLE, _claim_failed(result)))
             return
         claimed = result["result"]
@@ -381,6 +390,7 @@ class DurableKeys:
         revoked_at = max(self._revoked_while_claiming.pop(cid, 0), self._all_revoked_at[key.group])
         if index < revoked_at:
             key.status = COLD  # taken from us after this claim: claim again
+            self._cleared.discard(cid)  # and whoever it displaced may still hold a lease
             self._dirty.add(cid)
             return
         self.state.keys.pop(cid, None)
@@ -388,12 +398,22 @@ class DurableKeys:
             self.state.import_keys([claimed["key"]])
         key.claim_index = index
         previous = claimed.get("previous")
-        if previous in (None, self.owner) or previous.startswith(f"{self.host_id}/"):
+        if self._no_live_rival(cid, previous):
             key.status = READY
+            self._cleared.add(cid)
         else:
             key.status = WAITING
             key.ready_at = now + self.lease + LEASE_MARGIN
             self._waiting.add(cid)
+
+    def _no_live_rival(self, cid: int, previous: str | None) -> bool:
+        """Whether a claim that found `previous` may serve at once. Nobody, or an earlier
+        incarnation of this node (dead), held no lease. Ourselves only if we served
+        the key already: an earlier claim of ours whose answer was lost or discarded
+        may have displaced a live owner whose lease we never waited out."""
+        if previous is None or previous.startswith(f"{self.host_id}/"):
+            return previous != self.owner or cid in self._cleared
+        return False
 
     def _on_written(self, item: _Item, result: OpResult, group: str) -> None:
         assert item.job is not None

@@ -816,3 +816,24 @@ def _real_answer(core: ReplicaCore, message: dict[str, Any], now: float) -> dict
     sends = core.receive(message, now) + _run_ready(core, now)
     [answer] = [s.message for s in sends if s.topic == "reply"]
     return answer
+
+
+def test_a_claim_whose_answer_was_lost_still_waits_out_the_owner_it_displaced(
+    groups: Groups, a: Node
+) -> None:
+    a.submit("a", list_tasks(K), 0.0)
+    a.settle(0.0)  # a owns K and serves it under its lease
+    b = Node(groups, "b")
+    b.start(0.0)
+    b.submit("lost", list_tasks(K), 0.1)
+    [claim] = b.flush(0.1)
+    groups.commit(claim)  # b's claim displaces a, but its answer never arrives
+    run_to(b, 0.15, 0.2 + PROPOSAL_DEADLINE, lambda send: "claim" not in ops_of(send))
+    assert unavailable(b.result("lost"))
+    now = 0.3 + PROPOSAL_DEADLINE
+    b.submit("read", list_tasks(K), now)
+    b.settle(now)  # the new claim finds b itself as the previous owner...
+    assert "read" not in b.answers  # ...yet a's lease may still run: b waits it out
+    later = now + LEASE + LEASE_MARGIN
+    b.settle(later, b.tick(later))
+    assert titles(b.result("read")) == []
