@@ -62,8 +62,8 @@ class Snapshot:
         if self.cache_nodes or self.replica_groups:
             return {
                 "mode": "ring",
-                "summary": f"{len(self.cache_nodes)} cache nodes, "
-                f"{len(self.replica_groups)} replica groups",
+                "summary": f"{_count(len(self.cache_nodes), 'cache node')}, "
+                f"{_count(len(self.replica_groups), 'replica group')}",
             }
         return {"mode": "local", "summary": LOCAL_STORAGE}
 
@@ -185,6 +185,8 @@ def print_snapshot(snapshot: Snapshot, wait: float, from_web: bool) -> None:
     console.print(f"Storage: {storage['mode']}: {storage['summary']}", markup=False)
     if snapshot.cache_nodes:
         print_ring(snapshot.cache_nodes)
+    if snapshot.replica_groups:
+        print_groups(snapshot.replica_groups)
 
 
 RING_WIDTH = 64
@@ -219,6 +221,35 @@ def print_ring(nodes: list[dict[str, Any]]) -> None:
             _hosts(node.get("fingers", [])),
         )
     console.print(table)
+
+
+def print_groups(groups: list[dict[str, Any]]) -> None:
+    """Each replica group's members: who leads, in which term, how far each has got."""
+    console.print("\nReplica groups")
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("group", "member", "role"):
+        table.add_column(column)
+    for column in ("term", "commit index", "applied index"):
+        table.add_column(column, justify="right")
+    for group in groups:
+        leader = group.get("leader") or ""
+        for member in group.get("members", []):
+            role = _plain(member.get("role"))
+            table.add_row(
+                _plain(group.get("id")),
+                _plain(member.get("id")),
+                f"[bold]{role}[/]" if member.get("id") == leader else role,
+                str(member.get("term", "")),
+                str(member.get("commit_index", "")),
+                str(member.get("applied_index", "")),
+            )
+        if not leader:
+            table.add_row(_plain(group.get("id")), "", "[red]no leader[/]", "", "", "")
+    console.print(table)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _hosts(entries: list[Any]) -> str:

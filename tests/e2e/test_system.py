@@ -186,6 +186,15 @@ def the_replica_group_runs_behind_the_ring(system) -> None:
     group = wait_until(g1_led, "/api/cluster to show group g1 with a leader", timeout=5)
     assert sorted(m["id"] for m in group["members"]) == ["g1-1", "g1-2", "g1-3"]
     assert group["leader"] in {"g1-1", "g1-2", "g1-3"}
+    shown = run_cli("status", "--web", system["web"], env={})
+    assert shown.returncode == 0, shown.stderr
+    assert "Storage: ring: 4 cache nodes, 1 replica group" in shown.stdout
+    rows = [
+        line.split()
+        for line in shown.stdout.splitlines()[shown.stdout.splitlines().index("Replica groups") :]
+    ]
+    assert sorted(r[1] for r in rows if r[:1] == ["g1"]) == ["g1-1", "g1-2", "g1-3"]
+    assert sum(r[2] == "leader" for r in rows if r[:1] == ["g1"]) == 1
 
 
 def test_a_killed_portal_is_restarted_and_ctrl_c_leaves_no_process(system) -> None:
