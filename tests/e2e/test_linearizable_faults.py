@@ -36,7 +36,7 @@ from backend.bus import topics
 from backend.bus.mqtt import MqttBus
 from backend.cluster_view import REPLICA, ClusterView, HeartbeatError
 from backend.config import BrokerAddress
-from tests.conftest import MOSQUITTO, Processes, start_mosquitto
+from tests.conftest import MOSQUITTO, Processes, port_open, start_mosquitto
 from tests.e2e.history import Account, Dropped, Line, Load, eventually, linearizability_failures
 from tests.e2e.stack import Stack, start_stack
 
@@ -305,6 +305,26 @@ async def kill_broker(run: Scenario) -> None:
     await run.served_again(None, "first successful call made after the kill, returned after")
 
 
+async def kill_portal(run: Scenario) -> None:
+    portal = "client-portal-1"
+    pid = run.heartbeats.pid("client-portal", portal)
+    assert pid is not None, f"no heartbeat pid for {portal}"
+    run.fault_at = time.monotonic()
+    await run.kill_pid(pid, portal)
+    run.note(f"killed {portal}; its connections' calls in flight have unknown outcomes")
+    await run.served_again(None, "first successful call made after the kill, returned after")
+    # started again on its port, as the supervisor would, for the final reads through it
+    port = run.stack.client_ports[0]
+    listen = ("--id", portal, "--listen", f"127.0.0.1:{port}")
+    run.processes.taskring("client-portal", *listen, name=f"{portal}-again", env=run.stack.env)
+    since = time.monotonic()
+    if await run.expect(
+        eventually(lambda: port_open(port), f"{portal} listening again", RECOVERY_DEADLINE),
+        f"{portal} restarted",
+    ):
+        run.note(f"restarted {portal}: listening after {time.monotonic() - since:.2f}s")
+
+
 # ---- the scenarios ----------------------------------------------------------------------
 
 
@@ -341,6 +361,13 @@ async def test_killing_and_restarting_the_broker_loses_no_acknowledged_write(
 ) -> None:
     run = await scenario(processes, tmp_path, replica_groups=1)
     await run.run(kill_broker)
+
+
+async def test_killing_a_client_portal_loses_no_acknowledged_write(
+    processes: Processes, tmp_path: Path
+) -> None:
+    run = await scenario(processes, tmp_path, replica_groups=1)
+    await run.run(kill_portal)
 
 
 async def test_a_full_restart_brings_back_every_acknowledged_task(
