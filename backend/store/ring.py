@@ -199,8 +199,9 @@ class RingStore:
         """
         deadline = self.clock() + self.request_timeout
         is_read = op["op"] in READ_OPS
-        repeatable = is_read or self._durable()
-        if not is_read and repeatable:
+        if not is_read:
+            # Always: Chord may deliver one attempt to two owners in turn (a hop resent
+            # and routed around a node), and a durable group then still applies it once.
             op = {**op, "req": f"{self._corr_prefix}/w{next(self._ids)}"}
         tried: set[str] = set()
         last_problem = "no cache node is in the ring"
@@ -212,6 +213,7 @@ class RingStore:
                 tried.clear()
                 continue
             tried.add(entry)
+            repeatable = is_read or self._durable()
             wait = max(0.0, deadline - self.clock())
             try:
                 reply = await self._exchange(
