@@ -30,6 +30,7 @@ from backend.bus.mqtt import MqttBus
 from backend.bus.transport import Message
 from backend.config import BrokerAddress
 from tests.conftest import TASKRING, Processes, free_port, log_text, port_open, wait_until
+from tests.e2e.stack import start_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -99,11 +100,25 @@ def portal(processes: Processes, mosquitto: str) -> tuple[subprocess.Popen[bytes
 
 @pytest.fixture
 def admin(portal: tuple[Any, int], tmp_path: Path) -> Admin:
+    return admin_of(portal[1], tmp_path)
+
+
+@pytest.fixture(params=["local", "ring"])
+def any_admin(request, processes: Processes, mosquitto: str, tmp_path: Path) -> Admin:
+    """The contract's commands against either storage: a lone portal in `local`, or in
+    `ring` as `taskring up` runs it (cache nodes in front of a 1x3 replica group)."""
+    if request.param == "local":
+        return admin_of(start_portal(processes, mosquitto)[1], tmp_path)
+    stack = start_stack(processes, tmp_path, storage="ring", replica_groups=1, client_portals=1)
+    return admin_of(stack.admin_port, tmp_path, stack.admin_token)
+
+
+def admin_of(port: int, tmp_path: Path, token: str = ADMIN_TOKEN) -> Admin:
     work = tmp_path / "cli"
     work.mkdir()
     env = {
-        "TASKRING_ADMIN_PORTAL": f"127.0.0.1:{portal[1]}",
-        "TASKRING_ADMIN_TOKEN": ADMIN_TOKEN,
+        "TASKRING_ADMIN_PORTAL": f"127.0.0.1:{port}",
+        "TASKRING_ADMIN_TOKEN": token,
         "TASKRING_DATA_DIR": str(tmp_path / "no-data"),
     }
     return Admin(work, env)
@@ -117,7 +132,8 @@ def contract_cid(name: str) -> str:
 # ---- the commands --------------------------------------------------------------------
 
 
-def test_every_subcommand_with_json_output(admin: Admin) -> None:
+def test_every_subcommand_with_json_output(any_admin: Admin) -> None:
+    admin = any_admin
     created = admin.json("create", "Alice Example", "--data", "gold plan")
     assert created["cid"] == contract_cid("Alice Example")
     assert created["name"] == "Alice Example" and created["data"] == "gold plan"
@@ -148,7 +164,8 @@ def test_every_subcommand_with_json_output(admin: Admin) -> None:
     assert [c["cid"] for c in admin.json("list")["clients"]] == [other["cid"]]
 
 
-def test_human_output_shows_the_token_once_and_a_table(admin: Admin) -> None:
+def test_human_output_shows_the_token_once_and_a_table(any_admin: Admin) -> None:
+    admin = any_admin
     created = admin("create", "Carol [admin]", "--data", "likes tables")
     assert created.returncode == 0, created.stderr
     cid = contract_cid("Carol [admin]")
@@ -170,7 +187,8 @@ def test_human_output_shows_the_token_once_and_a_table(admin: Admin) -> None:
     assert token.group(1) not in rotated.stdout
 
 
-def test_list_pages_and_all(admin: Admin) -> None:
+def test_list_pages_and_all(any_admin: Admin) -> None:
+    admin = any_admin
     cids = sorted(admin.json("create", f"pager {n}")["cid"] for n in range(5))
     first = admin.json("list", "--page-size", "2")
     assert [c["cid"] for c in first["clients"]] == cids[:2] and first["next_page_token"]
@@ -182,7 +200,8 @@ def test_list_pages_and_all(admin: Admin) -> None:
     assert "--page-token" in human.stdout
 
 
-def test_delete_asks_for_confirmation_unless_yes(admin: Admin) -> None:
+def test_delete_asks_for_confirmation_unless_yes(any_admin: Admin) -> None:
+    admin = any_admin
     cid = admin.json("create", "Dave")["cid"]
     refused = admin("delete", cid)  # stdin is not a terminal here
     assert refused.returncode == 2 and "--yes" in refused.stderr
@@ -206,7 +225,8 @@ def usage_error(result: subprocess.CompletedProcess[str], text: str) -> None:
     assert text in result.stderr, result.stderr
 
 
-def test_errors_are_one_line_with_distinct_exit_codes(admin: Admin, tmp_path: Path) -> None:
+def test_errors_are_one_line_with_distinct_exit_codes(any_admin: Admin) -> None:
+    admin = any_admin
     cid = admin.json("create", "Erin")["cid"]
     one_error_line(admin("create", " ERIN "), 1, "already_exists")
     one_error_line(admin("create", ""), 1, "invalid_argument: name")
