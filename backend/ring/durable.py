@@ -144,6 +144,7 @@ class DurableKeys:
         self.groups = sorted(groups)
         self.state = state
         self.lease = lease
+        self._born = now
         self.keys: dict[int, _Key] = {}
         self.finished: list[Finished] = []
         self._lease_until = dict.fromkeys(self.groups, -math.inf)
@@ -397,23 +398,27 @@ class DurableKeys:
         if claimed.get("key") is not None:
             self.state.import_keys([claimed["key"]])
         key.claim_index = index
-        previous = claimed.get("previous")
-        if self._no_live_rival(cid, previous):
+        ready_at = self._serve_from(cid, claimed.get("previous"), now)
+        if ready_at <= now:
             key.status = READY
             self._cleared.add(cid)
         else:
             key.status = WAITING
-            key.ready_at = now + self.lease + LEASE_MARGIN
+            key.ready_at = ready_at
             self._waiting.add(cid)
 
-    def _no_live_rival(self, cid: int, previous: str | None) -> bool:
-        """Whether a claim that found `previous` may serve at once. Nobody, or an earlier
-        incarnation of this node (dead), held no lease. Ourselves only if we served
-        the key already: an earlier claim of ours whose answer was lost or discarded
-        may have displaced a live owner whose lease we never waited out."""
-        if previous is None or previous.startswith(f"{self.host_id}/"):
-            return previous != self.owner or cid in self._cleared
-        return False
+    def _serve_from(self, cid: int, previous: str | None, now: float) -> float:
+        """When a claim that found `previous` may serve: once no other owner's lease can
+        still run. Nobody held one. An earlier incarnation of this node is dead, but it
+        may have displaced a live owner just before it died: that lease has run out
+        LEASE after this incarnation began. Ourselves: at once if we served the key
+        already; else an earlier claim of ours whose answer was lost or set aside may
+        have displaced a live owner whose lease we never waited out."""
+        if previous is None or (previous == self.owner and cid in self._cleared):
+            return now
+        if previous.startswith(f"{self.host_id}/") and previous != self.owner:
+            return self._born + self.lease + LEASE_MARGIN
+        return now + self.lease + LEASE_MARGIN
 
     def _on_written(self, item: _Item, result: OpResult, group: str) -> None:
         assert item.job is not None

@@ -272,16 +272,26 @@ def test_a_key_claimed_from_another_live_node_waits_out_its_lease_before_serving
     assert b.order == ["read", "write"]
 
 
-def test_a_key_claimed_from_an_earlier_incarnation_of_this_host_serves_at_once(
+def test_a_key_of_an_earlier_incarnation_of_this_host_waits_only_until_a_lease_after_start(
     groups: Groups, a: Node
 ) -> None:
+    # The earlier incarnation is dead, but it may have displaced a live owner just
+    # before dying; that owner's lease has run out a lease after this one started.
     a.submit("a", insert(K, "before"), 0.0)
     a.settle(0.0)
-    restarted = Node(groups, "a", "i2")
+    restarted = Node(groups, "a", "i2", now=0.1)
     restarted.start(0.1)
     restarted.submit("read", list_tasks(K), 0.1)
     restarted.settle(0.1)
+    assert "read" not in restarted.answers
+    served_from = 0.1 + LEASE + LEASE_MARGIN
+    restarted.settle(served_from, restarted.tick(served_from))
     assert titles(restarted.result("read")) == ["before"]
+    late = Node(groups, "a", "i3", now=5.0)
+    late.start(5.0 + LEASE + LEASE_MARGIN)
+    late.submit("late", list_tasks(K), 5.0 + LEASE + LEASE_MARGIN)
+    late.settle(5.0 + LEASE + LEASE_MARGIN)  # started long enough ago: at once
+    assert titles(late.result("late")) == ["before"]
 
 
 def test_a_host_whose_id_starts_with_this_hosts_id_is_another_node(groups: Groups) -> None:
