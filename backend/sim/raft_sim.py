@@ -16,7 +16,7 @@ write-ahead log does, and a restart rebuilds the node with the same
 `replay` function the real storage uses.
 
 Checked after every event, from Figure 3 of the Raft paper (Ongaro &
-Ousterhout 2014):
+Ousterhout 2014; the checks live in raft_safety.py, shared with system_sim.py):
 
 - Election Safety: at most one leader per term.
 - Leader Completeness: a new leader's log holds every entry committed in
@@ -68,6 +68,7 @@ from ..raft import (
     message_from_wire,
 )
 from ..storage.records import encode_entry, encode_hard_state, records_for_ready, replay
+from .raft_safety import RaftSafety
 
 TICK = 10  # simulated time units per node tick; message delays are drawn in these units
 SEED_ENV = "TASKRING_SIM_SEED"
@@ -308,10 +309,8 @@ class RaftSim:
         self.faults = True
         self.replicas: dict[int, SimReplica] = {}
         # what the checks remember
-        self.leaders: dict[int, int] = {}  # term -> the one leader of that term
-        self.committed: dict[int, Entry] = {}  # index -> the entry committed there
-        self.commit_term: dict[int, int] = {}  # index -> a term by which it was committed
-        self.max_commit = 0
+        self.safety = RaftSafety(self.violation)
+        self.committed = self.safety.committed  # index -> the entry committed there
         self.digests: dict[int, int] = {}  # index -> state machine checksum after applying it
         self.proposals: dict[bytes, tuple[int, int, int]] = {}  # value -> (node, term, index)
         self.applied_at: dict[bytes, int] = {}
@@ -382,51 +381,15 @@ class RaftSim:
             return
         if node.is_leader and replica.leader_term != node.term:
             replica.leader_term = node.term
-            self._check_new_leader(replica.id, node)
+            self.stats["elections"] += 1
+            self.trace(f"node {replica.id} leads term {node.term}")
+            self.safety.new_leader(replica.id, node)
         if node.commit_index > replica.seen_commit:
-            self._record_commits(replica, node)
+            replica.seen_commit = self.safety.record_commits(replica.id, node, replica.seen_commit)
         replica.kick()
 
-    def _check_new_leader(self, node_id: int, node: RaftNode) -> None:
-        self.stats["elections"] += 1
-        self.trace(f"node {node_id} leads term {node.term}")
-        other = self.leaders.setdefault(node.term, node_id)
-        if other != node_id:
-            self.violation(
-                f"election safety: nodes {other} and {node_id} both lead term {node.term}"
-            )
-        log = node.log
-        for index, term in self.commit_term.items():
-            if term >= node.term or index <= log.snapshot.index:
-                continue  # committed later, or covered by the snapshot
-            if index > log.last_index or log.entry(index) != self.committed[index]:
-                self.violation(
-                    f"leader completeness: node {node_id}, leader of term {node.term}, "
-                    f"lacks entry {index} committed by term {term}"
-                )
-
-    def _record_commits(self, replica: SimReplica, node: RaftNode) -> None:
-        log = node.log
-        for index in range(max(replica.seen_commit + 1, log.first_index), node.commit_index + 1):
-            entry = log.entry(index)
-            known = self.committed.setdefault(index, entry)
-            if known != entry:
-                self.violation(
-                    f"state machine safety: node {replica.id} commits {entry} at {index}, "
-                    f"but {known} was committed there"
-                )
-            if node.term < self.commit_term.get(index, node.term + 1):
-                self.commit_term[index] = node.term
-        replica.seen_commit = node.commit_index
-        self.max_commit = max(self.max_commit, node.commit_index)
-
     def record_applied(self, replica: SimReplica, entry: Entry, digest: int) -> None:
-        known = self.committed.setdefault(entry.index, entry)
-        if known != entry:
-            self.violation(
-                f"state machine safety: node {replica.id} applies {entry}, "
-                f"but {known} was committed at {entry.index}"
-            )
+        self.safety.check_applied(replica.id, entry)
         if self.digests.setdefault(entry.index, digest) != digest:
             self.violation(f"node {replica.id} reached a different state at index {entry.index}")
         if not entry.data:
@@ -450,20 +413,9 @@ class RaftSim:
             )
 
     def check_log_matching(self) -> None:
-        nodes = [(r.id, r.node) for r in self.replicas.values() if r.node is not None]
-        for (a, left), (b, right) in itertools.combinations(nodes, 2):
-            low = max(left.log.first_index, right.log.first_index)
-            high = min(left.last_index, right.last_index)
-            agreed = False
-            for index in range(high, low - 1, -1):
-                here, there = left.log.entry(index), right.log.entry(index)
-                if here.term == there.term:
-                    agreed = True
-                if agreed and here != there:
-                    self.violation(
-                        f"log matching: nodes {a} and {b} share a later (index, term) "
-                        f"but differ at {index}"
-                    )
+        self.safety.check_log_matching(
+            (r.id, r.node) for r in self.replicas.values() if r.node is not None
+        )
 
     # ---- what happens during the run -------------------------------------------------
 
@@ -601,7 +553,7 @@ class RaftSim:
             replica.node.read_index(ctx)
         except NotLeader:
             return
-        self.reads[ctx] = self.max_commit
+        self.reads[ctx] = self.safety.max_commit
         self.observe(replica)
 
     # ---- the run -----------------------------------------------------------------------
