@@ -81,6 +81,7 @@ from .state_machine import (
     ReplicaStateMachine,
     join_packed,
     op_error,
+    outcome_of,
     pack_proposal,
 )
 
@@ -495,7 +496,7 @@ class ReplicaCore:
     ) -> Send:
         ops = waiter.proposal.ops if waiter.proposal is not None else waiter.ops
         for op, result in zip(ops, results, strict=False):
-            outcome = "ok" if result.get("ok") else result["error"]["code"]
+            outcome = outcome_of(result)
             self.metrics.observe(str(op.get("op")), outcome, max(0.0, now - waiter.received))
         message = wire.answer_ok(kind, waiter.corr, self.group, self.member, index, results)
         return Send(waiter.reply_to, message)

@@ -149,6 +149,11 @@ def op_error(code: str, message: str) -> OpResult:
     return {"ok": False, "error": {"code": code, "message": message}}
 
 
+def outcome_of(result: OpResult) -> str:
+    """ "ok", or the error code of an op result (as metrics and comparisons name it)."""
+    return "ok" if result.get("ok") else str((result.get("error") or {}).get("code"))
+
+
 def apply_op(kv: KeyValueState, op: Operation) -> OpResult:
     """Apply one KeyValueState operation; its result or error as an op result."""
     try:

@@ -77,7 +77,7 @@ from ..chord.messages import MAX_TOKEN_CHARS, MESSAGE_TYPES
 from ..errors import BAD_REQUEST, UNAVAILABLE
 from ..model.kv import WRITE_OPS, KeyValueState, record_to_wire
 from ..replica import wire as group_wire
-from ..replica.state_machine import OpResult, apply_op
+from ..replica.state_machine import OpResult, apply_op, outcome_of
 from ..telemetry import RequestMetrics
 from . import wire
 from .durable import DurableKeys, Finished, Job
@@ -487,7 +487,7 @@ class CacheNode:
             self.durable.submit(owned.key, Job((owned, request), request["op"], started))
             return
         result = apply_op(self.state, request["op"])
-        if _code(result) == BAD_REQUEST:
+        if outcome_of(result) == BAD_REQUEST:
             self._drop_if_empty(owned.key)
         self._answer(owned, request, result, "", self.now - started, out)
 
@@ -510,7 +510,7 @@ class CacheNode:
             reply["hops"] = owned.hops
         if group:
             reply["group"] = group
-        self.metrics.observe(str(op.get("op")), _code(result), max(0.0, waited))
+        self.metrics.observe(str(op.get("op")), outcome_of(result), max(0.0, waited))
         if op.get("op") in WRITE_OPS:  # a read may run twice; a write must not
             self._replies.put((reply_to, corr), reply)
         out.append(Publish(reply_to, reply))
@@ -539,7 +539,7 @@ class CacheNode:
         else:
             error = item.result["error"]
             reply = wire.reply_error(corr, error["code"], error["message"], [self.id], self.id)
-        self.metrics.observe("scan", _code(item.result), max(0.0, waited))
+        self.metrics.observe("scan", outcome_of(item.result), max(0.0, waited))
         out.append(Publish(reply_to, reply))
 
     def _drop_if_empty(self, cid: int) -> None:
@@ -802,10 +802,6 @@ def coalesce(publishes: list[Publish]) -> list[Publish]:
             chunk = [item.message for item in items[start : start + wire.MAX_BATCH]]
             out.append(Publish(topic, wire.batch(chunk), max(i.qos for i in items)))
     return out
-
-
-def _code(result: OpResult) -> str:
-    return "ok" if result.get("ok") else str(result["error"]["code"])
 
 
 def _usable_text(value: object) -> bool:

@@ -52,7 +52,14 @@ from ..replica import wire as group_wire
 from ..replica.core import Send
 from ..replica.group import group_for
 from ..replica.proposer import Done, GroupProposer
-from ..replica.state_machine import Operation, OpResult, apply_op, op_error, op_ok
+from ..replica.state_machine import (
+    Operation,
+    OpResult,
+    apply_op,
+    op_error,
+    op_ok,
+    outcome_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +355,7 @@ class DurableKeys:
         group = batch.group
         self._renewing.discard(group)
         if not result.get("ok"):
-            if _code(result) != UNAVAILABLE:
+            if outcome_of(result) != UNAVAILABLE:
                 # it may have been applied, emptying our revoked list unheard
                 self._revoke(group, None, None)
             return
@@ -439,7 +446,7 @@ class DurableKeys:
         """Memory follows the group; if it disagrees, it is stale: load the key again."""
         assert item.job is not None
         local = apply_op(self.state, item.job.op)
-        if _code(local) != _code(result):
+        if outcome_of(local) != outcome_of(result):
             log.warning("key %016x in memory disagreed with its group; loading it again", item.cid)
             key.status = COLD
 
@@ -481,10 +488,6 @@ class DurableKeys:
 def client_name(host_id: str, incarnation: str) -> str:
     """The node's name towards the groups (a topic level: no '/'), new per incarnation."""
     return f"{host_id}-{incarnation}"
-
-
-def _code(result: OpResult) -> str:
-    return "ok" if result.get("ok") else str((result.get("error") or {}).get("code"))
 
 
 def _claim_failed(result: OpResult) -> str:
