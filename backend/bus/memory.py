@@ -50,6 +50,13 @@ class MemoryBus:
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         self.handlers.append((topic_filter, handler))
 
+    async def subscribe_now(self, topic_filter: str, handler: Handler) -> None:
+        self.subscribe(topic_filter, handler)
+
+    def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
+        if (topic_filter, handler) in self.handlers:
+            self.handlers.remove((topic_filter, handler))
+
     def on_connect(self, hook: ConnectHook) -> None:
         self.hooks.append(hook)
 

@@ -5,7 +5,8 @@ connection, re-subscribes every filter after a reconnect and then runs the
 `on_connect` hooks. Handlers run one at a time in arrival order, so a
 component sees messages from one publisher in the order they were sent; a
 handler or hook may publish but must not wait for another message, since
-messages are read only between handlers.
+messages are read only between handlers. An optional last will (`LastWill`)
+rides on every connect.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import gc
 import logging
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
@@ -48,11 +50,30 @@ _paho_log = logging.getLogger("backend.bus.paho")
 _paho_log.addFilter(_DropCancelledSubscribeNoise())
 
 
+@dataclass(frozen=True, slots=True)
+class LastWill:
+    """What the broker publishes for this client when its connection drops without a
+    clean goodbye (a crash closes the socket at once; a lost network after 1.5 x
+    keepalive). Set again on every reconnect."""
+
+    topic: str
+    message: Message
+    qos: int = 1
+
+
 class MqttBus:
-    def __init__(self, address: BrokerAddress, client_id: str, *, keepalive: int = 10) -> None:
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        *,
+        keepalive: int = 10,
+        will: LastWill | None = None,
+    ) -> None:
         self.address = address
         self.client_id = client_id
         self.keepalive = keepalive
+        self.will = will
         self.handlers: list[tuple[str, Handler]] = []
         self.hooks: list[ConnectHook] = []
         self.last_error: str | None = None
@@ -61,6 +82,7 @@ class MqttBus:
         self._connected_event = asyncio.Event()
         # Set while no connection attempt is in flight: the only safe moment to cancel aiomqtt.
         self._settled = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -68,6 +90,37 @@ class MqttBus:
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         self.handlers.append((topic_filter, handler))
+
+    async def subscribe_now(self, topic_filter: str, handler: Handler) -> None:
+        self.subscribe(topic_filter, handler)
+        client = self._client
+        if client is None:
+            return  # subscribed with the others once connected
+        try:
+            await client.subscribe(topic_filter, qos=1)
+        except aiomqtt.MqttError as exc:
+            raise BusUnavailable(f"subscribe to {topic_filter} failed: {exc}") from exc
+
+    def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
+        if (topic_filter, handler) not in self.handlers:
+            return
+        self.handlers.remove((topic_filter, handler))
+        if self._client is not None and not self._wanted(topic_filter):
+            task = asyncio.create_task(self._unsubscribe(topic_filter))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _wanted(self, topic_filter: str) -> bool:
+        return any(f == topic_filter for f, _ in self.handlers)
+
+    async def _unsubscribe(self, topic_filter: str) -> None:
+        client = self._client
+        # Checked again here: a subscribe_now for the same filter since the call above has
+        # already gone out, and an unsubscribe sent after it would undo it.
+        if client is None or self._wanted(topic_filter):
+            return
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.unsubscribe(topic_filter)
 
     def on_connect(self, hook: ConnectHook) -> None:
         self.hooks.append(hook)
@@ -125,6 +178,7 @@ class MqttBus:
 
     async def _session(self) -> None:
         self._settled.clear()
+        will = self.will
         client = aiomqtt.Client(
             self.address.host,
             self.address.port,
@@ -134,6 +188,7 @@ class MqttBus:
             protocol=ProtocolVersion.V311,
             clean_session=True,
             keepalive=self.keepalive,
+            will=None if will is None else aiomqtt.Will(will.topic, pack(will.message), will.qos),
             tls_context=self.address.tls_context(),
             socket_options=_NODELAY,
             timeout=5,
@@ -141,8 +196,7 @@ class MqttBus:
         )
         client.pending_calls_threshold = PENDING_PUBLISH_WARNING
         async with client:
-            for topic_filter in dict.fromkeys(f for f, _ in self.handlers):
-                await client.subscribe(topic_filter, qos=1)
+            await self._subscribe_all(client)
             self._client = client
             self._connected_event.set()
             if self.last_error is not None:
@@ -153,6 +207,14 @@ class MqttBus:
             self._settled.set()
             async for message in client.messages:
                 await self._dispatch(str(message.topic), message.payload)
+
+    async def _subscribe_all(self, client: aiomqtt.Client) -> None:
+        # Filters added while this runs (subscribe_now sees no client yet) are taken too.
+        done: set[str] = set()
+        while pending := [f for f in dict.fromkeys(f for f, _ in self.handlers) if f not in done]:
+            for topic_filter in pending:
+                await client.subscribe(topic_filter, qos=1)
+                done.add(topic_filter)
 
     async def _dispatch(self, topic: str, payload: Any) -> None:
         try:

@@ -28,7 +28,13 @@ MESSAGE_QOS = 0
 
 # The cache ring: one inbox per cache node, announcements, replies to portals, events.
 RING_ANNOUNCE = f"{ROOT}/ring/announce"
+# Change events, one topic per cache node that applied them, batched like replies. A portal
+# subscribes to them only while one of its connections watches a client: most writes are
+# watched by nobody, and the broker then drops their events without sending them on.
 RING_EVENTS = f"{ROOT}/ring/events/+"
+# Token rotations and client deletions, which every portal hears to forget the
+# authentications it caches.
+RING_CLIENT_CHANGES = f"{ROOT}/ring/client-changes"
 
 
 def ring_host(host_id: str) -> str:
@@ -39,8 +45,8 @@ def ring_reply(portal_id: str) -> str:
     return f"{ROOT}/ring/reply/{portal_id}"
 
 
-def ring_events(cid: int) -> str:
-    return f"{ROOT}/ring/events/{cid:016x}"
+def ring_events(host_id: str) -> str:
+    return f"{ROOT}/ring/events/{host_id}"
 
 
 # Replica groups (the durable tier): one inbox per replica, carrying Raft messages between

@@ -31,5 +31,12 @@ class Bus(Protocol):
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         """Call `handler(topic, message)` for every message matching the filter, in order."""
 
+    async def subscribe_now(self, topic_filter: str, handler: Handler) -> None:
+        """`subscribe`, and return once the broker sends matching messages (if connected)."""
+
+    def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Stop calling `handler` for the filter; the broker stops sending it once no
+        handler is left for it."""
+
     def on_connect(self, hook: ConnectHook) -> None:
         """Call `hook()` after every (re)connection, once subscriptions are in place."""

@@ -15,6 +15,7 @@ The caller's loop:
     outputs = host.handle(decode(wire))   # for each message received
     outputs = host.lookup(cid, token, payload)   # a request enters here
     outputs = host.leave()            # before a graceful exit
+    outputs = host.peer_gone(id, now) # another cache node's connection dropped
 
 and for each output: Send -> publish `message.to_wire()` to cache node `host`;
 Owned -> serve the request; RangeChanged -> the arc owned changed; Isolated ->
@@ -215,6 +216,24 @@ class ChordHost:
         self.router.tick(now, out)
         self._repair(out)
         self._cross_check(out)
+        return self._drain(out)
+
+    def peer_gone(self, host: str, now: float) -> list[Output]:
+        """Cache node `host` is known to be gone (its connection to the broker dropped,
+        or it said so as it shut down): declare it dead now instead of waiting for its
+        silence to time out. Its positions leave successor lists, fingers and
+        predecessors, and lookup hops waiting on it are routed around it at once. The
+        caller makes sure the news is about the host's latest incarnation; any later
+        message from `host` clears the suspicion, as after a timeout."""
+        self.now = now
+        out: list[Output] = []
+        if host == self.id or self._left:
+            return out
+        self.liveness.declare_dead(host, now)
+        for n in self.nodes:
+            n.now = now
+            out.extend(n.host_failed(host))
+        self.router.host_gone(host, out)
         return self._drain(out)
 
     def handle(self, message: Message) -> list[Output]:

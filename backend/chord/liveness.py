@@ -1,4 +1,4 @@
-"""Failure detection by timeouts, per cache node.
+"""Failure detection, per cache node: by timeouts, or by being told.
 
 The core is pure, so a failure is a silence: a cache node we wait on (for an
 answer to a query, a probe or a lookup hop) that says nothing at all for
@@ -7,6 +7,10 @@ single lost message does not make a live node look dead. Any message from it
 clears both the wait and a suspicion. The unit is the cache node, not the
 position: its positions live and die together, and hearing from any of them
 proves the process alive.
+
+A death may also be told rather than inferred: when a cache node's connection
+to the broker drops, the broker publishes its last will, and the caller hands
+that to ChordHost.peer_gone, which declares the node dead here at once.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Stale guesses are corrected, never reported: a position told it owns a key that
 its predecessor now covers hands it back to that predecessor (each such step
 moves strictly towards the key, so it ends). Each hop to another cache node is
 acknowledged; an unacknowledged hop is resent, then routed around that node,
-and a node declared dead has its pending hops rerouted at once. Delivery is
+and a node declared dead (by its silence, or by the broker's word that its
+connection dropped) has its pending hops rerouted at once. Delivery is
 therefore at least once: the owner may see a request twice.
 """
 
@@ -96,6 +97,15 @@ class Router:
             if hop.to == host:
                 del self.pending[key]
                 self.route(hop.arrived, out, hop.avoid | {host})
+
+    def host_gone(self, host: str, out: list[Output]) -> None:
+        """`host` is known dead (it is suspected now, so no route picks it): route its
+        pending hops again at once. It joins no hop's `avoid`, which is for nodes that
+        fell silent and makes a route wait rather than settle on a position here."""
+        for key, hop in list(self.pending.items()):
+            if hop.to == host:
+                del self.pending[key]
+                self.route(hop.arrived, out, hop.avoid)
 
     def tick(self, now: float, out: list[Output]) -> None:
         cfg = self.host.config

@@ -22,7 +22,11 @@ Subscriptions: topics.ring_host(id) (Chord messages, request, scan, handover,
 handover_ack), topics.RING_ANNOUNCE and, durable, the groups' answers
 (topics.raft_replies of the node's per-run client name). Publishes: Chord messages and handovers
 to other nodes' host topics, replies to each request's reply_to, change events
-on topics.ring_events(cid), an announcement twice a second.
+on topics.ring_events(id) (token rotations and deletions also on
+topics.RING_CLIENT_CHANGES), an announcement twice a second. The node's MQTT last
+will is a `host_gone` of its incarnation on topics.RING_ANNOUNCE (wire.py), which
+the broker publishes the moment the process dies; a clean shutdown publishes the
+same itself, last.
 
 Heartbeat on topics.heartbeat("cache-node", id): telemetry.heartbeat_message's
 fields (address "", ready while a ring member, problem "not yet in the ring"
@@ -57,12 +61,13 @@ import click
 
 from .. import config
 from ..bus import topics
-from ..bus.mqtt import MqttBus
+from ..bus.mqtt import LastWill, MqttBus
 from ..bus.publisher import Publisher
 from ..bus.transport import BusUnavailable, Message
 from ..cli_common import broker_option, component_id_option
 from ..config import BrokerAddress
 from ..replica.group import default_groups
+from ..ring import wire
 from ..ring.cache_core import CacheNode, Publish, coalesce
 from ..ring.durable import client_name
 from ..telemetry import HEARTBEAT_INTERVAL, RequestMetrics, heartbeat_message
@@ -95,12 +100,14 @@ async def run_cache_node(
     """Serve until SIGTERM or SIGINT; return the exit code."""
     stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    bus = MqttBus(broker, node_id)
+    incarnation = secrets.token_hex(6)
+    # Should the process die, the broker tells the ring and the portals at once.
+    gone = LastWill(topics.RING_ANNOUNCE, wire.host_gone(node_id, incarnation))
+    bus = MqttBus(broker, node_id, will=gone)
     publisher = Publisher(bus)
     metrics = RequestMetrics()
     holder: list[CacheNode] = []
     handed_over = asyncio.Event()  # set once a leaving node's handovers are acknowledged
-    incarnation = secrets.token_hex(6)
     outgoing: list[Publish] = []
     flush_due = False
 
@@ -167,6 +174,8 @@ async def run_cache_node(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # A clean disconnect sends no will: say it, so no one waits on this node after it.
+        publisher.send([Publish(gone.topic, gone.message, gone.qos)])
         await publisher.flush(FLUSH_WAIT)
     log.info("cache node %s stopped", node_id)
     return 0

@@ -282,7 +282,7 @@ class Connection:
 
     async def _watch(self, request: Request) -> dict[str, Any]:
         if self.unwatch is None:
-            self.unwatch = self.store.watch(request.cid, self._on_event)
+            self.unwatch = await self.store.watch(request.cid, self._on_event)
         return {}
 
     # ---- events ------------------------------------------------------------------

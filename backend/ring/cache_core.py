@@ -76,6 +76,7 @@ from ..chord import (
 from ..chord.messages import MAX_TOKEN_CHARS, MESSAGE_TYPES
 from ..errors import BAD_REQUEST, UNAVAILABLE
 from ..model.kv import WRITE_OPS, KeyValueState, record_to_wire
+from ..model.records import CLIENT_DELETED, TOKEN_ROTATED
 from ..replica import wire as group_wire
 from ..replica.state_machine import OpResult, apply_op, outcome_of
 from ..telemetry import RequestMetrics
@@ -236,6 +237,8 @@ class CacheNode:
         """A message from the node's own host topic or the announcement topic."""
         self._clock(now)
         if topic == topics.RING_ANNOUNCE:
+            if message.get("t") == wire.HOST_GONE:
+                return self._on_host_gone(message)
             self._on_announce(message)
             return []
         kind = message.get("t")
@@ -350,6 +353,25 @@ class CacheNode:
             message["incarnation"],
             self.now,
         )
+
+    def _on_host_gone(self, message: dict[str, Any]) -> list[Publish]:
+        """A cache node's last will (or its goodbye): Chord stops waiting on it now. A
+        will of an incarnation other than the latest announced is an earlier run's."""
+        try:
+            wire.check_host_gone(message)
+        except ValueError as exc:
+            log.warning("dropped a malformed host_gone: %s", exc)
+            return []
+        host = message["host"]
+        peer = self.peers.get(host)
+        if host == self.id or (peer is not None and peer.incarnation != message["incarnation"]):
+            return []
+        if peer is not None:
+            peer.member = False  # no join contact; its next announcement says otherwise
+        out: list[Publish] = []
+        self._process(self.host.peer_gone(host, self.now), out)
+        self._answer_finished(out)
+        return out
 
     def _announcement(self) -> dict[str, Any]:
         message = wire.announce(self.id, self.incarnation, self.member, self.host.positions)
@@ -515,7 +537,7 @@ class CacheNode:
             self._replies.put((reply_to, corr), reply)
         out.append(Publish(reply_to, reply))
         for event in result.get("events", ()):
-            out.append(Publish(topics.ring_events(owned.key), event))
+            out.extend(event_publishes(self.id, event))
 
     def _answer_finished(self, out: list[Publish]) -> None:
         if self.durable is None or not self.durable.finished:
@@ -784,7 +806,7 @@ def _parse_request_token(token: str) -> tuple[str, str] | None:
     return rest[:n], rest[n:]
 
 
-_BATCHED_TOPICS = (topics.ring_host(""), topics.ring_reply(""))
+_BATCHED_TOPICS = (topics.ring_host(""), topics.ring_reply(""), topics.ring_events(""))
 
 
 def coalesce(publishes: list[Publish]) -> list[Publish]:
@@ -801,6 +823,17 @@ def coalesce(publishes: list[Publish]) -> list[Publish]:
         for start in range(0, len(items), wire.MAX_BATCH):
             chunk = [item.message for item in items[start : start + wire.MAX_BATCH]]
             out.append(Publish(topic, wire.batch(chunk), max(i.qos for i in items)))
+    return out
+
+
+def event_publishes(host: str, event: dict[str, Any]) -> list[Publish]:
+    """A change event goes to the events topic of the cache node that applied it, for
+    watchers; a token rotation or a deletion also to every portal, since they cache
+    authentications."""
+    kind = event.get("event")
+    out = [] if kind == TOKEN_ROTATED else [Publish(topics.ring_events(host), event)]
+    if kind in (TOKEN_ROTATED, CLIENT_DELETED):
+        out.append(Publish(topics.RING_CLIENT_CHANGES, event))
     return out
 
 

@@ -32,13 +32,22 @@ the types below never collide with Chord's.
     announce  cache node -> ANNOUNCE topic, twice a second
               {"t": "announce", "host", "incarnation", "member": bool, "positions": [int],
                "durable": bool (its keys live in replica groups; it answers scans for all)}
+    host_gone cache node -> ANNOUNCE topic: that incarnation of the node is gone
+              {"t": "host_gone", "host", "incarnation"}
+              The node's MQTT last will, which the broker publishes the moment its
+              connection drops (a crash closes the socket at once), and what it says
+              itself just before a clean shutdown. Peers stop routing to it at once
+              and portals retry what waits on it, rather than noticing the silence;
+              one naming an incarnation other than the latest announced is stale.
     batch     anyone -> a cache node's host topic or a portal's reply topic: several of
               the messages above for the same topic in one MQTT message, in order
               {"t": "batch", "msgs": [message, ...]}   (at most MAX_BATCH, never nested)
 
-Client change events are published by the owner on `ring_events(cid)` as the
-contract's event maps (Event.to_wire()), plus `{"event": "token_rotated", "cid"}`
-which portals use to forget cached authentications.
+Client change events are published by the owner on its own `ring_events(host)`
+as the contract's event maps (Event.to_wire()), batched per turn like replies;
+portals subscribe to them only while a connection watches a client.
+`{"event": "token_rotated", "cid"}` and each `client_deleted` also go to
+`RING_CLIENT_CHANGES`, which every portal hears to forget cached authentications.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ SCAN = "scan"
 HANDOVER = "handover"
 HANDOVER_ACK = "handover_ack"
 ANNOUNCE = "announce"
+HOST_GONE = "host_gone"  # not "gone": that is Chord's own message type
 TOKEN_ROTATED = "token_rotated"
 
 BATCH = "batch"
@@ -117,6 +127,10 @@ def announce(host: str, incarnation: str, member: bool, positions: list[int]) ->
     }
 
 
+def host_gone(host: str, incarnation: str) -> dict:
+    return {"t": HOST_GONE, "host": host, "incarnation": incarnation}
+
+
 def batch(messages: list[dict[str, Any]]) -> dict[str, Any]:
     return {"t": BATCH, "msgs": messages}
 
@@ -164,6 +178,11 @@ def check_announce(message: dict[str, Any]) -> None:
     positions = message.get("positions")
     if not isinstance(positions, list) or not all(is_position(p) for p in positions):
         raise ValueError("announce positions must be a list of ring positions")
+
+
+def check_host_gone(message: dict[str, Any]) -> None:
+    _text(message, "host")
+    _text(message, "incarnation")
 
 
 def check_handover(message: dict[str, Any]) -> None:

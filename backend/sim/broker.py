@@ -21,6 +21,11 @@ What goes wrong is what MQTT allows, plus duplicates:
   to it, and clean sessions mean a new connection gets nothing published
   before it subscribed. A crashed publisher may also lose what it had sent
   but the broker had not yet taken (`close(..., lose_outbox=True)`).
+- A connection may carry a last will, which the broker publishes when the
+  connection drops without a clean goodbye (`close(..., clean=False)`): at
+  once, as Mosquitto does when a killed process's socket closes. The will is
+  the broker's own message, so an outbox lost with its process keeps it, but
+  it travels like any other (delays, partitions).
 - Partitions put endpoints on sides; a message between two sides, when
   published or when due, is lost: a client cut off from the broker, or a
   broker bridge that broke; a partial partition leaves some endpoints reaching
@@ -44,6 +49,7 @@ from ..bus.codec import pack, unpack
 from .network import Scheduler
 
 Deliver = Callable[[str, dict[str, Any]], None]
+Will = tuple[str, dict[str, Any], int]  # topic, message, QoS
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +72,12 @@ class BrokerConfig:
 class Connection:
     """One process incarnation's session with the broker."""
 
-    __slots__ = ("alive", "deliver", "name", "outbox_lost")
+    __slots__ = ("alive", "deliver", "name", "outbox_lost", "will")
 
-    def __init__(self, name: str, deliver: Deliver) -> None:
+    def __init__(self, name: str, deliver: Deliver, will: Will | None = None) -> None:
         self.name = name  # the endpoint: which side of a partition it is on
         self.deliver = deliver
+        self.will = will
         self.alive = True
         self.outbox_lost = False
 
@@ -89,19 +96,26 @@ class Broker:
 
     # ---- sessions -----------------------------------------------------------------------
 
-    def connect(self, name: str, deliver: Deliver) -> Connection:
-        return Connection(name, deliver)
+    def connect(self, name: str, deliver: Deliver, will: Will | None = None) -> Connection:
+        return Connection(name, deliver, will)
 
     def subscribe(self, connection: Connection, topic_filter: str) -> None:
         self._subscriptions.append((topic_filter, connection))
         self._matches.clear()
 
-    def close(self, connection: Connection, lose_outbox: bool = False) -> None:
-        """The process died: its subscriptions go, and what is on its way to it is lost."""
+    def close(self, connection: Connection, lose_outbox: bool = False, clean: bool = False) -> None:
+        """The process died (or, `clean`, disconnected on purpose): its subscriptions go,
+        what is on its way to it is lost, and unless `clean` its will goes out."""
+        if not connection.alive:
+            return
         connection.alive = False
         connection.outbox_lost = lose_outbox
         self._subscriptions = [(f, c) for f, c in self._subscriptions if c is not connection]
         self._matches.clear()
+        if connection.will is not None and not clean:
+            topic, message, qos = connection.will
+            self.counts["wills"] += 1
+            self._fan_out(connection, topic, message, qos, will=True)
 
     # ---- partitions ---------------------------------------------------------------------
 
@@ -135,6 +149,11 @@ class Broker:
             return
         if self.watch is not None:
             self.watch(sender.name, topic, message)
+        self._fan_out(sender, topic, message, qos)
+
+    def _fan_out(
+        self, sender: Connection, topic: str, message: dict[str, Any], qos: int, will: bool = False
+    ) -> None:
         subscribers = self._subscribers(topic)
         if not subscribers:
             return
@@ -157,7 +176,7 @@ class Broker:
                 if cfg.stall and rng.random() < cfg.stall:
                     delay += rng.random() * cfg.stall_delay
                     counts["stalled"] += 1
-                self.scheduler.after(delay, self._deliver, sender, receiver, topic, payload)
+                self.scheduler.after(delay, self._deliver, sender, receiver, topic, payload, will)
 
     def _subscribers(self, topic: str) -> list[Connection]:
         found = self._matches.get(topic)
@@ -167,9 +186,9 @@ class Broker:
         return found
 
     def _deliver(
-        self, sender: Connection, receiver: Connection, topic: str, payload: bytes
+        self, sender: Connection, receiver: Connection, topic: str, payload: bytes, will: bool
     ) -> None:
-        if not receiver.alive or (sender.outbox_lost and not sender.alive):
+        if not receiver.alive or (sender.outbox_lost and not sender.alive and not will):
             self.counts["lost with a process"] += 1
             return
         if self.cut(sender.name, receiver.name):

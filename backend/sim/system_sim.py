@@ -18,8 +18,9 @@ them:
   per message, `flush` shortly after each burst with what the burst produced sent
   as one batch per topic (`coalesce`), `tick` every 0.1 s, as
   backend/nodes/cache_node.py does; each node's clock runs at its own slightly
-  wrong rate. A killed cache node is gone with its memory; it comes back later as
-  a new incarnation that joins the ring.
+  wrong rate. A killed cache node is gone with its memory, and the broker
+  publishes its last will (a `host_gone`, as Mosquitto does for the real one); it
+  comes back later as a new incarnation that joins the ring.
 - replicas: `ReplicaCore` (backend/replica/core.py) ticked every 0.05 s, with the
   Ready cycle of backend/nodes/replica.py (flush, next_ready, sends_before_persist,
   persist, after_persist, maybe_compact) over raft_sim's simulated disk: the write
@@ -28,7 +29,8 @@ them:
   cache node whose announced position follows the key; `unavailable` retried
   through another node until the 5 s deadline; no answer within a second retried
   through another node too (a write carries the portal's request id `req`, which
-  the groups apply once); a write with no answer by the deadline is `timeout`.
+  the groups apply once), and at once when the entry or the key's owner dies (its
+  will); a write with no answer by the deadline is `timeout`.
 - clients: sequential users, several per key, who first create their client and
   then insert, update and delete tasks of a few colliding titles, list them, and
   clear them.
@@ -332,6 +334,7 @@ class CacheProcess:
         self.bootstrap = bootstrap
         self.node: CacheNode | None = None
         self.connection: Connection | None = None
+        self.gone: dict[str, Any] = {}  # the host_gone of the running incarnation
         self.incarnation = 0
         drift = sim.scenario.clock_drift
         self.rate = 1.0 + sim.rng.uniform(-drift, drift)
@@ -361,19 +364,23 @@ class CacheProcess:
         )
         self.flush_due = False
         self.outgoing = []
-        self.connection = sim.broker.connect(self.name, self._deliver)
+        # the adapter's MQTT last will (backend/nodes/cache_node.py)
+        self.gone = wire.host_gone(self.host_id, incarnation)
+        will = (topics.RING_ANNOUNCE, self.gone, 1)
+        self.connection = sim.broker.connect(self.name, self._deliver, will)
         for topic_filter in self.node.subscriptions():
             sim.broker.subscribe(self.connection, topic_filter)
         sim.trace(f"{self.name} starts as incarnation {incarnation}")
         sim.scheduler.after(sim.rng.random() * CACHE_TICK, self._tick, self.incarnation)
 
-    def kill(self, lose_outbox: bool | None = None) -> None:
-        """Gone at once; what it sent may still arrive, or (`lose_outbox`) not."""
+    def kill(self, lose_outbox: bool | None = None, clean: bool = False) -> None:
+        """Gone at once; what it sent may still arrive, or (`lose_outbox`) not. The broker
+        publishes its will unless it disconnected `clean`ly."""
         if self.node is None or self.connection is None:
             return
         if lose_outbox is None:
             lose_outbox = self.sim.rng.random() < 0.5
-        self.sim.broker.close(self.connection, lose_outbox)
+        self.sim.broker.close(self.connection, lose_outbox, clean)
         self.node = None
         self.incarnation += 1
         self.sim.stats["cache node kills"] += 1
@@ -389,8 +396,10 @@ class CacheProcess:
         self.sim.scheduler.after(0.05, self._stop, self.incarnation)
 
     def _stop(self, incarnation: int) -> None:
-        if incarnation == self.incarnation:
-            self.kill(lose_outbox=False)
+        if incarnation == self.incarnation and self.connection is not None:
+            # a clean disconnect sends no will, so the adapter says it itself, last
+            self.sim.broker.publish(self.connection, topics.RING_ANNOUNCE, self.gone, 1)
+            self.kill(lose_outbox=False, clean=True)
 
     def _deliver(self, topic: str, message: dict[str, Any]) -> None:
         node = self.node
@@ -448,8 +457,9 @@ class PortalProcess:
         self.portal_id = f"portal-{number}"
         self.name = f"portal/{number}"
         self.reply_topic = topics.ring_reply(self.portal_id)
-        # host -> (positions, member, when heard, durable), from its announcements
-        self.hosts: dict[str, tuple[list[int], bool, float, bool]] = {}
+        # host -> (positions, member, when heard, durable, incarnation), from announcements
+        self.hosts: dict[str, tuple[list[int], bool, float, bool, str]] = {}
+        self.gone: dict[str, tuple[str, float]] = {}  # host -> (incarnation, when its will came)
         self.pending: dict[str, tuple[_Call, str]] = {}
         self.outbox: dict[str, list[dict[str, Any]]] = {}
         self._ids = itertools.count()
@@ -463,9 +473,10 @@ class PortalProcess:
         As RingStore._call: every write carries a request id `req`, which the groups
         apply once. An attempt answered `unavailable` is retried through another entry
         node until the deadline; one unanswered within ATTEMPT_WAIT is retried too if
-        repeating it is harmless (a read, or a write while the ring heard is durable);
-        otherwise it waits for its answer until the deadline. No answer to a write by
-        the deadline: `timeout`.
+        repeating it is harmless (a read, or a write while the ring heard is durable),
+        and such an attempt is retried at once when its entry node or its key's owner
+        dies (its will); otherwise it waits for its answer until the deadline. No answer
+        to a write by the deadline: `timeout`.
         """
         is_read = op["op"] in READ_OPS
         if not is_read:  # always, as RingStore: Chord may hand one attempt to two owners
@@ -519,14 +530,43 @@ class PortalProcess:
 
     def _deliver(self, topic: str, message: dict[str, Any]) -> None:
         if topic == topics.RING_ANNOUNCE:
-            wire.check_announce(message)
-            member, durable = message.get("member") is True, message.get("durable") is True
-            positions = list(message["positions"])
-            self.hosts[message["host"]] = (positions, member, self.sim.now, durable)
+            if message.get("t") == wire.HOST_GONE:
+                self._on_host_gone(message)
+            else:
+                self._on_announce(message)
             return
         for reply in wire.unbatch(message):
             wire.check_reply(reply)
             self._on_reply(reply)
+
+    def _on_announce(self, message: dict[str, Any]) -> None:
+        wire.check_announce(message)
+        host, incarnation = message["host"], message["incarnation"]
+        gone = self.gone.pop(host, None)
+        if gone is not None and gone[0] == incarnation and self.sim.now - gone[1] < HOST_FRESHNESS:
+            self.gone[host] = gone  # sent before it died, arriving after its will
+            return
+        member, durable = message.get("member") is True, message.get("durable") is True
+        positions = list(message["positions"])
+        self.hosts[host] = (positions, member, self.sim.now, durable, incarnation)
+
+    def _on_host_gone(self, message: dict[str, Any]) -> None:
+        """As RingStore._on_host_gone: forget the node, retry what waited on it now."""
+        wire.check_host_gone(message)
+        host, incarnation = message["host"], message["incarnation"]
+        info = self.hosts.get(host)
+        if info is None or info[4] != incarnation:
+            return
+        stranded = [
+            corr
+            for corr, (call, entry) in self.pending.items()
+            if call.repeatable and host in (entry, self._entry_for(call.key, set()))
+        ]
+        del self.hosts[host]
+        self.gone[host] = (incarnation, self.sim.now)
+        self.sim.stats["attempts retried on a will"] += len(stranded)
+        for corr in stranded:
+            self._no_answer(corr)
 
     def _on_reply(self, reply: dict[str, Any]) -> None:
         pending = self.pending.pop(reply["corr"], None)
@@ -553,7 +593,7 @@ class PortalProcess:
 
     def _member_hosts(self) -> list[str]:
         fresh = self.sim.now - HOST_FRESHNESS
-        return [h for h, (_, member, heard, _) in self.hosts.items() if member and heard > fresh]
+        return [h for h, (_, member, heard, *_) in self.hosts.items() if member and heard > fresh]
 
     def _durable(self) -> bool:
         hosts = self._member_hosts()

@@ -41,7 +41,7 @@ class Store(Protocol):
     async def delete_tasks(self, cid: int) -> int: ...
 
     # -- change events --
-    def watch(self, cid: int, sink: EventSink) -> Unwatch:
+    async def watch(self, cid: int, sink: EventSink) -> Unwatch:
         """Call `sink(event)` for every later change to this client's data, in apply order."""
         ...
 

@@ -109,7 +109,7 @@ class LocalStore:
 
     # ---- events and health ---------------------------------------------------
 
-    def watch(self, cid: int, sink: EventSink) -> Unwatch:
+    async def watch(self, cid: int, sink: EventSink) -> Unwatch:
         return self.watchers.add(cid, sink)
 
     def readiness(self) -> str | None:

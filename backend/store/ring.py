@@ -4,12 +4,18 @@ A portal sends each operation as a `request` (backend/ring/wire.py) to the
 cache node it believes owns the key (the first announced position at or after
 the CID); a wrong or stale guess costs only Chord forwarding hops, never an
 error. The owner applies the operation and replies to this portal's reply
-topic. Owners publish change events, which this store hands to watchers.
+topic. Owners publish change events, which this store hands to watchers (it
+subscribes to the ring's events only while someone here watches a client).
 
 Outcomes are honest: a reply of `unavailable` means "not applied", so it is
 retried through another entry node until the deadline; a request that gets no
 reply by the deadline answers `timeout` for a write (it may have been applied)
 and is retried once for a read.
+
+A cache node that dies is not waited out: the broker publishes its last will
+(`host_gone`, on the announcement topic) as its connection drops, and the
+portal forgets the node and at once retries, through another entry, whatever
+repeatable attempt waited on it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ HOST_FRESHNESS = 1.6  # announcements come twice a second; three missed ones mea
 AUTH_CACHE_TTL = 1.0  # a positive authentication is reused this long (see authenticate)
 RETRY_PAUSE = 0.05
 ATTEMPT_WAIT = 1.0  # before a repeatable request tries another entry node
+_ENTRY_GONE: Message = {"t": wire.HOST_GONE}  # an attempt's answer: its cache node died
 
 
 @dataclass
@@ -50,6 +57,7 @@ class HostInfo:
     member: bool
     heard: float
     durable: bool = False
+    incarnation: str = ""
 
 
 class RingStore:
@@ -67,6 +75,9 @@ class RingStore:
         self.reply_topic = topics.ring_reply(portal_id)
         self.hosts: dict[str, HostInfo] = {}
         self.pending: dict[str, asyncio.Future[Message]] = {}
+        # corr -> (entry, key) of attempts that may be repeated, for a cache node's death
+        self._attempts: dict[str, tuple[str, int]] = {}
+        self._gone: dict[str, tuple[str, float]] = {}  # host -> (incarnation, when its will came)
         self.watchers = Watchers()
         self.authenticated: dict[tuple[int, str], float] = {}
         self._ids = itertools.count()
@@ -77,7 +88,7 @@ class RingStore:
         self._corr_prefix = f"{portal_id}/{secrets.token_hex(4)}"
         bus.subscribe(topics.RING_ANNOUNCE, self._on_announce)
         bus.subscribe(self.reply_topic, self._on_reply)
-        bus.subscribe(topics.RING_EVENTS, self._on_event)
+        bus.subscribe(topics.RING_CLIENT_CHANGES, self._on_client_change)
 
     # ---- clients -------------------------------------------------------------
 
@@ -176,8 +187,19 @@ class RingStore:
 
     # ---- events and health -----------------------------------------------------
 
-    def watch(self, cid: int, sink: EventSink) -> Unwatch:
-        return self.watchers.add(cid, sink)
+    async def watch(self, cid: int, sink: EventSink) -> Unwatch:
+        """The ring's events are subscribed to only while someone here watches a client."""
+        first = not self.watchers.sinks
+        unwatch = self.watchers.add(cid, sink)
+        if first:
+            await self.bus.subscribe_now(topics.RING_EVENTS, self._on_events)
+
+        def stop() -> None:
+            unwatch()
+            if not self.watchers.sinks:
+                self.bus.unsubscribe(topics.RING_EVENTS, self._on_events)
+
+        return stop
 
     def readiness(self) -> str | None:
         if not self.bus.connected:
@@ -194,8 +216,10 @@ class RingStore:
         An attempt answered `unavailable` (not applied) is retried through another
         entry node until the deadline. One that gets no answer within ATTEMPT_WAIT is
         retried too if repeating it is harmless: a read, or a write to a durable ring,
-        whose replica groups apply each request id once (`req`, state_machine.py). A
-        write to a memory-only ring waits for its answer until the deadline instead.
+        whose replica groups apply each request id once (`req`, state_machine.py); so is
+        one whose entry node, or the node owning its key, dies meanwhile (its will,
+        `_on_host_gone`), at once. A write to a memory-only ring waits for its answer
+        until the deadline instead.
         """
         deadline = self.clock() + self.request_timeout
         is_read = op["op"] in READ_OPS
@@ -217,7 +241,7 @@ class RingStore:
             wait = max(0.0, deadline - self.clock())
             try:
                 reply = await self._exchange(
-                    entry, key, op, min(wait, ATTEMPT_WAIT) if repeatable else wait
+                    entry, key, op, min(wait, ATTEMPT_WAIT) if repeatable else wait, repeatable
                 )
             except OpError as exc:
                 last_problem = exc.message
@@ -245,23 +269,28 @@ class RingStore:
         )
 
     async def _exchange(
-        self, entry: str, key: int, op: dict[str, Any], wait: float
+        self, entry: str, key: int, op: dict[str, Any], wait: float, repeatable: bool = False
     ) -> Message | None:
-        """One attempt through `entry`: its reply, or None if none came within `wait`."""
+        """One attempt through `entry`: its reply, or None if none came within `wait` or
+        (`repeatable`) the cache node it waits on died."""
         corr = self._next_corr()
         trace = TRACE.get() is not None
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.pending[corr] = future
+        if repeatable:
+            self._attempts[corr] = (entry, key)
         try:
             message = wire.request(corr, self.reply_topic, key, op, trace)
             await self._send(topics.ring_host(entry), message)
-            return await asyncio.wait_for(future, wait)
+            reply = await asyncio.wait_for(future, wait)
+            return None if reply is _ENTRY_GONE else reply
         except BusUnavailable as exc:
             raise OpError(UNAVAILABLE, f"cannot reach the ring: {exc}") from exc
         except TimeoutError:
             return None
         finally:
             self.pending.pop(corr, None)
+            self._attempts.pop(corr, None)
 
     def _durable(self) -> bool:
         """Whether the ring's nodes keep their keys in replica groups."""
@@ -365,18 +394,55 @@ class RingStore:
     # ---- what arrives --------------------------------------------------------------
 
     async def _on_announce(self, _topic: str, message: Message) -> None:
+        if message.get("t") == wire.HOST_GONE:
+            self._on_host_gone(message)
+            return
         try:
             wire.check_announce(message)
         except ValueError as exc:
             log.warning("dropped a malformed announcement: %s", exc)
+            return
+        host, incarnation = message["host"], message["incarnation"]
+        gone = self._gone.pop(host, None)
+        if gone is not None and gone[0] == incarnation and self.clock() - gone[1] < HOST_FRESHNESS:
+            # Sent before it died, arriving after its will. Only for a while: a node whose
+            # connection dropped (the broker sent its will) may reconnect and announce on.
+            self._gone[host] = gone
             return
         info = HostInfo(
             list(message["positions"]),
             message.get("member") is True,
             self.clock(),
             message.get("durable") is True,
+            incarnation,
         )
-        self.hosts[message["host"]] = info
+        self.hosts[host] = info
+
+    def _on_host_gone(self, message: Message) -> None:
+        """A cache node died (the broker published its will) or shut down: drop it, and
+        send again at once, through another entry, every repeatable attempt waiting on
+        it, as its entry or as its key's owner. A will of an incarnation other than the
+        latest announced is an earlier run's, and changes nothing."""
+        try:
+            wire.check_host_gone(message)
+        except ValueError as exc:
+            log.warning("dropped a malformed host_gone: %s", exc)
+            return
+        host, incarnation = message["host"], message["incarnation"]
+        info = self.hosts.get(host)
+        if info is None or info.incarnation != incarnation:
+            return
+        stranded = [
+            corr
+            for corr, (entry, key) in self._attempts.items()
+            if host in (entry, self._entry_for(key, avoid=set()))
+        ]
+        del self.hosts[host]
+        self._gone[host] = (incarnation, self.clock())
+        for corr in stranded:
+            future = self.pending.get(corr)
+            if future is not None and not future.done():
+                future.set_result(_ENTRY_GONE)
 
     async def _on_reply(self, _topic: str, message: Message) -> None:
         try:
@@ -394,21 +460,31 @@ class RingStore:
             if future is not None and not future.done():
                 future.set_result(reply)
 
-    async def _on_event(self, _topic: str, message: Message) -> None:
+    async def _on_events(self, _topic: str, message: Message) -> None:
         try:
-            event = _event_from_wire(message)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("dropped a malformed event: %s", exc)
+            batch = wire.unbatch(message)
+        except ValueError as exc:
+            log.warning("dropped a malformed batch of events: %s", exc)
             return
-        if event.kind in (TOKEN_ROTATED, "client_deleted"):
+        events = [_parse_event(item) for item in batch]
+        self.watchers.deliver([e for e in events if e is not None and e.kind != TOKEN_ROTATED])
+
+    async def _on_client_change(self, _topic: str, message: Message) -> None:
+        event = _parse_event(message)
+        if event is not None:
             self._forget_authentications(event.cid)
-        if event.kind == TOKEN_ROTATED:
-            return
-        self.watchers.deliver([event])
 
     def _forget_authentications(self, cid: int) -> None:
         for key in [k for k in self.authenticated if k[0] == cid]:
             del self.authenticated[key]
+
+
+def _parse_event(message: Message) -> Event | None:
+    try:
+        return _event_from_wire(message)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("dropped a malformed event: %s", exc)
+        return None
 
 
 def _event_from_wire(message: Message) -> Event:

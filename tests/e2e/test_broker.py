@@ -149,6 +149,35 @@ async def test_request_reply_is_not_held_back_by_nagle(processes: Processes, tmp
 
 
 @needs_mosquitto
+async def test_a_subscription_made_while_connected_works_until_dropped(
+    processes: Processes, tmp_path: Path
+):
+    port, data, _ = start_broker(processes, tmp_path)
+    node_url = broker_url_for("cachenode", "127.0.0.1", port, data)
+    portal_url = broker_url_for("portal", "127.0.0.1", port, data)
+    events = topics.ring_events("cache-node-1")
+    async with bus_for(node_url, "cache-node-1") as owner, bus_for(portal_url, "p-1") as watcher:
+        seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def collect(_topic: str, message: dict[str, Any]) -> None:
+            await seen.put(message)
+
+        # Once subscribe_now returns, the very next message is delivered: no wait needed.
+        await watcher.subscribe_now(topics.RING_EVENTS, collect)
+        await owner.publish(events, {"n": 1})
+        assert await asyncio.wait_for(seen.get(), 5) == {"n": 1}
+        watcher.unsubscribe(topics.RING_EVENTS, collect)
+        # The broker stops sending once the unsubscribe is through; a marker on another
+        # subscription, published after, proves nothing more came in between.
+        await watcher.subscribe_now(topics.RING_ANNOUNCE, collect)
+        for n in range(2, 5):
+            await owner.publish(events, {"n": n})
+        await owner.publish(topics.RING_ANNOUNCE, {"marker": True})
+        assert await asyncio.wait_for(seen.get(), 5) == {"marker": True}
+        assert seen.empty()
+
+
+@needs_mosquitto
 async def test_sigterm_stops_broker_and_mosquitto(processes: Processes, tmp_path: Path):
     port, _, process = start_broker(processes, tmp_path)
     mosquitto_pids = wait_until(lambda: children_of(process.pid), "mosquitto to start")

@@ -409,6 +409,77 @@ def test_a_duplicated_hop_is_acknowledged_but_served_once() -> None:
     assert len(wires.effects_of(Owned)) == 1
 
 
+# ---- deaths told by the broker (a cache node's last will) ---------------------------
+
+
+def tell_everyone_gone(wires: Wires, dead: str) -> None:
+    """Every live host hears, at the same instant, that `dead` is gone."""
+    for host_id, host in list(wires.hosts.items()):
+        wires.deliver(host_id, host.peer_gone(dead, wires.now))
+
+
+def mentions(node: ChordNode, host: str) -> bool:
+    peers = [*node.successors, *node.fingers.distinct(), node.predecessor]
+    return any(p is not None and p.host == host for p in peers)
+
+
+def test_a_node_told_dead_leaves_successor_lists_fingers_and_predecessors_at_once() -> None:
+    wires = ring_of(6, vnodes=2)
+    wires.run(20)  # fingers filled
+    dead = wires.ring()[3].host
+    others = [n for n in wires.nodes() if n.me.host != dead]
+    assert any(mentions(n, dead) for n in others)
+    heirs = [n.pos for n in others if n.predecessor is not None and n.predecessor.host == dead]
+    wires.crash(dead)
+    wires.effects.clear()
+    tell_everyone_gone(wires, dead)  # no time passes: no timeout could have fired
+    for host in wires.hosts.values():
+        assert host.liveness.suspected(dead)
+        assert not any(mentions(n, dead) for n in host.nodes)
+    changed = [e.position for _, e in wires.effects_of(RangeChanged) if e.new_predecessor is None]
+    assert heirs and sorted(changed) == sorted(heirs)  # they stop trusting it at once
+    wires.settle()
+
+
+def test_a_hop_waiting_on_a_node_told_dead_is_routed_around_at_once() -> None:
+    wires = ring_of(8)
+    wires.run(20)
+    ring = wires.ring()
+    dead, heir = ring[4], ring[5]
+    wires.crash(dead.host)  # its hops vanish unacknowledged
+    wires.effects.clear()
+    wires.deliver(ring[0].host, wires.hosts[ring[0].host].lookup(dead.pos, "req", {}))
+    waiting = [hop.to for h in wires.hosts.values() for hop in h.router.pending.values()]
+    assert waiting == [dead.host] and not wires.effects_of(Owned)
+    tell_everyone_gone(wires, dead.host)
+    owned = [e for _, e in wires.effects_of(Owned) if e.token == "req"]
+    assert [o.route[-1] for o in owned] == [heir]  # before any hop timeout (or tick)
+    assert all(not h.router.pending for h in wires.hosts.values())
+
+
+def test_a_node_told_dead_by_mistake_is_trusted_again_once_it_speaks() -> None:
+    wires = ring_of(5)
+    ring = wires.ring()
+    alive = ring[2].host
+    for host_id, host in list(wires.hosts.items()):
+        if host_id != alive:
+            wires.deliver(host_id, host.peer_gone(alive, wires.now))
+    assert wires.hosts[ring[1].host].liveness.suspected(alive)
+    wires.settle()  # its stabilize and notify reach the others, which hear it again
+    assert not any(h.liveness.suspected(alive) for h in wires.hosts.values())
+    for key in KEYS[:10]:
+        assert wires.lookup(key, ring[0].host).route[-1] == wires.true_owner(key)
+
+
+def test_news_of_its_own_death_or_after_leaving_changes_nothing() -> None:
+    wires = ring_of(3)
+    host = wires.hosts["c1"]
+    assert host.peer_gone("c1", wires.now) == []
+    assert not host.liveness.suspected("c1")
+    wires.deliver("c1", host.leave())
+    assert host.peer_gone("c0", wires.now) == []
+
+
 # ---- restarts, isolation, bad input -------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from backend.errors import EXISTS, TIMEOUT, UNAVAILABLE, OpError
 from backend.model.kv import KeyValueState, record_to_wire
 from backend.model.records import Task
 from backend.ring import wire
+from backend.ring.cache_core import event_publishes
 from backend.store.interface import TRACE
 from backend.store.ring import RingStore
 
@@ -52,7 +53,8 @@ class StandInOwner:
                 reply = wire.reply_error(message["corr"], exc.code, exc.message)
                 events = []
             for event in events:
-                await self.bus.publish(topics.ring_events(event.cid), event.to_wire())
+                for publish in event_publishes(self.host, event.to_wire()):
+                    await self.bus.publish(publish.topic, publish.message)
         await self.bus.publish(message["reply_to"], reply)
 
 
@@ -112,12 +114,36 @@ async def test_unavailable_is_retried_and_reported_only_when_never_applied(ring)
 async def test_events_reach_watchers_and_a_rotation_forgets_cached_logins(ring) -> None:
     _owner, store = ring
     seen = []
-    store.watch(CID, seen.append)
+    await store.watch(CID, seen.append)
     assert await store.authenticate(CID, "secret")
     await store.insert_task(CID, "t", "d")
     await store.rotate_token(CID, "new")
     assert not await store.authenticate(CID, "secret")
     assert [e.kind for e in seen] == ["task_inserted"]
+
+
+async def test_a_rotation_reaches_a_portal_where_nobody_watches(ring) -> None:
+    _owner, store = ring
+    assert await store.authenticate(CID, "secret")
+    await store.rotate_token(CID, "new")
+    assert not await store.authenticate(CID, "secret")
+
+
+async def test_events_are_subscribed_only_while_someone_watches(ring) -> None:
+    _owner, store = ring
+    topic = topics.RING_EVENTS
+    first, second = [], []
+    stop_first = await store.watch(CID, first.append)
+    stop_second = await store.watch(CID, second.append)
+    await store.insert_task(CID, "a", "d")
+    stop_first()
+    assert topic in [f for f, _ in store.bus.handlers]
+    await store.insert_task(CID, "b", "d")
+    stop_second()
+    assert topic not in [f for f, _ in store.bus.handlers]
+    await store.insert_task(CID, "c", "d")
+    assert [e.title for e in first] == ["a"]
+    assert [e.title for e in second] == ["a", "b"]
 
 
 async def test_no_cache_node_means_unavailable_and_not_ready() -> None:
