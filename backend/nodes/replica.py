@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 KIND = "replica"
 FLUSH_WAIT = 2.0
+EARLY_SEND_WAIT = 0.05  # for the leader's AppendEntries to leave before its own fsync
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
@@ -101,8 +102,15 @@ class Replica:
                 ready = self.core.next_ready()
                 if ready is None:
                     break
-                self.publisher.send(self.core.sends_before_persist(ready))
-                await asyncio.to_thread(self.storage.save, ready)
+                early = self.core.sends_before_persist(ready)
+                if early:
+                    self.publisher.send(early)
+                    # on the wire before the fsync below holds up the event loop
+                    await self.publisher.flush(EARLY_SEND_WAIT)
+                # In line, not in a worker thread: a thread hand-off per Ready cost more
+                # CPU than the write and fsync; what arrives meanwhile waits in the socket
+                # and is taken in one go afterwards.
+                self.storage.save(ready)
                 self.publisher.send(self.core.after_persist(ready, self.loop.time()))
                 snapshot = self.core.maybe_compact()
                 if snapshot is not None:

@@ -66,7 +66,7 @@ class RaftOptions:
     heartbeat_ticks: int = 1  # the leader sends heartbeats this often
     pre_vote: bool = True
     check_quorum: bool = True
-    max_inflight: int = 64  # unacknowledged AppendEntries per follower while replicating
+    max_inflight: int = 1  # unacknowledged AppendEntries per follower while replicating
     max_msg_bytes: int = 1 << 20  # entries per AppendEntries (at least one is always sent)
     max_apply_bytes: int = 16 << 20  # committed entries per Ready
 
