@@ -25,7 +25,7 @@ from .. import config
 from ..cli_common import EXIT_UNREACHABLE, EXIT_USAGE, fail
 from ..client_app import DEFAULT_PORTALS as DEFAULT_CLIENT_PORTALS
 from ..nodes.process import run as run_loop
-from . import environment, report
+from . import environment, report, restart_cli
 from .driver import RunOptions, run
 from .progress import live_progress
 from .results import Live, RunResult
@@ -279,12 +279,20 @@ def admin_token(flag: str | None, data_dir: str | None) -> str:
     help="Skip a comparison peer that is not installed instead of installing it.",
 )
 @click.option("--no-progress", is_flag=True, help="No live progress bar.")
+@restart_cli.options
 def bench(**flags: Any) -> None:
     """Load-test a running system through its real portals and print latency and throughput.
 
     Creates (or reuses) K clients `bench-client-NNNNNN` through an admin portal,
     gives each T tasks, then drives the workload through every client portal.
+
+    With --restart-tasks N it measures a full restart instead: it writes N tasks
+    straight into a new data directory, starts `taskring up` on it, and reports
+    how long until the system serves them again, and the memory and disk it uses.
     """
+    if flags["restart_tasks"] is not None:
+        restart_cli.main(flags)
+        return
     plan = make_plan(flags)
     json_path = flags["json_path"]
     if json_path is not None and not json_path.parent.is_dir():

@@ -44,7 +44,7 @@ def decode_snapshot(data: bytes) -> Snapshot:
     if len(data) < _HEADER.size:
         raise ValueError("shorter than a snapshot header")
     magic, crc, length = _HEADER.unpack_from(data)
-    body = data[_HEADER.size :]
+    body = memoryview(data)[_HEADER.size :]  # a view: the body may be hundreds of MB
     if magic != MAGIC:
         raise ValueError("not a snapshot file")
     if length != len(body):
