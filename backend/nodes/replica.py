@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 import random
 import sys
@@ -182,6 +183,7 @@ async def run_replica(
     except (OSError, StorageCorruptError, LogCorruptedError, ValueError) as exc:
         log.error("replica %s-%s cannot use %s: %s", group, member, directory, exc)
         return EXIT_FAILED
+    gc.freeze()  # the restored state: as for the modules (process.run), and as large
     bus = MqttBus(broker, f"replica-{group}-{member}")
     replica = Replica(core, storage, bus)
     bus.subscribe(topics.raft_member(group, member), replica.on_message)

@@ -448,6 +448,27 @@ def test_request_ids_are_forgotten_oldest_first_and_survive_a_snapshot(monkeypat
     assert list(restored.requests) == ["r1", "r2"]
 
 
+def test_a_version_2_snapshot_with_answers_as_maps_still_answers_repeats() -> None:
+    group = Group()
+    group.run("a", claim("a/1"), create())
+    first = group.run("a", {**insert("x", owner="a/1"), "req": "r1"})[0]
+    state = msgpack.unpackb(group.machine.snapshot(), raw=False, strict_map_key=False)
+    state["version"] = 2
+    state["requests"] = [[req, _unpacked(answer)] for req, answer in state["requests"]]
+    for _client, session in state["sessions"]:
+        session[2] = [[rid, _unpacked(answer)] for rid, answer in session[2]]
+    restored = ReplicaStateMachine.restore(msgpack.packb(state, use_bin_type=True))
+    assert restored.snapshot() == group.machine.snapshot()
+    again = Group(restored)
+    again.next_request = dict(group.next_request)
+    repeat = again.run("a", {**insert("x", owner="a/1"), "req": "r1"})[0]
+    assert repeat == {**first, "repeat": True}
+
+
+def _unpacked(answer: bytes) -> dict:
+    return msgpack.unpackb(answer, raw=False, strict_map_key=False)
+
+
 def test_a_request_id_must_be_text() -> None:
     with pytest.raises(ValueError, match="req must be text"):
         wire.check_write_or_read_op({**insert("x"), "req": 7})
