@@ -21,6 +21,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,8 @@ DEFAULT_LISTEN = "127.0.0.1:1883"
 BROKER_DIR = "broker"
 MOSQUITTO_USER = "mosquitto"  # the user Mosquitto switches to when started as root
 PRIVATE_PREFIX = "taskring-broker-"  # + our pid: the private directory of a root-started broker
+# Where a private directory goes when TMPDIR is one Mosquitto's user cannot enter.
+SYSTEM_TEMP_DIRS = ("/tmp", "/var/tmp")
 
 
 def mosquitto_binary() -> str | None:
@@ -162,8 +165,7 @@ class MosquittoFiles:
         uid, gid = self.run_as.pw_uid, self.run_as.pw_gid
         if self.private is None:
             remove_stale_private_dirs()
-            self.private = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-"))
-            os.chown(self.private, uid, gid)
+            self.private = make_private_dir(self.run_as)
         copies = []
         for source in sources:
             copy = self.private / source.name
@@ -178,12 +180,69 @@ class MosquittoFiles:
             shutil.rmtree(self.private, ignore_errors=True)
 
 
+def private_dir_parents() -> list[Path]:
+    """Where a private directory may go, best first: the usual temporary directory
+    (TMPDIR's), then the system's own, which every user may enter."""
+    parents: list[Path] = []
+    for candidate in (tempfile.gettempdir(), *SYSTEM_TEMP_DIRS):
+        path = Path(candidate)
+        if path not in parents:
+            parents.append(path)
+    return parents
+
+
+def enterable_by(path: Path, user: pwd.struct_passwd) -> bool:
+    """Whether `user` (with its primary group only, as Mosquitto runs) can reach files
+    in `path`: it needs search permission on the directory and every one above it."""
+    for directory in (path, *path.parents):
+        try:
+            info = directory.stat()
+        except OSError:
+            return False
+        if info.st_uid == user.pw_uid:
+            bit = stat.S_IXUSR
+        elif info.st_gid == user.pw_gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not info.st_mode & bit:
+            return False
+    return True
+
+
+def make_private_dir(user: pwd.struct_passwd) -> Path:
+    """A new directory only `user` (and root) can read, somewhere `user` can reach.
+
+    TMPDIR may name a directory private to root (pytest's tmp_path is 0700), where a
+    Mosquitto running as `user` could open nothing; the system's temporary directory
+    is used then. The directory is created 0700 and handed to `user`, so the password
+    file in it stays between root and Mosquitto.
+    """
+    tried = []
+    for parent in private_dir_parents():
+        if not enterable_by(parent.resolve(), user):
+            tried.append(f"{parent} (the {user.pw_name} user cannot enter it)")
+            continue
+        try:
+            private = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-", dir=parent))
+            os.chown(private, user.pw_uid, user.pw_gid)
+        except OSError as exc:
+            tried.append(f"{parent} ({exc.strerror or exc})")
+            continue
+        return private
+    raise click.ClickException(
+        f"no directory for Mosquitto's configuration that the {user.pw_name} user can read;"
+        f" tried {'; '.join(tried)}. Set TMPDIR to a directory it can enter."
+    )
+
+
 def remove_stale_private_dirs() -> None:
     """Remove private directories left by brokers that were killed before they could."""
-    for path in Path(tempfile.gettempdir()).glob(f"{PRIVATE_PREFIX}*-*"):
-        owner = path.name[len(PRIVATE_PREFIX) :].split("-", 1)[0]
-        if owner.isdigit() and not process_exists(int(owner)):
-            shutil.rmtree(path, ignore_errors=True)
+    for parent in private_dir_parents():
+        for path in parent.glob(f"{PRIVATE_PREFIX}*-*"):
+            owner = path.name[len(PRIVATE_PREFIX) :].split("-", 1)[0]
+            if owner.isdigit() and not process_exists(int(owner)):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def process_exists(pid: int) -> bool:

@@ -180,10 +180,50 @@ class ClusterView:
         reasons: list[str] = []
         for kind in PORTAL_KINDS:
             reasons.extend(self._missing_for(kind, now))
-        for group in self.replica_groups(now):
-            if not group["leader"]:
-                reasons.append(f"replica group {group['id']} has no leader")
+        return reasons + self._missing_groups(now)
+
+    def _missing_groups(self, now: float) -> list[str]:
+        """A durable ring commits a write only through its key's group, so every group
+        must have a live leader. The groups expected are those the live cache nodes name
+        and every group a replica has ever been heard from (until forgotten): a group
+        whose replicas all fell silent, or have not started yet, is not ready. When the
+        cache nodes say they are durable but no group is known at all, say so."""
+        led = {group["id"]: group["leader"] for group in self.replica_groups(now)}
+        expected = self.expected_groups(now)
+        reasons = []
+        for group in expected:
+            if led.get(group):
+                continue
+            if group in led:
+                reasons.append(f"replica group {group} has no leader")
+            else:
+                reasons.append(f"replica group {group} has no live replica")
+        if not expected and self.durable_ring(now):
+            reasons.append(
+                "the cache nodes keep their keys in replica groups, and no replica"
+                " has been heard from yet"
+            )
         return reasons
+
+    def expected_groups(self, now: float) -> list[str]:
+        """The replica groups a write may need: named by a live cache node's heartbeat
+        (ring "groups"), or heard from in any replica heartbeat still remembered."""
+        names = {
+            str((c.heartbeat.raft or {}).get("group", "?"))
+            for c in self.components(now)
+            if c.kind == REPLICA
+        }
+        for node in self.alive(now, CACHE_NODE):
+            listed = (node.heartbeat.ring or {}).get("groups")
+            if isinstance(listed, list):
+                names.update(str(group) for group in listed)
+        return sorted(names, key=lambda name: (len(name), name))  # g2 before g10
+
+    def durable_ring(self, now: float) -> bool:
+        """Whether a live cache node says its keys live in replica groups."""
+        return any(
+            (c.heartbeat.ring or {}).get("durable") is True for c in self.alive(now, CACHE_NODE)
+        )
 
     def replica_groups(self, now: float) -> list[dict[str, Any]]:
         """Each replica group heard from, its live members and its leader (/api/cluster)."""

@@ -200,8 +200,8 @@ def plan_replicas(settings: Settings, broker: BrokerPlan) -> list[ChildSpec]:
 def groups_without_leader(settings: Settings, cluster: object) -> list[str]:
     """The replica groups `up` starts that a /api/cluster answer does not show with a leader.
 
-    /readyz counts only the groups the web process has heard from, so right after the
-    start it may say ready before the first replica heartbeat; this closes that gap.
+    /readyz counts the groups the web process has heard of (from replicas, or named by
+    live cache nodes); `up` knows which it started, so it checks them itself as well.
     """
     if not settings.durable:
         return []

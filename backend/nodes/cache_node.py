@@ -45,6 +45,8 @@ is [host id, position]:
       "vnodes":       [{"position", "state": "idle"|"joining"|"member"|"lost"|"left",
                         "predecessor": peer | None, "successors": [peer...],
                         "fingers": [peer...]}, ...] every position in full, same order
+      "durable":      bool, keys live in replica groups
+      "groups":       [group id, ...] those groups (/readyz waits for a leader in each)
     }
 """
 

@@ -229,6 +229,7 @@ class CacheNode:
             "moving": len(self.moves.moving),
             "vnodes": vnodes,
             "durable": self.durable is not None,
+            "groups": [] if self.durable is None else self.durable.groups,
         }
 
     # ---- inputs ---------------------------------------------------------------------

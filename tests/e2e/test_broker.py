@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import signal
 import statistics
 import subprocess
@@ -253,3 +254,34 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@needs_mosquitto
+def test_broker_works_with_tmpdir_that_mosquitto_cannot_enter(processes: Processes, tmp_path: Path):
+    """Started as root, the broker hands Mosquitto copies of its files in a private
+    directory; a TMPDIR only root may enter must not be where that goes."""
+    private_tmp = tmp_path / "root-only"
+    private_tmp.mkdir(mode=0o700)
+    port, data = free_port(), tmp_path / "data"
+    process = processes.taskring(
+        "broker",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(data),
+        name="broker",
+        env={"TMPDIR": str(private_tmp)},
+    )
+    wait_until(lambda: port_open(port) or process.poll() is not None, "the broker to listen")
+    assert process.poll() is None, log_text(process)
+    password = load_credentials(data)["portal"]
+    assert probe_broker("127.0.0.1", port, "portal", password) == CONNACK_ACCEPTED
+    assert process.poll() is None, log_text(process)
+    if os.geteuid() == 0:
+        assert not list(private_tmp.iterdir())
+        (private,) = Path("/tmp").glob(f"taskring-broker-{process.pid}-*")
+        info = private.stat()
+        assert info.st_mode & 0o777 == 0o700  # the password file stays between root and it
+        assert info.st_uid == pwd.getpwnam("mosquitto").pw_uid
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 0

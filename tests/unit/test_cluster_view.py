@@ -13,6 +13,7 @@ from backend.cluster_view import (
     cumulative_buckets,
     parse_heartbeat,
 )
+from backend.ring.cache_core import CacheNode
 from backend.telemetry import LATENCY_BUCKETS, RequestMetrics, heartbeat_message
 
 
@@ -283,3 +284,62 @@ def test_a_silent_leader_no_longer_counts() -> None:
     view.observe(replica(1, "leader", 2), 100.0)
     view.observe(replica(2, "follower", 2), 129.0)
     assert view.missing(130.0) == ["replica group g1 has no leader"]
+
+
+def cache_node_beat(durable: bool, **ring: Any) -> dict[str, Any]:
+    """A cache node's heartbeat with the ring map its core really reports."""
+    groups = {"g1": [1, 2, 3]} if durable else None
+    node = CacheNode("cache-node-1", incarnation="i", bootstrap=True, groups=groups)
+    return beat("cache-node-1", "cache-node", "", ring={**node.ring_status(), **ring})
+
+
+def test_durable_cache_nodes_that_name_no_groups_still_wait_for_a_replica() -> None:
+    view = ready_cluster()
+    view.observe(cache_node_beat(durable=True, groups=None), 100.0)
+    assert view.missing(100.0) == [
+        "the cache nodes keep their keys in replica groups, and no replica has been heard from yet"
+    ]
+
+
+def test_a_durable_ring_is_not_ready_before_any_replica_is_heard() -> None:
+    view = ready_cluster()
+    view.observe(cache_node_beat(durable=True), 100.0)
+    assert view.missing(100.0) == ["replica group g1 has no live replica"]
+    view.observe(replica(1, "follower", 1), 101.0)
+    assert view.missing(101.0) == ["replica group g1 has no leader"]
+    view.observe(replica(2, "leader", 1), 101.5)
+    assert view.missing(101.5) == []
+
+
+def test_a_memory_only_ring_needs_no_replica() -> None:
+    view = ready_cluster()
+    view.observe(cache_node_beat(durable=False), 100.0)
+    assert view.missing(100.0) == []
+
+
+def test_a_group_whose_replicas_all_fell_silent_is_not_ready() -> None:
+    view = ready_cluster(100.0)
+    view.observe(cache_node_beat(durable=True), 100.0)
+    view.observe(replica(1, "leader", 2), 100.0)
+    view.observe(replica(1, "leader", 1, group="g2"), 100.0)
+    view = _refresh_portals(view, 130.0)
+    view.observe(replica(1, "leader", 1, group="g2"), 130.0)
+    assert view.missing(130.0) == ["replica group g1 has no live replica"]
+    assert [g["id"] for g in view.replica_groups(130.0)] == ["g2"]
+
+
+def test_every_group_the_cache_nodes_name_needs_a_leader() -> None:
+    view = ready_cluster()
+    view.observe(cache_node_beat(durable=True, groups=["g1", "g2", "g10"]), 100.0)
+    view.observe(replica(1, "leader", 1), 100.0)
+    assert view.missing(100.0) == [
+        "replica group g2 has no live replica",
+        "replica group g10 has no live replica",
+    ]
+
+
+def _refresh_portals(view: ClusterView, now: float) -> ClusterView:
+    view.observe(beat(), now)
+    view.observe(beat("admin-portal-1", "admin-portal", "127.0.0.1:50051"), now)
+    view.observe(cache_node_beat(durable=True), now)
+    return view

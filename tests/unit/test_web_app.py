@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend.bus.memory import MemoryBus, MemoryHub
 from backend.cluster_view import ADMIN_PORTAL, CLIENT_PORTAL
+from backend.ring.cache_core import CacheNode
 from backend.telemetry import RequestMetrics, heartbeat_message
 from web.server import WebContext, create_app
 
@@ -211,3 +212,23 @@ async def test_an_internal_failure_answers_500_json_without_a_traceback(
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "internal"
     assert "secret" not in response.text and "Traceback" not in response.text
+
+
+async def test_a_durable_ring_is_unready_until_its_group_has_a_leader(
+    http: httpx.AsyncClient, context: WebContext
+) -> None:
+    """After a restart the portals and cache nodes are up long before the replicas have
+    restored their snapshots; /readyz must wait for the replicas too."""
+    await both_portals(context)
+    node = CacheNode("cache-node-1", incarnation="i", bootstrap=True, groups={"g1": [1, 2, 3]})
+    cache_beat = heartbeat_message("cache-node-1", "cache-node", "", 0.0, None, None)
+    cache_beat["ring"] = node.ring_status()
+    await context.on_heartbeat("taskring/v1/heartbeat/cache-node/cache-node-1", cache_beat)
+    code, body = await readyz(http)
+    assert code == 503
+    assert body["missing"] == ["replica group g1 has no live replica"]
+    replica_beat = heartbeat_message("replica-g1-1", "replica", "", 0.0, None, None)
+    replica_beat["raft"] = {"group": "g1", "member": 1, "role": "leader", "term": 1}
+    await context.on_heartbeat("taskring/v1/heartbeat/replica/replica-g1-1", replica_beat)
+    code, body = await readyz(http)
+    assert code == 200, body
