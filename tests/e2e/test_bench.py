@@ -60,6 +60,16 @@ def test_closed_loop_writes_through_both_portals(stack: Stack, tmp_path: Path) -
     assert document["parameters"]["connections"] == 8
 
 
+def test_writes_and_reads_on_a_durable_ring(processes, tmp_path: Path) -> None:
+    """The configuration BENCHMARKS.md measures: cache nodes in front of a replica group."""
+    ring = start_stack(processes, tmp_path, storage="ring", replica_groups=1)
+    for workload in ("write", "read"):
+        args = ("--workload", workload, "--duration", "3")
+        result = only_result(bench(tmp_path, *args, env=stack_env(ring)))
+        assert result["ops"] > 50, result
+        assert result["errors"] == {}, result
+
+
 def test_open_loop_mixed_keeps_its_rate(stack: Stack, tmp_path: Path) -> None:
     args = ("--workload", "mixed", "--keys", "zipfian", "--rate", "200", "--duration", "2")
     result = only_result(bench(tmp_path, *args, env=stack_env(stack)))
