@@ -2,9 +2,11 @@
 
 A connection reads bytes, splits them into lines (protocol/framing.py) and
 answers each line before looking at the next, so responses go out in request
-order however many requests a client pipelines. Events from `watch` are
-written as soon as the store reports them; every write is one whole line, so
-events fall between responses, never inside one.
+order however many requests a client pipelines. The answers to lines that
+arrived in one read go out in one write, once the last is answered. Events
+from `watch` are written as soon as the store reports them, after any answer
+kept back; every write is whole lines, so events fall between responses,
+never inside one.
 
 Who may do what:
 
@@ -122,6 +124,7 @@ class Connection:
         self.checked_at = float("-inf")
         self.stall_timer: asyncio.TimerHandle | None = None
         self.closing = False  # set once nothing more may be written
+        self.unsent: list[bytes] = []  # answers kept back to go out with the next write
         self.transport.set_write_buffer_limits(high=self.limits.write_buffer)
         _enable_keepalive(writer)
 
@@ -142,11 +145,14 @@ class Connection:
         while data := await self._receive():
             received_at = time.monotonic()
             events = self.splitter.feed(data)
-            for event in events:
+            for number, event in enumerate(events, 1):
                 if isinstance(event, LineTooLong):
                     await self._refuse_too_large()
                     return
-                await self._answer(event.data)
+                # Lines that came in one read are answered with one write: a client
+                # that sends `auth` and an operation together gets both answers in one
+                # packet, and the portal makes one send instead of two.
+                await self._answer(event.data, last=number == len(events))
             self._track_line_start(received_at, bool(events))
 
     async def _receive(self) -> bytes:
@@ -195,11 +201,14 @@ class Connection:
 
     # ---- answering -------------------------------------------------------------
 
-    async def _answer(self, line: bytes) -> None:
+    async def _answer(self, line: bytes, last: bool = True) -> None:
         started = time.perf_counter()
         op, outcome, response = await self._dispatch(line)
         self.context.metrics.observe(op, outcome, time.perf_counter() - started)
-        await self._send(response)
+        if last:
+            await self._send(response)
+        else:
+            self.unsent.append(response)
 
     async def _dispatch(self, line: bytes) -> tuple[str, str, bytes]:
         """Return (op for metrics, outcome, response line) for one request line."""
@@ -371,6 +380,9 @@ class Connection:
     def _write(self, line: bytes) -> None:
         if self.closing or self.transport.is_closing():
             return
+        if self.unsent:  # answers kept back go first: responses stay before later events
+            line = b"".join([*self.unsent, line])
+            self.unsent.clear()
         self.writer.write(line)
         queued = self.transport.get_write_buffer_size()
         if queued > self.limits.write_buffer_hard:

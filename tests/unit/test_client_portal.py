@@ -474,6 +474,33 @@ async def test_pipelined_bad_lines_get_their_answers_in_place(world: World) -> N
     assert [(await peer.recv())["id"] for _ in range(3)] == [1, None, 3]
 
 
+class GatedStore(LocalStore):
+    """A LocalStore whose list_tasks waits until the test opens the gate."""
+
+    gate: asyncio.Event
+
+    async def list_tasks(self, cid: int) -> list:
+        await self.gate.wait()
+        return await super().list_tasks(cid)
+
+
+async def test_answers_to_lines_read_together_go_out_together() -> None:
+    w = await start_world(store_class=GatedStore)
+    try:
+        w.store.gate = asyncio.Event()
+        peer = await w.authed()
+        lines = [{"id": 1, "op": "ping"}, {"id": 2, "op": "list_tasks", "cid": w.cid}]
+        await peer.send(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+        # The ping is answered at once but kept back while the list waits on the store.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await peer.reader.readline()
+        w.store.gate.set()
+        assert [(await peer.recv())["id"] for _ in range(2)] == [1, 2]
+    finally:
+        await stop_world(w)
+
+
 # ---- watch ---------------------------------------------------------------------------
 
 
