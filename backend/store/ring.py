@@ -77,6 +77,7 @@ class RingStore:
         self.pending: dict[str, asyncio.Future[Message]] = {}
         # corr -> (entry, key) of attempts that may be repeated, for a cache node's death
         self._attempts: dict[str, tuple[str, int]] = {}
+        self._scans: dict[str, str] = {}  # corr -> the cache node a scan waits on
         self._gone: dict[str, tuple[str, float]] = {}  # host -> (incarnation, when its will came)
         self.watchers = Watchers()
         self.authenticated: dict[tuple[int, str], float] = {}
@@ -316,6 +317,7 @@ class RingStore:
         corr = self._next_corr()
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.pending[corr] = future
+        self._scans[corr] = host
         try:
             message = wire.scan(corr, self.reply_topic, after, limit)
             await self._send(topics.ring_host(host), message)
@@ -324,6 +326,9 @@ class RingStore:
             raise OpError(UNAVAILABLE, f"cache node {host} did not answer a scan") from exc
         finally:
             self.pending.pop(corr, None)
+            self._scans.pop(corr, None)
+        if reply is _ENTRY_GONE:
+            raise OpError(UNAVAILABLE, f"cache node {host} died during a scan")
         return list(self._result(reply).get("clients", []))
 
     def _send(self, topic: str, message: dict[str, Any]) -> asyncio.Future[None]:
@@ -437,6 +442,7 @@ class RingStore:
             for corr, (entry, key) in self._attempts.items()
             if host in (entry, self._entry_for(key, avoid=set()))
         ]
+        stranded += [corr for corr, scanned in self._scans.items() if scanned == host]
         del self.hosts[host]
         self._gone[host] = (incarnation, self.clock())
         for corr in stranded:

@@ -15,9 +15,10 @@ import pytest
 from backend.bus import topics
 from backend.bus.memory import MemoryBus, MemoryHub
 from backend.errors import TIMEOUT, OpError
-from backend.model.kv import KeyValueState
+from backend.model.kv import KeyValueState, record_to_wire
 from backend.ring import wire
 from backend.ring.cache_core import Publish
+from backend.store import ring as ring_store
 from backend.store.ring import ATTEMPT_WAIT, HOST_FRESHNESS, RingStore
 from tests.unit.test_cache_core import Cluster, create
 
@@ -111,6 +112,12 @@ class StandIn:
         self.asked.set()
         if self.silent:
             return
+        if message["t"] == wire.SCAN:
+            clients = [record_to_wire(c) for c in self.state.clients_after(-1, 100)]
+            result = {"clients": clients, "host": self.host}
+            reply = wire.reply_ok(message["corr"], result, [self.host], self.host, 0)
+            await self.bus.publish(message["reply_to"], reply)
+            return
         try:
             result, _events = self.state.apply(message["op"])
             reply = wire.reply_ok(message["corr"], result, [self.host], self.host, 0)
@@ -143,6 +150,18 @@ async def test_a_read_waiting_on_a_dead_node_goes_elsewhere_at_once() -> None:
     async with asyncio.timeout(ATTEMPT_WAIT / 2):  # well before the ordinary retry
         assert await call == []
     assert "cache-1" not in store.hosts and len(other.requests) == 1
+
+
+async def test_a_listing_waiting_on_a_dead_node_asks_another_at_once(monkeypatch) -> None:
+    store, owner, other = await portal(durable=True)
+    owner.silent = True
+    other.state.apply(create(CID, "alice"))
+    monkeypatch.setattr(ring_store.random, "sample", lambda hosts, n: sorted(hosts)[:n])
+    call = asyncio.create_task(store.list_clients(None, 10))
+    await asyncio.wait_for(owner.asked.wait(), 1.0)
+    await owner.bus.publish(topics.RING_ANNOUNCE, wire.host_gone("cache-1", "1"))
+    async with asyncio.timeout(1.0):  # not the 5 s a silent node would cost
+        assert [c.name for c in await call] == ["alice"]
 
 
 async def test_a_durable_write_is_sent_again_with_its_request_id() -> None:
