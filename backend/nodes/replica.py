@@ -2,13 +2,26 @@
 
 A thin asyncio adapter around backend/replica/core.py's ReplicaCore: it feeds
 the core what arrives on this replica's inbox, ticks it, and runs the Ready
-cycle in the order Raft requires: persist (one fsync per Ready, in a worker
-thread so messages keep arriving and batch up for the next one), send, apply,
+cycle in the order Raft requires: persist (one fsync per Ready), send, apply,
 advance; then a snapshot when one is due.
+
+Snapshots are taken the way Redis's BGSAVE does: the replica forks, and the
+child encodes the state as of the fork (the pages are shared copy-on-write)
+and writes the snapshot file, then exits; the replica keeps serving
+meanwhile, and once the child has exited successfully (a pidfd tells the
+event loop) compacts its log through the snapshot's index. One child at a
+time; a failed one is logged and retried after SNAPSHOT_RETRY seconds; on
+stop the child is killed and its temporary file removed. The child touches
+nothing but its own file: no logging (another thread may hold a handler's
+lock at the fork), no event loop, no broker connection; it closes the
+descriptors it inherited and leaves with os._exit, so no atexit handler or
+buffered output of the parent runs twice. It dies with the replica
+(PR_SET_PDEATHSIG). After such a snapshot the bytes are on disk only; when a
+lagging follower needs them the replica reads the file in a worker thread.
 
     taskring replica --group g1 --member 2 [--members 1,2,3] [--data-dir DIR]
                      [--broker URL] [--tick 0.05] [--election-ticks 10]
-                     [--snapshot-every 10000]
+                     [--snapshot-every 10000]    (or TASKRING_SNAPSHOT_EVERY)
 
 Files: DIR/replicas/<group>-<member>/ (wal/ and snap/, see backend/storage;
 LOCK keeps a second process off the same files).
@@ -35,15 +48,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import gc
 import logging
+import os
 import random
+import signal
 import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 import click
 
@@ -54,7 +70,7 @@ from ..bus.transport import BusUnavailable, Message
 from ..cli_common import broker_option
 from ..config import BrokerAddress, data_dir
 from ..raft import LogCorruptedError, RaftOptions
-from ..replica.core import SNAPSHOT_EVERY, ReplicaCore
+from ..replica.core import SNAPSHOT_EVERY, ReplicaCore, SnapshotJob
 from ..replica.group import check_group_id
 from ..storage import DurableRaftStorage, StorageCorruptError
 from ..telemetry import HEARTBEAT_INTERVAL, heartbeat_message
@@ -66,6 +82,15 @@ KIND = "replica"
 FLUSH_WAIT = 2.0
 EARLY_SEND_WAIT = 0.05  # for the leader's AppendEntries to leave before its own fsync
 EXIT_FAILED, EXIT_USAGE = 1, 2
+SNAPSHOT_RETRY = 5.0  # seconds after a failed snapshot before the next try
+LOAD_RETRY = 1.0  # seconds after a snapshot file could not be read for a follower
+SNAPSHOT_NICE = 19  # the snapshot writer's priority: the lowest
+
+_PR_SET_PDEATHSIG = 1
+try:  # looked up now: the forked child must not load libraries (the loader has locks)
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: the replica kills its child when it stops
+    _prctl = None
 
 
 class Replica:
@@ -78,6 +103,10 @@ class Replica:
         self.wake = asyncio.Event()
         self.stopping = False
         self.loop = asyncio.get_running_loop()
+        self._snapshotting: asyncio.Task[None] | None = None
+        self._snapshot_retry_at = 0.0
+        self._loading: asyncio.Task[None] | None = None
+        self._load_retry_at = 0.0
 
     async def on_message(self, _topic: str, message: Message) -> None:
         self.publisher.send(self.core.receive(message, self.loop.time()))
@@ -99,6 +128,7 @@ class Replica:
             await self.wake.wait()
             self.wake.clear()
             while not self.stopping:
+                self._start_background_work()  # here, between Readys
                 self.publisher.send(self.core.flush(self.loop.time()))
                 ready = self.core.next_ready()
                 if ready is None:
@@ -113,10 +143,106 @@ class Replica:
                 # and is taken in one go afterwards.
                 self.storage.save(ready)
                 self.publisher.send(self.core.after_persist(ready, self.loop.time()))
-                snapshot = self.core.maybe_compact()
-                if snapshot is not None:
-                    await asyncio.to_thread(self.storage.save_snapshot, snapshot)
-                    log.info("group %s: snapshot at index %d", self.core.group, snapshot.index)
+
+    # ---- snapshots in the background ------------------------------------------------------
+
+    def _start_background_work(self) -> None:
+        """Fork a snapshot writer if a snapshot is due; read a snapshot file back if a
+        follower needs its bytes."""
+        now = self.loop.time()
+        idle = self._snapshotting is None and now >= self._snapshot_retry_at
+        if idle and self.core.snapshot_due():
+            self._fork_snapshot(self.core.start_snapshot())
+        wanted = self.core.snapshot_wanted()
+        if wanted is not None and self._loading is None and now >= self._load_retry_at:
+            self._loading = asyncio.create_task(self._load_snapshot(wanted))
+
+    def _fork_snapshot(self, job: SnapshotJob) -> None:
+        started = time.perf_counter()
+        parent = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self._snapshot_failed(job, f"cannot fork: {exc}")
+            return
+        if pid == 0:
+            write_snapshot_in_child(job, self.storage, parent)
+        forked = time.perf_counter() - started
+        log.info(
+            "group %s: snapshot at index %d being written by process %d (fork took %.1f ms)",
+            self.core.group,
+            job.index,
+            pid,
+            forked * 1000,
+        )
+        self._snapshotting = asyncio.create_task(self._await_snapshot(job, pid, started))
+
+    async def _await_snapshot(self, job: SnapshotJob, pid: int, started: float) -> None:
+        try:
+            code = await wait_for_exit(pid)
+        except asyncio.CancelledError:
+            stop_child(pid)
+            self.storage.discard_partial_snapshot(pid)
+            self.core.snapshot_failed(job)
+            raise
+        finally:
+            self._snapshotting = None
+        if code != 0:
+            self.storage.discard_partial_snapshot(pid)
+            self._snapshot_failed(job, f"the writer exited with {code}")
+            return
+        try:
+            self.storage.snapshot_written(job.index)
+        except OSError as exc:  # the snapshot is saved; only the clean-up failed
+            log.warning("group %s: after the snapshot at %d: %s", self.core.group, job.index, exc)
+        compacted = self.core.snapshot_saved(job)
+        log.info(
+            "group %s: snapshot at index %d saved in %.2f s%s",
+            self.core.group,
+            job.index,
+            time.perf_counter() - started,
+            "" if compacted else " (a newer snapshot replaced the log meanwhile)",
+        )
+        self.wake.set()
+
+    def _snapshot_failed(self, job: SnapshotJob, why: str) -> None:
+        self.core.snapshot_failed(job)
+        self._snapshot_retry_at = self.loop.time() + SNAPSHOT_RETRY
+        log.error(
+            "group %s: snapshot at index %d failed: %s; trying again in %.0f s",
+            self.core.group,
+            job.index,
+            why,
+            SNAPSHOT_RETRY,
+        )
+
+    async def _load_snapshot(self, index: int) -> None:
+        try:
+            snapshot = await asyncio.to_thread(self.storage.load_snapshot, index)
+        except (OSError, ValueError) as exc:
+            self._load_retry_at = self.loop.time() + LOAD_RETRY
+            log.warning(
+                "group %s: cannot read the snapshot at index %d for a follower: %s",
+                self.core.group,
+                index,
+                exc,
+            )
+        else:
+            self.core.snapshot_loaded(snapshot)
+            log.info(
+                "group %s: read the snapshot at index %d for a follower", self.core.group, index
+            )
+        finally:
+            self._loading = None
+            self.wake.set()
+
+    async def stop_background_work(self) -> None:
+        """Kill a snapshot writer still running (its file is never taken as a snapshot)
+        and stop reading a snapshot file."""
+        tasks = [t for t in (self._snapshotting, self._loading) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def heartbeat(self) -> None:
         started = time.time()
@@ -130,6 +256,67 @@ class Replica:
             with contextlib.suppress(BusUnavailable):  # the bus logs its own trouble
                 await self.publisher.bus.publish(topic, message, qos=0)
             await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+
+def write_snapshot_in_child(job: SnapshotJob, storage: DurableRaftStorage, parent: int) -> NoReturn:
+    """In the forked child: encode `job` and write its file, then exit at once.
+
+    Only os calls and the encoder run here: no logging, no event loop, no broker. The
+    exit code says how it went (0: the file is durable); os._exit skips atexit handlers
+    and the parent's buffered output."""
+    code = 1
+    try:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # not outliving the replica
+        if os.getppid() != parent:
+            os._exit(code)  # the replica died before the line above took effect
+        signal.set_wakeup_fd(-1)  # the parent's event loop owns that descriptor
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        gc.disable()  # a collection would touch (and copy) every shared page
+        # background work: the replica serving writes (and its peers on the same cores)
+        # go first; a snapshot finishing later only means a longer log meanwhile
+        os.nice(SNAPSHOT_NICE)
+        # the broker socket, the log, LOCK: the parent's; a copy held here would keep a
+        # dead replica's connection open and its directory locked
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        storage.write_snapshot(job.encode())
+        code = 0
+    finally:
+        os._exit(code)
+
+
+async def wait_for_exit(pid: int) -> int:
+    """The exit code of child `pid` (negative: the signal that ended it), waiting
+    without blocking the event loop: a pidfd becomes readable when the child exits."""
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (not Linux, or an old kernel)
+        _pid, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        return os.waitstatus_to_exitcode(status)
+    exited: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return reap(pid)
+
+
+def reap(pid: int) -> int:
+    """The exit code of child `pid`, which has exited (so this does not block)."""
+    _pid, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def stop_child(pid: int) -> None:
+    """Kill child `pid` and reap it (no zombie left)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):  # reaped already (by a waiting thread)
+        os.waitpid(pid, 0)
 
 
 def lock_directory(directory: Path) -> IO[bytes]:
@@ -209,6 +396,7 @@ async def run_replica(
         for task in helpers:
             task.cancel()
         await asyncio.gather(driver, *helpers, return_exceptions=True)
+        await replica.stop_background_work()
         await replica.publisher.flush(FLUSH_WAIT)
     storage.close()
     lock.close()
@@ -297,6 +485,7 @@ def _parse_group(_ctx: click.Context, _param: click.Parameter, value: str) -> st
     type=click.IntRange(min=1),
     default=SNAPSHOT_EVERY,
     show_default=True,
+    envvar="TASKRING_SNAPSHOT_EVERY",
     help="Applied log entries between snapshots (the log is compacted at each).",
 )
 def command(

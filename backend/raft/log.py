@@ -44,6 +44,9 @@ class RaftLog:
         self._extend(entries)
         self.unstable_from = self.last_index + 1  # what we were given is already on disk
         self.pending_snapshot: Snapshot | None = None
+        # False after compacting without the state's bytes (the application keeps them on
+        # disk): the snapshot's data is then empty and must not be sent to anyone
+        self.snapshot_loaded = True
         committed = max(committed, snapshot.index)
         if committed > self.last_index:
             raise LogCorruptedError(
@@ -237,10 +240,16 @@ class RaftLog:
         self.committed = snapshot.index
         self.unstable_from = snapshot.index + 1
         self.pending_snapshot = snapshot
+        self.snapshot_loaded = True
 
-    def compact(self, index: int, data: bytes) -> Snapshot:
+    def compact(self, index: int, data: bytes | None) -> Snapshot:
         """Discard entries through `index`, already applied, replaced by the application's
-        snapshot `data` of the state machine as of that index."""
+        snapshot `data` of the state machine as of that index.
+
+        `index` may be older than the applied index (a snapshot taken in the background
+        while entries kept being applied); the entries after it stay. `data` None: the
+        application holds the bytes (on disk) and hands them over with `attach_data`
+        when the snapshot must be sent."""
         if self.pending_snapshot is not None:
             raise ValueError("a snapshot from the leader is still waiting to be saved")
         if not self.snapshot.index < index <= self.applied:
@@ -250,8 +259,19 @@ class RaftLog:
             )
         term = self.term(index)
         assert term is not None  # index is within the log by the check above
-        snapshot = Snapshot(index, term, self.config_at(index), data)
+        snapshot = Snapshot(index, term, self.config_at(index), data or b"")
         del self._entries[: index - self.first_index + 1]
         del self._config_indexes[: bisect.bisect_right(self._config_indexes, index)]
         self.snapshot = snapshot
+        self.snapshot_loaded = data is not None
         return snapshot
+
+    def attach_data(self, snapshot: Snapshot) -> bool:
+        """Take the bytes of the current snapshot, compacted without them; False if
+        `snapshot` is not the current one (a newer one replaced it meanwhile)."""
+        current = self.snapshot
+        if self.snapshot_loaded or (snapshot.index, snapshot.term) != (current.index, current.term):
+            return False
+        self.snapshot = Snapshot(current.index, current.term, current.config, snapshot.data)
+        self.snapshot_loaded = True
+        return True

@@ -109,6 +109,7 @@ class RaftNode:
         self._prev_hard = hard
         self._prev_soft = self.soft_state
         self._outstanding: Ready | None = None
+        self._snapshot_wanted = False
 
     # ---- what the application may look at ------------------------------------
 
@@ -232,13 +233,37 @@ class RaftNode:
         if self.role is not Role.LEADER:
             self._campaign(pre_vote=self.options.pre_vote)
 
-    def compact(self, index: int, data: bytes) -> Snapshot:
+    def compact(self, index: int, data: bytes | None) -> Snapshot:
         """Replace the log through applied `index` by the application's snapshot `data`.
 
         Returns the snapshot; the application saves it, then may drop its log files
-        up to it.
+        up to it. Any applied index after the current snapshot will do, not only the
+        latest (etcd's raft likewise compacts to any index <= applied). With `data`
+        None the application keeps the bytes: when a follower needs the snapshot,
+        `snapshot_wanted` names its index until `snapshot_data` hands them over.
         """
-        return self.log.compact(index, data)
+        snapshot = self.log.compact(index, data)
+        self._snapshot_wanted = False
+        return snapshot
+
+    @property
+    def snapshot_wanted(self) -> int | None:
+        """The index of the snapshot whose bytes a follower is waiting for, if any."""
+        if self._snapshot_wanted and not self.log.snapshot_loaded:
+            return self.log.snapshot.index
+        return None
+
+    def snapshot_data(self, snapshot: Snapshot) -> None:
+        """The bytes of the snapshot compacted without them; sent to whoever needs them.
+        Ignored unless `snapshot` is the current one."""
+        if not self.log.attach_data(snapshot):
+            return
+        self._snapshot_wanted = False
+        if self.role is Role.LEADER:
+            for peer in sorted(self._progress):
+                behind = self.log.term(self._progress[peer].next - 1) is None
+                if peer != self.id and behind:
+                    self._send_append(peer, send_if_empty=True)
 
     # ---- outputs --------------------------------------------------------------
 
@@ -692,6 +717,11 @@ class RaftNode:
     def _send_snapshot(self, to: int, progress: Progress) -> bool:
         # §7: "the leader must occasionally send snapshots to followers that lag behind"
         if not progress.recent_active:
+            return False
+        if not self.log.snapshot_loaded:
+            # etcd's ErrSnapshotTemporarilyUnavailable: ask the application for the
+            # bytes and try again when they come (or at the follower's next response)
+            self._snapshot_wanted = True
             return False
         snapshot = self.log.snapshot
         self._send(InstallSnapshot(self.id, to, self.term, snapshot))

@@ -14,7 +14,18 @@ of who waits for what. The adapter's cycle, in the order Raft requires
         sends = core.sends_before_persist(ready)   a leader's entries, to followers at once
         storage.save(ready)                   persist: one fsync for the whole Ready
         sends = core.after_persist(ready, now)   Raft messages, then apply, answers, advance
-        snapshot = core.maybe_compact()       if due: storage.save_snapshot(snapshot)
+        if core.snapshot_due():               every `snapshot_every` applied entries
+            job = core.start_snapshot()       then, in a forked child: job.encode(), save
+            ...                               the child is done: core.snapshot_saved(job)
+
+Snapshots in the background. Encoding the whole state takes long (about half
+a second at a million tasks), so the adapter forks: the child encodes the
+state as of the fork (copy-on-write) and writes the file while this process
+keeps serving. When the file is durable, `snapshot_saved` compacts the log
+through the job's index, by then older than the applied index; the bytes stay
+on disk. If a follower later needs the snapshot, `snapshot_wanted()` names
+its index and the adapter reads the file and hands it to `snapshot_loaded`.
+`maybe_compact` does all of it in line (the simulators and tests use it).
 
 Batching (group commit). Proposals that arrive while a Ready is being made
 durable wait in a buffer; the next `flush` puts all of them into as few log
@@ -59,6 +70,7 @@ from ..bus import topics
 from ..errors import BAD_REQUEST, TIMEOUT, UNAVAILABLE
 from ..raft import (
     AppendEntries,
+    Config,
     Heartbeat,
     NotLeader,
     PersistentState,
@@ -100,6 +112,25 @@ class Send:
     topic: str
     message: dict[str, Any]
     qos: int = topics.MESSAGE_QOS
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotJob:
+    """A snapshot to take: the state machine as of `index`, with Raft's term and
+    membership there. `encode` is the slow part; it runs where the state is frozen
+    (a forked child's copy, or in line before anything else is applied)."""
+
+    index: int
+    term: int
+    config: Config
+    machine: ReplicaStateMachine
+
+    def encode(self) -> Snapshot:
+        if self.machine.applied_index != self.index:
+            raise ValueError(
+                f"the state is at index {self.machine.applied_index}, not {self.index}"
+            )
+        return Snapshot(self.index, self.term, self.config, self.machine.snapshot())
 
 
 @dataclass(slots=True)
@@ -160,6 +191,7 @@ class ReplicaCore:
         self._reads_ready: list[tuple[int, list[_Waiter]]] = []
         self._read_ctx = itertools.count(1)
         self._sent_early: Ready | None = None
+        self._snapshot_job: SnapshotJob | None = None
 
     # ---- inputs -------------------------------------------------------------------------
 
@@ -238,15 +270,70 @@ class ReplicaCore:
         sends.extend(self._serve_reads(now))
         return sends
 
-    def maybe_compact(self) -> Snapshot | None:
-        """A snapshot to save if `snapshot_every` entries were applied since the last one."""
+    # ---- snapshots ----------------------------------------------------------------------
+
+    def snapshot_due(self) -> bool:
+        """`snapshot_every` entries were applied since the last snapshot, and none is
+        being taken."""
         raft_log = self.node.log
-        if raft_log.pending_snapshot is not None:
+        return (
+            self._snapshot_job is None
+            and raft_log.pending_snapshot is None
+            and self.node.applied_index - raft_log.snapshot.index >= self.snapshot_every
+        )
+
+    def start_snapshot(self) -> SnapshotJob:
+        """A snapshot of the state as it is now; until `snapshot_saved` or
+        `snapshot_failed`, no other is due. Call between Ready cycles."""
+        if self._snapshot_job is not None:
+            raise RuntimeError(f"a snapshot at index {self._snapshot_job.index} is under way")
+        index = self.node.applied_index
+        if self.machine.applied_index != index:
+            raise RuntimeError(f"applied {self.machine.applied_index}, Raft says {index}")
+        raft_log = self.node.log
+        term = raft_log.term(index)
+        if term is None:
+            raise RuntimeError(f"index {index} is not in the log")
+        self._snapshot_job = SnapshotJob(index, term, raft_log.config_at(index), self.machine)
+        return self._snapshot_job
+
+    def snapshot_saved(self, job: SnapshotJob, snapshot: Snapshot | None = None) -> bool:
+        """`job`'s snapshot is durable: compact the log through its index, keeping the
+        bytes if `snapshot` carries them (else they are read back when a follower needs
+        them). False if it came too late: a newer snapshot (the leader's) replaced the log."""
+        self._finish(job)
+        raft_log = self.node.log
+        if raft_log.pending_snapshot is not None or job.index <= raft_log.snapshot.index:
+            return False
+        self.node.compact(job.index, snapshot.data if snapshot is not None else None)
+        return True
+
+    def snapshot_failed(self, job: SnapshotJob) -> None:
+        """`job` came to nothing; the next snapshot is due at once."""
+        self._finish(job)
+
+    def _finish(self, job: SnapshotJob) -> None:
+        if self._snapshot_job is not job:
+            raise RuntimeError(f"the snapshot at index {job.index} is not the one under way")
+        self._snapshot_job = None
+
+    def snapshot_wanted(self) -> int | None:
+        """The index of a snapshot file a lagging follower needs the bytes of."""
+        return self.node.snapshot_wanted
+
+    def snapshot_loaded(self, snapshot: Snapshot) -> None:
+        """The bytes `snapshot_wanted` asked for (ignored if a newer snapshot came since)."""
+        self.node.snapshot_data(snapshot)
+
+    def maybe_compact(self) -> Snapshot | None:
+        """All of a snapshot in line: if one is due, encode it and compact the log; the
+        caller saves what this returns."""
+        if not self.snapshot_due():
             return None
-        if self.node.applied_index - raft_log.snapshot.index < self.snapshot_every:
-            return None
-        assert self.machine.applied_index == self.node.applied_index
-        return self.node.compact(self.node.applied_index, self.machine.snapshot())
+        job = self.start_snapshot()
+        snapshot = job.encode()
+        self.snapshot_saved(job, snapshot)
+        return snapshot
 
     # ---- what others may look at ----------------------------------------------------------
 

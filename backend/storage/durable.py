@@ -12,6 +12,11 @@
     snapshot = node.compact(applied_index, state_machine_bytes)
     storage.save_snapshot(snapshot)     # and drop the log segments it covers
 
+    # or in the background: a forked child writes the file, then the parent
+    storage.write_snapshot(snapshot)    # child: the file only (fsync, rename)
+    storage.snapshot_written(index)     # parent: prune, drop the log segments it covers
+    storage.load_snapshot(index)        # the bytes again, for a lagging follower
+
 Layout: `<dir>/wal/*.wal` (see wal.py) and `<dir>/snap/*.snap` (see snapshot.py).
 Every segment starts with the hard state current when it was opened, so
 deleting old segments never loses the vote or the term. A snapshot received
@@ -98,6 +103,27 @@ class DurableRaftStorage:
         self._snapshots.save(snapshot)
         self._snapshot_index = max(self._snapshot_index, snapshot.index)
         self._wal.release_before(self._snapshot_index)
+
+    def write_snapshot(self, snapshot: Snapshot) -> None:
+        """Only write the file, durably: what a forked child does (no logging, no log
+        segments touched); the parent then calls `snapshot_written`."""
+        self._snapshots.write(snapshot)
+
+    def snapshot_written(self, index: int) -> None:
+        """A snapshot at `index` was written by `write_snapshot` (in another process):
+        prune older files and free the log segments it covers."""
+        self._snapshots.prune()
+        self._snapshot_index = max(self._snapshot_index, index)
+        self._wal.release_before(self._snapshot_index)
+
+    def discard_partial_snapshot(self, pid: int) -> None:
+        """Delete what a snapshot writer `pid`, stopped before it finished, left behind."""
+        for path in self._snapshots.temporary_files(pid):
+            path.unlink(missing_ok=True)
+
+    def load_snapshot(self, index: int) -> Snapshot:
+        """The saved snapshot at `index`: FileNotFoundError if pruned, ValueError if damaged."""
+        return self._snapshots.load(index)
 
     @property
     def hard_state(self) -> HardState:

@@ -6,9 +6,11 @@ with the term and membership at that index. A file is
     8-byte magic "TRSNAP01" | u32 CRC-32 of the body | u64 body length | body
 
 where the body is the msgpack of `Snapshot.to_wire()`, and is named
-`<index>-<term>.snap` (16 hex digits each). Saving writes `<name>.tmp`,
-fsyncs it, renames it over the final name and fsyncs the directory, so after
-a crash a snapshot file is either complete or absent. Loading takes the
+`<index>-<term>.snap` (16 hex digits each). Saving writes `<name>.<pid>.tmp`
+(the writer's pid: a replica's forked snapshot writer and the replica itself
+never share a temporary file), fsyncs it, renames it over the final name and
+fsyncs the directory, so after a crash a snapshot file is either complete or
+absent; temporary files left by a crash are deleted when the store is opened. Loading takes the
 newest file that checks out, skipping (and logging) damaged ones; the newest
 `keep` files are kept, so one damaged file still leaves an older one.
 """
@@ -78,8 +80,16 @@ class SnapshotStore:
         return sorted(found, reverse=True)
 
     def save(self, snapshot: Snapshot) -> Path:
+        """Write `snapshot` durably, then prune the oldest files."""
+        path = self.write(snapshot)
+        self.prune()
+        return path
+
+    def write(self, snapshot: Snapshot) -> Path:
+        """Write `snapshot` durably and nothing else: no pruning, no logging, so a forked
+        child may call it."""
         path = self.directory / f"{snapshot.index:016x}-{snapshot.term:016x}.snap"
-        temporary = path.with_name(path.name + ".tmp")
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             data = memoryview(encode_snapshot(snapshot))
@@ -90,12 +100,27 @@ class SnapshotStore:
             os.close(fd)
         os.replace(temporary, path)
         fsync_directory(self.directory)
-        self._prune()
         return path
 
-    def _prune(self) -> None:
+    def temporary_files(self, pid: int) -> list[Path]:
+        """What an interrupted write by process `pid` left behind."""
+        return list(self.directory.glob(f"*.snap.{pid}.tmp"))
+
+    def prune(self) -> None:
+        """Keep the newest `keep` snapshot files."""
         for _index, path in self._files()[self.keep :]:
-            path.unlink()
+            path.unlink(missing_ok=True)
+
+    def load(self, index: int) -> Snapshot:
+        """The snapshot at `index`; FileNotFoundError if there is none, ValueError if
+        it is damaged."""
+        for found, path in self._files():
+            if found == index:
+                snapshot = decode_snapshot(path.read_bytes())
+                if snapshot.index != index:
+                    raise ValueError(f"{path.name} holds index {snapshot.index}")
+                return snapshot
+        raise FileNotFoundError(f"no snapshot at index {index} in {self.directory}")
 
     def load_newest(self) -> Snapshot | None:
         for index, path in self._files():

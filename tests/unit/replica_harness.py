@@ -5,6 +5,11 @@ backend/sim/raft_sim.py uses), so a member can crash and restart from what it
 had persisted. Time is a number the test advances; messages between members
 are delivered at once unless a link is cut or a member is down. Answers to
 users are collected in `answers`.
+
+Snapshots are taken in line, or with `background_snapshots=True` as the
+replica process takes them: encoded as of the moment they are due, saved and
+compacted only at the next tick (the forked writer finishing later), and the
+bytes read back from the disk when a follower needs them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backend.raft import PersistentState, RaftOptions, Snapshot, bootstrap_state
-from backend.replica.core import ReplicaCore, Send
+from backend.replica.core import ReplicaCore, Send, SnapshotJob
 from backend.storage.records import encode_entry, encode_hard_state, records_for_ready, replay
 
 REPLY = "reply"
@@ -46,10 +51,19 @@ class Disk:
 
 
 class Group:
-    def __init__(self, members: int = 3, seed: int = 1, **core_options: Any) -> None:
+    def __init__(
+        self,
+        members: int = 3,
+        seed: int = 1,
+        background_snapshots: bool = False,
+        **core_options: Any,
+    ) -> None:
         self.ids = list(range(1, members + 1))
         self.rng = random.Random(seed)
         self.core_options = core_options
+        self.background_snapshots = background_snapshots
+        self.writing: dict[int, tuple[SnapshotJob, Snapshot]] = {}
+        self.snapshots_read = 0
         self.disks = {m: Disk(bootstrap_state(self.ids)) for m in self.ids}
         self.cores: dict[int, ReplicaCore | None] = {m: self._start(m) for m in self.ids}
         self.now = 0.0
@@ -73,6 +87,7 @@ class Group:
 
     def crash(self, member: int) -> None:
         self.cores[member] = None
+        self.writing.pop(member, None)  # its snapshot writer dies with it
 
     def restart(self, member: int) -> None:
         self.cores[member] = self._start(member)
@@ -120,6 +135,8 @@ class Group:
             for member, core in self.cores.items():
                 if core is None:
                     continue
+                if self.background_snapshots:
+                    self._background_snapshot(member, core)  # between Readys, as the adapter
                 self.route(member, core.flush(self.now))
                 ready = core.next_ready()
                 if ready is None:
@@ -130,13 +147,33 @@ class Group:
                     disk.snapshot = ready.snapshot
                 disk.records.extend(records_for_ready(ready))
                 self.route(member, core.after_persist(ready, self.now))
-                snapshot = core.maybe_compact()
-                if snapshot is not None:
-                    disk.snapshot = snapshot
+                if not self.background_snapshots:
+                    snapshot = core.maybe_compact()
+                    if snapshot is not None:
+                        disk.snapshot = snapshot
+
+    def _background_snapshot(self, member: int, core: ReplicaCore) -> None:
+        disk = self.disks[member]
+        if core.snapshot_due():
+            job = core.start_snapshot()
+            self.writing[member] = (job, job.encode())  # the state now, as a fork sees it
+        wanted = core.snapshot_wanted()
+        if wanted is not None and disk.snapshot is not None and disk.snapshot.index == wanted:
+            self.snapshots_read += 1
+            core.snapshot_loaded(disk.snapshot)
+
+    def _finish_snapshots(self) -> None:
+        for member, (job, snapshot) in list(self.writing.items()):
+            del self.writing[member]
+            disk = self.disks[member]
+            if disk.snapshot is None or disk.snapshot.index < snapshot.index:
+                disk.snapshot = snapshot
+            self.core(member).snapshot_saved(job)
 
     def step(self, ticks: int = 1) -> None:
         for _ in range(ticks):
             self.now += TICK
+            self._finish_snapshots()
             for member, core in list(self.cores.items()):
                 if core is not None:
                     self.route(member, core.tick(self.now))

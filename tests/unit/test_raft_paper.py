@@ -510,6 +510,38 @@ def test_the_leader_sends_snapshots_to_followers_that_lag_behind() -> None:
     assert follower.config == leader.config
 
 
+def test_a_snapshot_whose_bytes_are_on_disk_is_sent_once_the_application_hands_them_over() -> None:
+    """A snapshot taken in the background compacts the log without its bytes; a follower
+    that lags behind it gets it once the application has read them back (etcd's raft:
+    ErrSnapshotTemporarilyUnavailable, then a retry)."""
+    net = Net.of(3)
+    leader = net.elect(1)
+    net.isolate(3)
+    for n in range(10):
+        leader.propose(f"v{n}".encode())
+    net.flush()
+    older = leader.applied_index - 4  # the state as of a moment ago: entries after it stay
+    snapshot = leader.compact(older, None)
+    assert (leader.log.first_index, leader.last_index) == (older + 1, older + 4)
+    assert leader.snapshot_wanted is None  # nobody needs it yet
+    net.heal()
+    net.tick_all(3)
+    assert not [m for m in net.sent if isinstance(m, InstallSnapshot)]  # never without bytes
+    assert leader.snapshot_wanted == older
+    leader.snapshot_data(Snapshot(older - 1, snapshot.term, snapshot.config, b"stale"))
+    assert leader.snapshot_wanted == older  # not the current snapshot: ignored
+    full = Snapshot(older, snapshot.term, snapshot.config, b"state-at-%d" % older)
+    leader.snapshot_data(full)
+    assert leader.snapshot_wanted is None
+    net.flush()
+    net.tick_all(3)
+    sent = [m for m in net.sent if isinstance(m, InstallSnapshot) and m.dst == 3]
+    assert [m.snapshot for m in sent] == [full]
+    follower = net.nodes[3]
+    assert follower.applied_index == leader.commit_index
+    assert follower.log.snapshot == full
+
+
 def test_a_follower_given_a_snapshot_with_new_information_discards_its_entire_log() -> None:
     """ "Usually the snapshot will contain new information not already in the recipient's log.
     In this case, the follower discards its entire log; it is all superseded by the snapshot and

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from backend.replica import wire
+from backend.replica.state_machine import ReplicaStateMachine
 from tests.unit.replica_harness import REPLY, Group
 
 CID = 42
@@ -224,3 +227,83 @@ def test_status_and_readiness_follow_the_leader() -> None:
     assert status["commit_index"] == status["applied_index"] == status["last_index"]
     assert status["voters"] == [1, 2, 3]
     assert all(group.core(m).readiness() is None for m in group.ids)
+
+
+def test_snapshots_taken_in_the_background_compact_later_and_still_reach_a_lagging_member() -> None:
+    group = Group(snapshot_every=5, background_snapshots=True)
+    leader = group.elect()
+    lagging = next(m for m in group.ids if m != leader)
+    group.crash(lagging)
+    group.deliver(leader, propose("p0", 1, create()))
+    group.settle()
+    for n in range(2, 30):
+        group.deliver(leader, propose(f"p{n}", n, insert(f"t{n}")))
+        group.settle()
+        group.step()
+    core = group.core(leader)
+    raft_log = core.node.log
+    assert raft_log.snapshot.index > 10 and not raft_log.snapshot_loaded
+    assert raft_log.snapshot.data == b""  # the bytes are on disk only
+    group.restart(lagging)
+    group.run_until(lambda: titles(group, lagging) == [f"t{n}" for n in range(2, 30)])
+    assert group.snapshots_read >= 1
+    for member in group.ids:
+        group.crash(member)
+        group.restart(member)
+    group.elect()
+    group.step(3)
+    assert all(titles(group, m) == [f"t{n}" for n in range(2, 30)] for m in group.ids)
+
+
+def test_one_snapshot_at_a_time_and_it_compacts_only_through_its_own_index() -> None:
+    group = Group(snapshot_every=3)
+    leader = group.elect()
+    core = group.core(leader)
+    core.snapshot_every = 10**9  # no in-line snapshots; this test takes its own
+    group.deliver(leader, propose("p0", 1, create()))
+    group.settle()
+    for n in range(2, 6):
+        group.deliver(leader, propose(f"p{n}", n, insert(f"t{n}")))
+        group.settle()
+    core.snapshot_every = 3
+    assert core.snapshot_due()
+    job = core.start_snapshot()
+    assert not core.snapshot_due()
+    with pytest.raises(RuntimeError, match="under way"):
+        core.start_snapshot()
+    snapshot = job.encode()  # the state as of the job, as the forked writer sees it
+    for n in range(6, 9):
+        group.deliver(leader, propose(f"p{n}", n, insert(f"t{n}")))
+        group.settle()
+    applied = core.node.applied_index
+    assert applied > job.index
+    assert core.snapshot_saved(job)
+    raft_log = core.node.log
+    assert raft_log.snapshot.index == job.index and raft_log.last_index == applied
+    assert [e.index for e in raft_log.entries_from(0)] == list(range(job.index + 1, applied + 1))
+    assert ReplicaStateMachine.restore(snapshot.data).applied_index == job.index
+    # the bytes, when a follower needs them, are the ones written
+    core.snapshot_loaded(snapshot)
+    assert raft_log.snapshot_loaded and raft_log.snapshot.data == snapshot.data
+
+
+def test_a_failed_snapshot_can_be_taken_again_and_only_the_one_under_way_completes() -> None:
+    group = Group(snapshot_every=2)
+    leader = group.elect()
+    core = group.core(leader)
+    core.snapshot_every = 10**9
+    group.deliver(leader, propose("p0", 1, create()))
+    group.settle()
+    core.snapshot_every = 1
+    job = core.start_snapshot()
+    core.snapshot_failed(job)
+    assert core.snapshot_due()
+    old = core.start_snapshot()
+    core.snapshot_saved(old, old.encode())
+    group.deliver(leader, propose("p1", 2, insert("t1")))
+    group.settle()
+    newer = core.start_snapshot()
+    core.snapshot_saved(newer, newer.encode())
+    with pytest.raises(RuntimeError, match="not the one under way"):
+        core.snapshot_saved(old)
+    assert core.node.log.snapshot.index == newer.index

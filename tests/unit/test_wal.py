@@ -204,7 +204,7 @@ def test_a_snapshot_is_written_to_a_temporary_file_fsynced_renamed_and_the_dir_f
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     path = store.save(snapshot_at(9))
-    temporary = path.name + ".tmp"
+    temporary = f"{path.name}.{os.getpid()}.tmp"
     assert calls == [
         f"fsync {temporary}",
         f"rename {temporary} -> {path.name}",
