@@ -319,6 +319,15 @@ def stop_child(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
+def staggered(snapshot_every: int, member: int, members: list[int]) -> int:
+    """This member's snapshot period: the group's members do not all fork a snapshot
+    writer at the same index (each child needs a core for seconds with a large state);
+    the i-th member of R waits up to half a period longer, so their snapshots drift
+    apart instead of landing together every time."""
+    position = sorted(members).index(member) if member in members else 0
+    return snapshot_every + snapshot_every * position // (2 * max(len(members), 1))
+
+
 def lock_directory(directory: Path) -> IO[bytes]:
     """Hold DIR/LOCK for the life of the process: two replicas writing one log would
     corrupt it. The kernel drops the lock when the process dies, however it dies."""
@@ -365,7 +374,7 @@ async def run_replica(
             partial(topics.raft_member, group),
             random.Random(),
             options,
-            snapshot_every=snapshot_every,
+            snapshot_every=staggered(snapshot_every, member, members),
         )
     except (OSError, StorageCorruptError, LogCorruptedError, ValueError) as exc:
         log.error("replica %s-%s cannot use %s: %s", group, member, directory, exc)
@@ -486,7 +495,8 @@ def _parse_group(_ctx: click.Context, _param: click.Parameter, value: str) -> st
     default=SNAPSHOT_EVERY,
     show_default=True,
     envvar="TASKRING_SNAPSHOT_EVERY",
-    help="Applied log entries between snapshots (the log is compacted at each).",
+    help="Applied log entries between snapshots (the log is compacted at each); the "
+    "i-th of R members waits i/(2R) of that longer, so they do not all snapshot at once.",
 )
 def command(
     group: str,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.nodes.replica import stop_child, wait_for_exit, write_snapshot_in_child
+from backend.nodes.replica import staggered, stop_child, wait_for_exit, write_snapshot_in_child
 from backend.raft import Config, Snapshot
 from backend.replica.core import SnapshotJob
 from backend.replica.state_machine import ReplicaStateMachine
@@ -111,3 +111,10 @@ def test_a_written_snapshot_can_be_read_back_by_index(tmp_path: Path) -> None:
     assert sorted(p.name[:16] for p in tmp_path.glob("*.snap")) == [f"{6:016x}", f"{9:016x}"]
     with pytest.raises(FileNotFoundError, match="index 3"):
         store.load(3)
+
+
+def test_the_members_of_a_group_snapshot_at_different_periods() -> None:
+    periods = [staggered(10_000, member, [1, 2, 3]) for member in (1, 2, 3)]
+    assert periods == [10_000, 11_666, 13_333]
+    assert staggered(10_000, 1, [1]) == 10_000
+    assert staggered(10_000, 4, [1, 2, 3]) == 10_000  # not (yet) a member: no offset
