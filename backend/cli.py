@@ -58,6 +58,8 @@ def main() -> None:
         stream=sys.stderr,
     )
     logging.getLogger("grpc").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: `taskring up` polling /readyz printed a line each
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":
