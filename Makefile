@@ -28,7 +28,7 @@ FRONTEND_INPUTS := $(shell find $(FRONTEND)/src -type f -not -path '$(FRONTEND)/
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt proto clean check-python mosquitto frontend chromium check-node redis
+.PHONY: help run test lint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd
 
 help:
 	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
@@ -82,9 +82,13 @@ $(DIST): $(NPM_STAMP) $(FRONTEND_INPUTS)
 
 frontend: $(DIST)
 
-# Redis is the peer that `taskring bench --compare` measures against; its smoke test needs it.
+# Redis and etcd are the peers `taskring bench --compare` measures against; its smoke
+# test drives both, so neither driver can rot.
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { $(call apt_install,redis-server); }
+
+etcd:
+	@command -v etcd >/dev/null 2>&1 || { $(call apt_install,etcd-server); }
 
 chromium:
 	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { $(call apt_install,chromium); }
@@ -92,7 +96,7 @@ chromium:
 run: $(STAMP) $(DIST)
 	$(BIN)/taskring up $(ARGS)
 
-test: $(STAMP) mosquitto chromium redis $(DIST)
+test: $(STAMP) mosquitto chromium redis etcd $(DIST)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
