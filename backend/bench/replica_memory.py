@@ -29,8 +29,14 @@ from ..storage import DurableRaftStorage
 
 def memory_kb(field: str, status: str | None = None) -> int:
     """A field of /proc/self/status in kB (VmRSS: resident now; VmHWM: the peak)."""
-    text = status if status is not None else Path("/proc/self/status").read_text()
-    for line in text.splitlines():
+    if status is None:
+        status = Path("/proc/self/status").read_text()
+    return status_field(status, field)
+
+
+def status_field(status: str, field: str) -> int:
+    """The number a field of a /proc/<pid>/status text starts with (kB for Vm* fields)."""
+    for line in status.splitlines():
         name, _, value = line.partition(":")
         if name == field:
             return int(value.split()[0])

@@ -32,7 +32,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,8 +46,9 @@ from rich.table import Table
 from ..model.identity import format_cid
 from ..supervisor import PIDS_FILE, taskring_command
 from .channel import ChannelFailure
-from .replica_memory import memory_kb
+from .replica_memory import memory_kb, status_field
 from .restart_data import Client, DataSpec, clients, expected_tasks, generate, reusable
+from .targets.peers import free_port
 from .targets.taskring import Channel, LineSession, error_code, read_response
 from .targets.taskring_admin import Credentials
 
@@ -174,12 +174,6 @@ def replica_load(directory: Path) -> dict[str, Any]:
 # ---- the processes ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Ports:
     broker: int
@@ -248,7 +242,7 @@ def descendants(pid: int) -> set[int]:
         if status is None:
             continue
         with contextlib.suppress(ValueError):
-            children[memory_field(status, "PPid")].append(int(entry.name))
+            children[status_field(status, "PPid")].append(int(entry.name))
     found: set[int] = set()
     frontier = [pid]
     while frontier:
@@ -257,14 +251,6 @@ def descendants(pid: int) -> set[int]:
                 found.add(child)
                 frontier.append(child)
     return found
-
-
-def memory_field(status: str, name: str) -> int:
-    for line in status.splitlines():
-        key, _, value = line.partition(":")
-        if key == name:
-            return int(value.split()[0])
-    raise ValueError(f"no {name}")
 
 
 def component_memory(directory: Path) -> dict[str, dict[str, int]]:

@@ -191,8 +191,8 @@ def titles(reply: dict[str, Any]) -> list[str]:
     return [t["title"] for t in reply["result"]["tasks"]]
 
 
-@pytest.fixture
-def ring() -> Cluster:
+def four_nodes() -> Cluster:
+    """A settled ring of n1 (its founder) to n4."""
     cluster = Cluster()
     cluster.add("n1", bootstrap=True)
     cluster.run(1.0)
@@ -201,6 +201,11 @@ def ring() -> Cluster:
     cluster.run(1.0)
     cluster.settle()
     return cluster
+
+
+@pytest.fixture
+def ring() -> Cluster:
+    return four_nodes()
 
 
 def fill(cluster: Cluster, count: int = 40) -> dict[int, str]:

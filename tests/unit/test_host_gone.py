@@ -20,24 +20,13 @@ from backend.ring import wire
 from backend.ring.cache_core import Publish
 from backend.store import ring as ring_store
 from backend.store.ring import ATTEMPT_WAIT, HOST_FRESHNESS, RingStore
-from tests.unit.test_cache_core import Cluster, create
+from tests.unit.test_cache_core import Cluster, create, four_nodes
 
 CID = 0x8000_0000_0000_0000
 
 
 def will(host: str, incarnation: str) -> Publish:
     return Publish(topics.RING_ANNOUNCE, wire.host_gone(host, incarnation))
-
-
-def four_nodes() -> Cluster:
-    cluster = Cluster()
-    cluster.add("n1", bootstrap=True)
-    cluster.run(1.0)
-    for name in ("n2", "n3", "n4"):
-        cluster.add(name)
-    cluster.run(1.0)
-    cluster.settle()
-    return cluster
 
 
 def mentions(cluster: Cluster, host: str) -> list[str]:

@@ -191,8 +191,12 @@ def test_a_read_on_a_deposed_leader_is_never_served() -> None:
     assert group.answer("r1")["error"]["code"] == "unavailable"  # type: ignore[index]
 
 
-def test_a_member_far_behind_catches_up_from_a_snapshot_and_restarts_from_disk() -> None:
-    group = Group(snapshot_every=5)
+WRITTEN_WHILE_LAGGING = [f"t{n}" for n in range(2, 30)]
+
+
+def write_while_one_lags(group: Group, step: bool = False) -> tuple[int, int]:
+    """Elect a leader, crash another member, and commit WRITTEN_WHILE_LAGGING without it
+    (`step`: a tick after each, so background snapshots can finish); (leader, lagging)."""
     leader = group.elect()
     lagging = next(m for m in group.ids if m != leader)
     group.crash(lagging)
@@ -201,20 +205,31 @@ def test_a_member_far_behind_catches_up_from_a_snapshot_and_restarts_from_disk()
     for n in range(2, 30):
         group.deliver(leader, propose(f"p{n}", n, insert(f"t{n}")))
         group.settle()
-    assert group.core(leader).node.log.snapshot.index > 10
-    group.restart(lagging)
-    group.run_until(lambda: titles(group, lagging) == [f"t{n}" for n in range(2, 30)])
-    # the restored answer table still catches a retry
-    group.deliver(group.leader() or leader, propose("dup", 5, insert("t5")))
-    group.settle()
-    assert group.answer("dup")["results"][0]["ok"] is True  # type: ignore[index]
-    # every member restarts from its own disk and agrees
+        if step:
+            group.step()
+    return leader, lagging
+
+
+def restart_every_member_from_disk(group: Group) -> None:
     for member in group.ids:
         group.crash(member)
         group.restart(member)
     group.elect()
     group.step(3)
-    assert all(titles(group, m) == [f"t{n}" for n in range(2, 30)] for m in group.ids)
+    assert all(titles(group, m) == WRITTEN_WHILE_LAGGING for m in group.ids)
+
+
+def test_a_member_far_behind_catches_up_from_a_snapshot_and_restarts_from_disk() -> None:
+    group = Group(snapshot_every=5)
+    leader, lagging = write_while_one_lags(group)
+    assert group.core(leader).node.log.snapshot.index > 10
+    group.restart(lagging)
+    group.run_until(lambda: titles(group, lagging) == WRITTEN_WHILE_LAGGING)
+    # the restored answer table still catches a retry
+    group.deliver(group.leader() or leader, propose("dup", 5, insert("t5")))
+    group.settle()
+    assert group.answer("dup")["results"][0]["ok"] is True  # type: ignore[index]
+    restart_every_member_from_disk(group)  # each from its own disk, and they agree
 
 
 def test_status_and_readiness_follow_the_leader() -> None:
@@ -231,28 +246,15 @@ def test_status_and_readiness_follow_the_leader() -> None:
 
 def test_snapshots_taken_in_the_background_compact_later_and_still_reach_a_lagging_member() -> None:
     group = Group(snapshot_every=5, background_snapshots=True)
-    leader = group.elect()
-    lagging = next(m for m in group.ids if m != leader)
-    group.crash(lagging)
-    group.deliver(leader, propose("p0", 1, create()))
-    group.settle()
-    for n in range(2, 30):
-        group.deliver(leader, propose(f"p{n}", n, insert(f"t{n}")))
-        group.settle()
-        group.step()
+    leader, lagging = write_while_one_lags(group, step=True)
     core = group.core(leader)
     raft_log = core.node.log
     assert raft_log.snapshot.index > 10 and not raft_log.snapshot_loaded
     assert raft_log.snapshot.data == b""  # the bytes are on disk only
     group.restart(lagging)
-    group.run_until(lambda: titles(group, lagging) == [f"t{n}" for n in range(2, 30)])
+    group.run_until(lambda: titles(group, lagging) == WRITTEN_WHILE_LAGGING)
     assert group.snapshots_read >= 1
-    for member in group.ids:
-        group.crash(member)
-        group.restart(member)
-    group.elect()
-    group.step(3)
-    assert all(titles(group, m) == [f"t{n}" for n in range(2, 30)] for m in group.ids)
+    restart_every_member_from_disk(group)
 
 
 def test_one_snapshot_at_a_time_and_it_compacts_only_through_its_own_index() -> None:
