@@ -14,30 +14,38 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from backend.bench.targets.peers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TASKRING = str(Path(sys.executable).with_name("taskring"))
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_until(
-    condition: Callable[[], Any], what: str, timeout: float = 10.0, interval: float = 0.02
+    condition: Callable[[], Any],
+    what: str,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    alive: Iterable[subprocess.Popen[bytes]] = (),
 ) -> Any:
-    """Poll `condition()` until it returns something truthy; fail naming `what` at the deadline."""
+    """Poll `condition()` until it returns something truthy; fail naming `what` at the deadline,
+    or at once, with its log, if one of the `alive` processes exits meanwhile."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
+    watched = list(alive)
     while time.monotonic() < deadline:
+        for process in watched:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"{process.args!r} exited with {process.returncode} while waiting for "
+                    f"{what}; its log ends:\n{log_text(process)[-3000:]}"
+                )
         try:
             result = condition()
             if result:

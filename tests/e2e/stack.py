@@ -132,8 +132,9 @@ def start_stack(
             table[name] = processes.taskring(*args, name=name, env=env)
     client_ports = [free_port() for _ in range(client_portals)]
     admin_port = free_port()
+    portals = []
     for number, port in enumerate(client_ports, 1):
-        processes.taskring(
+        portal = processes.taskring(
             "client-portal",
             "--id",
             f"client-portal-{number}",
@@ -142,7 +143,8 @@ def start_stack(
             name=f"client-portal-{number}",
             env=env,
         )
-    processes.taskring(
+        portals.append(portal)
+    admin = processes.taskring(
         "admin-portal",
         "--id",
         "admin-portal-1",
@@ -153,8 +155,13 @@ def start_stack(
         name="admin-portal-1",
         env=env,
     )
-    for port in [*client_ports, admin_port]:
-        wait_until(lambda port=port: port_open(port), f"a portal listening on {port}", timeout=20)
+    for port, portal in zip([*client_ports, admin_port], [*portals, admin], strict=True):
+        wait_until(
+            lambda port=port: port_open(port),
+            f"a portal listening on {port}",
+            timeout=20,
+            alive=[portal],
+        )
     stack.client_ports, stack.admin_port = client_ports, admin_port
     what = f"the {storage} storage" + (" with its replica groups" if replica_groups else "")
     wait_until(

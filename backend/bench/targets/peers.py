@@ -25,15 +25,31 @@ from .base import TargetUnusable
 
 STOP_GRACE = 5.0
 INSTALL_TIMEOUT = 900.0
+FREE_PORT_TRIES = 1000
 SBIN_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin")
 
 Say = Callable[[str], None]
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port that is free now and that this process has not handed out before.
+
+    The kernel may give the same port to two binds to port 0 in a row once the first
+    socket is closed, so callers that pick several ports before their servers bind
+    would otherwise, now and then, start two servers on one port.
+    """
+    for _ in range(FREE_PORT_TRIES):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    _handed_out.clear()  # nearly every port was handed out: the oldest are long in use or gone
+    return free_port()
 
 
 def find_program(program: str) -> str | None:
