@@ -39,7 +39,6 @@ import argparse
 import heapq
 import itertools
 import random
-import sys
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -68,10 +67,10 @@ from ..raft import (
     message_from_wire,
 )
 from ..storage.records import encode_entry, encode_hard_state, records_for_ready, replay
+from . import seeds
 from .raft_safety import RaftSafety
 
 TICK = 10  # simulated time units per node tick; message delays are drawn in these units
-SEED_ENV = "TASKRING_SIM_SEED"
 
 
 class SafetyViolation(AssertionError):
@@ -680,10 +679,7 @@ def check_seed(seed: int) -> tuple[int, str | None, Counter[str]]:
 
 
 def replay_hint(seed: int) -> str:
-    return (
-        f"replay with: {SEED_ENV}={seed} .venv/bin/pytest -q tests/sim/test_raft_sim.py "
-        f"-k replay   or   .venv/bin/python -m backend.sim.raft_sim --seed {seed} --trace"
-    )
+    return seeds.replay_hint(seed, "tests/sim/test_raft_sim.py", "backend.sim.raft_sim")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -692,23 +688,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0-99", help="a range of seeds, e.g. 0-999")
     parser.add_argument("--trace", action="store_true", help="print every event of a failing run")
     args = parser.parse_args(argv)
-    if args.seed is not None:
-        seeds = range(args.seed, args.seed + 1)
-    else:
-        low, _, high = args.seeds.partition("-")
-        seeds = range(int(low), int(high or low) + 1)
-    totals: Counter[str] = Counter()
-    for seed in seeds:
-        sim = RaftSim(Scenario.from_seed(seed), trace=args.trace)
-        try:
-            totals.update(sim.run().stats)
-        except Exception as failure:  # any crash of a run is a finding; name the seed
-            if args.trace:
-                print("\n".join(sim.trace_lines[-400:]), file=sys.stderr)
-            print(f"FAILED: {failure}\n{replay_hint(seed)}", file=sys.stderr)
-            return 1
-    print(f"{len(seeds)} seeds passed: {dict(sorted(totals.items()))}")
-    return 0
+    return seeds.run_seeds(
+        seeds.seed_range(args.seed, args.seeds),
+        lambda seed: RaftSim(Scenario.from_seed(seed), trace=args.trace),
+        replay_hint,
+        trace_tail=400 if args.trace else 0,
+    )
 
 
 if __name__ == "__main__":

@@ -64,7 +64,6 @@ import argparse
 import bisect
 import itertools
 import random
-import sys
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -84,12 +83,13 @@ from ..ring import wire
 from ..ring.cache_core import CacheNode, Publish, coalesce
 from ..storage.records import records_for_ready
 from ..store.ring import ATTEMPT_WAIT, HOST_FRESHNESS, REQUEST_TIMEOUT, RETRY_PAUSE
-from . import linearizability
+from . import linearizability, seeds
 from .broker import Broker, BrokerConfig, Connection
 from .linearizability import Operation, TaskBagModel
 from .network import Scheduler
 from .raft_safety import RaftSafety
-from .raft_sim import SEED_ENV, SimDisk
+from .raft_sim import SimDisk
+from .seeds import SEED_ENV
 
 REPLICA_TICK = 0.05  # `taskring replica --tick`'s default
 WARM_UP = 3.0  # the ring forms and the groups elect before the clients start
@@ -1012,10 +1012,7 @@ def check_seed(seed: int, chaos: float | None = None) -> tuple[int, str | None, 
 
 
 def replay_hint(seed: int) -> str:
-    return (
-        f"replay with: {SEED_ENV}={seed} .venv/bin/pytest -q tests/sim/test_system_sim.py "
-        f"-k replay   or   .venv/bin/python -m backend.sim.system_sim --seed {seed} --trace"
-    )
+    return seeds.replay_hint(seed, "tests/sim/test_system_sim.py", "backend.sim.system_sim")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1025,23 +1022,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chaos", type=float, help="seconds of faults (default: the seed's)")
     parser.add_argument("--trace", action="store_true", help="print the events of a failing run")
     args = parser.parse_args(argv)
-    if args.seed is not None:
-        seeds = range(args.seed, args.seed + 1)
-    else:
-        low, _, high = args.seeds.partition("-")
-        seeds = range(int(low), int(high or low) + 1)
-    totals: Counter[str] = Counter()
-    for seed in seeds:
-        sim = SystemSim(Scenario.from_seed(seed, args.chaos), trace=args.trace)
-        try:
-            totals.update(sim.run().stats)
-        except Exception as failure:  # any crash of a run is a finding; name the seed
-            if args.trace:
-                print("\n".join(sim.trace_lines[-600:]), file=sys.stderr)
-            print(f"FAILED: {failure}\n{replay_hint(seed)}", file=sys.stderr)
-            return 1
-    print(f"{len(seeds)} seeds passed: {dict(sorted(totals.items()))}")
-    return 0
+    return seeds.run_seeds(
+        seeds.seed_range(args.seed, args.seeds),
+        lambda seed: SystemSim(Scenario.from_seed(seed, args.chaos), trace=args.trace),
+        replay_hint,
+        trace_tail=600 if args.trace else 0,
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from backend.raft import RaftNode
 from backend.raft.log import RaftLog
 from backend.raft.messages import RequestVote, VoteResponse
 from backend.sim.raft_sim import (
-    SEED_ENV,
     RaftSim,
     SafetyViolation,
     Scenario,
@@ -36,6 +35,7 @@ from backend.sim.raft_sim import (
     replay_hint,
     run_seed,
 )
+from backend.sim.seeds import SEED_ENV
 
 SEEDS = int(os.environ.get("TASKRING_SIM_SEEDS", "4000"))
 

@@ -34,8 +34,8 @@ from backend.raft.messages import RequestVote, VoteResponse
 from backend.replica import state_machine
 from backend.ring import durable
 from backend.sim.broker import BrokerConfig
+from backend.sim.seeds import SEED_ENV
 from backend.sim.system_sim import (
-    SEED_ENV,
     Scenario,
     SystemFailure,
     SystemSim,
