@@ -22,6 +22,12 @@ import pytest
 
 from backend.bench.targets.peers import free_port
 
+# Some tests fork (the replica's snapshot writer) in this process after others ran gRPC
+# servers and channels here. gRPC's fork support restarts its poller in the child, which
+# then aborts once the writer closes the descriptors it inherited (replicas never load
+# gRPC, so only the test process has both).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 REPO = Path(__file__).resolve().parent.parent
 TASKRING = str(Path(sys.executable).with_name("taskring"))
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
