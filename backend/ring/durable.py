@@ -25,7 +25,9 @@ Per key, requests run strictly one after another in arrival order:
 - Reads are answered from memory while this node's lease on the group holds:
   until LEASE after it sent a renewal that the group then committed. The
   renewal's answer lists keys other nodes claimed meanwhile; those leave
-  memory at once.
+  memory at once. Leases are renewed every RENEW_INTERVAL only while reads
+  of the group's keys keep coming (LEASE_KEEP); a read that finds the lease
+  lapsed sends a renewal at once and waits for it.
 
 Outcomes stay honest: a write refused by the fence (another node claimed the
 key) or never proposed answers `unavailable`; one whose fate the group could
@@ -64,7 +66,11 @@ from ..replica.state_machine import (
 log = logging.getLogger(__name__)
 
 LEASE = 0.6  # seconds an owner answers reads after sending a renewal the group committed
-RENEW_INTERVAL = 0.2
+RENEW_INTERVAL = 0.3
+# A group's lease is renewed only while reads of its keys came within this long: each
+# renewal is a log entry, an fsync on every member and a round of AppendEntries, which a
+# node that only writes, or sits idle, has no use for.
+LEASE_KEEP = 2.0
 LEASE_MARGIN = 0.1  # added to a takeover's wait, for clock-rate drift and scheduling
 QUEUE_LIMIT = 4.0  # a request not yet proposed after this long answers `unavailable`
 PROPOSAL_DEADLINE = 4.0  # then `timeout`; portals give up at 5 s
@@ -136,6 +142,7 @@ class DurableKeys:
         now: float,
         *,
         lease: float = LEASE,
+        lease_keep: float = LEASE_KEEP,
     ) -> None:
         self.host_id = host_id
         self.owner = f"{host_id}/{incarnation}"
@@ -151,11 +158,14 @@ class DurableKeys:
         self.groups = sorted(groups)
         self.state = state
         self.lease = lease
+        self.lease_keep = lease_keep
         self._born = now
         self.keys: dict[int, _Key] = {}
         self.finished: list[Finished] = []
         self._lease_until = dict.fromkeys(self.groups, -math.inf)
         self._renewing: set[str] = set()
+        # until when each group's lease is worth renewing (see LEASE_KEEP)
+        self._lease_wanted_until = dict.fromkeys(self.groups, now + lease_keep)
         self._due_renew = now
         self._lease_waiters: dict[str, set[int]] = {g: set() for g in self.groups}
         self._writes_in_flight: Counter[int] = Counter()
@@ -219,11 +229,8 @@ class DurableKeys:
         if now >= self._due_renew:
             self._due_renew = now + RENEW_INTERVAL
             for group in self.groups:
-                if group not in self._renewing:
-                    self._renewing.add(group)
-                    op = {"op": "renew", "cid": 0, "owner": self.owner}
-                    # alone, outside the in-flight limit: a lease must not queue
-                    self._renewals[group] = [_Item("renew", 0, op)]
+                if now < self._lease_wanted_until[group]:
+                    self._renew(group)
         self._expire_queued(now)
         for cid in list(self._waiting):
             key = self.keys.get(cid)
@@ -294,11 +301,20 @@ class DurableKeys:
             if key.queue[0].op.get("op") in WRITE_OPS:
                 self._propose_writes(cid, key)
                 return
+            self._lease_wanted_until[key.group] = now + self.lease_keep
             if now >= self._lease_until[key.group]:
                 self._lease_waiters[key.group].add(cid)
+                self._renew(key.group)  # now: no tick renews a lease no read wanted lately
                 return
             job = key.queue.popleft()
             self.finished.append(Finished(job, self._read(job.op), key.group))
+
+    def _renew(self, group: str) -> None:
+        if group not in self._renewing:
+            self._renewing.add(group)
+            op = {"op": "renew", "cid": 0, "owner": self.owner}
+            # alone, outside the in-flight limit: a lease must not queue behind writes
+            self._renewals[group] = [_Item("renew", 0, op)]
 
     def _propose_writes(self, cid: int, key: _Key) -> None:
         outbox = self._outbox.setdefault(key.group, [])

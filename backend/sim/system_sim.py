@@ -153,7 +153,7 @@ class Scenario:
             cache_kills=rng.choice([0.0, 0.05, 0.15]),
             partitions=rng.choice([0.0, 0.3, 0.6]),
             fsync=rng.choice([0.0005, 0.002, 0.01]),
-            snapshot_every=rng.choice([16, 64, 10_000]),
+            snapshot_every=rng.choice([8, 32, 10_000]),
             think=rng.choice([0.01, 0.05, 0.2]),
         )
 

@@ -397,7 +397,7 @@ def test_the_checks_catch_a_takeover_that_does_not_wait_out_the_lease(
 
     monkeypatch.setattr(durable.DurableKeys, "_on_claimed", at_once)
     with pytest.raises(SystemFailure, match="not linearizable"):
-        for seed in (1, 2, 3):
+        for seed in range(1, 10):  # 11 of seeds 1-15 catch it
             test_cache_nodes_split_in_two_with_the_groups_reaching_both(seed)
 
 
@@ -413,8 +413,12 @@ def test_the_checks_catch_a_claim_that_trusts_itself_as_the_previous_owner(
         return now + self.lease + durable.LEASE_MARGIN
 
     monkeypatch.setattr(durable.DurableKeys, "_serve_from", trusting)
+    # The run that found it (seed 125) no longer meets it since leases are renewed only
+    # while reads come (fewer renewals, fewer claims made doubtful); seed 1437 of the same
+    # scenario does (1 of seeds 0-2399).
+    scenario = REGRESSIONS["claim-run-again-skipped-the-lease-wait"]
     with pytest.raises(SystemFailure, match="not linearizable"):
-        test_runs_that_once_found_bugs("claim-run-again-skipped-the-lease-wait")
+        SystemSim(replace(scenario, seed=1437)).run()
 
 
 def test_the_checks_catch_a_group_applying_a_retried_write_twice(

@@ -7,6 +7,7 @@ QUEUE_LIMIT = PROPOSAL_DEADLINE = 4.0."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
 from typing import Any
@@ -213,9 +214,8 @@ def test_reads_are_served_until_lease_after_the_renewal_was_sent(groups: Groups)
     assert titles(a.result("just in time")) == []
     late = sent_at + LEASE
     a.submit("too late", list_tasks(K), late)
-    a.flush(late)
-    assert "too late" not in a.answers
-    renewal = a.tick(late)  # the next renewal, sent at `late`
+    renewal = a.flush(late)  # a read that finds the lease lapsed renews it at once
+    assert [(where(s)[0], ops_of(s)) for s in renewal] == [(G1, ["renew"])]
     assert "too late" not in a.answers
     a.settle(late + 0.05, renewal)
     assert titles(a.result("too late")) == []
@@ -228,24 +228,79 @@ def test_renewals_go_out_every_renew_interval_one_per_group_at_a_time(
     groups: Groups,
 ) -> None:
     a = Node(groups, "a")
+    every = durable.RENEW_INTERVAL
     first = a.tick(0.0)
     assert len(first) == 2
-    assert a.tick(durable.RENEW_INTERVAL) == []  # still waiting for the first ones
-    a.commit(first, 0.25)
-    assert a.tick(0.3) == []  # the turn at 0.2 was skipped; the next is at 0.4
-    assert [ops_of(s) for s in a.tick(0.4)] == [["renew"], ["renew"]]
+    assert a.tick(every) == []  # still waiting for the first ones
+    a.commit(first, every + 0.05)
+    assert a.tick(every + 0.1) == []  # the turn at `every` was skipped
+    assert [ops_of(s) for s in a.tick(2 * every)] == [["renew"], ["renew"]]
 
 
 def test_a_failed_renewal_leaves_the_lease_to_lapse(groups: Groups, a: Node) -> None:
     a.submit("r", list_tasks(K), 0.0)
     a.settle(0.0)
-    renewals = a.tick(0.2)
+    renewed = durable.RENEW_INTERVAL
+    renewals = a.tick(renewed)
+    assert len(renewals) == 2
     for send in renewals:
-        a.deliver(groups.refuse(send, "bad_request"), 0.2)  # final: not retried
+        a.deliver(groups.refuse(send, "bad_request"), renewed)  # final: not retried
     assert a.keys.leases(0.59) == {G1: pytest.approx(0.01), G2: pytest.approx(0.01)}
     a.submit("late", list_tasks(K), 0.6)
     a.flush(0.6)
     assert "late" not in a.answers
+
+
+def renewals_until(node: Node, start: float, end: float) -> list[float]:
+    """Tick every 0.1 s from `start` to `end`, committing what is sent; when renewals went."""
+    sent_at = []
+    now = start
+    while now < end + 1e-9:
+        sends = node.tick(now)
+        if any(ops_of(s) == ["renew"] for s in sends):
+            sent_at.append(now)
+        node.settle(now, sends)
+        now = round(now + 0.1, 6)
+    return sent_at
+
+
+def test_leases_are_renewed_only_while_reads_keep_coming(groups: Groups, a: Node) -> None:
+    a.submit("read", list_tasks(K), 0.1)
+    a.settle(0.1)
+    assert titles(a.result("read")) == []
+    keep = durable.LEASE_KEEP
+    renewed = renewals_until(a, 0.2, 0.1 + keep + 1.0)
+    assert renewed and max(renewed) < 0.1 + keep  # every RENEW_INTERVAL, then no more
+    gaps = [later - earlier for earlier, later in itertools.pairwise(renewed)]
+    assert min(gaps) >= durable.RENEW_INTERVAL - 1e-9
+
+
+def test_a_node_that_only_writes_sends_no_renewals(groups: Groups, a: Node) -> None:
+    start = durable.LEASE_KEEP + 0.1  # past the renewals every node makes as it starts
+    assert renewals_until(a, 0.1, start) != []
+    now = start
+    for n in range(20):
+        a.submit(f"write {n}", insert(K, f"t{n}"), now)
+        sends = a.flush(now) + a.tick(now)
+        assert all("renew" not in ops_of(s) for s in sends)
+        a.settle(now, sends)
+        assert a.result(f"write {n}")["ok"] is True
+        now = round(now + 0.3, 6)
+
+
+def test_a_read_after_a_long_idle_spell_renews_at_once_and_is_served_once_committed(
+    groups: Groups, a: Node
+) -> None:
+    a.submit("write", insert(K, "kept"), 0.1)
+    a.settle(0.1)
+    renewals_until(a, 0.2, 30.0)
+    a.submit("read", list_tasks(K), 30.05)
+    [renewal] = a.flush(30.05)
+    assert (where(renewal)[0], ops_of(renewal)) == (G1, ["renew"])
+    assert "read" not in a.answers
+    a.settle(30.06, [renewal])
+    assert titles(a.result("read")) == ["kept"]
+    assert a.keys.leases(30.06)[G1] == pytest.approx(LEASE - 0.01)
 
 
 # ---- taking keys from others -------------------------------------------------------------
@@ -342,9 +397,9 @@ def test_a_renewals_revoked_keys_leave_memory_and_their_waiting_requests_answer_
     b.submit("b", list_tasks(K), 0.1)
     b.settle(0.1)
     a.submit("waits for the lease", list_tasks(K), 0.7)
-    a.flush(0.7)
+    renewal = a.flush(0.7)
     assert "waits for the lease" not in a.answers
-    a.settle(0.7, a.tick(0.7))
+    a.settle(0.7, renewal)
     assert a.result("waits for the lease") == {
         "ok": False,
         "error": {"code": "unavailable", "message": MOVED},
@@ -362,8 +417,8 @@ def test_all_revoked_drops_the_groups_keys_claimed_before_the_renewal_only(
     a = Node(groups, "a")  # the group has never heard of it
     for cid in (K, K2, L):
         a.submit(f"r{cid}", list_tasks(cid), 0.0)
-    a.settle(0.0)  # claimed before any renewal
-    renewals = {where(s)[0]: s for s in a.tick(0.0)}
+    a.commit(a.flush(0.0), 0.0)  # claimed before any renewal
+    renewals = {where(s)[0]: s for s in a.flush(0.0)}  # the reads ask for the leases
     g1_answer = groups.commit(renewals[G1])
     assert g1_answer["results"][0]["result"]["revoked"] is None
     a.submit("after", list_tasks(K3), 0.0)
@@ -437,7 +492,9 @@ def test_a_write_every_member_refused_answers_unavailable_and_the_key_stays_serv
         "error": {"code": "unavailable", "message": "no quorum"},
     }
     a.submit("read", list_tasks(K), now)
-    assert claims_in(a.flush(now)) == []
+    sends = a.flush(now)
+    assert claims_in(sends) == []  # still ours: at most its lease is renewed
+    a.settle(now, sends)
     assert titles(a.result("read")) == []
 
 
@@ -615,15 +672,16 @@ def test_the_old_owners_reads_stop_once_its_renewal_reports_the_key_taken(
     b.start(0.1)
     b.submit("b-read", list_tasks(K), 0.1)
     b.settle(0.1)
-    renewal = a.tick(0.2)  # committed after b's claim: it names the key
-    a.settle(0.2, renewal)
+    renewed = durable.RENEW_INTERVAL
+    renewal = a.tick(renewed)  # committed after b's claim: it names the key
+    a.settle(renewed, renewal)
     assert K not in a.state.keys
-    a.submit("a-read", list_tasks(K), 0.25)
-    sends = a.flush(0.25)
+    a.submit("a-read", list_tasks(K), renewed + 0.05)
+    sends = a.flush(renewed + 0.05)
     assert "a-read" not in a.answers  # not from memory: it claims the key first
     assert claims_in(sends) == [K]
     # b, meanwhile, never served before its wait ended
-    b.settle(0.3, b.tick(0.3))
+    b.settle(renewed + 0.1, b.tick(renewed + 0.1))
     assert "b-read" not in b.answers
 
 
@@ -654,7 +712,8 @@ def test_a_renewal_whose_answer_never_arrives_still_ends_reads_of_the_keys_it_re
     b.start(0.1)
     b.submit("b-read", list_tasks(K), 0.1)
     b.settle(0.1)
-    [renewal] = [s for s in a.tick(0.2) if where(s)[0] == G1]
+    renewed = durable.RENEW_INTERVAL
+    [renewal] = [s for s in a.tick(renewed) if where(s)[0] == G1]
     lost = groups.commit(renewal)
     assert lost["results"][0]["result"]["revoked"] == [K]
     b.settle(0.8, b.tick(0.8))
@@ -665,7 +724,8 @@ def test_a_renewal_whose_answer_never_arrives_still_ends_reads_of_the_keys_it_re
     def not_g1_renewal(send: Send) -> bool:
         return not (where(send)[0] == G1 and ops_of(send) == ["renew"])
 
-    run_to(a, 0.3, 0.2 + PROPOSAL_DEADLINE, not_g1_renewal)  # its retries are lost too
+    # its retries are lost too
+    run_to(a, renewed + 0.1, renewed + PROPOSAL_DEADLINE, not_g1_renewal)
     a.settle(4.5, a.tick(4.5))  # the next renewal goes through: "nothing revoked"
     a.submit("a-read-late", list_tasks(K), 4.55)
     a.settle(4.55)
@@ -689,13 +749,14 @@ def test_a_renewal_answered_while_a_claim_is_in_flight_still_revokes_it(
     claim_answer = groups.commit(claim)
     b.submit("b-read", list_tasks(K), 0.1)
     b.settle(0.1)
-    [renewal] = [s for s in a.tick(0.2) if where(s)[0] == G1]
+    renewed = durable.RENEW_INTERVAL
+    [renewal] = [s for s in a.tick(renewed) if where(s)[0] == G1]
     renewal_answer = groups.commit(renewal)
     assert renewal_answer["results"][0]["result"]["revoked"] == [K]
     assert claim_answer["index"] < renewal_answer["index"]
-    a.deliver(renewal_answer, 0.2)
-    a.deliver(claim_answer, 0.25)
-    a.settle(0.25)
+    a.deliver(renewal_answer, renewed)
+    a.deliver(claim_answer, renewed + 0.05)
+    a.settle(renewed + 0.05)
     b.settle(0.8, b.tick(0.8))
     b.submit("b-write", insert(K, "from b"), 0.85)
     b.settle(0.85)
@@ -722,9 +783,10 @@ def test_a_claim_answered_from_the_answer_table_is_still_revoked_by_a_later_rene
     groups.commit(claim)  # applied; the answer is lost
     b.submit("b-read", list_tasks(K), 0.1)
     b.settle(0.1)
-    [renewal] = [s for s in a.tick(0.2) if where(s)[0] == G1]
-    a.commit([renewal], 0.2)
-    retries = run_to(a, 0.3, 1.1, lambda send: claims_in([send]) == [])
+    renewed = durable.RENEW_INTERVAL
+    [renewal] = [s for s in a.tick(renewed) if where(s)[0] == G1]
+    a.commit([renewal], renewed)
+    retries = run_to(a, renewed + 0.1, 1.1, lambda send: claims_in([send]) == [])
     assert retries, "the claim was not retried"
     retry_answer = groups.commit(retries[0])
     assert retry_answer["index"] == groups.machine(G1).applied_index
