@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import gc
 import logging
@@ -57,6 +56,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import IO, NoReturn
@@ -69,6 +69,7 @@ from ..bus.publisher import Publisher
 from ..bus.transport import BusUnavailable, Message
 from ..cli_common import broker_option
 from ..config import BrokerAddress, data_dir
+from ..proc import die_with_parent
 from ..raft import LogCorruptedError, RaftOptions
 from ..replica.core import SNAPSHOT_EVERY, ReplicaCore, SnapshotJob
 from ..replica.group import check_group_id
@@ -85,12 +86,6 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 SNAPSHOT_RETRY = 5.0  # seconds after a failed snapshot before the next try
 LOAD_RETRY = 1.0  # seconds after a snapshot file could not be read for a follower
 SNAPSHOT_NICE = 19  # the snapshot writer's priority: the lowest
-
-_PR_SET_PDEATHSIG = 1
-try:  # looked up now: the forked child must not load libraries (the loader has locks)
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: the replica kills its child when it stops
-    _prctl = None
 
 
 class Replica:
@@ -159,14 +154,16 @@ class Replica:
 
     def _fork_snapshot(self, job: SnapshotJob) -> None:
         started = time.perf_counter()
-        parent = os.getpid()
+        # made before the fork (it names this process as the parent); on other systems
+        # than Linux there is none, and the replica kills its child when it stops
+        arrange_death = die_with_parent()
         try:
             pid = os.fork()
         except OSError as exc:
             self._snapshot_failed(job, f"cannot fork: {exc}")
             return
         if pid == 0:
-            write_snapshot_in_child(job, self.storage, parent)
+            write_snapshot_in_child(job, self.storage, arrange_death)
         forked = time.perf_counter() - started
         log.info(
             "group %s: snapshot at index %d being written by process %d (fork took %.1f ms)",
@@ -258,7 +255,9 @@ class Replica:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
 
-def write_snapshot_in_child(job: SnapshotJob, storage: DurableRaftStorage, parent: int) -> NoReturn:
+def write_snapshot_in_child(
+    job: SnapshotJob, storage: DurableRaftStorage, arrange_death: Callable[[], None] | None
+) -> NoReturn:
     """In the forked child: encode `job` and write its file, then exit at once.
 
     Only os calls and the encoder run here: no logging, no event loop, no broker. The
@@ -266,10 +265,8 @@ def write_snapshot_in_child(job: SnapshotJob, storage: DurableRaftStorage, paren
     and the parent's buffered output."""
     code = 1
     try:
-        if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # not outliving the replica
-        if os.getppid() != parent:
-            os._exit(code)  # the replica died before the line above took effect
+        if arrange_death is not None:
+            arrange_death()  # not outliving the replica (proc.die_with_parent)
         signal.set_wakeup_fd(-1)  # the parent's event loop owns that descriptor
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)

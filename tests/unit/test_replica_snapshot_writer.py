@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from backend.nodes.replica import staggered, stop_child, wait_for_exit, write_snapshot_in_child
+from backend.proc import die_with_parent
 from backend.raft import Config, Snapshot
 from backend.replica.core import SnapshotJob
 from backend.replica.state_machine import ReplicaStateMachine
@@ -29,10 +30,10 @@ def job_at(index: int, term: int = 2) -> SnapshotJob:
 
 
 def fork_writer(job: SnapshotJob, storage: DurableRaftStorage) -> int:
-    parent = os.getpid()
+    arrange_death = die_with_parent()
     pid = os.fork()
     if pid == 0:
-        write_snapshot_in_child(job, storage, parent)
+        write_snapshot_in_child(job, storage, arrange_death)
     return pid
 
 
