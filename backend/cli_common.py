@@ -30,6 +30,26 @@ def fail(code: int, message: str) -> NoReturn:
     sys.exit(code)
 
 
+def count_option(
+    name: str,
+    default: int,
+    what: str,
+    minimum: int = 1,
+    maximum: int | None = None,
+    from_env: bool = True,
+) -> Callable[[F], F]:
+    """A whole-number option in [minimum, maximum]; with `from_env`, TASKRING_<NAME> sets it."""
+    envvar = f"TASKRING_{name[2:].replace('-', '_').upper()}" if from_env else None
+    return click.option(
+        name,
+        type=click.IntRange(min=minimum, max=maximum),
+        default=default,
+        show_default=True,
+        envvar=envvar,
+        help=f"{what}.",
+    )
+
+
 def json_flag(command: F) -> F:
     """Accept --json after the subcommand as well (`taskring client list --json`)."""
 

@@ -43,6 +43,7 @@ import httpx
 from . import broker as broker_command
 from . import broker_auth, config
 from .bus.probe import probe_broker
+from .cli_common import count_option
 from .proc import die_with_parent, signal_group
 from .supervision import (
     DEFAULT_BROKER_PORT,
@@ -446,19 +447,6 @@ def port_option(name: str, default: int, what: str) -> Decorator:
         show_default=True,
         envvar=f"TASKRING_{name[2:].replace('-', '_').upper()}",
         help=what,
-    )
-
-
-def count_option(
-    name: str, default: int, what: str, minimum: int = 1, maximum: int | None = None
-) -> Decorator:
-    return click.option(
-        name,
-        type=click.IntRange(min=minimum, max=maximum),
-        default=default,
-        show_default=True,
-        envvar=f"TASKRING_{name[2:].replace('-', '_').upper()}",
-        help=f"{what}.",
     )
 
 

@@ -22,7 +22,7 @@ import click
 from rich.console import Console
 
 from .. import config
-from ..cli_common import fail
+from ..cli_common import count_option, fail
 from . import environment
 from .restart import RestartFailed, RestartPlan, RestartResult, problems, run_restart, table
 from .restart_data import DataSpec
@@ -56,26 +56,26 @@ _OPTIONS = [
         help="Keep the restart's data directory here, and reuse it if it holds the same data. "
         "[default: a temporary directory, removed after]",
     ),
-    click.option(
+    count_option(
         "--restart-groups",
-        type=click.IntRange(1, config.MAX_REPLICA_GROUPS),
-        default=config.DEFAULT_REPLICA_GROUPS,
-        show_default=True,
-        help="Replica groups of the restarted deployment.",
+        config.DEFAULT_REPLICA_GROUPS,
+        "Replica groups of the restarted deployment",
+        maximum=config.MAX_REPLICA_GROUPS,
+        from_env=False,
     ),
-    click.option(
+    count_option(
         "--restart-replicas",
-        type=click.IntRange(1, config.MAX_REPLICAS),
-        default=config.DEFAULT_REPLICAS,
-        show_default=True,
-        help="Replicas per group of the restarted deployment.",
+        config.DEFAULT_REPLICAS,
+        "Replicas per group of the restarted deployment",
+        maximum=config.MAX_REPLICAS,
+        from_env=False,
     ),
-    click.option(
+    count_option(
         "--restart-cache-nodes",
-        type=click.IntRange(1, 64),
-        default=config.DEFAULT_CACHE_NODES,
-        show_default=True,
-        help="Cache nodes of the restarted deployment.",
+        config.DEFAULT_CACHE_NODES,
+        "Cache nodes of the restarted deployment",
+        maximum=64,
+        from_env=False,
     ),
 ]
 
