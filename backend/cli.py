@@ -13,6 +13,8 @@ import sys
 
 import click
 
+from .private_files import PRIVATE_UMASK
+
 # name -> "module:attribute" of a click command
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("backend.supervisor:up", "Start every component as its own supervised process."),
@@ -51,6 +53,9 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="taskring")
 def main() -> None:
     """taskring: a task store on a Chord ring of caches and replicated logs, over MQTT."""
+    # Logs, write-ahead logs, snapshots and logins hold clients' data and secrets: whatever
+    # any taskring process creates is its owner's alone (backend/private_files.py).
+    os.umask(PRIVATE_UMASK)
     level = os.environ.get("TASKRING_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),

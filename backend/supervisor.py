@@ -44,6 +44,7 @@ from . import broker as broker_command
 from . import broker_auth, config
 from .bus.probe import probe_broker
 from .cli_common import count_option
+from .private_files import create_private, private_directory
 from .proc import die_with_parent, signal_group
 from .supervision import (
     DEFAULT_BROKER_PORT,
@@ -98,14 +99,15 @@ class Output:
             name: self._prefix(name, COLOURS[i % len(COLOURS)] if coloured else None)
             for i, name in enumerate(names)
         }
-        logs_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(logs_dir)
 
     def _prefix(self, name: str, colour: int | None) -> str:
         text = f"{name:<{self.width}} | "
         return f"\x1b[{colour}m{text}\x1b[0m" if colour else text
 
     def open_log(self, name: str) -> IO[bytes]:
-        log_file = open(self.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed by Child
+        path = self.logs_dir / f"{name}.log"
+        log_file = os.fdopen(create_private(path, os.O_WRONLY | os.O_APPEND), "ab")
         log_file.write(f"--- started {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n".encode())
         return log_file
 
@@ -549,7 +551,8 @@ def up(
         replicas=replicas,
     )
     try:
-        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_directory(data)
+        private_directory(data / "replicas")
         token, token_source = admin_token(data)
         broker = choose(broker_flag, settings)
     except (config.ConfigError, OSError) as exc:

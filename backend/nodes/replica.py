@@ -69,6 +69,7 @@ from ..bus.publisher import Publisher
 from ..bus.transport import BusUnavailable, Message
 from ..cli_common import broker_option
 from ..config import BrokerAddress, data_dir
+from ..private_files import create_private, private_directory
 from ..proc import die_with_parent
 from ..raft import LogCorruptedError, RaftOptions
 from ..replica.core import SNAPSHOT_EVERY, ReplicaCore, SnapshotJob
@@ -328,8 +329,10 @@ def staggered(snapshot_every: int, member: int, members: list[int]) -> int:
 def lock_directory(directory: Path) -> IO[bytes]:
     """Hold DIR/LOCK for the life of the process: two replicas writing one log would
     corrupt it. The kernel drops the lock when the process dies, however it dies."""
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / "LOCK", "ab")  # noqa: SIM115 (held until the process exits)
+    private_directory(directory.parent)  # DATA/replicas: tightened if others can read it
+    private_directory(directory)
+    # held until the process exits
+    handle = os.fdopen(create_private(directory / "LOCK", os.O_WRONLY | os.O_APPEND), "ab")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

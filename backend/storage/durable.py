@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..private_files import private_directory
 from ..raft import HardState, PersistentState, Ready, Snapshot, bootstrap_state
 from .records import encode_entry, encode_hard_state, records_for_ready, replay
 from .snapshot import SnapshotStore
@@ -46,7 +47,7 @@ class DurableRaftStorage:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = 2,
     ) -> None:
-        self.directory = Path(directory)
+        self.directory = private_directory(directory)
         self._snapshots = SnapshotStore(self.directory / "snap", keep=keep_snapshots)
         snapshot = self._snapshots.load_newest()
         self._wal, payloads = WriteAheadLog.open(self.directory / "wal", segment_bytes)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import msgpack
 
+from ..private_files import create_private, private_directory
 from ..raft import Snapshot
 from .wal import fsync_directory
 
@@ -64,8 +65,7 @@ class SnapshotStore:
     def __init__(self, directory: Path | str, keep: int = 2) -> None:
         if keep < 1:
             raise ValueError("keep at least one snapshot")
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = private_directory(directory)
         self.keep = keep
         for stray in self.directory.glob("*.tmp"):
             stray.unlink()  # a save that a crash interrupted
@@ -90,7 +90,7 @@ class SnapshotStore:
         child may call it."""
         path = self.directory / f"{snapshot.index:016x}-{snapshot.term:016x}.snap"
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = create_private(temporary, os.O_WRONLY | os.O_TRUNC)
         try:
             data = memoryview(encode_snapshot(snapshot))
             while data:

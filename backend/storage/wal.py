@@ -49,6 +49,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..private_files import create_private, private_directory
 from .errors import StorageCorruptError
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,7 @@ class WriteAheadLog:
         cls, directory: Path | str, segment_bytes: int = DEFAULT_SEGMENT_BYTES
     ) -> tuple[WriteAheadLog, list[bytes]]:
         """Open (creating if needed) the log in `directory`; returns it and every record."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = private_directory(directory)
         for stray in directory.glob("*.tmp"):
             stray.unlink()  # a segment whose creation a crash interrupted
         segments = _list_segments(directory)
@@ -206,7 +206,7 @@ def _list_segments(directory: Path) -> list[Segment]:
 
 def _create_file(path: Path, content: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = create_private(temporary, os.O_WRONLY | os.O_TRUNC)
     try:
         _write_all(fd, content)
         os.fsync(fd)

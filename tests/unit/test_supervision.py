@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import click
@@ -276,3 +277,34 @@ def test_parse_ports() -> None:
 def test_describe_exit() -> None:
     assert describe_exit(3) == "exit code 3"
     assert describe_exit(-9) == "killed by SIGKILL"
+
+
+def test_up_keeps_its_logs_private_whatever_the_umask(tmp_path: Path) -> None:
+    from backend.supervisor import Output
+
+    previous = os.umask(0o022)
+    try:
+        logs = tmp_path / "data" / "logs"
+        output = Output(logs, ["replica-g1-1"], io.StringIO())
+        log_file = output.open_log("replica-g1-1")
+        output.line("replica-g1-1", b"a task title", log_file)
+        log_file.close()
+    finally:
+        os.umask(previous)
+    assert logs.stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+    assert (logs / "replica-g1-1.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_every_taskring_command_runs_with_a_private_umask() -> None:
+    from click.testing import CliRunner
+
+    from backend.cli import main
+
+    previous = os.umask(0o022)
+    try:
+        CliRunner().invoke(main, ["status", "--help"])
+        now = os.umask(0o022)
+    finally:
+        os.umask(previous)
+    assert now == 0o077

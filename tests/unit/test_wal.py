@@ -373,3 +373,59 @@ def test_bootstrap_refuses_a_disk_that_already_holds_a_log(tmp_path: Path) -> No
     storage.bootstrap([1, 2, 3])
     with pytest.raises(ValueError, match="already holds"):
         storage.bootstrap([1, 2, 3])
+
+
+# ---- permissions ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def permissive_umask():
+    """The umask many systems default to: new files readable by everyone."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def modes(root: Path) -> dict[str, int]:
+    return {
+        str(path.relative_to(root)): path.stat().st_mode & 0o777
+        for path in [root, *root.rglob("*")]
+    }
+
+
+def test_replica_files_are_private_whatever_the_umask(
+    tmp_path: Path, permissive_umask: None
+) -> None:
+    from backend.nodes.replica import lock_directory
+
+    root = tmp_path / "data"
+    replica = root / "replicas" / "g1-1"
+    lock = lock_directory(replica)
+    storage = DurableRaftStorage(replica)
+    storage._wal.append([b"x"])
+    storage._snapshots.save(snapshot_at(3))
+    lock.close()
+    found = modes(root)
+    assert {"replicas/g1-1/wal", "replicas/g1-1/snap", "replicas/g1-1/LOCK"} <= set(found)
+    assert any(name.endswith(".snap") for name in found) and any(
+        name.endswith(".wal") for name in found
+    )
+    for name, mode in found.items():
+        expected = 0o700 if (root / name).is_dir() else 0o600
+        assert mode == expected, f"{name} is {mode:o}"
+
+
+def test_an_existing_open_directory_is_tightened_with_a_log_line(
+    tmp_path: Path, permissive_umask: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    replicas = tmp_path / "replicas"
+    replicas.mkdir(mode=0o755)
+    (replicas / "g1-1").mkdir(mode=0o755)
+    os.chmod(replicas, 0o755)
+    caplog.set_level("WARNING")
+    from backend.nodes.replica import lock_directory
+
+    lock_directory(replicas / "g1-1").close()
+    assert replicas.stat().st_mode & 0o777 == 0o700
+    assert (replicas / "g1-1").stat().st_mode & 0o777 == 0o700
+    assert sum("made it 0700" in r.getMessage() for r in caplog.records) == 2
