@@ -12,6 +12,11 @@ DATA/pids.json holds {"supervisor": pid, "children": {name: pid}} for the
 children running right now; it is rewritten at every start and exit and
 removed when `taskring up` stops.
 
+Before anything starts, every component's port is checked: a taken one gets
+PORT_WAIT seconds to come free (an outgoing connection may hold a port of the
+ephemeral range for a moment), then `up` fails naming what holds it, read
+from /proc (backend/port_holders.py). Logs are 0600 in 0700 directories.
+
 The children start in tiers: the broker (until its port answers), the
 replicas, then the cache nodes, portals and web process. A child that exits
 on its own is restarted after a Backoff delay (backend/supervision.py).
@@ -44,6 +49,7 @@ from . import broker as broker_command
 from . import broker_auth, config
 from .bus.probe import probe_broker
 from .cli_common import count_option
+from .port_holders import who_holds
 from .private_files import create_private, private_directory
 from .proc import die_with_parent, signal_group
 from .supervision import (
@@ -62,6 +68,8 @@ log = logging.getLogger("taskring.up")
 
 STARTUP_TIMEOUT = 60.0
 STOP_GRACE = 10.0
+PORT_WAIT = 5.0  # how long a taken port may take to come free before `up` gives up
+PORT_POLL = 0.2
 OUTPUT_LIMIT = 1 << 20  # longest output line kept whole
 PIDS_FILE = "pids.json"
 LOGS_DIR = "logs"
@@ -412,18 +420,34 @@ def port_taken(host: str, port: int) -> str | None:
     return None
 
 
-def check_ports(specs: list[ChildSpec], host: str) -> None:
+def check_ports(specs: list[ChildSpec], host: str, wait: float = PORT_WAIT) -> None:
+    """Fail clearly if a component's port is taken. A taken port is given `wait` seconds
+    to come free: ports like 50051 lie in the kernel's ephemeral range, where any
+    program's outgoing connection may hold one for a moment."""
     ports = [spec.port for spec in specs if spec.port is not None]
     duplicates = sorted({port for port in ports if ports.count(port) > 1})
     if duplicates:
         raise click.UsageError(f"port {duplicates[0]} is given to two components")
+    deadline = time.monotonic() + wait
     for spec in specs:
-        problem = port_taken(host, spec.port) if spec.port is not None else None
-        if problem:
-            raise click.ClickException(
-                f"{spec.name} cannot listen on {host}:{spec.port}: {problem}"
-                " (is another taskring running?)"
-            )
+        if spec.port is not None:
+            _wait_for_port(spec.name, host, spec.port, deadline)
+
+
+def _wait_for_port(name: str, host: str, port: int, deadline: float) -> None:
+    problem = port_taken(host, port)
+    if problem:
+        log.info("%s: %s:%d is taken (%s); waiting for it to come free", name, host, port, problem)
+    while problem and time.monotonic() < deadline:
+        time.sleep(PORT_POLL)
+        problem = port_taken(host, port)
+    if problem:
+        holders = who_holds(port)
+        held = "; held by " + "; ".join(holders) if holders else ""
+        raise click.ClickException(
+            f"{name} cannot listen on {host}:{port}: {problem}{held}"
+            " (is another taskring running? else choose other ports)"
+        )
 
 
 def choose(broker_flag: str | None, settings: Settings) -> BrokerPlan:

@@ -222,6 +222,7 @@ def test_a_taken_port_is_named_before_anything_starts(processes: Processes, tmp_
         assert process.wait(20) == 1
     output = log_text(process)
     assert f"web cannot listen on 127.0.0.1:{port}" in output
+    assert f"held by a listening socket on 127.0.0.1:{port} of pid {os.getpid()}" in output
     assert "Traceback" not in output
 
 
