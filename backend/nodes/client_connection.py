@@ -21,10 +21,25 @@ Who may do what:
   it last did so more than `revalidate_interval` ago, holding events back
   meanwhile; a watcher whose token was rotated is disconnected.
 
-Resources a client cannot hold forever:
+Resources a client cannot hold forever (the bookkeeping is in portal_limits.py):
 
-- idle: no bytes for `idle_timeout` closes the connection. A watching
-  connection is exempt (waiting is its job); TCP keepalive finds dead peers.
+- connections: at most `max_connections` in all and `max_connections_per_ip`
+  from one source address (client_portal.py); one more gets an `unavailable`
+  line naming the limit and is closed.
+- idle: no bytes for `idle_timeout` closes the connection; before a successful
+  `auth` the limit is `auth_timeout`, and the close comes with an `unauthorized`
+  line. A watching connection is exempt (waiting is its job); TCP keepalive
+  finds dead peers.
+- guessing tokens: each source address may fail `auth` `auth_failure_burst`
+  times at once, then `auth_failure_rate` times a second; past that its
+  attempts wait their turn, each on its own connection, so they reach the
+  store no faster (the web process's WebSocket bridge is one address for all
+  its browsers: one guesser there slows the logins of the others).
+- watch memory: the bytes queued for a watching connection (its transport's
+  write buffer plus events held back for a token check) may reach
+  `watch_buffer`, and those of all of one client's watching connections
+  `watch_buffer_client`; past that the connection (one at least at its share
+  of the client's total) gets an `unavailable` line and is closed.
 - slow loris: a line must be complete within `line_timeout` of its first byte.
 - slow reader: past `write_buffer` bytes queued the portal stops reading
   requests; if the queue is still above that after `stall_timeout`, or ever
@@ -39,10 +54,10 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import INTERNAL, TOO_LARGE, UNAUTHORIZED, OpError
+from ..errors import INTERNAL, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE, OpError
 from ..model.identity import format_cid
 from ..model.records import CLIENT_DELETED, Event
 from ..protocol import (
@@ -58,6 +73,7 @@ from ..protocol import (
 )
 from ..store.interface import TRACE, Store, Unwatch
 from ..telemetry import RequestMetrics
+from .portal_limits import AuthFailureBudget, WatchBudget
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +84,8 @@ TOO_LARGE_MESSAGE = (
     f"request line is longer than {MAX_LINE_BYTES:,} bytes; the connection is closed"
 )
 INTERNAL_MESSAGE = "internal error in the portal; it has been logged, please report it"
+AUTH_TIMEOUT = "no auth in time"  # _read_deadline's reason, which also earns an error line
+OVER_BUDGET_GRACE = 1.0  # seconds a connection over its watch budget has to take its last line
 
 
 @dataclass(frozen=True)
@@ -75,13 +93,19 @@ class Limits:
     """How long and how much a connection may take; the defaults suit production."""
 
     idle_timeout: float = 300.0
+    auth_timeout: float = 10.0  # idle limit before a successful auth
     line_timeout: float = 30.0
     write_buffer: int = 1 << 20
     write_buffer_hard: int = 32 << 20
     stall_timeout: float = 10.0
     max_held_events: int = 10_000
     revalidate_interval: float = 1.0
-    max_connections: int = 10_000
+    max_connections: int = 4_000
+    max_connections_per_ip: int = 1_000
+    auth_failure_burst: int = 20
+    auth_failure_rate: float = 5.0  # failed auths a second per source IP, past the burst
+    watch_buffer: int = 1 << 20  # bytes of events queued for one watching connection
+    watch_buffer_client: int = 16 << 20  # ... for all the watching connections of a client
 
 
 @dataclass(frozen=True)
@@ -92,6 +116,15 @@ class PortalContext:
     portal_id: str
     metrics: RequestMetrics
     limits: Limits
+    auth_failures: AuthFailureBudget = field(init=False)
+    watch_budget: WatchBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        limits = self.limits
+        budget = AuthFailureBudget(limits.auth_failure_burst, limits.auth_failure_rate)
+        object.__setattr__(self, "auth_failures", budget)
+        watch = WatchBudget(limits.watch_buffer, limits.watch_buffer_client)
+        object.__setattr__(self, "watch_budget", watch)
 
     def trace(self) -> dict[str, Any]:
         # Local storage has no cache ring: this portal alone served the request.
@@ -115,6 +148,8 @@ class Connection:
         self.writer = writer
         self.transport = writer.transport
         self.peer = _peer_name(writer)
+        self.ip = peer_ip(writer)
+        self.held_bytes = 0  # wire size of the events in `held`
         self.splitter = LineSplitter()
         self.line_started: float | None = None
         self.binding: Binding | None = None
@@ -163,6 +198,9 @@ class Connection:
         except TimeoutError:
             level = logging.INFO if self.line_started is not None else logging.DEBUG
             log.log(level, "%s: closing the connection: %s", self.peer, why)
+            if why == AUTH_TIMEOUT:  # say why: a client may simply have forgotten `auth`
+                message = f"no auth within {self.limits.auth_timeout:g}s; the connection is closed"
+                self._write(error_line(None, UNAUTHORIZED, message))
             return b""
 
     def _read_deadline(self) -> tuple[float | None, str]:
@@ -171,6 +209,8 @@ class Connection:
             return max(remaining, 0.0), f"a line took longer than {self.limits.line_timeout}s"
         if self.unwatch is not None:
             return None, ""
+        if self.binding is None and self.limits.auth_timeout < self.limits.idle_timeout:
+            return self.limits.auth_timeout, AUTH_TIMEOUT
         return self.limits.idle_timeout, f"idle for {self.limits.idle_timeout}s"
 
     def _track_line_start(self, received_at: float, completed_lines: bool) -> None:
@@ -246,7 +286,7 @@ class Connection:
         return await _OPERATIONS[request.op](self, request)
 
     async def _auth(self, request: Request) -> dict[str, Any]:
-        if not await self.store.authenticate(request.cid, request.token):
+        if not await self._throttled_authenticate(request.cid, request.token):
             self._unbind()
             raise OpError(UNAUTHORIZED, "unknown cid or wrong token")
         if self.binding is not None and self.binding.cid != request.cid:
@@ -254,6 +294,25 @@ class Connection:
         self.binding = Binding(request.cid, request.token)
         self.checked_at = time.monotonic()
         return {}
+
+    async def _throttled_authenticate(self, cid: int, token: str) -> bool:
+        """authenticate, within this source IP's budget of failures (portal_limits.py).
+
+        Over budget this connection alone waits for its turn, so a guesser's attempts
+        reach the store at the refill rate while other connections go on."""
+        budget = self.context.auth_failures
+        wait = budget.reserve(self.ip, time.monotonic())
+        if wait == float("inf"):
+            raise OpError(UNAVAILABLE, "too many failed auth attempts from your address; "
+                          "try again in a minute")  # fmt: skip
+        if wait is not None:
+            await asyncio.sleep(wait)
+        valid = await self.store.authenticate(cid, token)
+        if wait is None and not valid:
+            budget.failed(self.ip, time.monotonic())
+        elif wait is not None and valid:
+            budget.refund(self.ip, time.monotonic())
+        return valid
 
     async def _authorize(self, request: Request) -> None:
         cid = format_cid(request.cid)
@@ -316,8 +375,11 @@ class Connection:
     def _hold(self, event: Event) -> None:
         assert self.held is not None
         self.held.append(event)
+        self.held_bytes += _event_size(event)
         if len(self.held) > self.limits.max_held_events:
             self._abort(f"more than {self.limits.max_held_events} events held back")
+        else:
+            self._check_watch_budget()
 
     async def _recheck_token(self) -> None:
         binding = self.binding
@@ -330,6 +392,7 @@ class Connection:
             log.warning("%s: could not check the watcher's token: %s", self.peer, exc)
             valid = True
         held, self.held, self.recheck = self.held or [], None, None
+        self.held_bytes = 0
         if valid:
             self.checked_at = time.monotonic()
             self._push_events(held)
@@ -356,15 +419,40 @@ class Connection:
         self._write(event_line(event.to_wire()))
         if event.kind == CLIENT_DELETED:
             self._unbind()
+        else:
+            self._check_watch_budget()
+
+    def _check_watch_budget(self) -> None:
+        """Events for a client that does not read must not pile up in the portal's memory:
+        past the budget (per connection, per client) the connection is closed."""
+        if self.binding is None or self.unwatch is None or self.transport.is_closing():
+            return
+        queued = self.transport.get_write_buffer_size() + self.held_bytes
+        problem = self.context.watch_budget.update(self, self.binding.cid, queued)
+        if problem is not None:
+            self._close_over_budget(problem)
+
+    def _close_over_budget(self, problem: str) -> None:
+        log.warning("%s: closing a watching connection: %s", self.peer, problem)
+        self._unbind()
+        self.writer.write(error_line(None, UNAVAILABLE, f"{problem}; the connection is closed"))
+        self.closing = True
+        self.transport.close()
+        # close() waits for the queue to leave, which a client that does not read never
+        # lets happen: then drop it, freeing the queue.
+        loop = asyncio.get_running_loop()
+        loop.call_later(OVER_BUDGET_GRACE, self.transport.abort)
 
     def _stop_watch(self) -> None:
         if self.unwatch is not None:
             self.unwatch()
             self.unwatch = None
+            self.context.watch_budget.release(self)
         if self.recheck is not None:
             self.recheck.cancel()
             self.recheck = None
         self.held = None
+        self.held_bytes = 0
 
     def _unbind(self) -> None:
         self._stop_watch()
@@ -426,6 +514,19 @@ _OPERATIONS: dict[str, _Operation] = {
     "delete_tasks": Connection._delete_tasks,
     "watch": Connection._watch,
 }
+
+
+def _event_size(event: Event) -> int:
+    """About what an event costs while held: its text and a line's worth of overhead."""
+    return 96 + len(event.title or "") + len(event.description or "")
+
+
+def peer_ip(writer: asyncio.StreamWriter) -> str:
+    """The source address a connection's limits are counted against."""
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "local"  # a Unix socket, or a transport that does not say
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:

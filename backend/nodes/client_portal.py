@@ -33,7 +33,8 @@ from ..protocol import error_line
 from ..store import make_store
 from ..store.interface import Store
 from ..telemetry import RequestMetrics
-from .client_connection import Connection, Limits, PortalContext
+from .client_connection import Connection, Limits, PortalContext, peer_ip
+from .portal_limits import ConnectionCounts
 from .process import heartbeating, run, stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 KIND = "client-portal"
 LISTEN_BACKLOG = 1024
 EXIT_FAILED, EXIT_USAGE = 1, 2
+MAX_CONNECTIONS_CEILING = 10_000
+FILE_HEADROOM = 256  # descriptors kept for the broker connection, logs and the like
 
 
 class ClientPortal:
@@ -57,6 +60,8 @@ class ClientPortal:
             store, portal_id, metrics or RequestMetrics(), limits or Limits()
         )
         self.connections: set[asyncio.Task[Any]] = set()
+        limits = self.context.limits
+        self.counts = ConnectionCounts(limits.max_connections, limits.max_connections_per_ip)
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -88,8 +93,11 @@ class ClientPortal:
         await self.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.connections) >= self.context.limits.max_connections:
-            await _turn_away(writer, len(self.connections))
+        ip = peer_ip(writer)
+        refusal = self.counts.admit(ip)
+        if refusal is not None:
+            log.debug("turned away a connection from %s: %s", ip, refusal)
+            await _turn_away(writer, refusal)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -104,6 +112,7 @@ class ClientPortal:
             log.exception("a client connection failed")
         finally:
             self.connections.discard(task)
+            self.counts.release(ip)
 
 
 async def serve_client_portal(
@@ -120,8 +129,7 @@ async def serve_client_portal(
     return portal
 
 
-async def _turn_away(writer: asyncio.StreamWriter, count: int) -> None:
-    message = f"the portal already serves {count} connections; try again later or another portal"
+async def _turn_away(writer: asyncio.StreamWriter, message: str) -> None:
     writer.write(error_line(None, UNAVAILABLE, message))
     writer.close()
     with contextlib.suppress(ConnectionError):
@@ -159,13 +167,34 @@ async def run_client_portal(
     return 0
 
 
-def _raise_file_limit() -> None:
-    """Every connection is a file descriptor; take all the kernel allows us."""
+def _raise_file_limit() -> int:
+    """Every connection is a file descriptor; take all the kernel allows us, and return
+    how many we may have open."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
     if soft != resource.RLIM_INFINITY and soft < target:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+def default_max_connections(open_files: int) -> int:
+    """All the connections the file limit allows, less headroom for the broker connection,
+    logs and whatever else the process opens, and at most MAX_CONNECTIONS_CEILING."""
+    return max(64, min(MAX_CONNECTIONS_CEILING, open_files - FILE_HEADROOM))
+
+
+def _limit_option(name: str, kind: click.ParamType, default: Any, what: str) -> Any:
+    variable = "TASKRING_" + name[2:].replace("-", "_").upper()
+    return click.option(
+        name, type=kind, default=default, show_default=default is not None,
+        envvar=variable, show_envvar=True, help=what,
+    )  # fmt: skip
+
+
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+_COUNT = click.IntRange(min=1)
 
 
 @click.command("client-portal")
@@ -173,12 +202,57 @@ def _raise_file_limit() -> None:
 @listen_option(f"{DEFAULT_HOST}:{DEFAULT_CLIENT_PORTS[0]}", "accept client connections")
 @broker_option
 @storage_option
-@click.option(
+@_limit_option(
     "--idle-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=300.0,
-    show_default=True,
-    help="Seconds before a connection that sends nothing is closed.",
+    _POSITIVE,
+    300.0,
+    "Seconds before an authenticated connection that sends nothing is closed.",
+)
+@_limit_option(
+    "--auth-timeout",
+    _POSITIVE,
+    10.0,
+    "Seconds before a connection that sends nothing and has not authenticated is closed.",
+)
+@_limit_option(
+    "--max-connections",
+    _COUNT,
+    None,
+    "Connections served at once; more are turned away with `unavailable`. "
+    f"Default: the open-file limit less {FILE_HEADROOM}, at most "
+    f"{MAX_CONNECTIONS_CEILING:,}.",
+)
+@_limit_option(
+    "--max-connections-per-ip",
+    _COUNT,
+    1_000,
+    "Connections served at once from one source address (the web process's bridge counts as one).",
+)
+@_limit_option(
+    "--auth-failure-burst",
+    _COUNT,
+    20,
+    "Failed auths a source address may make at once before it is slowed down.",
+)
+@_limit_option(
+    "--auth-failure-rate",
+    _POSITIVE,
+    5.0,
+    "Failed auths a second a source address may make past the burst; its "
+    "further attempts wait their turn.",
+)
+@_limit_option(
+    "--watch-buffer",
+    _COUNT,
+    1 << 20,
+    "Bytes of events queued for one watching connection before it is closed.",
+)
+@_limit_option(
+    "--watch-buffer-client",
+    _COUNT,
+    16 << 20,
+    "Bytes of events queued for all of one client's watching connections "
+    "before the one adding more is closed.",
 )
 def command(
     component_id: str,
@@ -186,9 +260,25 @@ def command(
     broker: BrokerAddress,
     storage: str,
     idle_timeout: float,
+    auth_timeout: float,
+    max_connections: int | None,
+    max_connections_per_ip: int,
+    auth_failure_burst: int,
+    auth_failure_rate: float,
+    watch_buffer: int,
+    watch_buffer_client: int,
 ) -> None:
     """Run one client portal: raw TCP, newline-delimited JSON."""
     host, port = listen
-    _raise_file_limit()
-    limits = Limits(idle_timeout=idle_timeout)
+    open_files = _raise_file_limit()
+    limits = Limits(
+        idle_timeout=idle_timeout,
+        auth_timeout=auth_timeout,
+        max_connections=max_connections or default_max_connections(open_files),
+        max_connections_per_ip=max_connections_per_ip,
+        auth_failure_burst=auth_failure_burst,
+        auth_failure_rate=auth_failure_rate,
+        watch_buffer=watch_buffer,
+        watch_buffer_client=watch_buffer_client,
+    )
     sys.exit(run(run_client_portal(component_id, host, port, broker, limits, storage)))

@@ -857,3 +857,127 @@ async def test_every_request_is_counted_by_op_and_outcome(world: World) -> None:
     assert counts[("invalid", "bad_request")] == 1
     assert counts[("list_tasks", "unauthorized")] == 1
     assert sum(world.metrics.buckets["insert_task"]) == 2
+
+
+# ---- floods --------------------------------------------------------------------------
+
+
+async def test_connections_beyond_the_per_address_limit_are_turned_away_naming_it() -> None:
+    w = await start_world(Limits(max_connections_per_ip=2))
+    try:
+        first, second = await w.connect(), await w.connect()
+        assert (await first.call("ping"))["ok"] and (await second.call("ping"))["ok"]
+        third = await w.connect()
+        response = await third.recv()
+        assert response["id"] is None and error_code(response) == "unavailable"
+        assert "--max-connections-per-ip" in response["error"]["message"]
+        assert await third.closed_by_portal() == b""
+        first.close()
+        await eventually(lambda: len(w.portal.connections) == 1, "the portal to let go")
+        assert (await (await w.connect()).call("ping"))["ok"]  # a freed place is taken again
+    finally:
+        await stop_world(w)
+
+
+async def test_an_unauthenticated_connection_is_closed_after_the_auth_timeout_with_a_line() -> None:
+    w = await start_world(Limits(auth_timeout=0.3))
+    try:
+        silent = await w.connect()
+        pinging = await w.connect()
+        authed = await w.authed()
+        started = time.monotonic()
+        for _ in range(4):  # any request line starts the wait again
+            await asyncio.sleep(0.15)
+            assert (await pinging.call("ping"))["ok"]
+        response = await silent.recv()
+        assert response["id"] is None and error_code(response) == "unauthorized"
+        assert "no auth within 0.3s" in response["error"]["message"]
+        assert await silent.closed_by_portal() == b""
+        assert time.monotonic() - started >= 0.25
+        await asyncio.sleep(0.4)
+        assert (await authed.call("ping"))["ok"]  # an authenticated one keeps idle_timeout
+    finally:
+        await stop_world(w)
+
+
+async def test_failed_auths_from_one_address_are_slowed_and_others_go_on() -> None:
+    w = await start_world(Limits(auth_failure_burst=3, auth_failure_rate=10.0))
+    calls: list[float] = []
+    authenticate = w.store.authenticate
+
+    async def counted(cid: int, token: str) -> bool:
+        calls.append(time.monotonic())
+        return await authenticate(cid, token)
+
+    w.store.authenticate = counted  # type: ignore[method-assign]
+    try:
+        guessers = [await w.connect() for _ in range(4)]
+        bystander = await w.connect()
+        bad = {"op": "auth", "cid": w.cid, "token": "guess"}
+        for guesser in guessers:
+            await guesser.send(bad, bad, bad)
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        assert (await bystander.call("ping"))["ok"]
+        assert time.monotonic() - started < 0.2  # nobody else waits for the guessers
+        answers = [await g.recv() for g in guessers for _ in range(3)]
+        assert {error_code(a) for a in answers} == {"unauthorized"}
+        # 3 at once, the other 9 no faster than 10 a second
+        assert len(calls) == 12 and calls[-1] - calls[3] >= 0.7
+        right = await w.connect()  # the same address: a right token still gets in
+        assert (await right.call("auth", cid=w.cid, token=TOKEN))["ok"]
+    finally:
+        await stop_world(w)
+
+
+async def test_a_watcher_that_never_reads_is_closed_at_its_watch_budget() -> None:
+    limits = Limits(watch_buffer=64 << 10, write_buffer_hard=1 << 30, stall_timeout=60.0)
+    w = await start_world(limits)
+    try:
+        stuck = await Peer.connect(w.port, rcvbuf=4096)
+        w.peers.append(stuck)
+        assert (await stuck.call("auth", cid=w.cid, token=TOKEN))["ok"]
+        await stuck.call("watch", cid=w.cid)
+        healthy = await w.authed()
+        await healthy.call("watch", cid=w.cid)
+        reading = asyncio.create_task(drain_forever(healthy))
+        alice = cid_for_name("alice")
+        budget = w.portal.context.watch_budget
+        for n in range(5_000):
+            await w.store.insert_task(alice, f"t{n}", "x" * 16_000)
+            assert max(queued for _, queued in budget.queued.values()) <= (64 << 10) + 17_000
+            if len(w.store.watchers.sinks[alice]) == 1:
+                break
+            await asyncio.sleep(0)
+        assert len(w.store.watchers.sinks[alice]) == 1  # the reader stays
+        await eventually(lambda: len(w.portal.connections) == 1, "the stuck one to be dropped")
+        reading.cancel()
+    finally:
+        await stop_world(w)
+
+
+async def test_a_clients_watchers_that_never_read_are_closed_at_its_total_budget() -> None:
+    limits = Limits(watch_buffer=1 << 30, watch_buffer_client=256 << 10,
+                    write_buffer_hard=1 << 30, stall_timeout=60.0)  # fmt: skip
+    w = await start_world(limits)
+    try:
+        for _ in range(4):
+            stuck = await Peer.connect(w.port, rcvbuf=4096)
+            w.peers.append(stuck)
+            assert (await stuck.call("auth", cid=w.cid, token=TOKEN))["ok"]
+            await stuck.call("watch", cid=w.cid)
+        healthy = await w.authed()
+        await healthy.call("watch", cid=w.cid)
+        reading = asyncio.create_task(drain_forever(healthy))
+        alice = cid_for_name("alice")
+        budget = w.portal.context.watch_budget
+        for n in range(5_000):
+            await w.store.insert_task(alice, f"t{n}", "x" * 16_000)
+            assert budget.by_client[alice] <= (256 << 10) + 5 * 17_000
+            if len(w.store.watchers.sinks.get(alice, ())) == 1:
+                break
+            await asyncio.sleep(0)
+        reading.cancel()
+        assert len(w.store.watchers.sinks[alice]) == 1  # only the reader is left watching
+    finally:
+        await stop_world(w)
