@@ -35,6 +35,7 @@ from .records import (
     TASK_INSERTED,
     TASK_UPDATED,
     TASKS_CLEARED,
+    TOKEN_ROTATED,
     ClientRecord,
     Event,
     Task,
@@ -185,6 +186,11 @@ class LwwTables:
             if was_alive and value is None:
                 return [Event(CLIENT_DELETED, cid)]
             return []
+        if kind == "token":
+            # A new token of a live client: watchers of the old one must stop here.
+            rotated = self.value_of(key) is not None and self.client(cid) is not None
+            self.entries[key] = (value, version)
+            return [Event(TOKEN_ROTATED, cid)] if rotated else []
         self.entries[key] = (value, version)
         return []
 

@@ -17,9 +17,12 @@ Who may do what:
   deleted client stops working at once for open connections too.
 - `watch` follows the bound CID. Binding to another CID, failing `auth`,
   or the client being deleted (after its `client_deleted` event) ends it.
-  Before passing on events, a watching connection checks its token again if
-  it last did so more than `revalidate_interval` ago, holding events back
-  meanwhile; a watcher whose token was rotated is disconnected.
+  A rotation of the client's token reaches a watching connection in order with
+  the events (store/watchers.py): it is unbound and disconnected before any
+  later event. Besides, before passing on events, a watching connection checks
+  its token again if it last did so more than `revalidate_interval` ago,
+  holding events back meanwhile; a watcher whose token no longer works is
+  disconnected.
 
 Resources a client cannot hold forever (the bookkeeping is in portal_limits.py):
 
@@ -59,7 +62,7 @@ from typing import Any
 
 from ..errors import INTERNAL, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE, OpError
 from ..model.identity import format_cid
-from ..model.records import CLIENT_DELETED, Event
+from ..model.records import CLIENT_DELETED, TOKEN_ROTATED, Event
 from ..protocol import (
     MAX_LINE_BYTES,
     InvalidRequest,
@@ -364,7 +367,9 @@ class Connection:
             self._abort("event delivery failed")
 
     def _route_event(self, event: Event) -> None:
-        if self.held is not None:
+        if event.kind == TOKEN_ROTATED:
+            self._revoked()
+        elif self.held is not None:
             self._hold(event)
         elif time.monotonic() - self.checked_at < self.limits.revalidate_interval:
             self._push_event(event)
@@ -398,6 +403,14 @@ class Connection:
             self._push_events(held)
         else:
             self._revoke(held)
+
+    def _revoked(self) -> None:
+        """The store says the token was rotated, in order with the events: nothing after
+        it may reach this connection. What was held back goes too: the client must
+        authenticate (and list) again anyway."""
+        self._unbind()
+        log.info("%s: closing a watch: its client's token was rotated", self.peer)
+        self.transport.close()
 
     def _revoke(self, held: list[Event]) -> None:
         """The watcher's token stopped working; deliver up to a deletion, else disconnect."""

@@ -829,10 +829,11 @@ def coalesce(publishes: list[Publish]) -> list[Publish]:
 
 def event_publishes(host: str, event: dict[str, Any]) -> list[Publish]:
     """A change event goes to the events topic of the cache node that applied it, for
-    watchers; a token rotation or a deletion also to every portal, since they cache
-    authentications."""
+    watchers; a token rotation too, in order with the others, so that portals end the
+    watches granted to the old token before any later event reaches them. A rotation or
+    a deletion also goes to every portal, since they cache authentications."""
     kind = event.get("event")
-    out = [] if kind == TOKEN_ROTATED else [Publish(topics.ring_events(host), event)]
+    out = [Publish(topics.ring_events(host), event)]
     if kind in (TOKEN_ROTATED, CLIENT_DELETED):
         out.append(Publish(topics.RING_CLIENT_CHANGES, event))
     return out

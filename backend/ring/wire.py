@@ -45,8 +45,10 @@ the types below never collide with Chord's.
 
 Client change events are published by the owner on its own `ring_events(host)`
 as the contract's event maps (Event.to_wire()), batched per turn like replies;
-portals subscribe to them only while a connection watches a client.
-`{"event": "token_rotated", "cid"}` and each `client_deleted` also go to
+portals subscribe to them only while a connection watches a client. The
+internal `{"event": "token_rotated", "cid"}` goes there too, in order with the
+others, ending the watches granted to the old token before any later event
+(it never reaches a client); it and each `client_deleted` also go to
 `RING_CLIENT_CHANGES`, which every portal hears to forget cached authentications.
 """
 

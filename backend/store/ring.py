@@ -472,8 +472,13 @@ class RingStore:
         except ValueError as exc:
             log.warning("dropped a malformed batch of events: %s", exc)
             return
-        events = [_parse_event(item) for item in batch]
-        self.watchers.deliver([e for e in events if e is not None and e.kind != TOKEN_ROTATED])
+        events = [e for e in map(_parse_event, batch) if e is not None]
+        for event in events:
+            if event.kind == TOKEN_ROTATED:  # it may come before its copy on client-changes
+                self._forget_authentications(event.cid)
+        # A token_rotated among them ends the watches of its client before what follows it
+        # (watchers.py); it never reaches a client's wire.
+        self.watchers.deliver(events)
 
     async def _on_client_change(self, _topic: str, message: Message) -> None:
         event = _parse_event(message)

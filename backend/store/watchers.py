@@ -1,8 +1,16 @@
-"""Who watches which client: the sinks a store calls, in apply order, for each change."""
+"""Who watches which client: the sinks a store calls, in apply order, for each change.
+
+A `token_rotated` event is a revocation, delivered in order with the others:
+every watch of that client was granted to a token that no longer works, so
+each sink gets the event (a portal connection unbinds itself and closes,
+never writing it to its client) and is dropped before any later event is
+delivered. A watch opened with the new token just before the event arrives
+ends too; its client watches again.
+"""
 
 from __future__ import annotations
 
-from ..model.records import Event
+from ..model.records import TOKEN_ROTATED, Event
 from .interface import EventSink, Unwatch
 
 
@@ -24,5 +32,8 @@ class Watchers:
 
     def deliver(self, events: list[Event]) -> None:
         for event in events:
-            for sink in list(self.sinks.get(event.cid, ())):
+            sinks = list(self.sinks.get(event.cid, ()))
+            if event.kind == TOKEN_ROTATED:
+                self.sinks.pop(event.cid, None)
+            for sink in sinks:
                 sink(event)

@@ -26,7 +26,7 @@ from backend.replica.core import Send
 from backend.replica.group import group_for
 from backend.replica.state_machine import Proposal, encode_batch
 from backend.ring import wire
-from backend.ring.cache_core import COLD_WAIT, CacheNode, Publish
+from backend.ring.cache_core import COLD_WAIT, CacheNode, Publish, event_publishes
 from backend.ring.durable import client_name
 from tests.unit.durable_harness import Groups
 
@@ -718,3 +718,15 @@ def test_a_malformed_write_to_a_durable_node_fails_alone(durable_node: DurableNo
     durable_node.run(0.5)
     assert durable_node.replies["w2"]["error"]["code"] == "bad_request"
     assert durable_node.replies["w1"]["ok"] is True, durable_node.replies["w1"]
+
+
+def test_a_token_rotation_goes_out_with_the_events_in_order_and_to_every_portal() -> None:
+    rotated = {"event": "token_rotated", "cid": "0000000000000007"}
+    assert [p.topic for p in event_publishes("cache-1", rotated)] == [
+        topics.ring_events("cache-1"),
+        topics.RING_CLIENT_CHANGES,
+    ]
+    inserted = {"event": "task_inserted", "cid": "0000000000000007", "title": "t"}
+    assert [p.topic for p in event_publishes("cache-1", inserted)] == [
+        topics.ring_events("cache-1")
+    ]

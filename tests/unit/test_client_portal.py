@@ -609,6 +609,24 @@ async def test_a_watcher_whose_token_was_rotated_is_disconnected() -> None:
         await stop_world(w)
 
 
+@pytest.mark.parametrize("storage", ["local", "ring"])
+async def test_a_watcher_gets_no_event_after_its_token_is_rotated(storage: str) -> None:
+    # No token check of its own for a minute: the rotation must reach it in order.
+    w = await start_world(Limits(revalidate_interval=60.0), storage=storage)
+    try:
+        watcher = await w.authed()
+        await watcher.call("watch", cid=w.cid)
+        alice = cid_for_name("alice")
+        await w.store.insert_task(alice, "before", "")
+        assert (await watcher.recv())["title"] == "before"
+        await w.store.rotate_token(alice, "new-token")
+        await w.store.insert_task(alice, "after", "")
+        assert await watcher.closed_by_portal() == b""  # nothing more: no "after", no rotation
+        assert not w.store.watchers.sinks
+    finally:
+        await stop_world(w)
+
+
 # ---- clients that misbehave ----------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from backend.model.records import (
     TASK_INSERTED,
     TASK_UPDATED,
     TASKS_CLEARED,
+    TOKEN_ROTATED,
     Task,
 )
 
@@ -133,6 +134,18 @@ def test_merging_produces_the_events_a_watcher_expects() -> None:
     ]:
         kinds += [event.kind for event in b.receive(a.write(method, CID, *args))]
     assert kinds == [TASK_INSERTED, TASK_UPDATED, TASK_DELETED, TASKS_CLEARED, CLIENT_DELETED]
+
+
+def test_a_rotated_token_is_an_event_in_order_but_a_new_clients_token_is_not() -> None:
+    wall = [1]
+    a, b = Replica("a", wall), Replica("b", wall)
+    created = a.tables.create_client(CID, "Alice", "", TOKEN, 0, a.clock.now())
+    assert a.tables.merge(created) == []
+    assert b.receive(created) == []
+    entries = a.write("insert_task", CID, "t", "d") + a.write("rotate_token", CID, (b"s", b"h"))
+    entries += a.write("insert_task", CID, "u", "d")
+    kinds = [event.kind for event in b.receive(entries)]
+    assert kinds == [TASK_INSERTED, TOKEN_ROTATED, TASK_INSERTED]
 
 
 def test_a_duplicate_or_older_entry_changes_nothing_and_raises_no_event() -> None:

@@ -119,7 +119,21 @@ async def test_events_reach_watchers_and_a_rotation_forgets_cached_logins(ring) 
     await store.insert_task(CID, "t", "d")
     await store.rotate_token(CID, "new")
     assert not await store.authenticate(CID, "secret")
-    assert [e.kind for e in seen] == ["task_inserted"]
+    assert [e.kind for e in seen] == ["task_inserted", "token_rotated"]
+
+
+async def test_a_rotation_ends_the_watches_before_any_later_event(ring) -> None:
+    _owner, store = ring
+    seen = []
+    await store.watch(CID, seen.append)
+    batch = [
+        {"event": "task_inserted", "cid": f"{CID:016x}", "title": "a", "description": ""},
+        {"event": "token_rotated", "cid": f"{CID:016x}"},
+        {"event": "task_inserted", "cid": f"{CID:016x}", "title": "b", "description": ""},
+    ]
+    await store._on_events("events", {"t": "batch", "msgs": batch})
+    assert [(e.kind, e.title) for e in seen] == [("task_inserted", "a"), ("token_rotated", None)]
+    assert CID not in store.watchers.sinks
 
 
 async def test_a_rotation_reaches_a_portal_where_nobody_watches(ring) -> None:
