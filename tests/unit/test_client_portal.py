@@ -397,6 +397,49 @@ async def test_random_garbage_never_breaks_the_portal(world: World) -> None:
     assert (await peer.call("ping"))["pong"]
 
 
+async def test_mutated_requests_get_contract_answers_and_the_connection_stays(
+    world: World,
+) -> None:
+    import random
+
+    from backend.errors import CODES
+
+    rng = random.Random(20261207)
+    peer = await world.authed()
+    templates = [
+        {"op": "insert_task", "cid": world.cid, "title": "t", "description": "d"},
+        {"op": "update_task", "cid": world.cid, "title": "t", "description": "e"},
+        {"op": "list_tasks", "cid": world.cid, "trace": True},
+        {"op": "delete_task", "cid": world.cid, "title": "t"},
+        {"op": "delete_tasks", "cid": world.cid},
+        {"op": "ping"},
+        {"op": "watch", "cid": world.cid},
+    ]
+    lines = []
+    for n in range(300):
+        raw = bytearray(json.dumps({"id": n, **rng.choice(templates)}).encode())
+        for _ in range(rng.randrange(4)):  # flip, drop or insert a few bytes
+            at = rng.randrange(len(raw))
+            choice = rng.randrange(3)
+            if choice == 0:
+                raw[at] ^= 1 << rng.randrange(8)
+            elif choice == 1:
+                del raw[at]
+            else:
+                raw.insert(at, rng.choice(b'"{}[],:\\\x00\xff '))
+        lines.append(bytes(raw).replace(b"\n", b"") + b"\n")
+    await peer.send(b"".join(lines))
+    answers = 0
+    while answers < len(lines):
+        message = await peer.recv()
+        if "ok" not in message:
+            continue  # an event: its own changes, watched
+        answers += 1
+        assert message["ok"] is True or message["error"]["code"] in CODES, message
+        assert message["ok"] is True or message["error"]["code"] != "internal", message
+    assert (await peer.call("ping"))["pong"]
+
+
 # ---- too large -----------------------------------------------------------------------
 
 

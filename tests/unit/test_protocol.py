@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import backend.protocol as protocol
-from backend.errors import BAD_REQUEST
+from backend.errors import BAD_REQUEST, CODES
 from backend.model.identity import format_cid
 from backend.protocol import (
     MAX_LINE_BYTES,
@@ -339,6 +339,61 @@ def test_any_json_object_gives_a_request_or_a_bad_request(fields: dict) -> None:
         json.loads(error_line(exc.request_id, exc.code, exc.message))
     else:
         assert request.op in OPS
+
+
+VALID_LINES = [
+    line(id=1, op="ping"),
+    line(id="a", op="auth", cid=CID, token="tok"),
+    line(id=2, op="insert_task", cid=CID, title="t", description="d"),
+    line(id=3.5, op="update_task", cid=CID, title="ünï 😀", description=""),
+    line(id=None, op="list_tasks", cid=CID, trace=True),
+    line(op="delete_task", cid=CID, title="t"),
+    line(id=True, op="delete_tasks", cid=CID),
+    line(id=-7, op="watch", cid=CID),
+]
+# Bytes that make JSON and the checks go wrong in interesting ways.
+SPICE = [b'"', b"\\", b"{", b"}", b"[", b",", b":", b"\x00", b"\xff", b"\xed\xa0\x80", b"\\u",
+         b"\\ud800", b"1e999", b"-", b"null", b"\r", b" ", b"\xc3", CID.encode()]  # fmt: skip
+mutation = st.tuples(
+    st.sampled_from(["flip", "insert", "delete", "duplicate", "truncate"]),
+    st.integers(min_value=0, max_value=10_000),
+    st.integers(min_value=0, max_value=255),
+    st.sampled_from(SPICE),
+)
+
+
+def mutate(raw: bytes, how: tuple[str, int, int, bytes]) -> bytes:
+    kind, where, byte, spice = how
+    at = where % (len(raw) + 1)
+    if kind == "flip" and raw:
+        at %= len(raw)
+        return raw[:at] + bytes([raw[at] ^ (byte or 1)]) + raw[at + 1 :]
+    if kind == "insert":
+        return raw[:at] + spice + raw[at:]
+    if kind == "delete":
+        return raw[:at] + raw[at + 1 + byte % 8 :]
+    if kind == "duplicate":
+        return raw[:at] + raw[at : at + byte % 16] * 2 + raw[at + byte % 16 :]
+    return raw[:at]
+
+
+@settings(max_examples=600, derandomize=True, deadline=None)  # seeded: the same each run
+@given(st.sampled_from(VALID_LINES), st.lists(mutation, min_size=1, max_size=6))
+def test_mutated_requests_give_a_request_or_a_bad_request_and_a_valid_answer(
+    raw: bytes, mutations: list[tuple[str, int, int, bytes]]
+) -> None:
+    for how in mutations:
+        raw = mutate(raw, how)
+    raw = raw.replace(b"\n", b"")  # the framing has taken the newline off
+    try:
+        request = parse_request(raw)
+    except InvalidRequest as exc:
+        assert exc.code == BAD_REQUEST and exc.message
+        answer = json.loads(error_line(exc.request_id, exc.code, exc.message))
+        assert answer["error"]["code"] in CODES
+    else:
+        assert request.op in OPS
+        assert json.loads(ok_line(request.id, {}))["ok"] is True
 
 
 # ---- responses -----------------------------------------------------------------------
