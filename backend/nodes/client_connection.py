@@ -310,11 +310,14 @@ class Connection:
                           "try again in a minute")  # fmt: skip
         if wait is not None:
             await asyncio.sleep(wait)
-        valid = await self.store.authenticate(cid, token)
-        if wait is None and not valid:
-            budget.failed(self.ip, time.monotonic())
-        elif wait is not None and valid:
-            budget.refund(self.ip, time.monotonic())
+        valid = True  # no answer (the store unavailable, the portal closing) is no failure
+        try:
+            valid = await self.store.authenticate(cid, token)
+        finally:
+            if wait is None and not valid:
+                budget.failed(self.ip, time.monotonic())
+            elif wait is not None and valid:
+                budget.refund(self.ip, time.monotonic())
         return valid
 
     async def _authorize(self, request: Request) -> None:
