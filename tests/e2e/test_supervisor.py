@@ -169,6 +169,16 @@ def test_up_runs_restarts_and_stops_every_component(
     for port in up.ports.values():
         assert not port_open(port)
     assert (tmp_path / "data" / "logs" / "client-portal-1.log").stat().st_size > 0
+    assert_private(tmp_path / "data", ["logs", "replicas"])
+
+
+def assert_private(data: Path, parts: list[str]) -> None:
+    """Logs, write-ahead logs and snapshots: 0600 files in 0700 directories."""
+    assert data.stat().st_mode & 0o777 == 0o700
+    for part in parts:
+        for path in [data / part, *(data / part).rglob("*")]:
+            expected = 0o700 if path.is_dir() else 0o600
+            assert path.stat().st_mode & 0o777 == expected, f"{path} is {path.stat().st_mode:o}"
 
 
 def test_a_restart_keeps_the_token_and_sigkill_takes_the_children_along(
