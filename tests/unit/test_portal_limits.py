@@ -77,3 +77,11 @@ def test_over_the_client_budget_only_the_connections_behind_are_refused() -> Non
     for name in ("stuck1", "reader", "stuck2", "stuck2b"):
         budget.release(name)
     assert not budget.by_client and not budget.watching and not budget.queued
+
+
+def test_the_default_connection_cap_leaves_file_descriptors_to_spare() -> None:
+    from backend.nodes.client_portal import default_max_connections
+
+    assert default_max_connections(1 << 20) == 10_000
+    assert default_max_connections(1024) == 768
+    assert default_max_connections(100) == 64
