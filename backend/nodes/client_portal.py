@@ -6,8 +6,11 @@
 LocalStore in step with the other portals, publishes heartbeats, and stops
 cleanly (exit 0) on SIGTERM or SIGINT.
 
-What each connection may do and how long it may take is in
-client_connection.py.
+The portal counts connections in total and per source address
+(portal_limits.py) and turns away one over either cap with an `unavailable`
+line. Every limit is a flag with a TASKRING_* variable; the total cap defaults
+to what the open-file limit allows, less headroom. What each connection may do
+and how long it may take is in client_connection.py.
 """
 
 from __future__ import annotations
