@@ -52,6 +52,7 @@ from .supervision import (
     ChildSpec,
     Settings,
     banner,
+    broker_logins,
     choose_broker,
     groups_without_leader,
     plan_children,
@@ -429,7 +430,8 @@ def choose(broker_flag: str | None, settings: Settings) -> BrokerPlan:
     if broker_flag or not with_logins:
         passwords = broker_auth.load_credentials(settings.data_dir)
     else:
-        passwords = broker_auth.ensure_credentials(settings.data_dir)
+        logins = broker_logins(settings)
+        passwords = broker_auth.ensure_credentials(settings.data_dir, logins)
     return choose_broker(
         broker_flag,
         settings,
