@@ -37,13 +37,12 @@ from .config import (
 
 Rule = tuple[str, str]  # (access, topic filter); access is "read", "write" or "readwrite"
 
-# The topics both kinds of portal need: the ring's requests, replies and events, and
-# the `local` storage mode's replication (backend/store/local.py); {id} is the portal's.
+# The topics both kinds of portal need: the ring's requests and replies, and the `local`
+# storage mode's replication (backend/store/local.py); {id} is the portal's.
 _PORTAL_RULES: tuple[Rule, ...] = (
     ("write", "ring/host/+"),
     ("read", "ring/reply/{id}"),
     ("read", "ring/announce"),
-    ("read", "ring/events/+"),
     ("read", "ring/client-changes"),
     ("readwrite", "sync/changes"),
     ("readwrite", "sync/snapshot-request"),
@@ -54,7 +53,11 @@ _PORTAL_RULES: tuple[Rule, ...] = (
 # role -> its rules, topics relative to ROOT; {id} is the login, {group} and {member} a
 # replica's. `+` only where the role talks to any of its peers.
 ROLE_RULES: dict[str, tuple[Rule, ...]] = {
-    "client-portal": (*_PORTAL_RULES, ("write", "heartbeat/client-portal/{id}")),
+    "client-portal": (
+        *_PORTAL_RULES,
+        ("read", "ring/events/+"),  # for its connections that watch a client
+        ("write", "heartbeat/client-portal/{id}"),
+    ),
     "admin-portal": (*_PORTAL_RULES, ("write", "heartbeat/admin-portal/{id}")),
     "cache-node": (
         ("read", "ring/host/{id}"),
