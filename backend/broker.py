@@ -7,9 +7,9 @@ refused, one login per component (backend/broker_auth.py), each with its own
 ACL and taken as its client id, its log on stderr. The logins are those in
 DATA/broker-credentials.json (`taskring up` adds every component it plans),
 those of `taskring up`'s default deployment, `status`, and any given with
---logins. Started as root, it runs
-Mosquitto as the `mosquitto` user. SIGTERM and SIGINT are passed on to
-Mosquitto, and the command exits when it does.
+--logins. Started as root, it runs Mosquitto as the `mosquitto` user.
+SIGTERM and SIGINT are passed on to Mosquitto, and the command exits when it
+does.
 
 Without Mosquitto, or with --embedded, it runs amqtt's broker in this
 process instead: MQTT 3.1.1 only, anonymous, slower; for a quick start only.

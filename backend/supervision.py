@@ -6,8 +6,8 @@ groups, the cache ring, the portals, the web process, each with its own
 broker login (`broker_logins`). `choose_broker` decides whether to use a
 broker that already answers (never one that lets anyone in) or start one;
 `Backoff` says how long to wait before a restart; `banner` is what a person
-sees once everything is ready. The process handling that acts on these lives in
-backend/supervisor.py.
+sees once everything is ready. The process handling that acts on these lives
+in backend/supervisor.py.
 """
 
 from __future__ import annotations
