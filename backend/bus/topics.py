@@ -1,6 +1,6 @@
 """Every MQTT topic taskring uses, in one place.
 
-All topics live under `taskring/v1/` so a broker's ACL can grant each role
+All topics live under `taskring/v1/` so a broker's ACL can grant each login
 exactly the topics it needs (see backend/broker_auth.py). Only MQTT 3.1.1
 features are used: reply addresses and correlation ids ride in the payload.
 """
