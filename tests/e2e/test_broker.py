@@ -265,6 +265,14 @@ def test_bad_listen_address_is_a_usage_error(processes: Processes, tmp_path: Pat
     assert "--listen" in log_text(process)
 
 
+def test_a_login_that_names_no_component_is_a_usage_error(processes: Processes, tmp_path: Path):
+    args = ("--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "d"))
+    process = processes.taskring("broker", *args, "--logins", "cache-node-5,portal", name="bad")
+    assert process.wait(20) == 2
+    assert "'portal' names no component" in log_text(process)
+    assert not (tmp_path / "d" / "broker-credentials.json").exists()
+
+
 async def test_embedded_broker_round_trip(processes: Processes, tmp_path: Path):
     port, data, process = start_broker(processes, tmp_path, "--embedded")
     url = f"mqtt://127.0.0.1:{port}"
