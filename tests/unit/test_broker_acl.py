@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,11 @@ from backend.bus import topics
 from backend.bus.memory import MemoryHub
 from backend.bus.probe import connect_packet, parse_connack
 from backend.config import BrokerAddress, ConfigError
-from backend.ring.cache_core import CacheNode
+from backend.model.identity import hash_token, new_salt
+from backend.ring.cache_core import CacheNode, Publish
 from backend.store.local import LocalStore
 from backend.store.ring import RingStore
+from tests.unit.test_cache_core import Cluster
 
 ROOT = topics.ROOT
 # One login of each role, named as `taskring up` names its components.
@@ -111,6 +114,46 @@ def test_every_topic_a_cache_node_uses_is_allowed() -> None:
         topics.heartbeat("cache-node", login),
     ):
         assert broker_auth.may(login, "write", topic), topic
+
+
+class RecordingCluster(Cluster):
+    """The cache-ring cluster of test_cache_core, noting who publishes on which topic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: set[tuple[str, str]] = set()
+
+    def emit(self, publisher: str, items: Iterable[Publish]) -> None:
+        items = list(items)
+        self.published |= {(publisher, item.topic) for item in items}
+        super().emit(publisher, items)
+
+
+def test_every_topic_a_ring_of_cache_nodes_publishes_on_is_allowed() -> None:
+    cluster = RecordingCluster()
+    cluster.add("cache-node-1", bootstrap=True)
+    cluster.run(1.0)
+    for name in ("cache-node-2", "cache-node-3"):
+        cluster.add(name)
+    cluster.settle()
+    cid = 0x1234_5678_9ABC_DEF0
+    salt = new_salt()
+    for op in (
+        {"op": "create_client", "cid": cid, "name": "a", "data": "", "created_at": 1,
+         "token_salt": salt, "token_hash": hash_token("t", salt)},
+        {"op": "insert_task", "cid": cid, "title": "t", "description": ""},
+        {"op": "rotate_token", "cid": cid, "token_salt": salt, "token_hash": b"h"},
+        {"op": "delete_client", "cid": cid},
+    ):  # fmt: skip
+        assert cluster.call("cache-node-2", cid, op)["ok"]
+    cluster.crash("cache-node-3")
+    cluster.run(3.0)
+    by_nodes = {(who, topic) for who, topic in cluster.published if who != "test"}
+    published = {topic for _, topic in by_nodes}
+    assert {topics.RING_CLIENT_CHANGES, topics.ring_reply("test-portal")} <= published
+    assert any(topic.startswith(topics.ring_events("")) for topic in published)
+    for node, topic in by_nodes:
+        assert broker_auth.may(node, "write", topic), (node, topic)
 
 
 def test_every_topic_a_replica_uses_is_allowed() -> None:
