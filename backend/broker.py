@@ -3,9 +3,13 @@
 With Mosquitto installed it runs Mosquitto as its child, configured from
 `DATA/broker/`: one listener with TCP_NODELAY (without it a QoS-1 round trip
 stalls ~88 ms on Nagle's algorithm), no persistence, anonymous logins
-refused, one user per role (backend/broker_auth.py) with an ACL, its log on
-stderr. Started as root, it runs Mosquitto as the `mosquitto` user. SIGTERM
-and SIGINT are passed on to Mosquitto, and the command exits when it does.
+refused, one login per component (backend/broker_auth.py), each with its own
+ACL and taken as its client id, its log on stderr. The logins are those in
+DATA/broker-credentials.json (`taskring up` adds every component it plans),
+those of `taskring up`'s default deployment, `status`, and any given with
+--logins. Started as root, it runs Mosquitto as the `mosquitto` user.
+SIGTERM and SIGINT are passed on to Mosquitto, and the command exits when it
+does.
 
 Without Mosquitto, or with --embedded, it runs amqtt's broker in this
 process instead: MQTT 3.1.1 only, anonymous, slower; for a quick start only.
@@ -31,7 +35,7 @@ from types import FrameType
 
 import click
 
-from . import broker_auth, config
+from . import broker_auth, config, supervision
 from .proc import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -66,7 +70,7 @@ def mosquitto_passwd_binary(mosquitto: str) -> str:
 
 
 def uses_authentication(embedded: bool, no_auth: bool) -> bool:
-    """Whether `taskring broker` with these flags on this host wants role passwords."""
+    """Whether `taskring broker` with these flags on this host wants login passwords."""
     return not (embedded or no_auth) and mosquitto_binary() is not None
 
 
@@ -94,6 +98,8 @@ def mosquitto_conf(settings: MosquittoSettings) -> str:
     else:
         lines += [
             "allow_anonymous false",
+            # The login is the client id, so no login can disconnect another's session.
+            "use_username_as_clientid true",
             f"password_file {settings.password_file}",
             f"acl_file {settings.acl_file}",
         ]
@@ -125,13 +131,20 @@ class MosquittoFiles:
     reads copies from a private directory it owns, removed by `cleanup`.
     """
 
-    def __init__(self, data_dir: Path, host: str, port: int, authenticate: bool) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        host: str,
+        port: int,
+        authenticate: bool,
+        logins: tuple[str, ...] = (),
+    ) -> None:
         self.directory = data_dir / BROKER_DIR
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o700)
         self.private: Path | None = None
         self.run_as: pwd.struct_passwd | None = None
-        auth_files = self._write_auth(data_dir) if authenticate else []
+        auth_files = self._write_auth(data_dir, logins) if authenticate else []
         stays_root = False
         if os.geteuid() == 0:
             try:
@@ -147,10 +160,12 @@ class MosquittoFiles:
         if self.run_as is not None:
             self.conf = self._private_copies([self.conf])[0]
 
-    def _write_auth(self, data_dir: Path) -> list[Path]:
-        passwords = broker_auth.ensure_credentials(data_dir)
+    def _write_auth(self, data_dir: Path, logins: tuple[str, ...]) -> list[Path]:
+        wanted = (broker_auth.STATUS_LOGIN, *logins)
+        stored = broker_auth.ensure_credentials(data_dir, wanted)
+        passwords = broker_auth.component_logins(stored)
         password_file, acl_file = self.directory / "passwd", self.directory / "acl"
-        broker_auth.write_private(acl_file, broker_auth.acl_text())
+        broker_auth.write_private(acl_file, broker_auth.acl_text(passwords))
         # Hashed by mosquitto_passwd itself; -U reads the file, so no password is on a command line.
         broker_auth.write_private(password_file, broker_auth.plaintext_password_file(passwords))
         tool = mosquitto_passwd_binary(mosquitto_binary() or "mosquitto")
@@ -326,7 +341,7 @@ async def run_embedded(host: str, port: int) -> None:
     "--data-dir",
     envvar="TASKRING_DATA_DIR",
     type=click.Path(file_okay=False),
-    help=f"Where the configuration and role passwords live [default: {config.DEFAULT_DATA_DIR}].",
+    help=f"Where the configuration and login passwords live [default: {config.DEFAULT_DATA_DIR}].",
 )
 @click.option(
     "--embedded",
@@ -335,15 +350,32 @@ async def run_embedded(host: str, port: int) -> None:
     help="Use the in-process broker even if Mosquitto is installed (quick start only).",
 )
 @click.option("--no-auth", is_flag=True, help="Mosquitto: allow anonymous logins and skip the ACL.")
-def broker(listen: str, data_dir: str | None, embedded: bool, no_auth: bool) -> None:
-    """Run an MQTT broker: Mosquitto with a user and an ACL per role, else an embedded one.
+@click.option(
+    "--logins",
+    default="",
+    metavar="ID,ID,...",
+    help="Also accept these components, e.g. ones started by hand on other hosts "
+    "(client-portal-3,cache-node-5,replica-g1-4,...): a password is added to the "
+    "credentials file for each that has none.",
+)
+def broker(listen: str, data_dir: str | None, embedded: bool, no_auth: bool, logins: str) -> None:
+    """Run an MQTT broker: Mosquitto with a login and an ACL per component, else an embedded one.
 
-    Role passwords are generated once into DATA/broker-credentials.json (mode 0600).
+    Passwords are generated once into DATA/broker-credentials.json (mode 0600): for
+    `status`, the components of `taskring up`'s default deployment, every --logins
+    one, and whatever `taskring up` added there.
     """
     try:
         host, port = config.parse_host_port(listen)
     except config.ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from exc
+    extra_logins = tuple(login.strip() for login in logins.split(",") if login.strip())
+    for login in extra_logins:
+        if broker_auth.role_of(login) is None:
+            raise click.BadParameter(
+                f"{login!r} names no component; logins are {broker_auth.LOGIN_FORMS}",
+                param_hint="--logins",
+            )
     check_port_free(host, port)
     mosquitto = None if embedded else mosquitto_binary()
     if mosquitto is None:
@@ -356,7 +388,10 @@ def broker(listen: str, data_dir: str | None, embedded: bool, no_auth: bool) -> 
         asyncio.run(run_embedded(host, port))
         return
     try:
-        files = MosquittoFiles(config.data_dir(data_dir), host, port, authenticate=not no_auth)
+        directory = config.data_dir(data_dir)
+        # The logins of `taskring up`'s default deployment, so it can use this broker.
+        usual = tuple(supervision.broker_logins(supervision.Settings(directory)))
+        files = MosquittoFiles(directory, host, port, not no_auth, usual + extra_logins)
     except (config.ConfigError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:

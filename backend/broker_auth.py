@@ -1,11 +1,17 @@
-"""Who may log in to the broker and what each may do: roles, ACL text, credentials.
+"""Who may log in to the broker and what each may do: logins, roles, ACL text, credentials.
 
-taskring's Mosquitto runs with one MQTT user per role. Each role may publish
-only on its own subtrees of `taskring/v1/` (backend/bus/topics.py), so a
-compromised web process cannot forge a portal's changes and `taskring status`
-can only read heartbeats. The passwords are generated once into
-`DATA/broker-credentials.json` (mode 0600); whoever runs a component on this
-host reads its role's URL from there with `broker_url_for`.
+taskring's Mosquitto has one MQTT login per component, named like the
+component's MQTT client id (`client-portal-1`, `admin-portal-2`,
+`cache-node-3`, `replica-g1-2`, `web-1`, and `status` for `taskring
+status`); Mosquitto takes the login as the client id
+(`use_username_as_clientid`), so no login can take over another's
+connection. A login's name says its role, and ROLE_RULES, the one table of
+what each role may do, gives it exactly the topics of `taskring/v1/`
+(backend/bus/topics.py) its job needs, with its own id filled in: a portal
+reads its own replies and no other portal's, the web process and `taskring
+status` read heartbeats only. The passwords are generated into
+`DATA/broker-credentials.json` (mode 0600); whoever runs a component on
+this host reads its URL from there with `broker_url_for`.
 
 Everything here but the credentials file is pure.
 """
@@ -14,8 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import quote
 
@@ -28,77 +35,138 @@ from .config import (
     broker_url,
 )
 
-# role -> ACL rules as (access, topic filter); access is "read", "write" or "readwrite".
-ROLE_RULES: dict[str, tuple[tuple[str, str], ...]] = {
-    "portal": (
-        ("readwrite", f"{ROOT}/sync/#"),
-        ("readwrite", f"{ROOT}/ring/#"),
-        ("read", f"{ROOT}/heartbeat/#"),
-        ("write", f"{ROOT}/heartbeat/client-portal/#"),
-        ("write", f"{ROOT}/heartbeat/admin-portal/#"),
+Rule = tuple[str, str]  # (access, topic filter); access is "read", "write" or "readwrite"
+
+# The topics both kinds of portal need: the ring's requests and replies, and the `local`
+# storage mode's replication (backend/store/local.py); {id} is the portal's.
+_PORTAL_RULES: tuple[Rule, ...] = (
+    ("write", "ring/host/+"),
+    ("read", "ring/reply/{id}"),
+    ("read", "ring/announce"),
+    ("read", "ring/client-changes"),
+    ("readwrite", "sync/changes"),
+    ("readwrite", "sync/snapshot-request"),
+    ("read", "sync/snapshot/{id}"),
+    ("write", "sync/snapshot/+"),  # a snapshot for the portal that asked
+)
+
+# role -> its rules, topics relative to ROOT; {id} is the login, {group} and {member} a
+# replica's. `+` only where the role talks to any of its peers.
+ROLE_RULES: dict[str, tuple[Rule, ...]] = {
+    "client-portal": (
+        *_PORTAL_RULES,
+        ("read", "ring/events/+"),  # for its connections that watch a client
+        ("write", "heartbeat/client-portal/{id}"),
     ),
-    "cachenode": (
-        ("readwrite", f"{ROOT}/ring/#"),
-        ("readwrite", f"{ROOT}/raft/#"),
-        ("write", f"{ROOT}/heartbeat/cache-node/#"),
+    "admin-portal": (*_PORTAL_RULES, ("write", "heartbeat/admin-portal/{id}")),
+    "cache-node": (
+        ("read", "ring/host/{id}"),
+        ("write", "ring/host/+"),  # Chord messages and handovers to the other nodes
+        ("readwrite", "ring/announce"),  # its last will is published there too
+        ("write", "ring/reply/+"),
+        ("write", "ring/events/{id}"),
+        ("write", "ring/client-changes"),
+        ("write", "raft/+/+"),  # proposals and reads to the members' inboxes
+        ("read", "raft/+/reply/{id}/+"),  # one level per incarnation
+        ("write", "heartbeat/cache-node/{id}"),
     ),
     "replica": (
-        ("readwrite", f"{ROOT}/raft/#"),
-        ("write", f"{ROOT}/heartbeat/replica/#"),
+        ("read", "raft/{group}/{member}"),
+        ("write", "raft/{group}/+"),
+        ("write", "raft/{group}/reply/#"),
+        ("write", "heartbeat/replica/{group}-{member}"),
     ),
     "web": (
-        ("read", f"{ROOT}/#"),
-        ("write", f"{ROOT}/heartbeat/web/#"),
+        ("read", "heartbeat/#"),
+        ("write", "heartbeat/web/{id}"),
     ),
     # `taskring status`: looks, never touches.
-    "cli": (("read", f"{ROOT}/heartbeat/#"),),
+    "status": (("read", "heartbeat/#"),),
 }
 ROLES = tuple(ROLE_RULES)
 
-# Which role each component logs in as.
-COMPONENT_ROLES = {
-    "client-portal": "portal",
-    "admin-portal": "portal",
-    "cache-node": "cachenode",
-    "replica": "replica",
-    "web": "web",
-    "status": "cli",
-}
+STATUS_LOGIN = "status"
+# A login's name gives its role; replicas are named replica-<group>-<member>.
+_LEVEL = r"[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*"  # a topic level: no '/', '+' or '#'
+_LOGIN_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("replica", re.compile(r"replica-(?P<group>[A-Za-z0-9_.]+)-(?P<member>[0-9]+)")),
+    ("client-portal", re.compile(rf"client-portal-{_LEVEL}")),
+    ("admin-portal", re.compile(rf"admin-portal-{_LEVEL}")),
+    ("cache-node", re.compile(rf"cache-node-{_LEVEL}")),
+    ("web", re.compile(rf"web-{_LEVEL}")),
+    ("status", re.compile(STATUS_LOGIN)),
+)
+LOGIN_FORMS = (
+    "client-portal-<id>, admin-portal-<id>, cache-node-<id>, "
+    "replica-<group>-<member>, web-<id>, status"
+)
 
 PASSWORD_BYTES = 24
 
 
-def acl_lines(role: str) -> list[str]:
-    """The Mosquitto acl_file lines for one role."""
-    if role not in ROLE_RULES:
-        raise ConfigError(f"unknown broker role {role!r}; roles are {', '.join(ROLES)}")
-    return [f"user {role}", *(f"topic {access} {topic}" for access, topic in ROLE_RULES[role])]
+def role_of(login: str) -> str | None:
+    """The role a login's name gives it, or None when it names no taskring component."""
+    for role, pattern in _LOGIN_PATTERNS:
+        if pattern.fullmatch(login):
+            return role
+    return None
 
 
-def acl_text(roles: tuple[str, ...] = ROLES) -> str:
-    """A whole Mosquitto acl_file: one block per role, blank lines between."""
-    return "\n\n".join("\n".join(acl_lines(role)) for role in roles) + "\n"
+def checked_role(login: str) -> str:
+    role = role_of(login)
+    if role is None:
+        raise ConfigError(f"{login!r} is not a broker login; logins are {LOGIN_FORMS}")
+    return role
 
 
-def may(role: str, action: str, topic: str) -> bool:
-    """Whether `role` may "read" (receive) or "write" (publish) on `topic` under ROLE_RULES."""
+def login_rules(login: str) -> tuple[Rule, ...]:
+    """ROLE_RULES for the login's role, with its own id (and group, member) filled in."""
+    role = checked_role(login)
+    fields = {"id": login}
+    if role == "replica":
+        found = _LOGIN_PATTERNS[0][1].fullmatch(login)
+        assert found is not None
+        fields.update(found.groupdict())
+    return tuple((access, f"{ROOT}/{topic.format(**fields)}") for access, topic in ROLE_RULES[role])
+
+
+def acl_lines(login: str) -> list[str]:
+    """The Mosquitto acl_file lines for one login."""
+    return [f"user {login}", *(f"topic {access} {topic}" for access, topic in login_rules(login))]
+
+
+def acl_text(logins: Iterable[str]) -> str:
+    """A whole Mosquitto acl_file: one block per login, blank lines between."""
+    return "\n\n".join("\n".join(acl_lines(login)) for login in logins) + "\n"
+
+
+def may(login: str, action: str, topic: str) -> bool:
+    """Whether `login` may "read" (receive) or "write" (publish) on `topic`."""
+    if role_of(login) is None:
+        return False
     return any(
         access in (action, "readwrite") and matches(topic_filter, topic)
-        for access, topic_filter in ROLE_RULES.get(role, ())
+        for access, topic_filter in login_rules(login)
     )
+
+
+def component_logins(passwords: Mapping[str, str]) -> dict[str, str]:
+    """The stored logins that name a component: older files also hold one login per
+    role (`portal`, `cachenode`, ...), which the broker no longer accepts."""
+    return {login: pw for login, pw in passwords.items() if role_of(login) is not None}
 
 
 def plaintext_password_file(passwords: Mapping[str, str]) -> str:
     """`user:password` lines, the input `mosquitto_passwd -U` turns into hashes."""
-    for role, password in passwords.items():
-        if ":" in role or "\n" in role or "\n" in password:
-            raise ConfigError(f"broker user {role!r}: name or password has a forbidden character")
-    return "".join(f"{role}:{password}\n" for role, password in passwords.items())
+    for login, password in passwords.items():
+        if ":" in login or "\n" in login or "\n" in password:
+            raise ConfigError(f"broker user {login!r}: name or password has a forbidden character")
+    return "".join(f"{login}:{password}\n" for login, password in passwords.items())
 
 
-def role_url(role: str, password: str, host: str, port: int) -> str:
-    """`mqtt://role:password@host:port`, with both parts URL-quoted."""
-    return f"mqtt://{quote(role, safe='')}:{quote(password, safe='')}@{host}:{port}"
+def login_url(login: str, password: str, host: str, port: int) -> str:
+    """`mqtt://login:password@host:port`, with both parts URL-quoted."""
+    return f"mqtt://{quote(login, safe='')}:{quote(password, safe='')}@{host}:{port}"
 
 
 def credentials_path(data_dir: Path) -> Path:
@@ -106,7 +174,7 @@ def credentials_path(data_dir: Path) -> Path:
 
 
 def load_credentials(data_dir: Path) -> dict[str, str]:
-    """The role passwords stored in the data directory; empty when there are none."""
+    """The login passwords stored in the data directory; empty when there are none."""
     path = credentials_path(data_dir)
     try:
         stored = json.loads(path.read_text())
@@ -118,27 +186,29 @@ def load_credentials(data_dir: Path) -> dict[str, str]:
     if not isinstance(passwords, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in passwords.items()
     ):
-        raise ConfigError(f'{path}: expected {{"passwords": {{role: password}}}}')
+        raise ConfigError(f'{path}: expected {{"passwords": {{login: password}}}}')
     return passwords
 
 
-def ensure_credentials(data_dir: Path) -> dict[str, str]:
-    """Load the role passwords, generating any that are missing; the file is mode 0600."""
+def ensure_credentials(data_dir: Path, logins: Iterable[str] = (STATUS_LOGIN,)) -> dict[str, str]:
+    """Load the passwords, generating one for each of `logins` that has none (the file is
+    mode 0600). Logins already stored stay, so components started by hand keep theirs."""
+    wanted = list(logins)
+    for login in wanted:
+        checked_role(login)
     passwords = load_credentials(data_dir)
-    missing = [role for role in ROLES if role not in passwords]
+    missing = [login for login in wanted if login not in passwords]
     if missing:
-        for role in missing:
-            passwords[role] = secrets.token_urlsafe(PASSWORD_BYTES)
+        for login in missing:
+            passwords[login] = secrets.token_urlsafe(PASSWORD_BYTES)
         write_private(credentials_path(data_dir), json.dumps({"passwords": passwords}, indent=2))
     return passwords
 
 
-def broker_url_for(role: str, host: str, port: int, data_dir: Path) -> str:
-    """The URL a component of `role` uses to reach taskring's own broker on host:port."""
-    passwords = ensure_credentials(data_dir)
-    if role not in passwords:
-        raise ConfigError(f"unknown broker role {role!r}; roles are {', '.join(ROLES)}")
-    return role_url(role, passwords[role], host, port)
+def broker_url_for(login: str, host: str, port: int, data_dir: Path) -> str:
+    """The URL component `login` uses to reach taskring's own broker on host:port."""
+    passwords = ensure_credentials(data_dir, [login])
+    return login_url(login, passwords[login], host, port)
 
 
 def write_private(path: Path, text: str) -> None:
@@ -152,17 +222,17 @@ def write_private(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def local_broker_url(role: str, flag: str | None, data_dir: Path) -> str:
-    """The broker URL a component or tool of `role` on this host should use.
+def local_broker_url(login: str, flag: str | None, data_dir: Path) -> str:
+    """The broker URL component or tool `login` on this host should use.
 
     --broker or TASKRING_BROKER when given; else the default broker, logged in
-    as `role` when `data_dir` holds the passwords `taskring up` made for it.
+    as `login` when `data_dir` holds a password for it.
     """
     url = broker_url(flag)
     if flag or url != DEFAULT_BROKER:
         return url
-    password = load_credentials(data_dir).get(role)
+    password = load_credentials(data_dir).get(login)
     if not password:
         return url
     address = BrokerAddress.parse(url)
-    return role_url(role, password, address.host, address.port)
+    return login_url(login, password, address.host, address.port)

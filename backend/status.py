@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .broker_auth import local_broker_url
+from .broker_auth import STATUS_LOGIN, local_broker_url
 from .bus import topics
 from .bus.mqtt import MqttBus
 from .cli_common import EXIT_UNREACHABLE, fail
@@ -90,7 +90,9 @@ async def listen_to_heartbeats(address: BrokerAddress, wait: float) -> Snapshot:
         with contextlib.suppress(HeartbeatError):  # a malformed one says nothing we could show
             view.observe(message, time.monotonic())
 
-    client_id = f"taskring-status-{os.getpid()}-{secrets.token_hex(3)}"
+    # Logged in, the broker takes the login as the client id anyway; anonymous, a
+    # random one keeps two `taskring status` from disconnecting each other.
+    client_id = address.username or f"taskring-status-{os.getpid()}-{secrets.token_hex(3)}"
     bus = MqttBus(address, client_id)
     bus.subscribe(topics.HEARTBEATS, on_heartbeat)
     async with bus:
@@ -341,9 +343,11 @@ def status(
 
 
 def _broker(flag: str | None, data_dir: str | None) -> BrokerAddress:
-    """The broker, logged in with the read-only `cli` role when `taskring up` made logins."""
+    """The broker, logged in as the read-only `status` when the data directory has its login."""
     try:
-        address = BrokerAddress.parse(local_broker_url("cli", flag, config_data_dir(data_dir)))
+        address = BrokerAddress.parse(
+            local_broker_url(STATUS_LOGIN, flag, config_data_dir(data_dir))
+        )
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from exc
     return address

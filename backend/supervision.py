@@ -2,11 +2,12 @@
 
 `plan_children` turns the settings into one ChildSpec per process (command
 line, environment, port), in the order they start: the broker, the replica
-groups, the cache ring, the portals, the web process. `choose_broker` decides
-whether to use a broker that already answers or start one; `Backoff` says how
-long to wait before a restart; `banner` is what a person sees once everything
-is ready. The process handling that acts on these lives in
-backend/supervisor.py.
+groups, the cache ring, the portals, the web process, each with its own
+broker login (`broker_logins`). `choose_broker` decides whether to use a
+broker that already answers (never one that lets anyone in) or start one;
+`Backoff` says how long to wait before a restart; `banner` is what a person
+sees once everything is ready. The process handling that acts on these lives
+in backend/supervisor.py.
 """
 
 from __future__ import annotations
@@ -87,21 +88,38 @@ class BrokerPlan:
     """Which broker the children use, and whether `taskring up` starts it."""
 
     start: bool
-    urls: Mapping[str, str]  # role -> URL with that role's credentials
+    urls: Mapping[str, str]  # login -> URL with its password; ANY_LOGIN: for every login
     description: str
 
-    def url(self, role: str) -> str:
-        return self.urls[role]
+    def url(self, login: str) -> str:
+        return self.urls[login] if login in self.urls else self.urls[ANY_LOGIN]
 
     def shown(self) -> str:
-        return config.BrokerAddress.parse(self.urls["portal"]).redacted()
+        return config.BrokerAddress.parse(self.url(broker_auth.STATUS_LOGIN)).redacted()
 
+
+ANY_LOGIN = "*"  # never a login's name (backend/broker_auth.py)
+WEB_ID = "web-1"  # `taskring web --id`'s default, which `up` leaves as it is
 
 Probe = Callable[[str, int, str | None, str | None], int | None]
 
 
-def same_url_for_every_role(url: str) -> dict[str, str]:
-    return dict.fromkeys(broker_auth.ROLES, url)
+def same_url_for_every_login(url: str) -> dict[str, str]:
+    return {ANY_LOGIN: url}
+
+
+def broker_logins(settings: Settings) -> list[str]:
+    """The broker login of every child plan_children makes (each is its MQTT client id)."""
+    logins: list[str] = []
+    if settings.storage == "ring":
+        if settings.replica_groups:
+            members = range(1, settings.replicas + 1)
+            groups = default_groups(settings.replica_groups)
+            logins += [replica_name(group, member) for group in groups for member in members]
+        logins += [f"cache-node-{n}" for n in range(1, settings.cache_nodes + 1)]
+    logins += [f"client-portal-{n}" for n in range(1, len(settings.client_ports) + 1)]
+    logins += [f"admin-portal-{n}" for n in range(1, len(settings.admin_ports) + 1)]
+    return [*logins, WEB_ID, broker_auth.STATUS_LOGIN]
 
 
 def choose_broker(
@@ -113,38 +131,51 @@ def choose_broker(
 ) -> BrokerPlan:
     """Use --broker, else a broker answering at host:broker-port, else start one there.
 
-    `passwords` are the data directory's role passwords (backend/broker_auth.py).
+    `passwords` are the data directory's login passwords (backend/broker_auth.py).
     `probe(host, port, user, password)` returns the broker's CONNACK code or
-    None when nothing answers. Raises ConfigError when a broker answers but
-    lets us in neither with the role passwords nor anonymously.
+    None when nothing answers. Raises ConfigError when a broker answers but lets
+    anyone in (it is used only when named with --broker), or refuses our logins.
     """
     if flag_url:
         config.BrokerAddress.parse(flag_url)  # fail early on a malformed URL
-        return BrokerPlan(False, same_url_for_every_role(flag_url), "given with --broker")
+        return BrokerPlan(False, same_url_for_every_login(flag_url), "given with --broker")
     host, port = settings.host, settings.broker_port
     anonymous = f"mqtt://{host}:{port}"
+    logins = broker_logins(settings)
     with_logins = {
-        role: broker_auth.role_url(role, pw, host, port) for role, pw in passwords.items()
+        login: broker_auth.login_url(login, passwords[login], host, port)
+        for login in logins
+        if login in passwords
     }
-    portal_password = passwords.get("portal")
-    if portal_password and probe(host, port, "portal", portal_password) == CONNACK_ACCEPTED:
-        return BrokerPlan(False, with_logins, "already running; logins from the data directory")
+    # Anonymous first: a broker that lets anyone in also takes any user name.
     answer = probe(host, port, None, None)
     if answer == CONNACK_ACCEPTED:
-        return BrokerPlan(False, same_url_for_every_role(anonymous), "already running")
+        raise config.ConfigError(
+            f"the broker at {host}:{port} accepts anonymous logins, so anyone who reaches it "
+            f"can read and forge taskring's messages; stop it to let `taskring up` start its "
+            f"own, or pass --broker {anonymous} to use it anyway"
+        )
     if answer is not None:
+        # `status` may only read heartbeats: probing as it disturbs no running component.
+        status = broker_auth.STATUS_LOGIN
+        known = status in passwords
+        if known and probe(host, port, status, passwords[status]) == CONNACK_ACCEPTED:
+            missing = [login for login in logins if login not in passwords]
+            if missing:
+                raise config.ConfigError(f"no broker password for {', '.join(missing)}")
+            return BrokerPlan(False, with_logins, "already running; logins from the data directory")
         reason = CONNACK_REASONS.get(answer, f"code {answer}")
         raise config.ConfigError(
             f"a broker answers at {host}:{port} but refuses us ({reason}); pass --broker with "
             "a URL that has credentials, or pick a free --broker-port"
         )
     if mosquitto_with_logins:
-        missing = set(broker_auth.ROLES) - set(passwords)
+        missing = [login for login in logins if login not in passwords]
         if missing:
-            raise config.ConfigError(f"no broker password for {', '.join(sorted(missing))}")
-        return BrokerPlan(True, with_logins, "Mosquitto, one login per role")
+            raise config.ConfigError(f"no broker password for {', '.join(missing)}")
+        return BrokerPlan(True, with_logins, "Mosquitto, one login per component")
     return BrokerPlan(
-        True, same_url_for_every_role(anonymous), "embedded: no logins, quick start only"
+        True, same_url_for_every_login(anonymous), "embedded: no logins, quick start only"
     )
 
 
@@ -159,18 +190,18 @@ def plan_children(settings: Settings, broker: BrokerPlan, admin_token: str) -> l
     if settings.storage == "ring":
         children += plan_replicas(settings, broker)
         children += plan_cache_nodes(settings, broker)
-    portal_env = {"TASKRING_BROKER": broker.url("portal")}
     for number, port in enumerate(settings.client_ports, 1):
         name = f"client-portal-{number}"
         args = ("client-portal", "--id", name, "--listen", f"{host}:{port}")
-        children.append(ChildSpec(name, (*args, "--storage", settings.storage), portal_env, port))
-    admin_env = {**portal_env, "TASKRING_ADMIN_TOKEN": admin_token}
+        env = {"TASKRING_BROKER": broker.url(name)}
+        children.append(ChildSpec(name, (*args, "--storage", settings.storage), env, port))
     for number, port in enumerate(settings.admin_ports, 1):
         name = f"admin-portal-{number}"
         args = ("admin-portal", "--id", name, "--listen", f"{host}:{port}")
         args += ("--storage", settings.storage, "--data-dir", data)
-        children.append(ChildSpec(name, args, admin_env, port))
-    web_env = {"TASKRING_BROKER": broker.url("web")}
+        env = {"TASKRING_BROKER": broker.url(name), "TASKRING_ADMIN_TOKEN": admin_token}
+        children.append(ChildSpec(name, args, env, port))
+    web_env = {"TASKRING_BROKER": broker.url(WEB_ID)}
     web_args = ("web", "--listen", f"{host}:{settings.web_port}")
     children.append(ChildSpec("web", web_args, web_env, settings.web_port))
     return children
@@ -186,14 +217,14 @@ def plan_replicas(settings: Settings, broker: BrokerPlan) -> list[ChildSpec]:
     from --replica-groups), members 1..R, files under DATA/replicas/<group>-<member>/."""
     if settings.replica_groups == 0:
         return []
-    env = {"TASKRING_BROKER": broker.url(broker_auth.COMPONENT_ROLES[REPLICA])}
     members = ",".join(str(m) for m in range(1, settings.replicas + 1))
     specs = []
     for group in default_groups(settings.replica_groups):
         for member in range(1, settings.replicas + 1):
             args = (REPLICA, "--group", group, "--member", str(member), "--members", members)
             args += ("--data-dir", str(settings.data_dir))
-            specs.append(ChildSpec(replica_name(group, member), args, env))
+            name = replica_name(group, member)  # also its MQTT client id and broker login
+            specs.append(ChildSpec(name, args, {"TASKRING_BROKER": broker.url(name)}))
     return specs
 
 
@@ -218,7 +249,6 @@ def plan_cache_nodes(settings: Settings, broker: BrokerPlan) -> list[ChildSpec]:
     """The ring's cache nodes; the first may found a new ring, the others always join one.
     Each is told the replica groups explicitly, so an inherited TASKRING_REPLICA_GROUPS
     cannot give it another idea of them than the replicas have."""
-    env = {"TASKRING_BROKER": broker.url(broker_auth.COMPONENT_ROLES["cache-node"])}
     groups = ("--replica-groups", str(settings.replica_groups))
     groups += ("--replicas", str(settings.replicas))
     nodes = []
@@ -227,7 +257,7 @@ def plan_cache_nodes(settings: Settings, broker: BrokerPlan) -> list[ChildSpec]:
         args: tuple[str, ...] = ("cache-node", "--id", name)
         if number == 1:
             args += ("--bootstrap",)
-        nodes.append(ChildSpec(name, args + groups, env))
+        nodes.append(ChildSpec(name, args + groups, {"TASKRING_BROKER": broker.url(name)}))
     return nodes
 
 

@@ -1,8 +1,8 @@
 """`taskring up`: every component as its own OS process, watched and restarted.
 
 The children are the same `taskring <component>` commands a person would
-run, so `ps` shows which process is which; the broker URL (with its role's
-password) and the admin token reach them through the environment, never the
+run, so `ps` shows which process is which; the broker URL (with the child's
+own login and password) and the admin token reach them through the environment, never the
 command line. Each child runs in its own process group and gets SIGKILL from
 the kernel if this process dies without stopping it (backend/proc.py).
 
@@ -59,6 +59,7 @@ from .supervision import (
     ChildSpec,
     Settings,
     banner,
+    broker_logins,
     choose_broker,
     groups_without_leader,
     plan_children,
@@ -455,7 +456,8 @@ def choose(broker_flag: str | None, settings: Settings) -> BrokerPlan:
     if broker_flag or not with_logins:
         passwords = broker_auth.load_credentials(settings.data_dir)
     else:
-        passwords = broker_auth.ensure_credentials(settings.data_dir)
+        logins = broker_logins(settings)
+        passwords = broker_auth.ensure_credentials(settings.data_dir, logins)
     return choose_broker(
         broker_flag,
         settings,
@@ -557,9 +559,10 @@ def up(
 ) -> None:
     """Start every component as its own OS process and keep them running; Ctrl-C stops all.
 
-    Uses --broker if given, else a broker already answering on --broker-port,
-    else starts `taskring broker` there (Mosquitto with a login per role when
-    installed, else an embedded broker for a quick start). Each child's output
+    Uses --broker if given, else a broker already answering on --broker-port that
+    takes this data directory's logins (never one that lets anyone in), else starts
+    `taskring broker` there (Mosquitto with a login per component when installed,
+    else an embedded broker for a quick start). Each child's output
     is shown here prefixed with its name and kept in DATA/logs/.
     """
     data = Path(data_dir).resolve()

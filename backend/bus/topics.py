@@ -1,7 +1,7 @@
 """Every MQTT topic taskring uses, in one place.
 
-All topics live under `taskring/v1/` so a broker's ACL can grant each role
-exactly the subtrees it needs (see backend/broker.py). Only MQTT 3.1.1
+All topics live under `taskring/v1/` so a broker's ACL can grant each login
+exactly the topics it needs (see backend/broker_auth.py). Only MQTT 3.1.1
 features are used: reply addresses and correlation ids ride in the payload.
 """
 
@@ -51,18 +51,20 @@ def ring_events(host_id: str) -> str:
 
 # Replica groups (the durable tier): one inbox per replica, carrying Raft messages between
 # the group's members and proposals and reads from the group's users; replies go to a topic
-# the user names under raft/ (the only subtree replicas may publish on).
+# the user names under raft/ (the only subtree replicas may publish on). A cache node's
+# replies carry its id and its incarnation as two levels, so the broker's ACL can let it
+# read the replies of all its incarnations and no other node's.
 def raft_member(group: str, member: int) -> str:
     return f"{ROOT}/raft/{group}/{member}"
 
 
-def raft_reply(group: str, client_id: str) -> str:
-    return f"{ROOT}/raft/{group}/reply/{client_id}"
+def raft_reply(group: str, host_id: str, incarnation: str) -> str:
+    return f"{ROOT}/raft/{group}/reply/{host_id}/{incarnation}"
 
 
-def raft_replies(client_id: str) -> str:
-    """Filter for a client's replies from every group."""
-    return f"{ROOT}/raft/+/reply/{client_id}"
+def raft_replies(host_id: str, incarnation: str) -> str:
+    """Filter for the replies to one incarnation of a cache node from every group."""
+    return f"{ROOT}/raft/+/reply/{host_id}/{incarnation}"
 
 
 # Heartbeats: every component announces itself, its address and its metrics.

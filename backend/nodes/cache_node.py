@@ -20,9 +20,9 @@ let the handovers be acknowledged (briefly), exit 0.
 
 Subscriptions: topics.ring_host(id) (Chord messages, request, scan, handover,
 handover_ack), topics.RING_ANNOUNCE and, durable, the groups' answers
-(topics.raft_replies of the node's per-run client name). Publishes: Chord messages and handovers
-to other nodes' host topics, replies to each request's reply_to, change events
-on topics.ring_events(id) (token rotations and deletions also on
+(topics.raft_replies of the node's id and this run's incarnation). Publishes: Chord
+messages and handovers to other nodes' host topics, replies to each request's reply_to,
+change events on topics.ring_events(id) (token rotations and deletions also on
 topics.RING_CLIENT_CHANGES), an announcement twice a second. The node's MQTT last
 will is a `host_gone` of its incarnation on topics.RING_ANNOUNCE (wire.py), which
 the broker publishes the moment the process dies; a clean shutdown publishes the
@@ -71,7 +71,6 @@ from ..config import BrokerAddress
 from ..replica.group import default_groups
 from ..ring import wire
 from ..ring.cache_core import CacheNode, Publish, coalesce
-from ..ring.durable import client_name
 from ..telemetry import HEARTBEAT_INTERVAL, RequestMetrics, heartbeat_message
 from .process import run, stop_on_signals
 
@@ -136,7 +135,7 @@ async def run_cache_node(
     bus.subscribe(topics.ring_host(node_id), on_message)
     bus.subscribe(topics.RING_ANNOUNCE, on_message)
     if groups:
-        bus.subscribe(topics.raft_replies(client_name(node_id, incarnation)), on_message)
+        bus.subscribe(topics.raft_replies(node_id, incarnation), on_message)
     async with bus:
         if not await _connected(bus, stop, broker):
             return 0

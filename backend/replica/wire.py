@@ -160,7 +160,7 @@ _OP_FIELDS: dict[str, dict[str, type]] = {
     "update_client": {"data": str},
     "delete_client": {},
     "rotate_token": {"token_salt": bytes, "token_hash": bytes},
-    "authenticate": {"token": str},
+    "verifier": {},
     "insert_task": {"title": str, "description": str},
     "update_task": {"title": str, "description": str},
     "delete_task": {"title": str},

@@ -151,10 +151,10 @@ class DurableKeys:
             client,
             groups,
             topics.raft_member,
-            lambda group: topics.raft_reply(group, client),
+            lambda group: topics.raft_reply(group, host_id, incarnation),
             deadline=PROPOSAL_DEADLINE,
         )
-        self.reply_filter = topics.raft_replies(client)
+        self.reply_filter = topics.raft_replies(host_id, incarnation)
         self.groups = sorted(groups)
         self.state = state
         self.lease = lease

@@ -33,8 +33,8 @@ from typing import Any
 
 from ..bus import topics
 from ..bus.transport import Bus, BusUnavailable, Message
-from ..errors import CODES, INTERNAL, TIMEOUT, UNAUTHORIZED, UNAVAILABLE, OpError
-from ..model.identity import hash_token, new_salt
+from ..errors import CODES, INTERNAL, NOT_FOUND, TIMEOUT, UNAVAILABLE, OpError
+from ..model.identity import hash_token, new_salt, token_matches
 from ..model.kv import READ_OPS, record_from_wire
 from ..model.records import TOKEN_ROTATED, ClientRecord, Event, Task
 from ..ring import wire
@@ -156,15 +156,22 @@ class RingStore:
     async def authenticate(self, cid: int, token: str) -> bool:
         # Portals check the token before every operation; a success is reused for a
         # moment, and forgotten at once when the owner reports a rotation or deletion.
+        # The owner sends the salted verifier and the comparison happens here, so the
+        # token never crosses the broker, where other logins could read it.
         expires = self.authenticated.get((cid, token))
         if expires is not None and expires > self.clock():
             return True
         try:
-            await self._call(cid, {"op": "authenticate", "cid": cid, "token": token})
+            verifier = await self._call(cid, {"op": "verifier", "cid": cid})
         except OpError as exc:
-            if exc.code == UNAUTHORIZED:
+            if exc.code == NOT_FOUND:
                 return False
             raise
+        salt, digest = verifier.get("salt"), verifier.get("hash")
+        if not isinstance(salt, bytes) or not isinstance(digest, bytes):
+            raise OpError(INTERNAL, f"the owner of {cid:016x} sent a malformed verifier")
+        if not token_matches(token, salt, digest):
+            return False
         self.authenticated[(cid, token)] = self.clock() + AUTH_CACHE_TTL
         return True
 

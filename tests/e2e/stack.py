@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend.supervision import BrokerPlan, Settings, plan_replicas, same_url_for_every_role
+from backend.supervision import BrokerPlan, Settings, plan_replicas, same_url_for_every_login
 from tests.conftest import TASKRING, Processes, free_port, port_open, start_mosquitto, wait_until
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -174,7 +174,7 @@ def replica_commands(groups: int, replicas: int, data: Path) -> dict[str, tuple[
     """`taskring replica` for every member of groups g1..g<groups>: the command lines
     `taskring up` uses (the broker URL travels in the environment)."""
     settings = Settings(data_dir=data, storage="ring", replica_groups=groups, replicas=replicas)
-    plan = BrokerPlan(False, same_url_for_every_role("mqtt://unused"), "test")
+    plan = BrokerPlan(False, same_url_for_every_login("mqtt://unused"), "test")
     return {spec.name: spec.args for spec in plan_replicas(settings, plan)}
 
 

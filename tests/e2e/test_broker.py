@@ -1,4 +1,4 @@
-"""`taskring broker` as a real process: Mosquitto with a login and ACL per role; the embedded one.
+"""`taskring broker` as a real process: Mosquitto with a login and ACL per component; embedded.
 
 A denied publish is silently dropped by Mosquitto (MQTT 3.1.1 has no way to
 say no), so each "may not" test follows the forbidden message with an
@@ -74,70 +74,117 @@ async def test_anonymous_and_wrong_password_are_refused(processes: Processes, tm
     port, data, _ = start_broker(processes, tmp_path)
     passwords = load_credentials(data)
     assert probe_broker("127.0.0.1", port) not in (None, CONNACK_ACCEPTED)
-    assert probe_broker("127.0.0.1", port, "portal", "wrong") not in (None, CONNACK_ACCEPTED)
-    assert probe_broker("127.0.0.1", port, "portal", passwords["portal"]) == CONNACK_ACCEPTED
+    assert probe_broker("127.0.0.1", port, "status", "wrong") not in (None, CONNACK_ACCEPTED)
+    assert probe_broker("127.0.0.1", port, "status", passwords["status"]) == CONNACK_ACCEPTED
     async with MqttBus(BrokerAddress.parse(f"mqtt://127.0.0.1:{port}"), "anon") as anonymous:
         assert not await anonymous.wait_connected(1.5)
         assert anonymous.last_error
 
 
-@needs_mosquitto
-async def test_portal_changes_reach_web_but_web_cannot_publish_them(
-    processes: Processes, tmp_path: Path
-):
-    port, data, _ = start_broker(processes, tmp_path)
-
-    def url(role: str) -> str:
-        return broker_url_for(role, "127.0.0.1", port, data)
-
-    async with (
-        bus_for(url("portal"), "portal-1", f"{topics.ROOT}/sync/#") as portal,
-        bus_for(url("web"), "web", f"{topics.ROOT}/#") as web,
-    ):
-        await portal.publish(topics.SYNC_CHANGES, {"n": 1})
-        assert await next_message(web) == (topics.SYNC_CHANGES, {"n": 1})
-        assert await next_message(portal) == (topics.SYNC_CHANGES, {"n": 1})
-
-        await web.publish(topics.SYNC_CHANGES, {"forged": True})
-        await portal.publish(topics.SYNC_CHANGES, {"marker": True})
-        assert await next_message(portal) == (topics.SYNC_CHANGES, {"marker": True})
-        assert await next_message(web) == (topics.SYNC_CHANGES, {"marker": True})
-
-        await web.publish(topics.heartbeat("web", "web"), {"id": "web"})
-        assert await next_message(web) == (topics.heartbeat("web", "web"), {"id": "web"})
+def login_url(port: int, data: Path, login: str) -> str:
+    return broker_url_for(login, "127.0.0.1", port, data)
 
 
 @needs_mosquitto
-async def test_cli_role_reads_heartbeats_but_not_changes(processes: Processes, tmp_path: Path):
+async def test_heartbeats_reach_web_but_web_cannot_forge_them(processes: Processes, tmp_path: Path):
     port, data, _ = start_broker(processes, tmp_path)
-    cli_url = broker_url_for("cli", "127.0.0.1", port, data)
-    portal_url = broker_url_for("portal", "127.0.0.1", port, data)
     beat = topics.heartbeat("client-portal", "client-portal-1")
     async with (
-        bus_for(cli_url, "status", f"{topics.ROOT}/sync/#", topics.HEARTBEATS) as cli,
-        bus_for(portal_url, "portal-1") as portal,
+        bus_for(login_url(port, data, "client-portal-1"), "client-portal-1") as portal,
+        bus_for(login_url(port, data, "web-1"), "web-1", topics.HEARTBEATS) as web,
+    ):
+        await portal.publish(beat, {"n": 1})
+        assert await next_message(web) == (beat, {"n": 1})
+
+        await web.publish(beat, {"forged": True})
+        await web.publish(topics.SYNC_CHANGES, {"forged": True})
+        await portal.publish(beat, {"marker": True})
+        assert await next_message(web) == (beat, {"marker": True})
+
+        own = topics.heartbeat("web", "web-1")
+        await web.publish(own, {"id": "web-1"})
+        assert await next_message(web) == (own, {"id": "web-1"})
+
+
+@needs_mosquitto
+async def test_status_reads_heartbeats_but_not_changes(processes: Processes, tmp_path: Path):
+    port, data, _ = start_broker(processes, tmp_path)
+    beat = topics.heartbeat("client-portal", "client-portal-1")
+    async with (
+        bus_for(
+            login_url(port, data, "status"), "status", f"{topics.ROOT}/sync/#", topics.HEARTBEATS
+        ) as status,
+        bus_for(login_url(port, data, "client-portal-1"), "client-portal-1") as portal,
     ):
         await portal.publish(topics.SYNC_CHANGES, {"secret": True})
         await portal.publish(beat, {"id": "client-portal-1"})
-        assert await next_message(cli) == (beat, {"id": "client-portal-1"})
+        assert await next_message(status) == (beat, {"id": "client-portal-1"})
 
-        await cli.publish(beat, {"forged": True})
+        await status.publish(beat, {"forged": True})
         await portal.publish(beat, {"marker": True})
-        assert await next_message(cli) == (beat, {"marker": True})
+        assert await next_message(status) == (beat, {"marker": True})
+
+
+@needs_mosquitto
+async def test_a_login_cannot_take_another_s_client_id_nor_read_its_topics(
+    processes: Processes, tmp_path: Path
+):
+    """Each component logs in as itself, the broker takes the login as its client id,
+    and the ACL lets a login read only what its own job needs."""
+    port, data, _ = start_broker(processes, tmp_path, "--logins", "client-portal-7")
+    by_hand = load_credentials(data)["client-portal-7"]  # for a portal started on another host
+    assert probe_broker("127.0.0.1", port, "client-portal-7", by_hand) == CONNACK_ACCEPTED
+    own_reply, other_reply = (
+        topics.ring_reply("client-portal-1"),
+        topics.ring_reply("client-portal-2"),
+    )
+    node_inbox = topics.ring_host("cache-node-1")
+    portal_filters = (own_reply, other_reply, node_inbox)
+    async with (
+        bus_for(login_url(port, data, "cache-node-1"), "cache-node-1") as node,
+        bus_for(
+            login_url(port, data, "client-portal-1"), "client-portal-1", *portal_filters
+        ) as portal,
+        bus_for(login_url(port, data, "web-1"), "web-1", f"{topics.ROOT}/ring/#") as web,
+    ):
+        connects = []
+
+        async def connected() -> None:
+            connects.append(time.monotonic())
+
+        portal.on_connect(connected)
+        # `status` asking for the portal's client id gets its own: the portal stays on.
+        async with bus_for(login_url(port, data, "status"), "client-portal-1"):
+            await asyncio.sleep(1.0)
+            await node.publish(own_reply, {"n": 1})
+            assert await next_message(portal) == (own_reply, {"n": 1})
+        await asyncio.sleep(0.5)
+        assert connects == [], "the portal was disconnected and had to reconnect"
+
+        # Nobody else's replies nor a cache node's inbox reach a portal, and the web
+        # process reads nothing of the ring.
+        await node.publish(other_reply, {"secret": 1})
+        await node.publish(node_inbox, {"secret": 2})
+        await node.publish(topics.RING_ANNOUNCE, {"secret": 3})
+        await node.publish(own_reply, {"marker": True})
+        assert await next_message(portal) == (own_reply, {"marker": True})
+        await asyncio.sleep(0.2)
+        assert web.received.empty()
 
 
 @needs_mosquitto
 async def test_request_reply_is_not_held_back_by_nagle(processes: Processes, tmp_path: Path):
     port, data, _ = start_broker(processes, tmp_path)
-    url = broker_url_for("portal", "127.0.0.1", port, data)
-    reply_topic = topics.sync_snapshot_reply("portal-1")
-    responder = MqttBus(BrokerAddress.parse(url), "portal-2")
+    reply_topic = topics.sync_snapshot_reply("client-portal-1")
+    responder_url = login_url(port, data, "client-portal-2")
+    responder = MqttBus(BrokerAddress.parse(responder_url), "client-portal-2")
 
     async def answer(topic: str, message: dict[str, Any]) -> None:
         await responder.publish(reply_topic, message)
 
     responder.subscribe(topics.SYNC_SNAPSHOT_REQUEST, answer)
-    async with responder, bus_for(url, "portal-1", reply_topic) as requester:
+    url = login_url(port, data, "client-portal-1")
+    async with responder, bus_for(url, "client-portal-1", reply_topic) as requester:
         assert await responder.wait_connected(10)
         seconds = []
         for n in range(30):
@@ -154,10 +201,13 @@ async def test_a_subscription_made_while_connected_works_until_dropped(
     processes: Processes, tmp_path: Path
 ):
     port, data, _ = start_broker(processes, tmp_path)
-    node_url = broker_url_for("cachenode", "127.0.0.1", port, data)
-    portal_url = broker_url_for("portal", "127.0.0.1", port, data)
+    node_url = login_url(port, data, "cache-node-1")
+    portal_url = login_url(port, data, "client-portal-1")
     events = topics.ring_events("cache-node-1")
-    async with bus_for(node_url, "cache-node-1") as owner, bus_for(portal_url, "p-1") as watcher:
+    async with (
+        bus_for(node_url, "cache-node-1") as owner,
+        bus_for(portal_url, "client-portal-1") as watcher,
+    ):
         seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
         async def collect(_topic: str, message: dict[str, Any]) -> None:
@@ -213,6 +263,14 @@ def test_bad_listen_address_is_a_usage_error(processes: Processes, tmp_path: Pat
     process = processes.taskring("broker", "--listen", "127.0.0.1:http", name="bad")
     assert process.wait(20) == 2
     assert "--listen" in log_text(process)
+
+
+def test_a_login_that_names_no_component_is_a_usage_error(processes: Processes, tmp_path: Path):
+    args = ("--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "d"))
+    process = processes.taskring("broker", *args, "--logins", "cache-node-5,portal", name="bad")
+    assert process.wait(20) == 2
+    assert "'portal' names no component" in log_text(process)
+    assert not (tmp_path / "d" / "broker-credentials.json").exists()
 
 
 async def test_embedded_broker_round_trip(processes: Processes, tmp_path: Path):
@@ -274,8 +332,8 @@ def test_broker_works_with_tmpdir_that_mosquitto_cannot_enter(processes: Process
     )
     wait_until(lambda: port_open(port) or process.poll() is not None, "the broker to listen")
     assert process.poll() is None, log_text(process)
-    password = load_credentials(data)["portal"]
-    assert probe_broker("127.0.0.1", port, "portal", password) == CONNACK_ACCEPTED
+    password = load_credentials(data)["status"]
+    assert probe_broker("127.0.0.1", port, "status", password) == CONNACK_ACCEPTED
     assert process.poll() is None, log_text(process)
     if os.geteuid() == 0:
         assert not list(private_tmp.iterdir())

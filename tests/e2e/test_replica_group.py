@@ -50,7 +50,7 @@ class GroupUser:
             client_id,
             {GROUP: MEMBERS},
             topics.raft_member,
-            lambda group: topics.raft_reply(group, client_id),
+            lambda group: topics.raft_reply(group, client_id, "1"),
             attempt_timeout=0.3,
             deadline=8.0,
         )
@@ -58,7 +58,7 @@ class GroupUser:
         self.raw: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.beats: dict[int, dict[str, Any]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.bus.subscribe(topics.raft_replies(client_id), self._on_reply)
+        self.bus.subscribe(topics.raft_replies(client_id, "1"), self._on_reply)
         self.bus.subscribe(topics.heartbeat("replica", "+"), self._on_heartbeat)
 
     async def __aenter__(self) -> GroupUser:
@@ -245,7 +245,7 @@ async def test_a_group_keeps_every_acknowledged_write_through_crashes(
         # a duplicate (same client id and request id) is applied once: two copies in flight
         # together both reach the log, a later copy is answered from the answer table
         message = wire.propose(
-            "dup-1", topics.raft_reply(GROUP, user.client_id), "dup", 1, [insert_op("dup")], 1
+            "dup-1", topics.raft_reply(GROUP, user.client_id, "1"), "dup", 1, [insert_op("dup")], 1
         )
         copies = await asyncio.gather(
             user.send_raw(first, message), user.send_raw(first, {**message, "corr": "dup-2"})

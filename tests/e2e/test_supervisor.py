@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.config import BrokerAddress
 from tests.conftest import (
     MOSQUITTO,
     Processes,
@@ -145,7 +146,10 @@ def test_up_runs_restarts_and_stops_every_component(
     assert cmdline(pids["client-portal-1"])[-6:-2] == [
         "--id", "client-portal-1", "--listen", f"127.0.0.1:{up.ports['client-portal-1']}"
     ]  # fmt: skip
-    assert passwords["passwords"]["portal"] in environ(pids["client-portal-1"])["TASKRING_BROKER"]
+    # Each child logs in as itself, with its own password.
+    for name, login in (("client-portal-1", "client-portal-1"), ("web", "web-1")):
+        url = BrokerAddress.parse(environ(pids[name])["TASKRING_BROKER"])
+        assert (url.username, url.password) == (login, passwords["passwords"][login])
     assert environ(pids["admin-portal-1"])["TASKRING_ADMIN_TOKEN"] == token
     assert "TASKRING_ADMIN_TOKEN" not in environ(pids["web"])
 
@@ -202,14 +206,38 @@ def test_a_restart_keeps_the_token_and_sigkill_takes_the_children_along(
 
 
 @pytest.mark.skipif(not os.access(MOSQUITTO, os.X_OK), reason="Mosquitto is not installed")
-def test_a_broker_already_answering_is_used_instead_of_starting_one(
+def test_a_taskring_broker_already_answering_is_used_instead_of_starting_one(
     processes: Processes, tmp_path: Path, leftovers: set[int]
 ):
-    broker_port = int(start_mosquitto(processes, tmp_path).rsplit(":", 1)[1])
-    up = start_up(processes, tmp_path / "data", broker_port=broker_port)
+    data, broker_port = tmp_path / "data", free_port()
+    broker = processes.taskring(
+        "broker", "--listen", f"127.0.0.1:{broker_port}", "--data-dir", str(data), name="broker"
+    )
+    wait_until(lambda: port_open(broker_port) or broker.poll() is not None, "the broker")
+    up = start_up(processes, data, broker_port=broker_port)
     leftovers |= descendants(up.process.pid)
     assert "broker" not in up.pids()
-    assert "already running" in up.output()
+    assert "already running; logins from the data directory" in up.output()
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(30) == 0
+
+
+@pytest.mark.skipif(not os.access(MOSQUITTO, os.X_OK), reason="Mosquitto is not installed")
+def test_a_broker_that_lets_anyone_in_is_used_only_when_named(
+    processes: Processes, tmp_path: Path, leftovers: set[int]
+):
+    url = start_mosquitto(processes, tmp_path)
+    broker_port = int(url.rsplit(":", 1)[1])
+    args = ["up", "--data-dir", str(tmp_path / "data"), "--broker-port", str(broker_port)]
+    refused = processes.taskring(*args, name="refused", env=CLEAN_ENV)
+    assert refused.wait(20) == 1
+    output = log_text(refused)
+    assert f"the broker at 127.0.0.1:{broker_port} accepts anonymous logins" in output
+    assert f"--broker {url}" in output and "Traceback" not in output
+    up = start_up(processes, tmp_path / "data", "--broker", url, broker_port=broker_port)
+    leftovers |= descendants(up.process.pid)
+    assert "broker" not in up.pids()
+    assert "given with --broker" in up.output()
     up.process.send_signal(signal.SIGTERM)
     assert up.process.wait(30) == 0
 

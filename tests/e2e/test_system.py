@@ -162,7 +162,7 @@ def test_a_newcomer_creates_a_client_and_manages_tasks_on_both_portals(system) -
 
 
 def the_replica_group_runs_behind_the_ring(system) -> None:
-    """Group g1's three replicas run as processes of their own, log in as `replica`, keep
+    """Group g1's three replicas run as processes of their own, each logs in as itself, keep
     their files in DATA/replicas/, have a leader; every cache node is told of the group."""
     data = system["data"]
     children = json.loads((data / "pids.json").read_text())["children"]
@@ -174,7 +174,7 @@ def the_replica_group_runs_behind_the_ring(system) -> None:
             "replica", "--group", "g1", "--member", str(member),
             "--members", "1,2,3", "--data-dir", str(data.resolve()),
         ]  # fmt: skip
-        assert broker_user(pid) == "replica"
+        assert broker_user(pid) == name
         assert (data / "replicas" / f"g1-{member}").is_dir()
     for name in (f"cache-node-{n}" for n in range(1, 5)):
         assert cmdline(children[name])[-4:] == ["--replica-groups", "1", "--replicas", "3"]

@@ -24,6 +24,7 @@ from backend.bench.restart_data import (
     group_entries,
     reusable,
 )
+from backend.model.identity import token_matches
 from backend.model.kv import KeyValueState
 from backend.raft import RaftOptions
 from backend.replica import wire
@@ -120,7 +121,8 @@ def test_the_tasks_spread_over_the_clients_and_each_token_authenticates(tmp_path
         key = kv.keys[client.cid]
         assert list(key.tasks.items()) == expected_tasks(spec, client)
         assert all(len(description) == 100 for description in key.tasks.values())
-        kv.apply({"op": "authenticate", "cid": client.cid, "token": client.token})
+        verifier, _ = kv.apply({"op": "verifier", "cid": client.cid})
+        assert token_matches(client.token, verifier["salt"], verifier["hash"])
 
 
 def test_clients_go_to_the_group_the_ring_sends_them_to(tmp_path: Path) -> None:

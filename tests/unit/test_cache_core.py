@@ -27,7 +27,6 @@ from backend.replica.group import group_for
 from backend.replica.state_machine import Proposal, encode_batch
 from backend.ring import wire
 from backend.ring.cache_core import COLD_WAIT, CacheNode, Publish, event_publishes
-from backend.ring.durable import client_name
 from tests.unit.durable_harness import Groups
 
 REPLY_TO = topics.ring_reply("test-portal")
@@ -698,7 +697,7 @@ def test_a_durable_node_says_so_and_listens_for_its_groups_answers(
     node = durable_node.node
     assert durable_node.announcements and all(a["durable"] for a in durable_node.announcements)
     assert node.ring_status()["durable"] is True
-    assert topics.raft_replies(client_name("d1", "i")) in node.subscriptions()
+    assert topics.raft_replies("d1", "i") in node.subscriptions()
     memory_only = CacheNode("m1", incarnation="i", bootstrap=True)
     assert memory_only.ring_status()["durable"] is False
     assert len(memory_only.subscriptions()) == 2

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from backend.errors import BAD_REQUEST, EXISTS, NOT_FOUND, UNAUTHORIZED, OpError
-from backend.model.identity import hash_token
+from backend.errors import BAD_REQUEST, EXISTS, NOT_FOUND, OpError
+from backend.model.identity import hash_token, token_matches
 from backend.model.kv import KeyValueState
 
 CID = 42
@@ -49,12 +49,17 @@ def test_task_operations_follow_the_contract_and_keep_insertion_order() -> None:
     assert result == {"deleted": 3} and events[0].kind == "tasks_cleared"
 
 
-def test_authentication_and_token_rotation() -> None:
+def verifies(state: KeyValueState, cid: int, token: str) -> bool:
+    verifier, _ = state.apply({"op": "verifier", "cid": cid})
+    return token_matches(token, verifier["salt"], verifier["hash"])
+
+
+def test_the_verifier_is_the_salted_hash_and_follows_rotation() -> None:
     state = KeyValueState()
     create(state)
-    state.apply({"op": "authenticate", "cid": CID, "token": "tok"})
-    assert code_of(state, {"op": "authenticate", "cid": CID, "token": "bad"}) == UNAUTHORIZED
-    assert code_of(state, {"op": "authenticate", "cid": 7, "token": "tok"}) == UNAUTHORIZED
+    assert verifies(state, CID, "tok")
+    assert not verifies(state, CID, "bad")
+    assert code_of(state, {"op": "verifier", "cid": 7}) == NOT_FOUND
     state.apply(
         {
             "op": "rotate_token",
@@ -63,8 +68,8 @@ def test_authentication_and_token_rotation() -> None:
             "token_hash": hash_token("new", SALT),
         }
     )
-    assert code_of(state, {"op": "authenticate", "cid": CID, "token": "tok"}) == UNAUTHORIZED
-    state.apply({"op": "authenticate", "cid": CID, "token": "new"})
+    assert not verifies(state, CID, "tok")
+    assert verifies(state, CID, "new")
 
 
 def test_deleting_a_client_deletes_its_tasks_and_an_unknown_op_is_refused() -> None:

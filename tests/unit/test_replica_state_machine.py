@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from backend.model.identity import hash_token, new_salt
+from backend.model.identity import hash_token, new_salt, token_matches
 from backend.replica import wire
 from backend.replica.state_machine import (
     Outcome,
@@ -170,9 +170,10 @@ def test_reads_see_the_applied_state_and_change_nothing() -> None:
     machine = log.machine
     listed = machine.read({"op": "list_tasks", "cid": CID})
     assert listed["result"]["tasks"] == [{"title": "a", "description": "about a"}]
-    assert machine.read({"op": "authenticate", "cid": CID, "token": "secret"})["ok"] is True
-    denied = machine.read({"op": "authenticate", "cid": CID, "token": "wrong"})
-    assert denied["error"]["code"] == "unauthorized"
+    verifier = machine.read({"op": "verifier", "cid": CID})["result"]
+    assert token_matches("secret", verifier["salt"], verifier["hash"])
+    unknown = machine.read({"op": "verifier", "cid": 12345})
+    assert unknown["error"]["code"] == "not_found"
     assert machine.read(insert("b"))["error"]["code"] == "bad_request"
     loaded = machine.read({"op": "load_keys", "cids": [CID, 12345]})["result"]["keys"]
     assert [item[0] for item in loaded] == [CID]

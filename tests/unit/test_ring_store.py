@@ -12,6 +12,7 @@ import pytest
 from backend.bus import topics
 from backend.bus.memory import MemoryBus, MemoryHub
 from backend.errors import EXISTS, TIMEOUT, UNAVAILABLE, OpError
+from backend.model.identity import new_token
 from backend.model.kv import KeyValueState, record_to_wire
 from backend.model.records import Task
 from backend.ring import wire
@@ -81,6 +82,28 @@ async def test_operations_reach_the_owner_and_results_come_back(ring) -> None:
         await store.insert_task(CID, "t", "again")
     assert taken.value.code == EXISTS
     assert [r.cid for r in await store.list_clients(None, 10)] == [CID]
+
+
+async def test_no_token_crosses_the_bus_when_a_portal_authenticates(ring) -> None:
+    # Every login that may read ring topics would otherwise collect every client's token.
+    owner, store = ring
+    token = new_token()
+    await store.create_client(CID + 1, "bob", "", token)
+    crossed: list[bytes] = []
+    deliver = owner.bus.hub.deliver
+
+    async def capture(topic: str, payload: bytes) -> None:
+        crossed.append(payload)
+        await deliver(topic, payload)
+
+    owner.bus.hub.deliver = capture
+    assert await store.authenticate(CID + 1, token)
+    assert not await store.authenticate(CID + 1, token[::-1])
+    assert not await store.authenticate(CID + 2, token)  # nobody: same answer, no error
+    assert crossed  # the owner was asked each time
+    for payload in crossed:
+        assert token.encode() not in payload
+        assert token not in payload.decode("latin-1")
 
 
 async def test_a_traced_call_reports_the_route_the_owner_saw(ring) -> None:

@@ -9,23 +9,31 @@ from pathlib import Path
 import click
 import pytest
 
-from backend.broker_auth import ROLES
 from backend.config import BrokerAddress, ConfigError
 from backend.supervision import (
     Backoff,
     BrokerPlan,
     Settings,
     banner,
+    broker_logins,
     choose_broker,
     example_commands,
     groups_without_leader,
     plan_children,
-    same_url_for_every_role,
+    same_url_for_every_login,
 )
 from backend.supervisor import Supervisor, describe_exit, parse_ports
 
-PASSWORDS = {role: f"pw-{role}" for role in ROLES}
 SETTINGS = Settings(data_dir=Path("/srv/taskring"), broker_port=1999, storage="local")
+PASSWORDS = {login: f"pw-{login}" for login in broker_logins(SETTINGS)}
+
+
+def urls_with(password: str, settings: Settings = SETTINGS) -> dict[str, str]:
+    """Every planned login's URL, with `password` in each."""
+    return {
+        login: f"mqtt://{login}:{password}-{login}@127.0.0.1:1999"
+        for login in broker_logins(settings)
+    }
 
 
 def test_backoff_doubles_to_ten_seconds() -> None:
@@ -54,11 +62,11 @@ class FakeProbe:
         return None if self.accepts is None else self.accepts.get(user, 5)
 
 
-def test_a_given_broker_is_used_for_every_role_without_probing() -> None:
+def test_a_given_broker_is_used_for_every_login_without_probing() -> None:
     probe = FakeProbe({None: 0})
     plan = choose_broker("mqtt://u:p@broker:1883", SETTINGS, probe, PASSWORDS, True)
     assert not plan.start
-    assert set(plan.urls.values()) == {"mqtt://u:p@broker:1883"}
+    assert plan.url("client-portal-1") == plan.url("web-1") == "mqtt://u:p@broker:1883"
     assert probe.calls == []
 
 
@@ -67,32 +75,57 @@ def test_a_malformed_broker_url_is_rejected() -> None:
         choose_broker("http://x", SETTINGS, FakeProbe(None), {}, True)
 
 
-def test_nothing_answering_starts_mosquitto_with_role_logins() -> None:
+def test_every_child_has_a_login_named_like_its_client_id() -> None:
+    ring = Settings(data_dir=Path("/d"), cache_nodes=2, replica_groups=2, replicas=2)
+    assert broker_logins(ring) == [
+        "replica-g1-1", "replica-g1-2", "replica-g2-1", "replica-g2-2",
+        "cache-node-1", "cache-node-2",
+        "client-portal-1", "client-portal-2", "admin-portal-1", "admin-portal-2",
+        "web-1", "status",
+    ]  # fmt: skip
+    assert "cache-node-1" not in broker_logins(SETTINGS)
+
+
+def test_nothing_answering_starts_mosquitto_with_a_login_per_component() -> None:
     plan = choose_broker(None, SETTINGS, FakeProbe(None), PASSWORDS, True)
     assert plan.start
-    for role in ROLES:
-        address = BrokerAddress.parse(plan.url(role))
-        assert (address.username, address.password) == (role, f"pw-{role}")
+    for login in broker_logins(SETTINGS):
+        address = BrokerAddress.parse(plan.url(login))
+        assert (address.username, address.password) == (login, f"pw-{login}")
         assert (address.host, address.port) == ("127.0.0.1", 1999)
+
+
+def test_a_missing_password_is_a_clear_error() -> None:
+    partial = {k: v for k, v in PASSWORDS.items() if k != "web-1"}
+    with pytest.raises(ConfigError, match="no broker password for web-1"):
+        choose_broker(None, SETTINGS, FakeProbe(None), partial, True)
 
 
 def test_nothing_answering_and_no_mosquitto_starts_the_embedded_broker() -> None:
     plan = choose_broker(None, SETTINGS, FakeProbe(None), {}, False)
     assert plan.start
-    assert plan.url("portal") == "mqtt://127.0.0.1:1999"
+    assert plan.url("client-portal-1") == "mqtt://127.0.0.1:1999"
     assert "quick start" in plan.description
 
 
-def test_a_running_broker_that_knows_our_logins_is_reused() -> None:
-    plan = choose_broker(None, SETTINGS, FakeProbe({"portal": 0}), PASSWORDS, True)
+def test_a_running_broker_that_knows_our_logins_is_reused_probed_as_status() -> None:
+    probe = FakeProbe({"status": 0})
+    plan = choose_broker(None, SETTINGS, probe, PASSWORDS, True)
     assert not plan.start
-    assert BrokerAddress.parse(plan.url("web")).username == "web"
+    assert BrokerAddress.parse(plan.url("web-1")).username == "web-1"
+    # Probing as a component would disconnect it: the broker takes the login as client id.
+    assert {user for _, _, user, _ in probe.calls} == {None, "status"}
 
 
-def test_a_running_anonymous_broker_is_reused_anonymously() -> None:
-    plan = choose_broker(None, SETTINGS, FakeProbe({None: 0}), PASSWORDS, True)
-    assert not plan.start
-    assert plan.url("cli") == "mqtt://127.0.0.1:1999"
+def test_a_running_broker_that_lets_anyone_in_is_refused_unless_named() -> None:
+    for accepts in ({None: 0}, {None: 0, "status": 0}):
+        with pytest.raises(ConfigError) as refused:
+            choose_broker(None, SETTINGS, FakeProbe(accepts), PASSWORDS, True)
+        message = str(refused.value)
+        assert "127.0.0.1:1999 accepts anonymous logins" in message
+        assert "stop it" in message and "--broker mqtt://127.0.0.1:1999" in message
+    named = choose_broker("mqtt://127.0.0.1:1999", SETTINGS, FakeProbe({None: 0}), {}, True)
+    assert named.url("web-1") == "mqtt://127.0.0.1:1999"
 
 
 def test_a_running_broker_that_refuses_us_is_a_clear_error() -> None:
@@ -101,7 +134,7 @@ def test_a_running_broker_that_refuses_us_is_a_clear_error() -> None:
 
 
 def test_children_broker_first_each_with_its_port() -> None:
-    plan = BrokerPlan(True, same_url_for_every_role("mqtt://127.0.0.1:1999"), "test")
+    plan = BrokerPlan(True, same_url_for_every_login("mqtt://127.0.0.1:1999"), "test")
     children = plan_children(SETTINGS, plan, "admin-secret")
     assert [(c.name, c.port) for c in children] == [
         ("broker", 1999),
@@ -125,13 +158,13 @@ def test_children_broker_first_each_with_its_port() -> None:
 
 def test_ring_storage_starts_cache_nodes_before_the_portals_and_only_one_may_found_a_ring():
     settings = Settings(data_dir=Path("/d"), storage="ring", cache_nodes=3, replica_groups=0)
-    urls = {role: f"mqtt://{role}:pw@h:1" for role in ROLES}
+    urls = urls_with("pw", settings)
     children = plan_children(settings, BrokerPlan(False, urls, "test"), "t")
     names = [c.name for c in children]
     assert names[:3] == ["cache-node-1", "cache-node-2", "cache-node-3"]
     assert names.index("client-portal-1") > 2
     assert [("--bootstrap" in c.args) for c in children[:3]] == [True, False, False]
-    assert all(c.env == {"TASKRING_BROKER": urls["cachenode"]} for c in children[:3])
+    assert all(c.env == {"TASKRING_BROKER": urls[c.name]} for c in children[:3])
     assert all(c.args[-4:] == ("--replica-groups", "0", "--replicas", "3") for c in children[:3])
     assert not any(c.is_replica for c in children)
     assert children[3].args[-2:] == ("--storage", "ring")
@@ -139,7 +172,7 @@ def test_ring_storage_starts_cache_nodes_before_the_portals_and_only_one_may_fou
 
 def test_ring_storage_starts_every_replica_of_every_group_before_the_cache_nodes():
     settings = Settings(data_dir=Path("/d"), storage="ring", cache_nodes=2, replica_groups=2)
-    urls = {role: f"mqtt://{role}:pw@h:1" for role in ROLES}
+    urls = urls_with("pw", settings)
     children = plan_children(settings, BrokerPlan(False, urls, "test"), "t")
     names = [c.name for c in children]
     replicas = ["replica-g1-1", "replica-g1-2", "replica-g1-3"]
@@ -149,9 +182,7 @@ def test_ring_storage_starts_every_replica_of_every_group_before_the_cache_nodes
     assert children[4].args == (
         "replica", "--group", "g2", "--member", "2", "--members", "1,2,3", "--data-dir", "/d"
     )  # fmt: skip
-    assert all(
-        c.env == {"TASKRING_BROKER": urls["replica"]} and c.port is None for c in children[:6]
-    )
+    assert all(c.env == {"TASKRING_BROKER": urls[c.name]} and c.port is None for c in children[:6])
     assert children[6].args == (
         "cache-node", "--id", "cache-node-1", "--bootstrap",
         "--replica-groups", "2", "--replicas", "3",
@@ -159,7 +190,7 @@ def test_ring_storage_starts_every_replica_of_every_group_before_the_cache_nodes
 
 
 def test_replica_groups_follow_the_settings_and_local_storage_starts_none():
-    urls = same_url_for_every_role("mqtt://h:1")
+    urls = same_url_for_every_login("mqtt://h:1")
     five = Settings(data_dir=Path("/d"), storage="ring", replica_groups=1, replicas=5)
     replicas = [c for c in plan_children(five, BrokerPlan(False, urls, "t"), "t") if c.is_replica]
     assert [c.name for c in replicas] == [f"replica-g1-{m}" for m in range(1, 6)]
@@ -171,7 +202,7 @@ def test_replica_groups_follow_the_settings_and_local_storage_starts_none():
 
 def test_the_supervisor_starts_broker_then_replicas_then_the_rest(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, storage="ring", cache_nodes=1, replica_groups=1)
-    plan = BrokerPlan(True, same_url_for_every_role("mqtt://127.0.0.1:1999"), "test")
+    plan = BrokerPlan(True, same_url_for_every_login("mqtt://127.0.0.1:1999"), "test")
     supervisor = Supervisor(plan_children(settings, plan, "t"), settings, io.StringIO())
     tiers = [[child.spec.name for child in tier] for tier in supervisor.tiers()]
     assert tiers[:2] == [["broker"], ["replica-g1-1", "replica-g1-2", "replica-g1-3"]]
@@ -184,37 +215,37 @@ def test_the_supervisor_starts_broker_then_replicas_then_the_rest(tmp_path: Path
 
 
 def test_secrets_travel_in_the_environment_only() -> None:
-    urls = {role: f"mqtt://{role}:secret-{role}@127.0.0.1:1999" for role in ROLES}
+    urls = urls_with("secret")
     children = plan_children(SETTINGS, BrokerPlan(False, urls, "test"), "admin-secret")
     assert "broker" not in [c.name for c in children]
     for child in children:
         assert not any("secret" in arg for arg in child.args), child
     by_name = {c.name: c for c in children}
-    assert by_name["client-portal-1"].env == {"TASKRING_BROKER": urls["portal"]}
+    assert by_name["client-portal-1"].env == {"TASKRING_BROKER": urls["client-portal-1"]}
     assert by_name["admin-portal-2"].env == {
-        "TASKRING_BROKER": urls["portal"],
+        "TASKRING_BROKER": urls["admin-portal-2"],
         "TASKRING_ADMIN_TOKEN": "admin-secret",
     }
-    assert by_name["web"].env == {"TASKRING_BROKER": urls["web"]}
+    assert by_name["web"].env == {"TASKRING_BROKER": urls["web-1"]}
 
 
 def test_port_lists_decide_how_many_portals_run() -> None:
     settings = Settings(
         data_dir=Path("/d"), client_ports=(9001,), admin_ports=(9101, 9102, 9103), storage="local"
     )
-    plan = BrokerPlan(False, same_url_for_every_role("mqtt://h:1"), "test")
+    plan = BrokerPlan(False, same_url_for_every_login("mqtt://h:1"), "test")
     names = [c.name for c in plan_children(settings, plan, "t")]
     assert names == ["client-portal-1", "admin-portal-1", "admin-portal-2", "admin-portal-3", "web"]
 
 
 def test_banner_shows_addresses_and_token_but_no_broker_password() -> None:
-    urls = {role: f"mqtt://{role}:hunter2@127.0.0.1:1999" for role in ROLES}
+    urls = urls_with("hunter2")
     text = banner(SETTINGS, BrokerPlan(True, urls, "Mosquitto"), "the-admin-token", "new")
     for expected in (
         "http://127.0.0.1:8000",
         "127.0.0.1:7001, 127.0.0.1:7002",
         "127.0.0.1:50051, 127.0.0.1:50052",
-        "mqtt://portal:***@127.0.0.1:1999",
+        "mqtt://status:***@127.0.0.1:1999",
         "the-admin-token",
         "taskring admin create alice",
         "Ctrl-C",
@@ -224,7 +255,7 @@ def test_banner_shows_addresses_and_token_but_no_broker_password() -> None:
 
 
 def test_banner_says_where_the_keys_live() -> None:
-    plan = BrokerPlan(True, same_url_for_every_role("mqtt://127.0.0.1:1999"), "embedded")
+    plan = BrokerPlan(True, same_url_for_every_login("mqtt://127.0.0.1:1999"), "embedded")
     durable = Settings(data_dir=Path("/d"), storage="ring", cache_nodes=4, replica_groups=2)
     text = banner(durable, plan, "tok", "new")
     assert "ring: 4 cache nodes; 2 replica groups of 3 replicas" in text
