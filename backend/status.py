@@ -88,7 +88,7 @@ async def listen_to_heartbeats(address: BrokerAddress, wait: float) -> Snapshot:
 
     async def on_heartbeat(topic: str, message: dict[str, Any]) -> None:
         with contextlib.suppress(HeartbeatError):  # a malformed one says nothing we could show
-            view.observe(message, time.monotonic())
+            view.observe(topic, message, time.monotonic())
 
     client_id = f"taskring-status-{os.getpid()}-{secrets.token_hex(3)}"
     bus = MqttBus(address, client_id)

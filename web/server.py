@@ -95,7 +95,7 @@ class WebContext:
 
     async def on_heartbeat(self, topic: str, message: dict[str, Any]) -> None:
         try:
-            self.view.observe(message, self.clock())
+            self.view.observe(topic, message, self.clock())
         except HeartbeatError as exc:
             # Say it once per publisher and problem, not once a second.
             if self._bad_heartbeats.get(topic) != str(exc):

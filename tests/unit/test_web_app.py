@@ -21,6 +21,9 @@ from backend.telemetry import RequestMetrics, heartbeat_message
 from web.server import WebContext, create_app
 
 
+EXPLODES = "127.0.0.99:9"  # the stand-in probe raises for this address
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -38,7 +41,7 @@ class Probes:
 
     async def __call__(self, address: str) -> str | None:
         self.asked.append(address)
-        if address == "explodes":
+        if address == EXPLODES:
             raise RuntimeError("boom")
         return f"cannot connect to {address}" if address in self.silent else None
 
@@ -125,7 +128,7 @@ async def test_a_probe_that_raises_is_reported_not_raised(
     http: httpx.AsyncClient, context: WebContext
 ) -> None:
     await both_portals(context)
-    await heartbeat(context, "client-portal-1", CLIENT_PORTAL, "explodes")
+    await heartbeat(context, "client-portal-1", CLIENT_PORTAL, EXPLODES)
     code, body = await readyz(http)
     assert code == 503
     assert body["missing"] == ["client-portal-1: the probe failed: boom"]
