@@ -8,6 +8,9 @@
 
 import { html, nothing, render, svg, type SVGTemplateResult, type TemplateResult } from "lit-html";
 import { repeat } from "lit-html/directives/repeat.js";
+// styleMap sets properties through the CSSOM, which the page's Content-Security-Policy
+// (style-src 'self') allows, where a style="..." attribute would be refused.
+import { styleMap } from "lit-html/directives/style-map.js";
 import type { Page } from "../main";
 import {
   type CacheNode,
@@ -457,9 +460,9 @@ export class ClusterPage implements Page {
             <tr class=${n.id === this.selected ? "selected" : ""} data-node=${n.id}>
               <th scope="row" data-label="Node">
                 <button class="link-button" aria-pressed=${n.id === this.selected ? "true" : "false"} @click=${() => this.select(n.id)}>
-                  <span class="swatch" style="background:${colors.get(n.id)}"></span>${n.id}</button>
+                  <span class="swatch" style=${styleMap({ background: colors.get(n.id) ?? "" })}></span>${n.id}</button>
                 ${n.member ? nothing : html`<span class="badge badge-warning">joining</span>`}</th>
-              <td data-label="Keys"><span class="bar"><span style="width:${(100 * n.keys) / maxKeys}%"></span></span><span
+              <td data-label="Keys"><span class="bar"><span style=${styleMap({ width: `${(100 * n.keys) / maxKeys}%` })}></span></span><span
                 class="keys">${n.keys.toLocaleString("en")}</span></td>
               <td data-label="Positions">${n.positions.length}</td>
               <td data-label="Successor">${successorText(n)}</td>
