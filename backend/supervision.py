@@ -171,7 +171,12 @@ def plan_children(settings: Settings, broker: BrokerPlan, admin_token: str) -> l
         args += ("--storage", settings.storage, "--data-dir", data)
         children.append(ChildSpec(name, args, admin_env, port))
     web_env = {"TASKRING_BROKER": broker.url("web")}
-    web_args = ("web", "--listen", f"{host}:{settings.web_port}")
+    # The bridges pass on admin tokens and client sign-ins: only to the portals started here.
+    named = f"[{host}]" if ":" in host else host  # an IPv6 host needs brackets before :port
+    portals = ",".join(
+        f"{named}:{port}" for port in (*settings.client_ports, *settings.admin_ports)
+    )
+    web_args = ("web", "--listen", f"{host}:{settings.web_port}", "--allow-portals", portals)
     children.append(ChildSpec("web", web_args, web_env, settings.web_port))
     return children
 
