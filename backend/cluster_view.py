@@ -367,20 +367,21 @@ def ring_summary(node_id: str, ring: dict[str, Any]) -> dict[str, Any]:
     The heartbeat names peers as [host, position]; the API lists successors by
     cache node id and fingers as {start, node, position} of the lowest position.
     """
-    positions = [str(p) for p in ring.get("positions", [])]
+    # The map comes off the bus: whatever is not of the layout above is left out.
+    listed = ring.get("positions")
+    positions = [p for p in listed if _position(p) is not None] if isinstance(listed, list) else []
     fingers = []
     if positions:
         base = int(positions[0], 16)
-        targets = [p for p in ring.get("fingers", []) if _is_peer(p)]
-        for peer in targets:
+        for peer in _peers(ring.get("fingers")):
             start = _finger_start(base, int(peer[1], 16))
             fingers.append({"start": f"{start:016x}", "node": peer[0], "position": peer[1]})
     return {
         "id": node_id,
         "positions": positions,
-        "successors": [p[0] for p in ring.get("successors", []) if _is_peer(p)],
+        "successors": [p[0] for p in _peers(ring.get("successors"))],
         "fingers": fingers,
-        "keys": ring.get("keys", 0) if isinstance(ring.get("keys"), int) else 0,
+        "keys": ring["keys"] if _is_count(ring.get("keys")) else 0,
         "member": bool(ring.get("member", False)),
     }
 
@@ -412,6 +413,13 @@ def _position(value: Any) -> int | None:
     if isinstance(value, str) and _POSITION.fullmatch(value):
         return int(value, 16)
     return None
+
+
+def _peers(value: Any) -> list[Any]:
+    """The well-formed peers ([node id, 16-hex position]) of a heartbeat's list."""
+    if not isinstance(value, list | tuple):
+        return []
+    return [peer for peer in value if _peer_position(peer) is not None]
 
 
 def _peer_position(value: Any) -> tuple[str, int] | None:
