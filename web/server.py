@@ -10,6 +10,15 @@ stops it cleanly with exit code 0.
 Endpoints: GET / (the browser UI, web/ui.py), WS /ws/client (web/ws_bridge.py),
 gRPC-Web at /taskring.admin.v1.AdminService/* (web/grpc_web.py), /healthz, /readyz,
 /api/cluster, /api/components, /metrics.
+
+The edge (web/security.py): the bridges and /readyz's probes use only portals
+at addresses in --allow-portals (TASKRING_ALLOW_PORTALS; none when unset, `*`
+for any heard address); /api/cluster still lists every portal heard.
+--allow-origins and --max-websockets guard WS /ws/client, uvicorn refuses
+WebSocket frames past WS_MAX_SIZE, and every HTTP response carries
+SecurityHeaders' CSP and companions. /readyz is 200 only when a write can
+commit end to end through an allowed portal of each kind and the ring has
+converged (ClusterView.missing).
 """
 
 from __future__ import annotations
