@@ -322,6 +322,11 @@ def test_bad_flags_and_a_taken_port_fail_clearly(processes: Processes, mosquitto
         [TASKRING, "web", "--broker", "http://x"], capture_output=True, text=True, timeout=30
     )
     assert bad_broker.returncode == 2 and "mqtt://" in bad_broker.stderr
+    for flag, value in (("--allow-portals", "http://x:1"), ("--allow-origins", "x.example")):
+        bad_edge = subprocess.run(
+            [TASKRING, "web", flag, value], capture_output=True, text=True, timeout=30
+        )
+        assert bad_edge.returncode == 2 and flag in bad_edge.stderr, bad_edge.stderr
     web = start_web(processes, mosquitto)
     port = web.url.rsplit(":", 1)[1]
     taken = subprocess.run(
