@@ -120,18 +120,9 @@ def normalise_origin(origin: str) -> str | None:
     return f"{scheme}://{host}:{port or DEFAULT_PORTS[scheme]}"
 
 
-def host_port(host_header: str, scheme: str) -> str | None:
-    """The Host header as `host:port`, the port explicit, or None if malformed."""
-    origin = normalise_origin(
-        f"{'https' if scheme in ('https', 'wss') else 'http'}://{host_header}"
-    )
-    return None if origin is None else origin.split("://", 1)[1]
-
-
-def origin_allowed(
-    origin: str | None, host: str | None, scheme: str, allowed: frozenset[str]
-) -> bool:
-    """Whether a WebSocket handshake with this Origin (None: no such header) may proceed."""
+def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]) -> bool:
+    """Whether a WebSocket handshake with this Origin (None: no such header) and Host
+    header may proceed."""
     if origin is None:
         return True  # not a browser; see the module docstring
     if ANY in allowed:
@@ -141,7 +132,11 @@ def origin_allowed(
         return False  # includes "null", which sandboxed and file: pages send
     if normal in allowed:
         return True
-    return host is not None and normal.split("://", 1)[1] == host_port(host, scheme)
+    # Same origin: the Host header names the same host and port. A Host without a port
+    # means the default port of the page's own scheme (behind a TLS proxy the page is
+    # https while this hop is plain ws, so the request's scheme cannot tell).
+    scheme = normal.split("://", 1)[0]
+    return host is not None and normalise_origin(f"{scheme}://{host}") == normal
 
 
 # ---- response headers ---------------------------------------------------------------------

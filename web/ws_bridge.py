@@ -60,7 +60,7 @@ from backend.config import ConfigError, parse_host_port
 from backend.errors import BAD_REQUEST, TOO_LARGE, UNAVAILABLE
 from backend.protocol import MAX_LINE_BYTES, error_line
 
-from .security import origin_allowed
+from .security import ORIGINS_SETTING, origin_allowed
 
 log = logging.getLogger(__name__)
 
@@ -397,11 +397,10 @@ async def serve_socket(
 
 def refusal(websocket: WebSocket, origins: frozenset[str]) -> str | None:
     """Why this handshake may not proceed (its Origin), or None."""
-    headers = websocket.headers
-    origin, host = headers.get("origin"), headers.get("host")
-    if origin_allowed(origin, host, websocket.url.scheme, origins):
+    origin = websocket.headers.get("origin")
+    if origin is None or origin_allowed(origin, websocket.headers.get("host"), origins):
         return None
-    return f"origin {origin[:100]!r} may not open this socket"  # type: ignore[index]
+    return f"origin {origin[:100]!r} is neither this server's nor in {ORIGINS_SETTING}"
 
 
 def create_ws_router(

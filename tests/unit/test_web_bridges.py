@@ -315,7 +315,11 @@ def test_origins_setting() -> None:
     assert parse_origins("*") == {"*"}
     with pytest.raises(ConfigError, match="origin"):
         parse_origins("a.example")
-    assert origin_allowed("http://x:1", "y:2", "ws", frozenset({"*"}))
+    assert origin_allowed("http://x:1", "y:2", frozenset({"*"}))
+    # Behind a TLS proxy: an https page, a Host header without a port.
+    assert origin_allowed("https://tasks.example", "tasks.example", frozenset())
+    assert not origin_allowed("https://tasks.example", "tasks.example:8443", frozenset())
+    assert origin_allowed("http://[::1]:8000", "[::1]:8000", frozenset())
 
 
 async def test_sockets_beyond_the_limit_are_closed_with_1013(portal: FakePortal) -> None:
