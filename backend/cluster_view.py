@@ -10,11 +10,22 @@ no I/O and reads no clock, so the same answers come back for the same inputs.
 A component is alive while its last heartbeat is at most STALE_INTERVALS of
 its own announced intervals old: one lost heartbeat is not a death, three
 are.
+
+Who sent a heartbeat is read from its topic, `taskring/v1/heartbeat/<kind>/<id>`,
+not from its body: the broker's ACL decides which login may publish on which
+topic, whereas any body can claim anything. A body whose `id` or `kind`
+disagrees with its topic is dropped, and so is a portal whose `address` is not
+a plain TCP `host:port`, since the bridges would connect to it.
+
+The ring has converged when, over the live cache nodes that are ring members,
+every position's first successor is the next position around the ring (see
+`unconverged`); /readyz waits for that too.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +36,8 @@ STALE_INTERVALS = 3.0
 # (restarts under new names) do not pile up for the life of the process.
 FORGET_AFTER = 600.0
 MAX_INTERVAL = 3600.0
+# /readyz lists this many unconverged ring positions at most (16 nodes have 128).
+MAX_RING_REASONS = 8
 
 CLIENT_PORTAL = "client-portal"
 ADMIN_PORTAL = "admin-portal"
@@ -34,7 +47,17 @@ PORTAL_NAMES = {CLIENT_PORTAL: "client portal", ADMIN_PORTAL: "admin portal"}
 
 CACHE_NODE = "cache-node"
 REPLICA = "replica"
+WEB = "web"
+KNOWN_KINDS = frozenset({CLIENT_PORTAL, ADMIN_PORTAL, CACHE_NODE, REPLICA, WEB})
 RING_BITS = 64
+
+_POSITION = re.compile(r"[0-9a-f]{16}")
+HEARTBEAT_TOPIC_PREFIX = "taskring/v1/heartbeat/"
+# A portal address is what a TCP connect takes and nothing more: a DNS name or IPv4
+# address, or a bracketed IPv6 address, then a port. No scheme, path, user or spaces.
+_HOST_PORT = re.compile(
+    r"(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]):(\d{1,5})", re.ASCII
+)
 
 
 class HeartbeatError(ValueError):
@@ -135,10 +158,23 @@ class ClusterView:
     def __init__(self) -> None:
         self._components: dict[tuple[str, str], Component] = {}
 
-    def observe(self, message: dict[str, Any], received: float) -> Component:
-        """Record a heartbeat message that arrived at `received`; raise HeartbeatError if bad."""
-        component = Component(parse_heartbeat(message), received)
-        self._components[(component.kind, component.id)] = component
+    def observe(self, topic: str, message: Any, received: float) -> Component:
+        """Record a heartbeat that arrived on `topic` at `received`; raise HeartbeatError if
+        the topic is not a known kind's heartbeat topic, the message is malformed, or its
+        body names another component than its topic."""
+        kind, component_id = parse_heartbeat_topic(topic)
+        if not isinstance(message, dict):
+            raise HeartbeatError("a heartbeat must be a map")
+        heartbeat = parse_heartbeat(message)
+        if (heartbeat.kind, heartbeat.id) != (kind, component_id):
+            raise HeartbeatError(
+                f"heartbeat body says {heartbeat.kind} {heartbeat.id!r} but it came on the"
+                f" topic of {kind} {component_id!r}"
+            )
+        if kind in PORTAL_KINDS:
+            check_portal_address(heartbeat.address)
+        component = Component(heartbeat, received)
+        self._components[(kind, component_id)] = component
         return component
 
     def forget_silent(self, now: float) -> None:
@@ -180,7 +216,43 @@ class ClusterView:
         reasons: list[str] = []
         for kind in PORTAL_KINDS:
             reasons.extend(self._missing_for(kind, now))
-        return reasons + self._missing_groups(now)
+        return reasons + self._missing_groups(now) + self.unconverged(now)
+
+    def unconverged(self, now: float) -> list[str]:
+        """Why the ring has not converged, for a person; empty when it has.
+
+        Over the live cache nodes that say they are ring members, every position's
+        first successor must be the next of their positions around the ring. Right
+        after a join, a leave or a crash some node still points past or short of a
+        position, and requests routed through it may take a detour or wait."""
+        ring = sorted(self._live_positions(now), key=lambda entry: entry[:2])
+        reasons = []
+        for index, (position, node, successor) in enumerate(ring):
+            want_position, want_node, _ = ring[(index + 1) % len(ring)]
+            if successor == (want_node, want_position):
+                continue
+            has = "no successor" if successor is None else f"successor {_peer_text(*successor)}"
+            reasons.append(
+                f"ring not converged: {_peer_text(node, position)} has {has},"
+                f" expected {_peer_text(want_node, want_position)}"
+            )
+        if len(reasons) > MAX_RING_REASONS:
+            more = len(reasons) - MAX_RING_REASONS
+            reasons = [*reasons[:MAX_RING_REASONS], f"ring not converged: {more} more positions"]
+        return reasons
+
+    def _live_positions(self, now: float) -> list[tuple[int, str, tuple[str, int] | None]]:
+        """(position, node id, its first successor as (node, position) or None) of every
+        position of every live member cache node; malformed entries are left out."""
+        entries = []
+        for node in self.alive(now, CACHE_NODE):
+            ring = node.heartbeat.ring or {}
+            if ring.get("member") is not True:
+                continue
+            for position, successors in _positions_and_successors(ring):
+                first = _peer_position(successors[0]) if successors else None
+                entries.append((position, node.id, first))
+        return entries
 
     def _missing_groups(self, now: float) -> list[str]:
         """A durable ring commits a write only through its key's group, so every group
@@ -295,22 +367,70 @@ def ring_summary(node_id: str, ring: dict[str, Any]) -> dict[str, Any]:
     The heartbeat names peers as [host, position]; the API lists successors by
     cache node id and fingers as {start, node, position} of the lowest position.
     """
-    positions = [str(p) for p in ring.get("positions", [])]
+    # The map comes off the bus: whatever is not of the layout above is left out.
+    listed = ring.get("positions")
+    positions = [p for p in listed if _position(p) is not None] if isinstance(listed, list) else []
     fingers = []
     if positions:
         base = int(positions[0], 16)
-        targets = [p for p in ring.get("fingers", []) if _is_peer(p)]
-        for peer in targets:
+        for peer in _peers(ring.get("fingers")):
             start = _finger_start(base, int(peer[1], 16))
             fingers.append({"start": f"{start:016x}", "node": peer[0], "position": peer[1]})
     return {
         "id": node_id,
         "positions": positions,
-        "successors": [p[0] for p in ring.get("successors", []) if _is_peer(p)],
+        "successors": [p[0] for p in _peers(ring.get("successors"))],
         "fingers": fingers,
-        "keys": ring.get("keys", 0) if isinstance(ring.get("keys"), int) else 0,
+        "keys": ring["keys"] if _is_count(ring.get("keys")) else 0,
         "member": bool(ring.get("member", False)),
     }
+
+
+def _positions_and_successors(ring: dict[str, Any]) -> list[tuple[int, list[Any]]]:
+    """Each position of a heartbeat's ring map with its successor list. The full layout
+    is in "vnodes"; older or partial maps have only the first position's "successors"."""
+    vnodes = ring.get("vnodes")
+    if isinstance(vnodes, list) and vnodes:
+        pairs = [
+            (vnode.get("position"), vnode.get("successors"))
+            for vnode in vnodes
+            if isinstance(vnode, dict)
+        ]
+    else:
+        positions = ring.get("positions")
+        first = positions[:1] if isinstance(positions, list) else []
+        pairs = [(position, ring.get("successors")) for position in first]
+    parsed = []
+    for text, successors in pairs:
+        position = _position(text)
+        if position is not None:
+            parsed.append((position, successors if isinstance(successors, list) else []))
+    return parsed
+
+
+def _position(value: Any) -> int | None:
+    """A ring position from its 16-hex-digit text, or None if it is not one."""
+    if isinstance(value, str) and _POSITION.fullmatch(value):
+        return int(value, 16)
+    return None
+
+
+def _peers(value: Any) -> list[Any]:
+    """The well-formed peers ([node id, 16-hex position]) of a heartbeat's list."""
+    if not isinstance(value, list | tuple):
+        return []
+    return [peer for peer in value if _peer_position(peer) is not None]
+
+
+def _peer_position(value: Any) -> tuple[str, int] | None:
+    if not _is_peer(value):
+        return None
+    position = _position(value[1])
+    return None if position is None else (value[0], position)
+
+
+def _peer_text(node: str, position: int) -> str:
+    return f"{node} at {position:016x}"
 
 
 def _is_peer(value: Any) -> bool:
@@ -330,6 +450,26 @@ def _finger_start(base: int, target: int) -> int:
 
 
 # ---- parsing ------------------------------------------------------------------------
+
+
+def parse_heartbeat_topic(topic: str) -> tuple[str, str]:
+    """(kind, id) of `taskring/v1/heartbeat/<kind>/<id>`; HeartbeatError for anything else."""
+    if not isinstance(topic, str) or not topic.startswith(HEARTBEAT_TOPIC_PREFIX):
+        raise HeartbeatError(f"{topic!r} is not a heartbeat topic")
+    levels = topic[len(HEARTBEAT_TOPIC_PREFIX) :].split("/")
+    if len(levels) != 2 or not levels[1]:
+        raise HeartbeatError(f"heartbeat topic {topic!r} is not .../heartbeat/<kind>/<id>")
+    kind, component_id = levels
+    if kind not in KNOWN_KINDS:
+        raise HeartbeatError(f"heartbeat topic {topic!r} names an unknown kind {kind!r}")
+    return kind, component_id
+
+
+def check_portal_address(address: str) -> None:
+    """Raise HeartbeatError unless `address` is a plain TCP host:port (port 1-65535)."""
+    match = _HOST_PORT.fullmatch(address)
+    if not match or not 0 < int(match.group(1)) <= 65535:
+        raise HeartbeatError(f"portal address {address[:100]!r} is not a plain host:port")
 
 
 def parse_heartbeat(message: dict[str, Any]) -> Heartbeat:

@@ -88,7 +88,7 @@ async def listen_to_heartbeats(address: BrokerAddress, wait: float) -> Snapshot:
 
     async def on_heartbeat(topic: str, message: dict[str, Any]) -> None:
         with contextlib.suppress(HeartbeatError):  # a malformed one says nothing we could show
-            view.observe(message, time.monotonic())
+            view.observe(topic, message, time.monotonic())
 
     # Logged in, the broker takes the login as the client id anyway; anonymous, a
     # random one keeps two `taskring status` from disconnecting each other.

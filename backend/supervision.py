@@ -202,7 +202,12 @@ def plan_children(settings: Settings, broker: BrokerPlan, admin_token: str) -> l
         env = {"TASKRING_BROKER": broker.url(name), "TASKRING_ADMIN_TOKEN": admin_token}
         children.append(ChildSpec(name, args, env, port))
     web_env = {"TASKRING_BROKER": broker.url(WEB_ID)}
-    web_args = ("web", "--listen", f"{host}:{settings.web_port}")
+    # The bridges pass on admin tokens and client sign-ins: only to the portals started here.
+    named = f"[{host}]" if ":" in host else host  # an IPv6 host needs brackets before :port
+    portals = ",".join(
+        f"{named}:{port}" for port in (*settings.client_ports, *settings.admin_ports)
+    )
+    web_args = ("web", "--listen", f"{host}:{settings.web_port}", "--allow-portals", portals)
     children.append(ChildSpec("web", web_args, web_env, settings.web_port))
     return children
 

@@ -15,12 +15,14 @@ base64). Any other is HTTP 415. The `authorization` metadata is passed on
 unchanged; `grpc-timeout` sets the call's deadline.
 
 Fail-over: the admin portals come from a callable (the live ones, from
-heartbeats). A portal whose channel cannot get connected within a short
-time is skipped for the next. Once a call that changes something has been
-sent, its answer is the answer, even UNAVAILABLE: a call that may have been
-applied (CreateClient, DeleteClient) must not run twice. Reads (GetClient,
-ListClients) also move on after an UNAVAILABLE answer. No portal reachable is
-UNAVAILABLE.
+heartbeats, at addresses the operator allowed: the `authorization` header is
+an admin token, and goes nowhere else; see web/security.py). A portal whose
+channel cannot get connected within a short time is skipped for the next.
+Once a call that changes something has been sent, its answer is the answer,
+even UNAVAILABLE: a call that may have been applied (CreateClient,
+DeleteClient) must not run twice. Reads (GetClient,
+ListClients) also move on after an UNAVAILABLE answer. No portal reachable, or
+none allowed, is UNAVAILABLE with a message saying which.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ CHANNEL_OPTIONS = (
 )
 
 PortalList = Callable[[], list[str]]
+Explain = Callable[[], str]  # why no portal may be used, when the list is empty
 
 
 @dataclass(frozen=True)
@@ -200,9 +203,12 @@ class Outcome:
 
 
 class AdminBridge:
-    def __init__(self, portals: PortalList, limits: GrpcWebLimits) -> None:
+    def __init__(
+        self, portals: PortalList, limits: GrpcWebLimits, explain: Explain | None = None
+    ) -> None:
         self.portals = portals
         self.limits = limits
+        self.explain = explain
         self.channels = AdminChannels()
 
     async def call(
@@ -221,7 +227,8 @@ class AdminBridge:
                 continue
             return outcome
         if not failures:
-            return Outcome(UNAVAILABLE, "no admin portal is up (no heartbeat heard); try again")
+            why = self.explain() if self.explain else "no admin portal is up (no heartbeat heard)"
+            return Outcome(UNAVAILABLE, f"{why}; try again")
         return Outcome(
             UNAVAILABLE, "no admin portal is reachable (" + "; ".join(failures) + "); try again"
         )
@@ -292,9 +299,12 @@ async def handle(bridge: AdminBridge, rpc: str, request: Request) -> Response:
     return grpc_web_response(outcome, text)
 
 
-def create_grpc_web_router(portals: PortalList, limits: GrpcWebLimits | None = None) -> APIRouter:
-    """An APIRouter serving gRPC-Web for AdminService over the admin portals `portals()` names."""
-    bridge = AdminBridge(portals, limits or GrpcWebLimits())
+def create_grpc_web_router(
+    portals: PortalList, limits: GrpcWebLimits | None = None, explain: Explain | None = None
+) -> APIRouter:
+    """An APIRouter serving gRPC-Web for AdminService over the admin portals `portals()`
+    names; `explain()` says why when it names none."""
+    bridge = AdminBridge(portals, limits or GrpcWebLimits(), explain)
     router = APIRouter()
 
     @router.post(f"/{SERVICE}/{{rpc}}")

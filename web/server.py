@@ -10,6 +10,15 @@ stops it cleanly with exit code 0.
 Endpoints: GET / (the browser UI, web/ui.py), WS /ws/client (web/ws_bridge.py),
 gRPC-Web at /taskring.admin.v1.AdminService/* (web/grpc_web.py), /healthz, /readyz,
 /api/cluster, /api/components, /metrics.
+
+The edge (web/security.py): the bridges and /readyz's probes use only portals
+at addresses in --allow-portals (TASKRING_ALLOW_PORTALS; none when unset, `*`
+for any heard address); /api/cluster still lists every portal heard.
+--allow-origins and --max-websockets guard WS /ws/client, uvicorn refuses
+WebSocket frames past WS_MAX_SIZE, and every HTTP response carries
+SecurityHeaders' CSP and companions. /readyz is 200 only when a write can
+commit end to end through an allowed portal of each kind and the ring has
+converged (ClusterView.missing).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from backend.cli_common import broker_option, listen_option
 from backend.cluster_view import (
     ADMIN_PORTAL,
     CLIENT_PORTAL,
+    PORTAL_NAMES,
     ClusterView,
     Component,
     HeartbeatError,
@@ -48,15 +58,18 @@ from backend.config import (
     DEFAULT_HOST,
     DEFAULT_WEB_PORT,
     BrokerAddress,
+    ConfigError,
 )
 from backend.nodes.process import stop_on_signals
+from backend.protocol import MAX_LINE_BYTES
 from backend.telemetry import RequestMetrics, heartbeat_message, run_heartbeat
 
 from .grpc_web import create_grpc_web_router
 from .metrics import ClusterCollector
 from .probes import probe_admin_portal, probe_client_portal
+from .security import PortalAllowList, SecurityHeaders, parse_origins
 from .ui import DEFAULT_DIST, mount_ui
-from .ws_bridge import create_ws_router
+from .ws_bridge import DEFAULT_MAX_SOCKETS, BridgeLimits, create_ws_router
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +79,10 @@ EXIT_FAILED = 1
 MAX_PROBED_PER_KIND = 3
 GRACEFUL_SHUTDOWN_SECONDS = 3
 MAX_REMEMBERED_BAD = 1000
+# uvicorn refuses WebSocket frames past this many bytes (its default is 16 MiB). It
+# sits above the line limit so that a line a little too long still arrives and gets the
+# bridge's `too_large` answer before close 1009; past it the server closes with 1009.
+WS_MAX_SIZE = 2 * MAX_LINE_BYTES
 
 Probe = Callable[[str], Awaitable[str | None]]
 
@@ -88,6 +105,9 @@ class WebContext:
         }
     )
     started: float = field(default_factory=time.time)
+    allowed: PortalAllowList = field(default_factory=PortalAllowList)  # portals bridges may use
+    origins: frozenset[str] = frozenset()  # origins besides the same one that may open sockets
+    max_websockets: int = DEFAULT_MAX_SOCKETS
     _bad_heartbeats: dict[str, str] = field(default_factory=dict)
 
     def bus_problem(self) -> str | None:
@@ -95,7 +115,7 @@ class WebContext:
 
     async def on_heartbeat(self, topic: str, message: dict[str, Any]) -> None:
         try:
-            self.view.observe(message, self.clock())
+            self.view.observe(topic, message, self.clock())
         except HeartbeatError as exc:
             # Say it once per publisher and problem, not once a second.
             if self._bad_heartbeats.get(topic) != str(exc):
@@ -132,7 +152,13 @@ async def readiness(context: WebContext) -> dict[str, Any]:
     if problem:
         missing.append(problem)
     missing.extend(context.view.missing(now))
-    kinds = [k for k in (CLIENT_PORTAL, ADMIN_PORTAL) if context.view.ready_portals(now, k)]
+    kinds = []
+    for kind in (CLIENT_PORTAL, ADMIN_PORTAL):
+        ready = context.view.ready_portals(now, kind)
+        if ready and not usable_portals(context, kind, now):
+            missing.append(context.allowed.why_none(PORTAL_NAMES[kind], heard(ready)))
+        elif ready:
+            kinds.append(kind)
     results = await asyncio.gather(*(_probe_kind(context, kind, now) for kind in kinds))
     chosen: dict[str, str] = {}
     for kind, (answered, failures) in zip(kinds, results, strict=True):
@@ -153,7 +179,7 @@ async def _probe_kind(context: WebContext, kind: str, now: float) -> tuple[str |
     """Try ready portals of `kind` until one answers: (its id or None, what the others said)."""
     failures: list[str] = []
     probe = context.probes[kind]
-    for portal in context.view.ready_portals(now, kind)[:MAX_PROBED_PER_KIND]:
+    for portal in usable_portals(context, kind, now)[:MAX_PROBED_PER_KIND]:
         try:
             problem = await probe(portal.heartbeat.address)
         except Exception as exc:  # a probe that breaks must not break /readyz
@@ -223,16 +249,46 @@ def create_app(context: WebContext) -> FastAPI:
         return JSONResponse({"error": {"code": "internal", "message": message}}, status_code=500)
 
     # The browser's ways in: the client bridge, gRPC-Web, and the UI itself (last, at /).
-    app.include_router(create_ws_router(lambda: live_addresses(context, CLIENT_PORTAL)))
-    app.include_router(create_grpc_web_router(lambda: live_addresses(context, ADMIN_PORTAL)))
+    app.include_router(
+        create_ws_router(
+            lambda: live_addresses(context, CLIENT_PORTAL),
+            BridgeLimits(max_sockets=context.max_websockets),
+            explain=lambda: why_no_portal(context, CLIENT_PORTAL),
+            origins=context.origins,
+        )
+    )
+    app.include_router(
+        create_grpc_web_router(
+            lambda: live_addresses(context, ADMIN_PORTAL),
+            explain=lambda: why_no_portal(context, ADMIN_PORTAL),
+        )
+    )
     mount_ui(app, DEFAULT_DIST)
     app.add_middleware(CountRequests, metrics=context.metrics)
+    app.add_middleware(SecurityHeaders)
     return app
 
 
+def usable_portals(context: WebContext, kind: str, now: float) -> list[Component]:
+    """The ready portals of `kind` at allowed addresses, the longest-running first: the
+    only ones a bridge or a probe ever connects to."""
+    ready = context.view.ready_portals(now, kind)
+    return [c for c in ready if context.allowed.allows(c.heartbeat.address)]
+
+
 def live_addresses(context: WebContext, kind: str) -> list[str]:
-    """Where the ready portals of `kind` listen, the longest-running first."""
-    return [c.heartbeat.address for c in context.view.ready_portals(context.clock(), kind)]
+    """Where the usable portals of `kind` listen, the longest-running first."""
+    return [c.heartbeat.address for c in usable_portals(context, kind, context.clock())]
+
+
+def why_no_portal(context: WebContext, kind: str) -> str:
+    """What a bridge tells its caller when no portal of `kind` may be used."""
+    ready = context.view.ready_portals(context.clock(), kind)
+    return context.allowed.why_none(PORTAL_NAMES[kind], heard(ready))
+
+
+def heard(portals: list[Component]) -> list[tuple[str, str]]:
+    return [(c.id, c.heartbeat.address) for c in portals]
 
 
 class CountRequests:
@@ -285,8 +341,20 @@ def bind(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=1024)
 
 
-async def run_web(web_id: str, host: str, port: int, broker: BrokerAddress) -> int:
+@dataclass(frozen=True)
+class EdgeSettings:
+    """What the bridges may reach and who may reach them (web/security.py)."""
+
+    allowed: PortalAllowList = field(default_factory=PortalAllowList)
+    origins: frozenset[str] = frozenset()
+    max_websockets: int = DEFAULT_MAX_SOCKETS
+
+
+async def run_web(
+    web_id: str, host: str, port: int, broker: BrokerAddress, edge: EdgeSettings | None = None
+) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
+    edge = edge or EdgeSettings()
     stop = stop_on_signals()
     try:
         sock = bind(host, port)
@@ -296,13 +364,24 @@ async def run_web(web_id: str, host: str, port: int, broker: BrokerAddress) -> i
     bound_host, bound_port = sock.getsockname()[:2]
     address = f"{bound_host}:{bound_port}"
     bus = MqttBus(broker, web_id)
-    context = WebContext(bus=bus, broker=broker.redacted(), web_id=web_id, address=address)
+    context = WebContext(
+        bus=bus,
+        broker=broker.redacted(),
+        web_id=web_id,
+        address=address,
+        allowed=edge.allowed,
+        origins=edge.origins,
+        max_websockets=edge.max_websockets,
+    )
+    if not edge.allowed.configured:
+        log.warning("no --allow-portals (TASKRING_ALLOW_PORTALS): the bridges will use no portal")
     bus.subscribe(topics.HEARTBEATS, context.on_heartbeat)
     config = uvicorn.Config(
         create_app(context),
         log_config=None,
         access_log=False,
         lifespan="off",
+        ws_max_size=WS_MAX_SIZE,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     server = _Server(config)
@@ -337,8 +416,48 @@ async def run_web(web_id: str, host: str, port: int, broker: BrokerAddress) -> i
 )
 @listen_option(f"{DEFAULT_HOST}:{DEFAULT_WEB_PORT}", "serve HTTP", envvar="TASKRING_WEB_LISTEN")
 @broker_option
-def command(web_id: str, listen: tuple[str, int], broker: BrokerAddress) -> None:
+@click.option(
+    "--allow-portals",
+    "allow_portals",
+    envvar="TASKRING_ALLOW_PORTALS",
+    metavar="HOST:PORT,...",
+    help="The portal addresses the bridges may send to (`taskring up` sets the ones it "
+    "starts). '*' uses any address heartbeats name: that trusts every broker login. "
+    "Unset: the bridges use no portal.",
+)
+@click.option(
+    "--allow-origins",
+    "allow_origins",
+    envvar="TASKRING_ALLOW_ORIGINS",
+    metavar="ORIGIN,...",
+    help="Origins besides this server's own that may open WS /ws/client, like "
+    "https://tasks.example.com ('*': any).",
+)
+@click.option(
+    "--max-websockets",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_SOCKETS,
+    show_default=True,
+    envvar="TASKRING_MAX_WEBSOCKETS",
+    help="Open WebSockets at most; more are closed with code 1013.",
+)
+def command(
+    web_id: str,
+    listen: tuple[str, int],
+    broker: BrokerAddress,
+    allow_portals: str | None,
+    allow_origins: str | None,
+    max_websockets: int,
+) -> None:
     """Run the web process: health, readiness, cluster view and metrics over HTTP."""
     host, port = listen
-    address = broker
-    sys.exit(asyncio.run(run_web(web_id, host, port, address)))
+    try:
+        allowed = PortalAllowList.parse(allow_portals)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow-portals") from exc
+    try:
+        origins = parse_origins(allow_origins)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow-origins") from exc
+    edge = EdgeSettings(allowed, origins, max_websockets)
+    sys.exit(asyncio.run(run_web(web_id, host, port, broker, edge)))

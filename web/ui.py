@@ -11,7 +11,8 @@ application whose API routes are already in place:
 
 `index.html` is read on every request, so a rebuild shows without a restart.
 When the UI is not built, the pages answer 503 with a page saying how to
-build it, and the API keeps working.
+build it (unstyled: the Content-Security-Policy allows no inline style), and
+the API keeps working.
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ DEFAULT_DIST = Path(__file__).resolve().parent.parent / "frontend" / "dist"
 NOT_BUILT_PAGE = """<!doctype html>
 <html lang="en">
 <head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>taskring: the browser UI is not built</title>
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem}}
-code,pre{{background:#f1f3f6;border-radius:4px;padding:.1rem .3rem}}</style></head>
+<title>taskring: the browser UI is not built</title></head>
 <body>
 <h1>The browser UI is not built</h1>
 <p>This web process serves the UI from <code>{dist}</code>, which has no

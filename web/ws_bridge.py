@@ -1,17 +1,29 @@
 """WS /ws/client: the browser's connection to a client portal.
 
-Each WebSocket gets its own TCP connection to a client portal. Every text
-message from the browser is one request line of the client protocol
-(CONTRACT section 2) and goes to the portal unchanged, with the `\\n` the
-line protocol needs; every line the portal sends (responses and watch
-events) comes back as one text message, without its `\\n`.
+Each WebSocket gets its own TCP connection to a client portal, opened when
+the browser sends its first message (not when the socket opens: a page that
+opens its socket at load and then sits idle would otherwise hold an idle,
+unauthenticated portal connection that the portal closes after a while).
+Every text message from the browser is one request line of the client
+protocol (CONTRACT section 2) and goes to the portal unchanged, with the
+`\\n` the line protocol needs; every line the portal sends (responses and
+watch events) comes back as one text message, without its `\\n`.
 
 Choosing a portal: the addresses come from a callable (the live portals the
-web process hears heartbeats from). Each new socket starts at the next
-address in turn, so sockets spread over the portals; an address that could
-not be reached a moment ago is tried last. When a portal cannot be reached
-the bridge fails over to the next one; when none can, the browser gets an
-`unavailable` response line and close code 1013 (try again later).
+web process hears heartbeats from, at addresses the operator allowed; see
+web/security.py). Each new connection starts at the next address in turn, so
+sockets spread over the portals; an address that could not be reached a
+moment ago is tried last. When a portal cannot be reached the bridge fails
+over to the next one; when none can (or none may be used), the first request
+gets an `unavailable` response line and the socket close code 1013 (try
+again later).
+
+Who may connect: a handshake whose `Origin` is neither this server's own nor
+one allowed by the web process's setting is refused before it is accepted
+(HTTP 403); a handshake without `Origin` comes from no browser (the CLI,
+scripts, tests) and is admitted. At most `BridgeLimits.max_sockets` sockets
+are open at once; one more is accepted and closed at once with code 1013 and
+a reason saying so.
 
 A portal that goes away mid-connection takes its per-connection state (the
 `auth` binding, the `watch`) with it, and the outcome of requests it had not
@@ -48,12 +60,18 @@ from backend.config import ConfigError, parse_host_port
 from backend.errors import BAD_REQUEST, TOO_LARGE, UNAVAILABLE
 from backend.protocol import MAX_LINE_BYTES, error_line
 
+from .security import ORIGINS_SETTING, origin_allowed
+
 log = logging.getLogger(__name__)
 
 PortalList = Callable[[], list[str]]
+Explain = Callable[[], str]  # why no portal may be used, when the list is empty
+
+DEFAULT_MAX_SOCKETS = 500
 
 # WebSocket close codes (RFC 6455 section 7.4 and the IANA registry).
 CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_PORTAL_GONE = 1012  # "service restart": reconnect and you get a live portal
@@ -68,6 +86,7 @@ class BridgeLimits:
     poll_interval: float = 0.1
     avoid_failed_for: float = 5.0  # an unreachable address goes last for this long
     max_reply_bytes: int = 64 << 20  # a list_tasks reply can be large; past this, give up
+    max_sockets: int = DEFAULT_MAX_SOCKETS  # open WebSockets at once
 
 
 # ---- choosing a portal ------------------------------------------------------------
@@ -145,9 +164,10 @@ async def connect_to_portal(
     return None, failures
 
 
-def no_portal_message(failures: list[str]) -> str:
+def no_portal_message(failures: list[str], explanation: str | None = None) -> str:
     if not failures:
-        return "no client portal is up (the web process hears no heartbeat from one); try again"
+        why = explanation or "no client portal is up (the web process hears no heartbeat from one)"
+        return f"{why}; try again"
     return "no client portal is reachable (" + "; ".join(failures) + "); try again"
 
 
@@ -232,9 +252,12 @@ def close_reason(text: str) -> str:
 class Bridge:
     """One WebSocket joined to one TCP connection; `run` returns when either side ends."""
 
-    def __init__(self, websocket: WebSocket, portal: PortalStream) -> None:
+    def __init__(
+        self, websocket: WebSocket, portal: PortalStream, first: dict[str, Any] | None = None
+    ) -> None:
         self.websocket = websocket
         self.portal = portal
+        self.first = first  # the browser's message that made the bridge connect, if any
         self.send_lock = asyncio.Lock()
         self.forwarded = 0  # requests sent to the portal
         self.answered = 0  # responses received from it
@@ -259,7 +282,7 @@ class Bridge:
 
     async def _browser_to_portal(self) -> None:
         while True:
-            message = await self.websocket.receive()
+            message, self.first = self.first or await self.websocket.receive(), None
             if message["type"] == "websocket.disconnect":
                 return
             action = check_message(message)
@@ -344,31 +367,73 @@ class Bridge:
         self.portal.writer.close()
 
 
-async def serve_socket(websocket: WebSocket, chooser: PortalChooser) -> None:
-    """Accept one browser socket and bridge it to a portal until either side leaves."""
+async def serve_socket(
+    websocket: WebSocket, chooser: PortalChooser, explain: Explain | None = None
+) -> None:
+    """Accept one browser socket; at its first message, bridge it to a portal until
+    either side leaves."""
     await websocket.accept()
+    try:
+        first = await websocket.receive()
+    except (WebSocketDisconnect, OSError):
+        return
+    if first["type"] == "websocket.disconnect":
+        return
     portal, failures = await connect_to_portal(chooser)
     if portal is None:
-        message = no_portal_message(failures)
+        message = no_portal_message(failures, explain() if explain else None)
         log.warning("client bridge: %s", message)
+        request_id = _request_id(first.get("text") or "")
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await websocket.send_text(error_line(None, UNAVAILABLE, message).decode()[:-1])
+            await websocket.send_text(error_line(request_id, UNAVAILABLE, message).decode()[:-1])
             await websocket.close(CLOSE_TRY_LATER, close_reason("no client portal is reachable"))
         return
     try:
-        await Bridge(websocket, portal).run()
+        await Bridge(websocket, portal, first).run()
     except (WebSocketDisconnect, OSError) as exc:
         log.debug("client bridge to %s ended: %s", portal.address, exc)
         portal.writer.close()
 
 
-def create_ws_router(portals: PortalList, limits: BridgeLimits | None = None) -> APIRouter:
-    """An APIRouter serving WS /ws/client over the client portals `portals()` names."""
-    chooser = PortalChooser(portals, limits or BridgeLimits())
+def refusal(websocket: WebSocket, origins: frozenset[str]) -> str | None:
+    """Why this handshake may not proceed (its Origin), or None."""
+    origin = websocket.headers.get("origin")
+    if origin is None or origin_allowed(origin, websocket.headers.get("host"), origins):
+        return None
+    return f"origin {origin[:100]!r} is neither this server's nor in {ORIGINS_SETTING}"
+
+
+def create_ws_router(
+    portals: PortalList,
+    limits: BridgeLimits | None = None,
+    explain: Explain | None = None,
+    origins: frozenset[str] = frozenset(),
+) -> APIRouter:
+    """An APIRouter serving WS /ws/client over the client portals `portals()` names;
+    `explain()` says why when it names none; `origins` are allowed besides the same one."""
+    limits = limits or BridgeLimits()
+    chooser = PortalChooser(portals, limits)
     router = APIRouter()
+    open_sockets = 0
 
     @router.websocket("/ws/client")
     async def client_bridge(websocket: WebSocket) -> None:
-        await serve_socket(websocket, chooser)
+        nonlocal open_sockets
+        refused = refusal(websocket, origins)
+        if refused is not None:
+            log.warning("client bridge: refused a handshake: %s", refused)
+            await websocket.close(CLOSE_POLICY)  # before accept: the handshake gets HTTP 403
+            return
+        if open_sockets >= limits.max_sockets:
+            await websocket.accept()
+            reason = f"too many open sockets (at most {limits.max_sockets}); try again later"
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await websocket.close(CLOSE_TRY_LATER, close_reason(reason))
+            return
+        open_sockets += 1
+        try:
+            await serve_socket(websocket, chooser, explain)
+        finally:
+            open_sockets -= 1
 
     return router

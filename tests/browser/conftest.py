@@ -112,7 +112,9 @@ def deploy(processes: Processes, tmp_path: Path, storage: str = "local") -> Depl
         pytest.fail(f"the browser UI is not built ({DIST} is missing): run `make frontend`")
     stack = start_stack(processes, tmp_path, storage=storage)
     port = free_port()
-    processes.taskring("web", "--listen", f"127.0.0.1:{port}", name="web", env=stack.env)
+    portals = ",".join(f"127.0.0.1:{p}" for p in (*stack.client_ports, stack.admin_port))
+    env = {**stack.env, "TASKRING_ALLOW_PORTALS": portals}
+    processes.taskring("web", "--listen", f"127.0.0.1:{port}", name="web", env=env)
     wait_until(lambda: port_open(port), f"the web process on port {port}", timeout=20)
     names = {Path(p.log_path).stem: p for p in processes.started}  # type: ignore[attr-defined]
     deployment = Deployment(stack, processes, port, names)

@@ -25,9 +25,12 @@ from urllib.parse import unquote
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from backend.admin_pb import admin_pb2
+from backend.bus.mqtt import MqttBus
+from backend.config import BrokerAddress
+from backend.telemetry import run_heartbeat
 from tests.conftest import Processes, free_port, log_text, port_open, wait_until
 from tests.e2e.stack import ADMIN_TOKEN, Stack, start_stack
 
@@ -66,18 +69,22 @@ class Deployment:
         wait_until(listed, f"the web process to hear from {', '.join(ids)}", timeout=20)
 
 
-def start_web(processes: Processes, stack: Stack) -> tuple[subprocess.Popen[bytes], int]:
+def start_web(
+    processes: Processes, stack: Stack, more_portals: tuple[int, ...] = ()
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`taskring web`, allowed to use the stack's portals and those on `more_portals`."""
     port = free_port()
-    web = processes.taskring(
-        "web", "--listen", f"127.0.0.1:{port}", name=f"web-{port}", env=stack.env
-    )
+    ports = (*stack.client_ports, stack.admin_port, *more_portals)
+    allow = ",".join(f"127.0.0.1:{p}" for p in ports)
+    env = {**stack.env, "TASKRING_ALLOW_PORTALS": allow}
+    web = processes.taskring("web", "--listen", f"127.0.0.1:{port}", name=f"web-{port}", env=env)
     wait_until(lambda: port_open(port), f"the web process on port {port}", timeout=20)
     return web, port
 
 
-def deploy(processes: Processes, tmp_path: Path) -> Deployment:
+def deploy(processes: Processes, tmp_path: Path, more_portals: tuple[int, ...] = ()) -> Deployment:
     stack = start_stack(processes, tmp_path)
-    web, port = start_web(processes, stack)
+    web, port = start_web(processes, stack, more_portals)
     deployment = Deployment(stack, web, port)
     deployment.wait_for_portals("client-portal-1", "client-portal-2", "admin-portal-1")
     return deployment
@@ -100,8 +107,7 @@ def own(processes: Processes, tmp_path: Path) -> Deployment:
     return deploy(processes, tmp_path)
 
 
-def start_admin_portal(processes: Processes, stack: Stack, number: int) -> int:
-    port = free_port()
+def start_admin_portal(processes: Processes, stack: Stack, number: int, port: int) -> int:
     processes.taskring(
         "admin-portal", "--id", f"admin-portal-{number}", "--listen", f"127.0.0.1:{port}",
         "--data-dir", str(processes.log_dir / "data"), name=f"admin-portal-{number}", env=stack.env,
@@ -293,8 +299,10 @@ async def test_no_reachable_portal_is_unavailable_and_1013(
     deployment.wait_for_portals("client-portal-1")
     kill_portal(processes, "client-portal-1")
     async with await open_socket(deployment) as ws:
+        await ws.send(json.dumps({"id": "p", "op": "ping"}))  # the bridge connects only now
         reply = json.loads(await receive(ws))
         code, reason = await closed_with(ws)
+    assert reply["id"] == "p"
     assert reply["ok"] is False and reply["error"]["code"] == "unavailable"
     assert "no client portal is reachable" in reply["error"]["message"]
     assert code == 1013 and "no client portal" in reason
@@ -455,8 +463,10 @@ def test_grpc_web_message_is_percent_encoded(shared: Deployment) -> None:
     assert "ü%" in unquote(trailers["grpc-message"])
 
 
-def test_grpc_web_fails_over_to_another_admin_portal(processes: Processes, own: Deployment) -> None:
-    start_admin_portal(processes, own.stack, 2)
+def test_grpc_web_fails_over_to_another_admin_portal(processes: Processes, tmp_path: Path) -> None:
+    second = free_port()
+    own = deploy(processes, tmp_path, more_portals=(second,))
+    start_admin_portal(processes, own.stack, 2, second)
     own.wait_for_portals("admin-portal-2")
     create(own, "before the crash")
     kill_portal(processes, "admin-portal-1")
@@ -484,3 +494,66 @@ async def test_web_stops_cleanly_with_bridges_open(processes: Processes, own: De
     assert await asyncio.to_thread(own.web.wait, 10) == 0
     log = log_text(own.web)
     assert "Traceback" not in log, log
+
+
+# ---- what the bridges will not do ----------------------------------------------------------
+
+
+class Recorder:
+    """A TCP listener posing as a client portal: records every byte, answers every line ok."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        while line := await reader.readline():
+            self.received += line
+            request_id = json.loads(line).get("id")
+            writer.write(json.dumps({"id": request_id, "ok": True}).encode() + b"\n")
+            await writer.drain()
+        writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_portal_heard_at_an_address_not_allowed_gets_no_traffic(
+    shared: Deployment,
+) -> None:
+    """Anyone who may publish heartbeats could announce a client portal of their own; the
+    bridge must never send it a browser's sign-in."""
+    fake = Recorder()
+    address = await fake.start()
+    bus = MqttBus(BrokerAddress.parse(shared.stack.broker), "client-portal-fake")
+    async with bus:
+        beating = asyncio.create_task(
+            run_heartbeat(bus, "client-portal", "client-portal-fake", address, lambda: None)
+        )
+        try:
+            await asyncio.to_thread(shared.wait_for_portals, "client-portal-fake")
+            for number in range(6):  # round robin would reach the fake at least twice
+                async with await open_socket(shared) as ws:
+                    auth = {"id": number, "op": "auth", "cid": "0" * 16, "token": "secret"}
+                    reply = await ask(ws, auth)
+                    assert reply["id"] == number and reply["ok"] is False, reply
+        finally:
+            beating.cancel()
+            await fake.stop()
+    assert (fake.connections, bytes(fake.received)) == (0, b"")
+
+
+async def test_a_socket_from_another_origin_is_refused(shared: Deployment) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(shared.ws, additional_headers={"origin": "http://evil.example"})
+    assert refused.value.response.status_code == 403
+    same = {"origin": shared.http}
+    async with await connect(shared.ws, additional_headers=same, open_timeout=10) as ws:
+        assert await ask(ws, {"id": 1, "op": "ping"}) == {"id": 1, "ok": True, "pong": True}

@@ -60,9 +60,9 @@ class Heartbeats:
         self.bus = MqttBus(BrokerAddress.parse(broker), f"fault-test-{secrets.token_hex(3)}")
         self.bus.subscribe(topics.HEARTBEATS, self._on_heartbeat)
 
-    async def _on_heartbeat(self, _topic: str, message: dict[str, Any]) -> None:
+    async def _on_heartbeat(self, topic: str, message: dict[str, Any]) -> None:
         with contextlib.suppress(HeartbeatError):
-            self.view.observe(message, time.monotonic())
+            self.view.observe(topic, message, time.monotonic())
 
     def group(self, group: str) -> dict[str, Any]:
         groups = self.view.replica_groups(time.monotonic())

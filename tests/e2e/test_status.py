@@ -27,7 +27,8 @@ def cluster(processes: Processes, mosquitto: str) -> dict[str, Any]:
     """Mosquitto, a web process and a client portal, all up."""
     web_port, portal_port = free_port(), free_port()
     env = {"TASKRING_BROKER": mosquitto}
-    web = processes.taskring("web", "--listen", f"127.0.0.1:{web_port}", name="web", env=env)
+    web_env = {**env, "TASKRING_ALLOW_PORTALS": f"127.0.0.1:{portal_port}"}
+    web = processes.taskring("web", "--listen", f"127.0.0.1:{web_port}", name="web", env=web_env)
     portal = processes.taskring(
         "client-portal", "--id", "client-portal-1", "--listen", f"127.0.0.1:{portal_port}",
         name="client-portal-1", env=env,

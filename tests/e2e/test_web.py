@@ -46,17 +46,21 @@ class Web:
         return response.status_code, response.json()
 
 
-def start_web(processes: Processes, broker: str) -> Web:
+def start_web(processes: Processes, broker: str, allow: list[int] | None = None) -> Web:
+    """`taskring web`, allowed to use the portals on the `allow` ports of 127.0.0.1."""
     port = free_port()
-    process = processes.taskring(
-        "web", "--listen", f"127.0.0.1:{port}", name="web", env={"TASKRING_BROKER": broker}
-    )
+    env = {"TASKRING_BROKER": broker}
+    if allow:
+        env["TASKRING_ALLOW_PORTALS"] = ",".join(f"127.0.0.1:{p}" for p in allow)
+    process = processes.taskring("web", "--listen", f"127.0.0.1:{port}", name="web", env=env)
     wait_until(lambda: port_open(port), f"the web process on port {port}", timeout=20)
     return Web(process, port)
 
 
-def start_client_portal(processes: Processes, broker: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
+def start_client_portal(
+    processes: Processes, broker: str, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = port or free_port()
     process = processes.taskring(
         "client-portal", "--id", "client-portal-1", "--listen", f"127.0.0.1:{port}",
         name="client-portal-1", env={"TASKRING_BROKER": broker},
@@ -133,10 +137,10 @@ def pretenders(background: BackgroundLoop) -> Iterator[Any]:
 
 @pytest.fixture
 def admin_portal(processes: Processes, tmp_path) -> Any:
-    """Start a real admin portal against a broker: `admin_portal(broker) -> port`."""
+    """Start a real admin portal against a broker: `admin_portal(broker[, port]) -> port`."""
 
-    def start(broker: str) -> int:
-        port = free_port()
+    def start(broker: str, port: int | None = None) -> int:
+        port = port or free_port()
         processes.taskring(
             "admin-portal", "--id", "admin-portal-1", "--listen", f"127.0.0.1:{port}",
             "--data-dir", str(tmp_path / "data"), name="admin-portal-1",
@@ -169,7 +173,8 @@ def find_sample(text: str, name: str, **labels: str) -> float | None:
 def test_readiness_follows_the_portals_and_the_api_and_metrics_describe_them(
     processes: Processes, mosquitto: str, admin_portal
 ) -> None:
-    web = start_web(processes, mosquitto)
+    client_port, admin_port = free_port(), free_port()
+    web = start_web(processes, mosquitto, allow=[client_port, admin_port])
     assert web.get("/healthz").status_code == 200
     assert web.get("/healthz").json() == {"status": "ok"}
 
@@ -184,8 +189,8 @@ def test_readiness_follows_the_portals_and_the_api_and_metrics_describe_them(
         "portals": [],
     }
 
-    client_process, client_port = start_client_portal(processes, mosquitto)
-    admin_port = admin_portal(mosquitto)
+    client_process, _ = start_client_portal(processes, mosquitto, client_port)
+    admin_portal(mosquitto, admin_port)
     code, body = wait_until(
         lambda: (r := web.readyz())[0] == 200 and r, "/readyz to turn ready", timeout=15
     )
@@ -257,13 +262,14 @@ def test_readyz_names_a_ready_portal_that_does_not_answer(
     expected: str,
 ) -> None:
     """A heartbeat says ready, but nothing answers at its address: the active probe catches it."""
-    web = start_web(processes, mosquitto)
+    real_port, silent_port = free_port(), free_port()
+    web = start_web(processes, mosquitto, allow=[real_port, silent_port])
     if silent_kind == "client-portal":
-        admin_portal(mosquitto)
+        admin_portal(mosquitto, real_port)
     else:
-        start_client_portal(processes, mosquitto)
+        start_client_portal(processes, mosquitto, real_port)
     silent_id = f"{silent_kind}-9"
-    pretenders(mosquitto, silent_kind, silent_id, free_port())
+    pretenders(mosquitto, silent_kind, silent_id, silent_port)
 
     def named() -> dict[str, Any] | None:
         body = web.readyz()[1]
@@ -316,6 +322,11 @@ def test_bad_flags_and_a_taken_port_fail_clearly(processes: Processes, mosquitto
         [TASKRING, "web", "--broker", "http://x"], capture_output=True, text=True, timeout=30
     )
     assert bad_broker.returncode == 2 and "mqtt://" in bad_broker.stderr
+    for flag, value in (("--allow-portals", "http://x:1"), ("--allow-origins", "x.example")):
+        bad_edge = subprocess.run(
+            [TASKRING, "web", flag, value], capture_output=True, text=True, timeout=30
+        )
+        assert bad_edge.returncode == 2 and flag in bad_edge.stderr, bad_edge.stderr
     web = start_web(processes, mosquitto)
     port = web.url.rsplit(":", 1)[1]
     taken = subprocess.run(

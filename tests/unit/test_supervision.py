@@ -229,6 +229,14 @@ def test_secrets_travel_in_the_environment_only() -> None:
     assert by_name["web"].env == {"TASKRING_BROKER": urls["web-1"]}
 
 
+def test_the_web_process_may_use_exactly_the_portals_started() -> None:
+    settings = Settings(data_dir=Path("/d"), client_ports=(9001,), admin_ports=(9101, 9102))
+    plan = BrokerPlan(False, same_url_for_every_role("mqtt://h:1"), "test")
+    [web] = [c for c in plan_children(settings, plan, "t") if c.name == "web"]
+    flag = web.args.index("--allow-portals")
+    assert web.args[flag + 1] == "127.0.0.1:9001,127.0.0.1:9101,127.0.0.1:9102"
+
+
 def test_port_lists_decide_how_many_portals_run() -> None:
     settings = Settings(
         data_dir=Path("/d"), client_ports=(9001,), admin_ports=(9101, 9102, 9103), storage="local"

@@ -16,9 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend.bus.memory import MemoryBus, MemoryHub
 from backend.cluster_view import ADMIN_PORTAL, CLIENT_PORTAL
+from backend.config import ConfigError
 from backend.ring.cache_core import CacheNode
 from backend.telemetry import RequestMetrics, heartbeat_message
+from web.security import PortalAllowList
 from web.server import WebContext, create_app
+
+EXPLODES = "127.0.0.99:9"  # the stand-in probe raises for this address
+ALLOWED = f"127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:50051,127.0.0.1:50052,{EXPLODES}"
 
 
 class Clock:
@@ -38,7 +43,7 @@ class Probes:
 
     async def __call__(self, address: str) -> str | None:
         self.asked.append(address)
-        if address == "explodes":
+        if address == EXPLODES:
             raise RuntimeError("boom")
         return f"cannot connect to {address}" if address in self.silent else None
 
@@ -63,6 +68,7 @@ def context(bus: MemoryBus, probes: Probes) -> WebContext:
         address="127.0.0.1:8000",
         clock=Clock(),
         probes={CLIENT_PORTAL: probes, ADMIN_PORTAL: probes},
+        allowed=PortalAllowList.parse(ALLOWED),
     )
 
 
@@ -125,7 +131,7 @@ async def test_a_probe_that_raises_is_reported_not_raised(
     http: httpx.AsyncClient, context: WebContext
 ) -> None:
     await both_portals(context)
-    await heartbeat(context, "client-portal-1", CLIENT_PORTAL, "explodes")
+    await heartbeat(context, "client-portal-1", CLIENT_PORTAL, EXPLODES)
     code, body = await readyz(http)
     assert code == 503
     assert body["missing"] == ["client-portal-1: the probe failed: boom"]
@@ -232,3 +238,129 @@ async def test_a_durable_ring_is_unready_until_its_group_has_a_leader(
     await context.on_heartbeat("taskring/v1/heartbeat/replica/replica-g1-1", replica_beat)
     code, body = await readyz(http)
     assert code == 200, body
+
+
+# ---- heartbeats are known by their topic; bridges use allowed portals only ----------------
+
+
+async def test_a_forged_heartbeat_does_not_move_a_real_portal(
+    http: httpx.AsyncClient, context: WebContext
+) -> None:
+    """Any broker login could announce "admin-portal-1 is over here": the topic says who
+    published, so a body naming another component is dropped."""
+    await both_portals(context)
+    forged = heartbeat_message("admin-portal-1", ADMIN_PORTAL, "10.6.6.6:50051", -1e6, None, None)
+    await context.on_heartbeat("taskring/v1/heartbeat/admin-portal/evil", forged)
+    portals = (await http.get("/api/cluster")).json()["portals"]
+    assert portals == [
+        {"id": "admin-portal-1", "kind": ADMIN_PORTAL, "address": "127.0.0.1:50051"},
+        {"id": "client-portal-1", "kind": CLIENT_PORTAL, "address": "127.0.0.1:7001"},
+    ]
+
+
+async def test_a_heartbeat_whose_kind_differs_from_its_topic_is_dropped(
+    http: httpx.AsyncClient, context: WebContext
+) -> None:
+    claimed = heartbeat_message("cache-node-9", ADMIN_PORTAL, "127.0.0.1:50051", 0.0, None, None)
+    await context.on_heartbeat("taskring/v1/heartbeat/cache-node/cache-node-9", claimed)
+    assert (await http.get("/api/cluster")).json()["portals"] == []
+    components = (await http.get("/api/components")).json()["components"]
+    assert [c["id"] for c in components] == ["web-1"]
+
+
+async def test_readyz_probes_only_allowed_portals(
+    http: httpx.AsyncClient, context: WebContext, probes: Probes
+) -> None:
+    await heartbeat(context, "client-portal-9", CLIENT_PORTAL, "10.6.6.6:7001")
+    await heartbeat(context, "admin-portal-1", ADMIN_PORTAL, "127.0.0.1:50051")
+    code, body = await readyz(http)
+    assert code == 503
+    assert body["missing"] == [
+        "no client portal at an address in --allow-portals (TASKRING_ALLOW_PORTALS) is up"
+        " (heard client-portal-9 at 10.6.6.6:7001)"
+    ]
+    assert probes.asked == ["127.0.0.1:50051"]
+    # It is still listed: the cluster page shows what the broker says.
+    ids = [p["id"] for p in (await http.get("/api/cluster")).json()["portals"]]
+    assert ids == ["admin-portal-1", "client-portal-9"]
+    await heartbeat(context, "client-portal-1", CLIENT_PORTAL, "127.0.0.1:7001")
+    code, body = await readyz(http)
+    assert code == 200 and body["portals"][CLIENT_PORTAL] == "client-portal-1"
+    assert "10.6.6.6:7001" not in probes.asked
+
+
+async def test_without_allowed_portals_nothing_is_probed_and_readyz_names_the_setting(
+    context: WebContext, probes: Probes
+) -> None:
+    context.allowed = PortalAllowList.parse(None)
+    await both_portals(context)
+    transport = httpx.ASGITransport(app=create_app(context))
+    async with httpx.AsyncClient(transport=transport, base_url="http://web") as client:
+        code, body = await readyz(client)
+        grpc = await client.post(
+            "/taskring.admin.v1.AdminService/ListClients",
+            content=b"\x00\x00\x00\x00\x00",
+            headers={"content-type": "application/grpc-web+proto", "authorization": "Bearer t"},
+        )
+    assert code == 503 and probes.asked == []
+    assert all("--allow-portals (TASKRING_ALLOW_PORTALS) is not set" in m for m in body["missing"])
+    assert b"grpc-status:14" in grpc.content
+    assert b"--allow-portals (TASKRING_ALLOW_PORTALS) is not set" in grpc.content
+
+
+async def test_a_star_allows_any_heard_portal(context: WebContext, probes: Probes) -> None:
+    context.allowed = PortalAllowList.parse("*")
+    await heartbeat(context, "client-portal-9", CLIENT_PORTAL, "10.6.6.6:7001")
+    await heartbeat(context, "admin-portal-1", ADMIN_PORTAL, "127.0.0.1:50051")
+    transport = httpx.ASGITransport(app=create_app(context))
+    async with httpx.AsyncClient(transport=transport, base_url="http://web") as client:
+        code, _ = await readyz(client)
+    assert code == 200 and sorted(probes.asked) == ["10.6.6.6:7001", "127.0.0.1:50051"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "allowed", "refused"),
+    [
+        ("127.0.0.1:7001, [::1]:7002", ["127.0.0.1:7001", "[::1]:7002"], ["127.0.0.1:7002"]),
+        ("*", ["10.0.0.1:1"], []),
+        ("", [], ["127.0.0.1:7001"]),
+    ],
+)
+def test_the_allow_list_setting(setting: str, allowed: list[str], refused: list[str]) -> None:
+    allow = PortalAllowList.parse(setting)
+    assert all(allow.allows(a) for a in allowed)
+    assert not any(allow.allows(a) for a in refused)
+
+
+@pytest.mark.parametrize("bad", ["http://127.0.0.1:7001", "127.0.0.1", "a b:1", "h:1/x"])
+def test_the_allow_list_refuses_anything_but_host_port(bad: str) -> None:
+    with pytest.raises(ConfigError, match="host:port"):
+        PortalAllowList.parse(f"127.0.0.1:7001,{bad}")
+
+
+# ---- headers ---------------------------------------------------------------------------
+
+
+async def test_every_response_carries_the_security_headers(http: httpx.AsyncClient) -> None:
+    for path in ("/healthz", "/readyz", "/nope", "/", "/metrics"):
+        headers = (await http.get(path, headers={"host": "127.0.0.1:8000"})).headers
+        policy = headers["content-security-policy"]
+        for directive in (
+            "default-src 'self'",
+            "connect-src 'self' ws://127.0.0.1:8000 wss://127.0.0.1:8000",
+            "frame-ancestors 'none'",
+            "object-src 'none'",
+            "base-uri 'none'",
+        ):
+            assert directive in policy, (path, policy)
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"] == "no-referrer"
+        assert headers["x-frame-options"] == "DENY"
+
+
+async def test_a_strange_host_header_is_not_copied_into_the_policy(
+    http: httpx.AsyncClient,
+) -> None:
+    headers = (await http.get("/healthz", headers={"host": "x; script-src *"})).headers
+    policy = headers["content-security-policy"]
+    assert "script-src *" not in policy and "connect-src 'self';" in policy

@@ -1,6 +1,13 @@
 // Small shared pieces of the interface: toasts, modal dialogs, copying, time.
 
-import { html, nothing, render, type TemplateResult } from "lit-html";
+import { html, noChange, nothing, render, type TemplateResult } from "lit-html";
+import {
+  type AttributePart,
+  Directive,
+  directive,
+  type PartInfo,
+  PartType,
+} from "lit-html/directive.js";
 
 // ---- toasts -------------------------------------------------------------------------
 
@@ -190,3 +197,34 @@ export function typing(event: KeyboardEvent): boolean {
   if (!target) return false;
   return target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName);
 }
+
+// ---- inline styles under the Content-Security-Policy ------------------------------------
+
+// The server's CSP (style-src 'self') refuses style="..." attributes, including those
+// lit-html's styleMap writes on its first render. Properties set through the CSSOM are
+// allowed, so this directive only ever calls style.setProperty. Bind it to `style`:
+// <span style=${cssProps({ width: "40%" })}>.
+class CssProps extends Directive {
+  private names = new Set<string>();
+
+  constructor(part: PartInfo) {
+    super(part);
+    if (part.type !== PartType.ATTRIBUTE) throw new Error("cssProps belongs in an attribute");
+  }
+
+  render(_props: Record<string, string>): typeof noChange {
+    return noChange;
+  }
+
+  override update(part: AttributePart, [props]: [Record<string, string>]): typeof noChange {
+    const style = part.element.style;
+    for (const name of this.names) {
+      if (!(name in props)) style.removeProperty(name);
+    }
+    for (const [name, value] of Object.entries(props)) style.setProperty(name, value);
+    this.names = new Set(Object.keys(props));
+    return noChange;
+  }
+}
+
+export const cssProps = directive(CssProps);

@@ -29,7 +29,7 @@ import {
   routeSteps,
 } from "../lib/cluster";
 import { type TracedRequest, loadTrace, onTrace } from "../lib/trace";
-import { ago } from "../lib/ui";
+import { ago, cssProps } from "../lib/ui";
 
 const POLL_MS = 1000;
 const FETCH_TIMEOUT_MS = 3000;
@@ -457,9 +457,9 @@ export class ClusterPage implements Page {
             <tr class=${n.id === this.selected ? "selected" : ""} data-node=${n.id}>
               <th scope="row" data-label="Node">
                 <button class="link-button" aria-pressed=${n.id === this.selected ? "true" : "false"} @click=${() => this.select(n.id)}>
-                  <span class="swatch" style="background:${colors.get(n.id)}"></span>${n.id}</button>
+                  <span class="swatch" style=${cssProps({ background: colors.get(n.id) ?? "" })}></span>${n.id}</button>
                 ${n.member ? nothing : html`<span class="badge badge-warning">joining</span>`}</th>
-              <td data-label="Keys"><span class="bar"><span style="width:${(100 * n.keys) / maxKeys}%"></span></span><span
+              <td data-label="Keys"><span class="bar"><span style=${cssProps({ width: `${(100 * n.keys) / maxKeys}%` })}></span></span><span
                 class="keys">${n.keys.toLocaleString("en")}</span></td>
               <td data-label="Positions">${n.positions.length}</td>
               <td data-label="Successor">${successorText(n)}</td>
