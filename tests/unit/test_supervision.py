@@ -231,7 +231,7 @@ def test_secrets_travel_in_the_environment_only() -> None:
 
 def test_the_web_process_may_use_exactly_the_portals_started() -> None:
     settings = Settings(data_dir=Path("/d"), client_ports=(9001,), admin_ports=(9101, 9102))
-    plan = BrokerPlan(False, same_url_for_every_role("mqtt://h:1"), "test")
+    plan = BrokerPlan(False, same_url_for_every_login("mqtt://h:1"), "test")
     [web] = [c for c in plan_children(settings, plan, "t") if c.name == "web"]
     flag = web.args.index("--allow-portals")
     assert web.args[flag + 1] == "127.0.0.1:9001,127.0.0.1:9101,127.0.0.1:9102"
