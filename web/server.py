@@ -49,6 +49,7 @@ from backend.config import (
     DEFAULT_WEB_PORT,
     BrokerAddress,
 )
+from backend.critical import critical_task
 from backend.nodes.process import stop_on_signals
 from backend.telemetry import RequestMetrics, heartbeat_message, run_heartbeat
 
@@ -297,6 +298,7 @@ async def run_web(web_id: str, host: str, port: int, broker: BrokerAddress) -> i
     address = f"{bound_host}:{bound_port}"
     bus = MqttBus(broker, web_id)
     context = WebContext(bus=bus, broker=broker.redacted(), web_id=web_id, address=address)
+    bus.drops = context.metrics.drops  # heartbeats report what the bus dropped
     bus.subscribe(topics.HEARTBEATS, context.on_heartbeat)
     config = uvicorn.Config(
         create_app(context),
@@ -308,8 +310,9 @@ async def run_web(web_id: str, host: str, port: int, broker: BrokerAddress) -> i
     server = _Server(config)
     async with bus:
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")
-        heartbeat = asyncio.create_task(
-            run_heartbeat(bus, KIND, web_id, address, context.bus_problem, context.metrics)
+        heartbeat = critical_task(
+            run_heartbeat(bus, KIND, web_id, address, context.bus_problem, context.metrics),
+            f"web {web_id} heartbeat",
         )
         log.info("web %s on http://%s (broker %s)", web_id, address, broker.redacted())
         stopping = asyncio.create_task(stop.wait())

@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .. import errors
 from ..admin_pb import admin_pb2, admin_pb2_grpc
+from ..bus.drops import Drops
 from ..bus.mqtt import MqttBus
 from ..cli_common import broker_option, component_id_option, listen_option, storage_option
 from ..config import (
@@ -237,9 +238,9 @@ async def run_admin_portal(
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
     stop = stop_on_signals()
-    bus = MqttBus(broker, portal_id)
-    store = make_store(storage, bus, portal_id)
-    metrics = RequestMetrics()
+    metrics = RequestMetrics(Drops(f"admin portal {portal_id}"))
+    bus = MqttBus(broker, portal_id, drops=metrics.drops)
+    store = make_store(storage, bus, portal_id, metrics.drops)
     async with bus:
         try:
             portal = await start_admin_server(store, admin_token, host, port, metrics)
