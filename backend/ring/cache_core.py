@@ -83,7 +83,7 @@ from ..errors import BAD_REQUEST, UNAVAILABLE
 from ..model.kv import WRITE_OPS, KeyValueState, record_to_wire
 from ..model.records import CLIENT_DELETED, TOKEN_ROTATED
 from ..replica import wire as group_wire
-from ..replica.state_machine import OpResult, apply_op, outcome_of
+from ..replica.state_machine import OpResult, apply_op, op_error, outcome_of
 from ..telemetry import RequestMetrics
 from . import wire
 from .durable import DurableKeys, Finished, Job
@@ -518,7 +518,13 @@ class CacheNode:
             self._in_flight.add((reply_to, corr))
             self.durable.submit(owned.key, Job((owned, request), request["op"], started))
             return
-        result = apply_op(self.state, request["op"])
+        try:
+            # Checked whole first: an operation that fails halfway must not change memory.
+            group_wire.check_write_or_read_op(request["op"])
+        except ValueError as exc:
+            result = op_error(BAD_REQUEST, str(exc))
+        else:
+            result = apply_op(self.state, request["op"])
         if outcome_of(result) == BAD_REQUEST:
             self._drop_if_empty(owned.key)
         self._answer(owned, request, result, "", self.now - started, out)
@@ -763,7 +769,7 @@ class CacheNode:
         self.moves.acknowledged(message["id"])
 
     def _import(self, items: list[Any]) -> None:
-        import_keys(self.state, items)
+        import_keys(self.state, items, self.drops)
         self._imported = self._arrived = True
 
     def _hand_everything_over(self, out: list[Publish]) -> None:

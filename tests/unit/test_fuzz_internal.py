@@ -176,8 +176,8 @@ RECORD = ClientRecord(CID, "alice", "", 1, b"salt", b"hash")
 
 
 def chord_messages(dst: int) -> list[dict[str, Any]]:
-    request = wire.request("c", REPLY_TO, CID, insert(CID, "t"), False)
-    lookup = Lookup(dst, PEER, CID, "l1", f"r{len(REPLY_TO)}:{REPLY_TO}c", None, 1, (PEER,), True)
+    request = wire.request("fz0", REPLY_TO, CID, insert(CID, "t"), False)
+    lookup = Lookup(dst, PEER, CID, "l1", f"r{len(REPLY_TO)}:{REPLY_TO}fz0", None, 1, (PEER,), True)
     return [
         m.to_wire()
         for m in (
@@ -201,14 +201,14 @@ def _fields(message: Any) -> dict[str, Any]:
 
 
 def ring_messages(dst: int) -> list[dict[str, Any]]:
-    request = wire.request("c1", REPLY_TO, CID, create(CID, "alice"), True)
+    request = wire.request("fz1", REPLY_TO, CID, create(CID, "alice"), True)
     handover = wire.handover("n9", [key_to_wire(CID, Key(RECORD, {"a": "b"}))], "h1", [[1, 2]])
     return [
         request,
-        wire.scan("c2", REPLY_TO, -1, 10),
+        wire.scan("fz2", REPLY_TO, -1, 10),
         handover,
         wire.handover_ack("n9", "h1"),
-        wire.batch([request, wire.request("c3", REPLY_TO, CID, insert(CID, "x"), False)]),
+        wire.batch([request, wire.request("fz3", REPLY_TO, CID, insert(CID, "x"), False)]),
         *chord_messages(dst),
     ]
 
