@@ -15,7 +15,8 @@ from typing import Any, NoReturn
 
 import msgpack
 
-MAX_PAYLOAD = 64 * 1024 * 1024  # bytes; larger payloads are refused before decoding
+# MQTT's own limit on a packet: a Raft snapshot rides in one message, so nothing lower.
+MAX_PAYLOAD = 268_435_455
 
 
 class DecodeError(ValueError):
