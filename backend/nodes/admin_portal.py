@@ -43,6 +43,7 @@ from ..config import (
     data_dir,
     read_admin_token,
 )
+from ..critical import critical_task
 from ..store import make_store
 from ..store.interface import Store
 from ..telemetry import RequestMetrics
@@ -224,8 +225,9 @@ async def start_admin_server(
         raise OSError(f"cannot listen on {target}")
     await server.start()
     portal = AdminPortal(server, health_servicer, host, bound)
-    portal.health_task = asyncio.create_task(
-        follow_readiness(health_servicer, store, health_interval)
+    # Without it the health service would report a stale status for good.
+    portal.health_task = critical_task(
+        follow_readiness(health_servicer, store, health_interval), "admin portal health"
     )
     return portal
 
