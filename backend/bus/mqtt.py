@@ -191,7 +191,9 @@ class MqttBus:
             attempt += 1
 
     def _failed(self, exc: Exception) -> None:
-        text = f"{type(exc).__name__}: {exc}"
+        text = f"{type(exc).__name__}: {exc}"[:200]
+        if len(self._failures) >= 64 and text not in self._failures:
+            self._failures.clear()  # errors whose text varies must not grow this for good
         count = self._failures[text] = self._failures.get(text, 0) + 1
         if rate_limited(count):
             log.exception("bus %s failed (%d times so far); reconnecting", self.client_id, count)

@@ -179,5 +179,6 @@ def _decode_entries(raw: Any, drops: Drops) -> list[Entry]:
 
 
 def _is_portal_id(value: Any) -> bool:
-    """A requester's id names a reply topic: text without MQTT's wildcards or separators."""
-    return isinstance(value, str) and 0 < len(value) <= 256 and not any(c in value for c in "+#/\0")
+    """A requester's id names a reply topic: text without MQTT's wildcards (a publish to
+    one would fail) or NUL."""
+    return isinstance(value, str) and 0 < len(value) <= 256 and not any(c in value for c in "+#\0")
