@@ -45,7 +45,7 @@ from backend.ring.cache_core import Publish
 from backend.store.local import LocalStore
 from backend.store.ring import RingStore
 from tests.unit.replica_harness import REPLY, Group
-from tests.unit.test_cache_core import REPLY_TO, Cluster, DurableNode, create, insert
+from tests.unit.test_cache_core import REPLY_TO, Cluster, DurableNode, insert
 
 FUZZ = settings(
     derandomize=True,
@@ -201,7 +201,7 @@ def _fields(message: Any) -> dict[str, Any]:
 
 
 def ring_messages(dst: int) -> list[dict[str, Any]]:
-    request = wire.request("fz1", REPLY_TO, CID, create(CID, "alice"), True)
+    request = wire.request("fz1", REPLY_TO, CID, _create(CID), True)
     handover = wire.handover("n9", [key_to_wire(CID, Key(RECORD, {"a": "b"}))], "h1", [[1, 2]])
     return [
         request,
@@ -298,7 +298,7 @@ def _still_serves(call: Callable[..., dict[str, Any]]) -> None:
     """A valid request is answered: served, or refused as unavailable (a forged peer may
     stand in Chord's way for a while: the ring has no authentication of its own)."""
     cid = 0x1234_5678_9ABC_DEF0
-    reply = call("n1", cid, create(cid, "after-the-fuzz"))
+    reply = call("n1", cid, _create(cid))
     assert reply["t"] == wire.REPLY
     assert reply["ok"] or reply["error"]["code"] in ("unavailable", "exists"), reply
 
@@ -360,7 +360,7 @@ def test_a_durable_cache_node_survives_anything_and_still_serves(data: st.DataOb
     durable.run(0.5)
     cid = 0x1234_5678_9ABC_DEF0
     for attempt in range(5):
-        reply = durable.call(cid, create(cid, "after-the-fuzz"), f"after{attempt}")
+        reply = durable.call(cid, _create(cid), f"after{attempt}")
         if reply["ok"] or reply["error"]["code"] == "exists":
             break
         assert reply["error"]["code"] in ("unavailable", "timeout"), reply
