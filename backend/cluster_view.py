@@ -81,6 +81,7 @@ class OpLatency:
 class Metrics:
     requests: tuple[tuple[str, str, int], ...] = ()  # (op, outcome, count)
     latency: tuple[OpLatency, ...] = ()
+    dropped: tuple[tuple[str, str, int], ...] = ()  # (message, reason, count); drops.py
 
     @property
     def served(self) -> int:
@@ -517,7 +518,23 @@ def parse_metrics(wire: Any) -> Metrics:
         raise HeartbeatError("heartbeat field 'metrics' must be a map")
     requests = tuple(_request_entry(entry) for entry in _list(wire, "requests"))
     latency = tuple(_latency_entry(entry) for entry in _list(wire, "latency"))
-    return Metrics(requests, latency)
+    return Metrics(requests, latency, _dropped(wire.get("dropped")))
+
+
+def _dropped(value: Any) -> tuple[tuple[str, str, int], ...]:
+    """Dropped-message counts; absent in older heartbeats, and a malformed entry is
+    skipped rather than costing the whole heartbeat."""
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple(
+        (entry[0], entry[1], entry[2])
+        for entry in value
+        if isinstance(entry, list | tuple)
+        and len(entry) == 3
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], str)
+        and _is_count(entry[2])
+    )
 
 
 def _request_entry(entry: Any) -> tuple[str, str, int]:

@@ -16,7 +16,9 @@ Heartbeat message (msgpack map):
     started   Unix time it started (float seconds)
     sent      Unix time of this heartbeat
     interval  seconds until the next heartbeat
-    metrics   RequestMetrics.to_wire()
+    metrics   RequestMetrics.to_wire(): {"requests": [[op, outcome, n]...],
+              "latency": [[op, bucket counts, seconds]...],
+              "dropped": [[message, reason, n]...] (malformed messages dropped, drops.py)}
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .bus import topics
+from .bus.drops import Drops
 from .bus.transport import Bus, BusUnavailable
 
 log = logging.getLogger(__name__)
@@ -41,9 +44,11 @@ HEARTBEAT_INTERVAL = 1.0
 
 
 class RequestMetrics:
-    """Counts of requests by (op, outcome) and a latency histogram per op."""
+    """Counts of requests by (op, outcome), a latency histogram per op, and the
+    component's dropped messages (`drops`, shared by its bus and its cores)."""
 
-    def __init__(self) -> None:
+    def __init__(self, drops: Drops | None = None) -> None:
+        self.drops = drops or Drops()
         self.counts: dict[tuple[str, str], int] = {}
         self.buckets: dict[str, list[int]] = {}  # per op: one count per bucket, +Inf last
         self.sums: dict[str, float] = {}
@@ -59,6 +64,7 @@ class RequestMetrics:
         return {
             "requests": [[op, outcome, n] for (op, outcome), n in self.counts.items()],
             "latency": [[op, counts, self.sums[op]] for op, counts in self.buckets.items()],
+            "dropped": self.drops.to_wire(),
         }
 
 
@@ -80,7 +86,7 @@ def heartbeat_message(
         "started": started,
         "sent": time.time(),
         "interval": HEARTBEAT_INTERVAL,
-        "metrics": metrics.to_wire() if metrics else {"requests": [], "latency": []},
+        "metrics": metrics.to_wire() if metrics else {"requests": [], "latency": [], "dropped": []},
     }
 
 

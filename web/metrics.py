@@ -2,7 +2,8 @@
 
 Nothing is counted here: each component counts its own requests and sends
 the totals in its heartbeats, and this collector renders the latest ones at
-scrape time. The web process's own HTTP requests are counted in the same
+scrape time; so are the malformed internal messages each component dropped
+(`taskring_dropped_messages_total`). The web process's own HTTP requests are counted in the same
 RequestMetrics shape and rendered from memory, so they show even while the
 broker is down.
 """
@@ -47,6 +48,11 @@ class ClusterCollector(Collector):
             "1 while the component's heartbeats arrive, 0 once they stop.",
             labels=["component", "kind"],
         )
+        dropped = CounterMetricFamily(
+            "taskring_dropped_messages",
+            "Malformed internal messages dropped, by component, message and reason.",
+            labels=["component", "kind", "message", "reason"],
+        )
         ready = GaugeMetricFamily(
             "taskring_component_ready",
             "1 when the component says it can take a write now.",
@@ -54,7 +60,9 @@ class ClusterCollector(Collector):
         )
         for component in components:
             _add_component(component, now, requests, durations, up, ready)
-        yield from (requests, durations, up, ready)
+            for message, reason, count in component.heartbeat.metrics.dropped:
+                dropped.add_metric([component.id, component.kind, message, reason], count)
+        yield from (requests, durations, up, ready, dropped)
 
 
 def _add_component(

@@ -60,6 +60,7 @@ from backend.config import (
     BrokerAddress,
     ConfigError,
 )
+from backend.critical import critical_task
 from backend.nodes.process import stop_on_signals
 from backend.protocol import MAX_LINE_BYTES
 from backend.telemetry import RequestMetrics, heartbeat_message, run_heartbeat
@@ -117,9 +118,10 @@ class WebContext:
         try:
             self.view.observe(topic, message, self.clock())
         except HeartbeatError as exc:
-            # Say it once per publisher and problem, not once a second.
+            self.metrics.drops.bad("heartbeat", exc)  # counted, and logged 1st, 10th, ...
+            # Also say it once per publisher and problem, not once a second.
             if self._bad_heartbeats.get(topic) != str(exc):
-                log.warning("ignoring heartbeats on %s: %s", topic, exc)
+                log.info("ignoring heartbeats on %s: %s", topic, exc)
             if len(self._bad_heartbeats) >= MAX_REMEMBERED_BAD:
                 self._bad_heartbeats.clear()  # a flood of junk topics must not grow memory
             self._bad_heartbeats[topic] = str(exc)
@@ -375,6 +377,7 @@ async def run_web(
     )
     if not edge.allowed.configured:
         log.warning("no --allow-portals (TASKRING_ALLOW_PORTALS): the bridges will use no portal")
+    bus.drops = context.metrics.drops  # heartbeats report what the bus dropped
     bus.subscribe(topics.HEARTBEATS, context.on_heartbeat)
     config = uvicorn.Config(
         create_app(context),
@@ -387,8 +390,9 @@ async def run_web(
     server = _Server(config)
     async with bus:
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")
-        heartbeat = asyncio.create_task(
-            run_heartbeat(bus, KIND, web_id, address, context.bus_problem, context.metrics)
+        heartbeat = critical_task(
+            run_heartbeat(bus, KIND, web_id, address, context.bus_problem, context.metrics),
+            f"web {web_id} heartbeat",
         )
         log.info("web %s on http://%s (broker %s)", web_id, address, broker.redacted())
         stopping = asyncio.create_task(stop.wait())

@@ -1,8 +1,13 @@
-"""An in-process bus with the same interface as MqttBus, for unit tests."""
+"""An in-process bus with the same interface as MqttBus, for unit tests.
+
+Like MqttBus it drops (and counts, in `drops`) a payload that is not a msgpack
+map; unlike it, it lets a handler's exception through, so a test sees it.
+"""
 
 from __future__ import annotations
 
-from .codec import pack, unpack
+from .codec import DecodeError, pack, unpack
+from .drops import Drops
 from .topics import matches
 from .transport import BusUnavailable, ConnectHook, Handler, Message
 
@@ -19,6 +24,7 @@ class MemoryHub:
         return bus
 
     async def deliver(self, topic: str, payload: bytes) -> None:
+        """Every attached bus receives `payload` (raw bytes: tests may send any)."""
         for bus in list(self.buses):
             await bus.receive(topic, payload)
 
@@ -28,6 +34,7 @@ class MemoryBus:
         self.hub = hub
         self.handlers: list[tuple[str, Handler]] = []
         self.hooks: list[ConnectHook] = []
+        self.drops = Drops("memory bus")
         self._connected = False
 
     @property
@@ -63,6 +70,11 @@ class MemoryBus:
     async def receive(self, topic: str, payload: bytes) -> None:
         if not self._connected:
             return
-        for topic_filter, handler in self.handlers:
+        try:
+            unpack(payload)
+        except DecodeError as exc:
+            self.drops.drop("payload", "not a msgpack map", f"on {topic}: {exc}")
+            return
+        for topic_filter, handler in list(self.handlers):
             if matches(topic_filter, topic):
-                await handler(topic, unpack(payload))
+                await handler(topic, unpack(payload))  # a copy each, as over MQTT

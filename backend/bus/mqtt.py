@@ -7,6 +7,11 @@ component sees messages from one publisher in the order they were sent; a
 handler or hook may publish but must not wait for another message, since
 messages are read only between handlers. An optional last will (`LastWill`)
 rides on every connect.
+
+Nothing a peer sends can stop it: a payload that is not a msgpack map, or a
+handler that raises on one, is dropped and counted (`drops`, logged
+rate-limited), and any error of a session, not only the broker's, ends in a
+reconnect after a pause.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import aiomqtt
 from aiomqtt.client import ProtocolVersion
 
 from ..config import BrokerAddress
+from ..critical import critical_task
 from .codec import DecodeError, pack, unpack
+from .drops import Drops, rate_limited
 from .topics import matches
 from .transport import BusUnavailable, ConnectHook, Handler, Message
 
@@ -69,8 +76,11 @@ class MqttBus:
         *,
         keepalive: int = 10,
         will: LastWill | None = None,
+        drops: Drops | None = None,
     ) -> None:
         self.address = address
+        self.drops = drops or Drops(f"bus {client_id}", log)
+        self._failures: dict[str, int] = {}  # session errors other than the broker's, by text
         self.client_id = client_id
         self.keepalive = keepalive
         self.will = will
@@ -140,7 +150,8 @@ class MqttBus:
         return self.connected
 
     async def __aenter__(self) -> MqttBus:
-        self._runner = asyncio.create_task(self._run(), name=f"mqtt:{self.client_id}")
+        # Without this loop the component is deaf: should it ever end, the process exits.
+        self._runner = critical_task(self._run(), f"bus {self.client_id}")
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -169,12 +180,24 @@ class MqttBus:
                 if self.last_error != str(exc):
                     log.warning("broker %s: %s; reconnecting", self.address.redacted(), exc)
                 self.last_error = str(exc)
+            except Exception as exc:
+                # A bug here must not leave the component deaf for good: reconnect.
+                self._failed(exc)
             finally:
                 self._client = None
                 self._connected_event.clear()
                 self._settled.set()
             await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
             attempt += 1
+
+    def _failed(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"[:200]
+        if len(self._failures) >= 64 and text not in self._failures:
+            self._failures.clear()  # errors whose text varies must not grow this for good
+        count = self._failures[text] = self._failures.get(text, 0) + 1
+        if rate_limited(count):
+            log.exception("bus %s failed (%d times so far); reconnecting", self.client_id, count)
+        self.last_error = text
 
     async def _session(self) -> None:
         self._settled.clear()
@@ -217,15 +240,17 @@ class MqttBus:
                 done.add(topic_filter)
 
     async def _dispatch(self, topic: str, payload: Any) -> None:
+        """Hand one message to every matching handler; nothing raised gets out."""
         try:
-            decoded = unpack(bytes(payload))
-        except DecodeError as exc:
-            log.warning("dropped a message on %s: %s", topic, exc)
+            decoded = unpack(payload if isinstance(payload, bytes) else bytes(payload))
+        except (DecodeError, TypeError, ValueError) as exc:
+            self.drops.drop("payload", "not a msgpack map", f"on {topic}: {exc}")
             return
-        for topic_filter, handler in self.handlers:
+        for topic_filter, handler in list(self.handlers):
             if matches(topic_filter, topic):
                 try:
                     await handler(topic, decoded)
-                except Exception:
+                except Exception as exc:
                     # One bad message must not stop the component from hearing the rest.
-                    log.exception("handler for %s failed on a message", topic_filter)
+                    why = f"handler raised {type(exc).__name__}"
+                    self.drops.drop(f"message on {topic_filter}", why, str(exc), exc)

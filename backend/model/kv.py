@@ -197,5 +197,41 @@ def key_to_wire(cid: int, key: Key) -> list[Any]:
 
 
 def key_from_wire(item: Any) -> tuple[int, Key]:
+    """The (cid, key) of key_to_wire's form; ValueError on anything else (a handover or a
+    claim's answer comes from the bus, so it is checked whole before it is used)."""
+    if not isinstance(item, list | tuple) or len(item) != 3:
+        raise ValueError("a key must be [cid, record, tasks]")
     cid, record, tasks = item
+    if type(cid) is not int or not 0 <= cid < 1 << 64:
+        raise ValueError("a key's cid must be a ring position")
+    if record is not None and not _is_record(record, cid):
+        raise ValueError("a key's record must be a client record of its cid")
+    if not isinstance(tasks, list | tuple) or not all(_is_task_pair(t) for t in tasks):
+        raise ValueError("a key's tasks must be a list of [title, description] texts")
     return cid, Key(record_from_wire(record) if record else None, dict(map(tuple, tasks)))
+
+
+_RECORD_FIELDS = (
+    ("name", str),
+    ("data", str),
+    ("created_at", int),
+    ("token_salt", bytes),
+    ("token_hash", bytes),
+)
+
+
+def _is_record(wire: Any, cid: int) -> bool:
+    return (
+        isinstance(wire, dict)
+        and wire.get("cid") == cid
+        and all(isinstance(wire.get(name), kind) for name, kind in _RECORD_FIELDS)
+    )
+
+
+def _is_task_pair(item: Any) -> bool:
+    return (
+        isinstance(item, list | tuple)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], str)
+    )

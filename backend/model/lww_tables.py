@@ -218,7 +218,10 @@ def entry_from_wire(raw: Any) -> Entry:
     if not isinstance(raw, (list, tuple)) or len(raw) != 3:
         raise ValueError(f"not an entry: {raw!r}")
     key, value, version = raw
-    if not isinstance(key, (list, tuple)) or not key or key[0] not in _KEY_ARITY:
+    # key[0] may be anything a peer sent, even a list: look it up only once it is text.
+    if not isinstance(key, (list, tuple)) or not key or not isinstance(key[0], str):
+        raise ValueError(f"unknown key: {key!r}")
+    if key[0] not in _KEY_ARITY:
         raise ValueError(f"unknown key: {key!r}")
     if len(key) != _KEY_ARITY[key[0]] or not isinstance(key[1], int):
         raise ValueError(f"malformed key: {key!r}")

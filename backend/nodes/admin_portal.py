@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .. import errors
 from ..admin_pb import admin_pb2, admin_pb2_grpc
+from ..bus.drops import Drops
 from ..bus.mqtt import MqttBus
 from ..cli_common import broker_option, component_id_option, listen_option, storage_option
 from ..config import (
@@ -42,6 +43,7 @@ from ..config import (
     data_dir,
     read_admin_token,
 )
+from ..critical import critical_task
 from ..store import make_store
 from ..store.interface import Store
 from ..telemetry import RequestMetrics
@@ -223,8 +225,9 @@ async def start_admin_server(
         raise OSError(f"cannot listen on {target}")
     await server.start()
     portal = AdminPortal(server, health_servicer, host, bound)
-    portal.health_task = asyncio.create_task(
-        follow_readiness(health_servicer, store, health_interval)
+    # Without it the health service would report a stale status for good.
+    portal.health_task = critical_task(
+        follow_readiness(health_servicer, store, health_interval), "admin portal health"
     )
     return portal
 
@@ -237,9 +240,9 @@ async def run_admin_portal(
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
     stop = stop_on_signals()
-    bus = MqttBus(broker, portal_id)
-    store = make_store(storage, bus, portal_id)
-    metrics = RequestMetrics()
+    metrics = RequestMetrics(Drops(f"admin portal {portal_id}"))
+    bus = MqttBus(broker, portal_id, drops=metrics.drops)
+    store = make_store(storage, bus, portal_id, metrics.drops)
     async with bus:
         try:
             portal = await start_admin_server(store, admin_token, host, port, metrics)

@@ -63,11 +63,13 @@ import click
 
 from .. import config
 from ..bus import topics
+from ..bus.drops import Drops
 from ..bus.mqtt import LastWill, MqttBus
 from ..bus.publisher import Publisher
 from ..bus.transport import BusUnavailable, Message
 from ..cli_common import broker_option, component_id_option
 from ..config import BrokerAddress
+from ..critical import critical_task
 from ..replica.group import default_groups
 from ..ring import wire
 from ..ring.cache_core import CacheNode, Publish, coalesce
@@ -104,9 +106,9 @@ async def run_cache_node(
     incarnation = secrets.token_hex(6)
     # Should the process die, the broker tells the ring and the portals at once.
     gone = LastWill(topics.RING_ANNOUNCE, wire.host_gone(node_id, incarnation))
-    bus = MqttBus(broker, node_id, will=gone)
+    metrics = RequestMetrics(Drops(f"cache node {node_id}"))
+    bus = MqttBus(broker, node_id, will=gone, drops=metrics.drops)
     publisher = Publisher(bus)
-    metrics = RequestMetrics()
     holder: list[CacheNode] = []
     handed_over = asyncio.Event()  # set once a leaving node's handovers are acknowledged
     outgoing: list[Publish] = []
@@ -158,8 +160,8 @@ async def run_cache_node(
             f"durable in groups {', '.join(sorted(groups))}" if groups else "memory only",
             broker.redacted(),
         )
-        ticker = asyncio.create_task(_tick(node, publisher))
-        heartbeat = asyncio.create_task(_heartbeat(bus, node, metrics))
+        ticker = critical_task(_tick(node, publisher), f"cache node {node_id} ticker")
+        heartbeat = critical_task(_heartbeat(bus, node, metrics), f"cache node {node_id} heartbeat")
         await stop.wait()
         log.info("cache node %s leaving the ring", node_id)
         publisher.send(node.leave(loop.time()))

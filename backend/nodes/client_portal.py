@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from ..bus.drops import Drops
 from ..bus.mqtt import MqttBus
 from ..cli_common import broker_option, component_id_option, listen_option, storage_option
 from ..config import (
@@ -147,9 +148,9 @@ async def run_client_portal(
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
     stop = stop_on_signals()
-    bus = MqttBus(broker, portal_id)
-    store = make_store(storage, bus, portal_id)
-    metrics = RequestMetrics()
+    metrics = RequestMetrics(Drops(f"client portal {portal_id}"))
+    bus = MqttBus(broker, portal_id, drops=metrics.drops)
+    store = make_store(storage, bus, portal_id, metrics.drops)
     async with bus:
         try:
             portal = await serve_client_portal(store, host, port, portal_id, metrics, limits)

@@ -1,4 +1,5 @@
-"""What every component process does the same way: stop on a signal, heartbeat while serving."""
+"""What every component process does the same way: stop on a signal, heartbeat while
+serving (a critical task: backend/critical.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..bus.transport import Bus
+from ..critical import critical_task
 from ..telemetry import RequestMetrics, run_heartbeat
 
 T = TypeVar("T")
@@ -49,7 +51,10 @@ async def heartbeating(
     metrics: RequestMetrics,
 ) -> AsyncIterator[None]:
     """Publish heartbeats for as long as the block runs."""
-    task = asyncio.create_task(run_heartbeat(bus, kind, component_id, address, readiness, metrics))
+    task = critical_task(
+        run_heartbeat(bus, kind, component_id, address, readiness, metrics),
+        f"{kind} {component_id} heartbeat",
+    )
     try:
         yield
     finally:

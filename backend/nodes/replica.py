@@ -69,6 +69,7 @@ from ..bus.publisher import Publisher
 from ..bus.transport import BusUnavailable, Message
 from ..cli_common import broker_option
 from ..config import BrokerAddress, data_dir
+from ..critical import critical_task
 from ..private_files import create_private, private_directory
 from ..proc import die_with_parent
 from ..raft import LogCorruptedError, RaftOptions
@@ -380,14 +381,15 @@ async def run_replica(
         log.error("replica %s-%s cannot use %s: %s", group, member, directory, exc)
         return EXIT_FAILED
     gc.freeze()  # the restored state: as for the modules (process.run), and as large
-    bus = MqttBus(broker, f"replica-{group}-{member}")
+    bus = MqttBus(broker, f"replica-{group}-{member}", drops=core.drops)
     replica = Replica(core, storage, bus)
     bus.subscribe(topics.raft_member(group, member), replica.on_message)
     async with bus:
         driver = asyncio.create_task(replica.drive())
+        # The driver ends on a stop or a disk error, and _until sees to both.
         helpers = [
-            asyncio.create_task(replica.tick(tick)),
-            asyncio.create_task(replica.heartbeat()),
+            critical_task(replica.tick(tick), f"replica {group}-{member} ticker"),
+            critical_task(replica.heartbeat(), f"replica {group}-{member} heartbeat"),
         ]
         log.info(
             "replica %s of group %s: term %d, log %d..%d, voters %s (broker %s)",

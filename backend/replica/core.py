@@ -55,6 +55,11 @@ every read that arrived since the last flush, and answers them from the
 state machine once it has applied through the confirmed read index. A read
 changes nothing, so losing leadership or missing its deadline answers
 `unavailable` (safe to retry).
+
+`receive` is total: a message of any shape either is handled or, if it
+cannot be answered (no reply address, an undecodable Raft message, one for
+another group or member), dropped and counted in `drops` (logged
+rate-limited, reported in heartbeats); it never raises.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..bus import topics
+from ..bus.drops import Drops
 from ..errors import BAD_REQUEST, TIMEOUT, UNAVAILABLE
 from ..raft import (
     AppendEntries,
@@ -183,7 +189,8 @@ class ReplicaCore:
         self.proposal_timeout = proposal_timeout
         self.read_timeout = read_timeout
         self.max_entry_bytes = max_entry_bytes
-        self.metrics = RequestMetrics()
+        self.metrics = RequestMetrics(Drops(f"replica {group}-{member}"))
+        self.drops = self.metrics.drops
         self._buffer: list[_Waiter] = []
         self._entries: dict[int, _Entry] = {}
         self._read_batch: list[_Waiter] = []
@@ -204,14 +211,12 @@ class ReplicaCore:
             try:
                 corr, reply_to = wire.check_address(message)
             except ValueError as exc:
-                log.warning(
-                    "group %s: dropped a %s with no reply address: %s", self.group, kind, exc
-                )
+                self.drops.bad(f"{kind} without a reply address", exc)
                 return []
             if kind == wire.PROPOSE:
                 return self._on_propose(message, _Waiter(corr, reply_to, now))
             return self._on_read(message, _Waiter(corr, reply_to, now))
-        log.warning("group %s: dropped a message of unknown type %r", self.group, kind)
+        self.drops.drop("message", "unknown type", f"{kind!r:.80}")
         return []
 
     def tick(self, now: float) -> list[Send]:
@@ -363,19 +368,22 @@ class ReplicaCore:
 
     def _step(self, message: dict[str, Any]) -> None:
         if message.get("group") != self.group:
-            log.warning(
-                "group %s: dropped Raft messages for group %r", self.group, message.get("group")
-            )
+            self.drops.drop("raft", "another group's", f"{message.get('group')!r:.80}")
             return
         batch = message.get("msgs")
         if not isinstance(batch, list):
-            log.warning("group %s: dropped Raft messages: msgs is not a list", self.group)
+            self.drops.drop("raft", "msgs is not a list")
             return
         for item in batch:
             try:
-                self.node.step(message_from_wire(item))
+                raft_message = message_from_wire(item)
             except ValueError as exc:
-                log.warning("group %s: dropped a Raft message: %s", self.group, exc)
+                self.drops.bad("raft message", exc)
+                continue
+            if raft_message.dst != self.member:
+                self.drops.drop("raft message", "for another member")
+                continue
+            self.node.step(raft_message)
 
     def _raft_sends(self, ready: Ready) -> list[Send]:
         by_member: dict[int, list[dict[str, Any]]] = {}

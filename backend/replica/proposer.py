@@ -11,7 +11,9 @@ answers by (client id, request id). The caller moves messages:
     proposer.leader_hint(group, member)                 e.g. from replica heartbeats
 
 and publishes `sends` (backend/replica/core.py's Send). Each `Done(handle, ok,
-results, error)` arrives exactly once per handle.
+results, error)` arrives exactly once per handle. An answer not in
+backend/replica/wire.py's form is dropped and counted (`drops`), and the
+request waits on as if it had not come.
 
 Retrying. Every attempt of a proposal carries the same request ids, so the
 group applies it at most once however many attempts reach the log
@@ -46,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..bus.drops import Drops
 from ..errors import BAD_REQUEST, TIMEOUT, UNAVAILABLE
 from . import wire
 from .core import Send
@@ -96,12 +99,14 @@ class GroupProposer:
         attempt_timeout: float = ATTEMPT_TIMEOUT,
         retry_delay: float = RETRY_DELAY,
         deadline: float = DEADLINE,
+        drops: Drops | None = None,
     ) -> None:
         """`members[group]` lists each group's members; `inbox(group, member)` is a member's
         topic; `reply_topic(group)` is where this proposer hears answers from a group."""
         if not members or not all(members.values()):
             raise ValueError("every replica group needs at least one member")
         self.client_id = client_id
+        self.drops = drops or Drops(f"proposer {client_id}")
         self.members = {group: sorted(ids) for group, ids in members.items()}
         self.inbox = inbox
         self.reply_topic = reply_topic
@@ -134,9 +139,16 @@ class GroupProposer:
             self.leaders[group] = member
 
     def receive(self, message: dict[str, Any], now: float) -> tuple[list[Done], list[Send]]:
-        request = self._by_corr.get(message.get("corr"))  # type: ignore[arg-type]
+        corr = message.get("corr")
+        request = self._by_corr.get(corr) if isinstance(corr, str) else None
         if request is None or message.get("t") not in (wire.PROPOSED, wire.READ_RESULT):
             return [], []  # an answer to a finished request, or a repeat
+        try:
+            wire.check_answer(message, len(request.ops))
+        except ValueError as exc:
+            # Not an answer: the request waits on for a real one (or its deadline).
+            self.drops.bad(str(message.get("t")), exc)
+            return [], []
         if message.get("ok") is True:
             self.leader_hint(request.group, message.get("member"))
             results = message["results"]

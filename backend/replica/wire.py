@@ -131,6 +131,42 @@ def check_propose(message: Mapping[str, Any]) -> Proposal:
     return Proposal(client, request, acked, tuple(ops))
 
 
+def check_answer(message: Mapping[str, Any], ops: int) -> None:
+    """A proposed/read_result answering a request of `ops` operations, in the form above;
+    ValueError naming the first bad field (what a result's `result` holds is checked
+    by whoever reads it)."""
+    _text(message, "corr")
+    ok = message.get("ok")
+    if not isinstance(ok, bool):
+        raise ValueError("ok must be true or false")
+    for name in ("member", "leader", "index"):
+        value = message.get(name)
+        if value is not None:
+            _int(value, name, 0, MAX_U64)
+    if not ok:
+        if not _is_error(message.get("error")):
+            raise ValueError("error must be a map of code and message texts")
+        return
+    results = message.get("results")
+    if not isinstance(results, list) or len(results) != ops:
+        raise ValueError(f"results must be a list of {ops} op results")
+    for result in results:
+        if not isinstance(result, Mapping) or not isinstance(result.get("ok"), bool):
+            raise ValueError("an op result must be a map with ok")
+        if result["ok"] and not isinstance(result.get("result"), Mapping):
+            raise ValueError("an ok op result must carry a result map")
+        if not result["ok"] and not _is_error(result.get("error")):
+            raise ValueError("a failed op result must carry an error map")
+
+
+def _is_error(error: Any) -> bool:
+    return (
+        isinstance(error, Mapping)
+        and isinstance(error.get("code"), str)
+        and isinstance(error.get("message"), str)
+    )
+
+
 def check_read(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     return _ops(message, check_read_op)
 
@@ -177,8 +213,8 @@ def check_write_or_read_op(op: Any) -> None:
     if not isinstance(op, Mapping):
         raise ValueError(f"an operation must be a map, not {type(op).__name__}")
     name = op.get("op")
-    if name not in _OP_FIELDS:
-        raise ValueError(f"unknown operation {name!r}")
+    if not isinstance(name, str) or name not in _OP_FIELDS:  # a list would not hash
+        raise ValueError(f"unknown operation {name!r:.80}")
     _int(op.get("cid"), "cid", 0, MAX_U64)
     for key, kind in _OP_FIELDS[name].items():
         value = op.get(key)
@@ -203,10 +239,10 @@ def check_read_op(op: Any) -> None:
     elif name == "clients_after":
         _int(op.get("after"), "clients_after: after", -1, MAX_U64)
         _int(op.get("limit"), "clients_after: limit", 1, MAX_OPS)
-    elif name in READ_OPS and "owner" not in op:
+    elif isinstance(name, str) and name in READ_OPS and "owner" not in op:
         check_write_or_read_op(op)
     else:
-        raise ValueError(f"{name!r} is not a read operation")
+        raise ValueError(f"{name!r:.80} is not a read operation")
 
 
 def _text(message: Mapping[str, Any], key: str) -> str:

@@ -43,6 +43,11 @@ Scans read every group instead of memory.
 
 Memory-only mode (no groups): a crashed node's keys are lost; the ring heals
 around it and its keys answer not_found.
+
+`receive` is total: a message that is not well formed (of any type, from
+anyone) is answered bad_request when it names where to, or else dropped and
+counted in `drops` (logged rate-limited, reported in heartbeats); it never
+raises and never changes state before it is checked.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ from ..errors import BAD_REQUEST, UNAVAILABLE
 from ..model.kv import WRITE_OPS, KeyValueState, record_to_wire
 from ..model.records import CLIENT_DELETED, TOKEN_ROTATED
 from ..replica import wire as group_wire
-from ..replica.state_machine import OpResult, apply_op, outcome_of
+from ..replica.state_machine import OpResult, apply_op, op_error, outcome_of
 from ..telemetry import RequestMetrics
 from . import wire
 from .durable import DurableKeys, Finished, Job
@@ -173,6 +178,9 @@ class CacheNode:
         self.may_bootstrap = bootstrap
         self.join_wait = join_wait
         self.metrics = metrics or RequestMetrics()
+        self.drops = self.metrics.drops
+        if not self.drops.owner:
+            self.drops.owner = f"cache node {host_id}"
         self.rng = random.Random(seed)
         self.now = now
         self.peers: dict[str, _PeerInfo] = {}
@@ -190,7 +198,9 @@ class CacheNode:
         self._imported = False  # keys arrived since the last sweep
         self._arrived = False  # keys arrived since parked requests were last looked at
         self.durable = (
-            DurableKeys(host_id, incarnation, groups, self.state, now) if groups else None
+            DurableKeys(host_id, incarnation, groups, self.state, now, self.drops)
+            if groups
+            else None
         )
         self._in_flight: set[tuple[str, str]] = set()  # (reply_to, corr) being proposed
 
@@ -250,7 +260,7 @@ class CacheNode:
             try:
                 inner = wire.unbatch(message)
             except ValueError as exc:
-                log.warning("dropped a malformed batch on %s: %s", topic, exc)
+                self.drops.bad("batch", exc)
                 inner = []
             for item in inner:
                 self._receive(item.get("t"), topic, item, out)
@@ -287,11 +297,11 @@ class CacheNode:
             try:
                 chord_message = decode(message)
             except ValueError as exc:
-                log.warning("dropped a malformed ring message: %s", exc)
+                self.drops.bad(f"chord {kind}", exc)
                 return
             self._process(self.host.handle(chord_message), out)
         else:
-            log.warning("dropped a message of unknown type %r on %s", kind, topic)
+            self.drops.drop("message", "unknown type", f"{kind!r:.80} on {topic}")
 
     def tick(self, now: float) -> list[Publish]:
         self._clock(now)
@@ -343,7 +353,7 @@ class CacheNode:
         try:
             wire.check_announce(message)
         except ValueError as exc:
-            log.warning("dropped a malformed announcement: %s", exc)
+            self.drops.bad("announcement", exc)
             return
         host = message["host"]
         if host == self.id:
@@ -361,7 +371,7 @@ class CacheNode:
         try:
             wire.check_host_gone(message)
         except ValueError as exc:
-            log.warning("dropped a malformed host_gone: %s", exc)
+            self.drops.bad("host_gone", exc)
             return []
         host = message["host"]
         peer = self.peers.get(host)
@@ -439,7 +449,7 @@ class CacheNode:
         elif kind == wire.HANDOVER:
             self._on_handover(payload, out)
         else:
-            log.warning("dropped a lookup with an unknown payload (token %r)", owned.token)
+            self.drops.drop("lookup", "unknown payload", f"token {owned.token!r:.80}")
 
     def _on_dropped(self, dropped: Dropped, out: list[Publish]) -> None:
         token = dropped.token
@@ -484,15 +494,14 @@ class CacheNode:
         if _usable_text(corr) and _reply_address(reply_to):
             out.append(Publish(reply_to, wire.reply_error(corr, BAD_REQUEST, problem)))  # type: ignore[arg-type]
         else:
-            kind = message.get("t")
-            log.warning("dropped a malformed %s with no usable reply address: %s", kind, problem)
+            self.drops.drop(str(message.get("t"))[:40], "no usable reply address", problem)
 
     def _serve(self, owned: Owned, out: list[Publish], since: float | None = None) -> None:
         request = owned.payload
         try:
             wire.check_request(request)
         except ValueError as exc:
-            log.warning("dropped a malformed request that reached its owner: %s", exc)
+            self.drops.bad("request at its owner", exc)
             return
         corr, reply_to = request["corr"], request["reply_to"]
         cached = self._replies.get((reply_to, corr))
@@ -509,7 +518,13 @@ class CacheNode:
             self._in_flight.add((reply_to, corr))
             self.durable.submit(owned.key, Job((owned, request), request["op"], started))
             return
-        result = apply_op(self.state, request["op"])
+        try:
+            # Checked whole first: an operation that fails halfway must not change memory.
+            group_wire.check_write_or_read_op(request["op"])
+        except ValueError as exc:
+            result = op_error(BAD_REQUEST, str(exc))
+        else:
+            result = apply_op(self.state, request["op"])
         if outcome_of(result) == BAD_REQUEST:
             self._drop_if_empty(owned.key)
         self._answer(owned, request, result, "", self.now - started, out)
@@ -576,7 +591,7 @@ class CacheNode:
     ) -> None:
         address = _parse_request_token(token)
         if address is None:
-            log.warning("cannot answer request token %r: no reply address in it", token)
+            self.drops.drop("lookup", "token without a reply address", f"{token!r:.80}")
             return
         reply_to, corr = address
         out.append(Publish(reply_to, wire.reply_error(corr, UNAVAILABLE, message, route)))
@@ -733,7 +748,7 @@ class CacheNode:
         try:
             wire.check_handover(message)
         except ValueError as exc:
-            log.warning("dropped a malformed handover: %s", exc)
+            self.drops.bad("handover", exc)
             return
         hid, sender = message["id"], message["from"]
         if sender == self.id:
@@ -749,12 +764,12 @@ class CacheNode:
         try:
             wire.check_handover_ack(message)
         except ValueError as exc:
-            log.warning("dropped a malformed handover acknowledgement: %s", exc)
+            self.drops.bad("handover_ack", exc)
             return
         self.moves.acknowledged(message["id"])
 
     def _import(self, items: list[Any]) -> None:
-        import_keys(self.state, items)
+        import_keys(self.state, items, self.drops)
         self._imported = self._arrived = True
 
     def _hand_everything_over(self, out: list[Publish]) -> None:

@@ -48,8 +48,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..bus import topics
+from ..bus.drops import Drops
 from ..errors import BAD_REQUEST, TIMEOUT, UNAVAILABLE
-from ..model.kv import WRITE_OPS, KeyValueState
+from ..model.kv import WRITE_OPS, KeyValueState, key_from_wire
 from ..replica import wire as group_wire
 from ..replica.core import Send
 from ..replica.group import group_for
@@ -140,11 +141,13 @@ class DurableKeys:
         groups: dict[str, list[int]],
         state: KeyValueState,
         now: float,
+        drops: Drops | None = None,
         *,
         lease: float = LEASE,
         lease_keep: float = LEASE_KEEP,
     ) -> None:
         self.host_id = host_id
+        self.drops = drops or Drops(f"cache node {host_id}")
         self.owner = f"{host_id}/{incarnation}"
         client = client_name(host_id, incarnation)
         self.proposer = GroupProposer(
@@ -153,6 +156,7 @@ class DurableKeys:
             topics.raft_member,
             lambda group: topics.raft_reply(group, host_id, incarnation),
             deadline=PROPOSAL_DEADLINE,
+            drops=self.drops,
         )
         self.reply_filter = topics.raft_replies(host_id, incarnation)
         self.groups = sorted(groups)
@@ -354,6 +358,7 @@ class DurableKeys:
         else:
             results = [op_error(done.code, done.message)] * len(batch.items)
         for item, result in zip(batch.items, results, strict=False):
+            result = self._checked(item.kind, result)
             if item.kind == "renew":
                 self._on_renewed(batch, result, done.index)
             elif item.kind == "claim":
@@ -366,6 +371,14 @@ class DurableKeys:
                 if not self._writes_in_flight[item.cid]:
                     del self._writes_in_flight[item.cid]
             self._dirty.add(item.cid)
+
+    def _checked(self, kind: str, result: OpResult) -> OpResult:
+        """`result` if what this node reads of it is well formed (the proposer checked
+        its shape); else a timeout: whatever it answered may have been applied."""
+        if not result.get("ok") or _result_fits(kind, result["result"]):
+            return result
+        self.drops.drop(f"{kind} result", "malformed result")
+        return op_error(TIMEOUT, f"the group's answer to a {kind} was malformed")
 
     def _on_renewed(self, batch: _Batch, result: OpResult, index: int) -> None:
         group = batch.group
@@ -468,7 +481,8 @@ class DurableKeys:
 
     def _on_scan_part(self, scan: _Scan, done: Done) -> None:
         scan.waiting.discard(done.handle)
-        if done.ok and done.results and done.results[0].get("ok"):
+        first = done.results[0] if done.ok and done.results else {}
+        if first.get("ok") and _result_fits("scan", first["result"]):
             for client in done.results[0]["result"]["clients"]:
                 scan.clients[client["cid"]] = client
         elif scan.error is None:
@@ -499,6 +513,32 @@ class DurableKeys:
     def leases(self, now: float) -> dict[str, float]:
         """Seconds of lease left per group (0 when lapsed)."""
         return {g: max(0.0, round(t - now, 3)) for g, t in self._lease_until.items()}
+
+
+def _result_fits(kind: str, result: dict[str, Any]) -> bool:
+    """Whether an ok result of a renew, claim or scan holds what this module reads."""
+    index = result.get("index", 0)
+    if type(index) is not int:
+        return False
+    if kind == "renew":
+        revoked = result.get("revoked")
+        return revoked is None or (
+            isinstance(revoked, list) and all(type(c) is int for c in revoked)
+        )
+    if kind == "claim":
+        previous, key = result.get("previous"), result.get("key")
+        if not (previous is None or isinstance(previous, str)):
+            return False
+        try:
+            return key is None or key_from_wire(key) is not None
+        except ValueError:
+            return False
+    if kind == "scan":
+        clients = result.get("clients")
+        return isinstance(clients, list) and all(
+            isinstance(c, dict) and type(c.get("cid")) is int for c in clients
+        )
+    return True
 
 
 def client_name(host_id: str, incarnation: str) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from ..bus.drops import Drops
 from ..chord import between_right
 from ..chord.ids import is_position
 from ..model.kv import Key, KeyValueState, key_from_wire
@@ -135,17 +136,17 @@ class KeyMoves:
         self._cold_positions = {p: t for p, t in self._cold_positions.items() if t > now}
 
 
-def import_keys(state: KeyValueState, items: list[Any]) -> int:
-    """Add handed-over keys that `state` does not hold; malformed ones are skipped.
-    Returns how many were added."""
+def import_keys(state: KeyValueState, items: list[Any], drops: Drops) -> int:
+    """Add handed-over keys that `state` does not hold; malformed ones are skipped (and
+    counted in `drops`). Returns how many were added."""
     added = 0
     for item in items:
         try:
             cid, key = key_from_wire(item)
             if not isinstance(key, Key) or not is_position(cid):
-                raise ValueError(f"not a key: {item!r:.80}")
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("dropped a malformed key in a handover: %r", exc)
+                raise ValueError("not a key")
+        except ValueError as exc:
+            drops.bad("key in a handover", exc)
             continue
         if cid not in state.keys:
             state.keys[cid] = key

@@ -208,8 +208,23 @@ def check_handover_ack(message: dict[str, Any]) -> None:
 
 def check_reply(message: dict[str, Any]) -> None:
     _text(message, "corr")
-    if not isinstance(message.get("ok"), bool):
+    ok = message.get("ok")
+    if not isinstance(ok, bool):
         raise ValueError("reply ok must be a boolean")
+    if ok and not isinstance(message.get("result"), dict):
+        raise ValueError("a reply with ok must carry a result map")
+    error = message.get("error")
+    if not ok and not (
+        isinstance(error, dict)
+        and isinstance(error.get("code"), str)
+        and isinstance(error.get("message"), str)
+    ):
+        raise ValueError("a reply without ok must carry an error map of code and message")
+    route = message.get("route", [])
+    if not isinstance(route, list) or not all(isinstance(h, str) for h in route):
+        raise ValueError("reply route must be a list of host ids")
+    if not isinstance(message.get("owner", ""), str):
+        raise ValueError("reply owner must be a host id")
 
 
 def _text(message: dict[str, Any], name: str) -> str:

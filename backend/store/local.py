@@ -6,7 +6,8 @@ After each (re)connection a portal broadcasts its whole state and asks its
 peers for theirs, so one that started late or lost the broker for a while
 catches up. Merging is last-writer-wins by hybrid-clock version
 (model/lww_tables.py), so all portals converge whatever the delivery order.
-This mode promises no durability.
+This mode promises no durability. A malformed sync entry or request is
+dropped and counted (`drops`), never raised.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..bus import topics
+from ..bus.drops import Drops
 from ..bus.transport import Bus, BusUnavailable, Message
 from ..model.hlc import HybridClock
 from ..model.identity import hash_token, new_salt, token_matches
@@ -35,8 +37,15 @@ def _wall_ms() -> int:
 
 
 class LocalStore:
-    def __init__(self, bus: Bus, portal_id: str, wall_ms: Callable[[], int] = _wall_ms) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        portal_id: str,
+        wall_ms: Callable[[], int] = _wall_ms,
+        drops: Drops | None = None,
+    ) -> None:
         self.bus = bus
+        self.drops = drops or Drops(f"portal {portal_id}")
         self.portal_id = portal_id
         self.tables = LwwTables()
         self.clock = HybridClock(portal_id, wall_ms)
@@ -131,14 +140,17 @@ class LocalStore:
     async def _on_changes(self, _topic: str, message: Message) -> None:
         if message.get("origin") == self.portal_id:
             return
-        entries = _decode_entries(message.get("entries"))
+        entries = _decode_entries(message.get("entries"), self.drops)
         for _, _, version in entries:
             self.clock.observe(version)
         self.watchers.deliver(self.tables.merge(entries))
 
     async def _on_snapshot_request(self, _topic: str, message: Message) -> None:
         requester = message.get("origin")
-        if not isinstance(requester, str) or requester == self.portal_id:
+        if not _is_portal_id(requester):
+            self.drops.drop("snapshot request", "origin must be a portal id")
+            return
+        if requester == self.portal_id:
             return
         await self._send_snapshot(topics.sync_snapshot_reply(requester))
 
@@ -153,14 +165,20 @@ class LocalStore:
             await self.bus.publish(topic, {"origin": self.portal_id, "entries": chunk})
 
 
-def _decode_entries(raw: Any) -> list[Entry]:
+def _decode_entries(raw: Any, drops: Drops) -> list[Entry]:
     if not isinstance(raw, list):
-        log.warning("dropped a sync message without an entry list")
+        drops.drop("sync message", "entries must be a list")
         return []
     entries = []
     for item in raw:
         try:
             entries.append(entry_from_wire(item))
         except ValueError as exc:
-            log.warning("dropped a malformed sync entry: %s", exc)
+            drops.drop("sync entry", "malformed entry", str(exc))
     return entries
+
+
+def _is_portal_id(value: Any) -> bool:
+    """A requester's id names a reply topic: text without MQTT's wildcards (a publish to
+    one would fail) or NUL."""
+    return isinstance(value, str) and 0 < len(value) <= 256 and not any(c in value for c in "+#\0")

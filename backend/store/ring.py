@@ -16,6 +16,9 @@ A cache node that dies is not waited out: the broker publishes its last will
 (`host_gone`, on the announcement topic) as its connection drops, and the
 portal forgets the node and at once retries, through another entry, whatever
 repeatable attempt waited on it.
+
+Every handler of what arrives is total: a message that is not well formed is
+dropped and counted (`drops`, logged rate-limited), never raised.
 """
 
 from __future__ import annotations
@@ -32,11 +35,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..bus import topics
+from ..bus.drops import Drops
 from ..bus.transport import Bus, BusUnavailable, Message
 from ..errors import CODES, INTERNAL, NOT_FOUND, TIMEOUT, UNAVAILABLE, OpError
 from ..model.identity import hash_token, new_salt, token_matches
 from ..model.kv import READ_OPS, record_from_wire
-from ..model.records import TOKEN_ROTATED, ClientRecord, Event, Task
+from ..model.records import (
+    CLIENT_DELETED,
+    TASK_DELETED,
+    TASK_INSERTED,
+    TASK_UPDATED,
+    TASKS_CLEARED,
+    TOKEN_ROTATED,
+    ClientRecord,
+    Event,
+    Task,
+)
 from ..ring import wire
 from .interface import TRACE, EventSink, Unwatch
 from .watchers import Watchers
@@ -67,8 +81,10 @@ class RingStore:
         portal_id: str,
         clock: Callable[[], float] = time.monotonic,
         request_timeout: float = REQUEST_TIMEOUT,
+        drops: Drops | None = None,
     ) -> None:
         self.bus = bus
+        self.drops = drops or Drops(f"portal {portal_id}")
         self.portal_id = portal_id
         self.clock = clock
         self.request_timeout = request_timeout
@@ -412,7 +428,7 @@ class RingStore:
         try:
             wire.check_announce(message)
         except ValueError as exc:
-            log.warning("dropped a malformed announcement: %s", exc)
+            self.drops.bad("announcement", exc)
             return
         host, incarnation = message["host"], message["incarnation"]
         gone = self._gone.pop(host, None)
@@ -438,7 +454,7 @@ class RingStore:
         try:
             wire.check_host_gone(message)
         except ValueError as exc:
-            log.warning("dropped a malformed host_gone: %s", exc)
+            self.drops.bad("host_gone", exc)
             return
         host, incarnation = message["host"], message["incarnation"]
         info = self.hosts.get(host)
@@ -461,13 +477,13 @@ class RingStore:
         try:
             replies = wire.unbatch(message)
         except ValueError as exc:
-            log.warning("dropped a malformed batch of replies: %s", exc)
+            self.drops.bad("batch of replies", exc)
             return
         for reply in replies:
             try:
                 wire.check_reply(reply)
             except ValueError as exc:
-                log.warning("dropped a malformed reply: %s", exc)
+                self.drops.bad("reply", exc)
                 continue
             future = self.pending.get(reply["corr"])
             if future is not None and not future.done():
@@ -477,9 +493,9 @@ class RingStore:
         try:
             batch = wire.unbatch(message)
         except ValueError as exc:
-            log.warning("dropped a malformed batch of events: %s", exc)
+            self.drops.bad("batch of events", exc)
             return
-        events = [e for e in map(_parse_event, batch) if e is not None]
+        events = [e for e in map(self._parse_event, batch) if e is not None]
         for event in events:
             if event.kind == TOKEN_ROTATED:  # it may come before its copy on client-changes
                 self._forget_authentications(event.cid)
@@ -488,24 +504,38 @@ class RingStore:
         self.watchers.deliver(events)
 
     async def _on_client_change(self, _topic: str, message: Message) -> None:
-        event = _parse_event(message)
+        event = self._parse_event(message)
         if event is not None:
             self._forget_authentications(event.cid)
+
+    def _parse_event(self, message: Message) -> Event | None:
+        try:
+            return event_from_wire(message)
+        except ValueError as exc:
+            self.drops.bad("event", exc)
+            return None
 
     def _forget_authentications(self, cid: int) -> None:
         for key in [k for k in self.authenticated if k[0] == cid]:
             del self.authenticated[key]
 
 
-def _parse_event(message: Message) -> Event | None:
-    try:
-        return _event_from_wire(message)
-    except (KeyError, TypeError, ValueError) as exc:
-        log.warning("dropped a malformed event: %s", exc)
-        return None
+EVENT_KINDS = frozenset(
+    (TASK_INSERTED, TASK_UPDATED, TASK_DELETED, TASKS_CLEARED, CLIENT_DELETED, TOKEN_ROTATED)
+)
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
-def _event_from_wire(message: Message) -> Event:
-    cid = int(message["cid"], 16)
+def event_from_wire(message: Message) -> Event:
+    """An event from its contract map (Event.to_wire()); ValueError on anything else."""
+    kind, cid = message.get("event"), message.get("cid")
+    if not isinstance(kind, str) or kind not in EVENT_KINDS:
+        raise ValueError("event must name a known kind of event")
+    if not isinstance(cid, str) or len(cid) != 16 or not set(cid) <= _HEX_DIGITS:
+        raise ValueError("event cid must be 16 lowercase hex digits")
     title, description = message.get("title"), message.get("description")
-    return Event(str(message["event"]), cid, title, description)
+    if not (title is None or isinstance(title, str)):
+        raise ValueError("event title must be text")
+    if not (description is None or isinstance(description, str)):
+        raise ValueError("event description must be text")
+    return Event(kind, int(cid, 16), title, description)
