@@ -20,8 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.broker_auth import STATUS_LOGIN, broker_url_for
+from backend.config import BrokerAddress
 from backend.supervision import BrokerPlan, Settings, plan_replicas, same_url_for_every_login
-from tests.conftest import TASKRING, Processes, free_port, port_open, start_mosquitto, wait_until
+from tests.conftest import (
+    TASKRING,
+    Processes,
+    free_port,
+    log_text,
+    port_open,
+    start_mosquitto,
+    wait_until,
+)
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
@@ -41,6 +51,18 @@ class Stack:
     cache_nodes: dict[str, Process] = field(default_factory=dict)  # "cache-node-1" -> process
     processes: Processes | None = None
     commands: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> taskring args
+    logins: bool = False  # each component logs in to `taskring broker` as itself
+
+    def env_for(self, name: str) -> dict[str, str]:
+        """The environment component `name` runs with: its own broker login, if any."""
+        if not self.logins:
+            return self.env
+        return {**self.env, "TASKRING_BROKER": self.login_url(name)}
+
+    def login_url(self, login: str) -> str:
+        assert self.data_dir is not None
+        address = BrokerAddress.parse(self.broker)
+        return broker_url_for(login, address.host, address.port, self.data_dir)
 
     def members(self, name: str) -> dict[str, Process]:
         """The table (replicas or cache nodes) that holds the process called `name`."""
@@ -61,7 +83,7 @@ class Stack:
         assert self.processes is not None
         if self.members(name)[name].poll() is None:
             self.kill(name)
-        process = self.processes.taskring(*self.commands[name], name=name, env=self.env)
+        process = self.processes.taskring(*self.commands[name], name=name, env=self.env_for(name))
         self.members(name)[name] = process
         return process
 
@@ -110,14 +132,20 @@ def start_stack(
     cache_nodes: int = 4,
     replica_groups: int = 0,
     replicas: int = 3,
+    logins: tuple[str, ...] | None = None,
 ) -> Stack:
     """Mosquitto, the cache ring in `ring` storage (with `replica_groups` groups of
     `replicas` replicas behind it when replica_groups > 0), client portals and an admin
-    portal."""
+    portal.
+
+    With `logins`, Mosquitto runs as `taskring up` runs it (`taskring broker`: a login
+    and an ACL per component), every component logs in as itself, and the broker also
+    knows the extra `logins` (for a test that plays a component); `Stack.broker` is then
+    the `status` login's URL. Without, Mosquitto lets anyone in."""
     if replica_groups and storage != "ring":
         raise ValueError(f"replica groups need storage='ring', not {storage!r}")
-    broker = start_mosquitto(processes, tmp_path)
     data = tmp_path / "data"
+    broker = start_mosquitto(processes, tmp_path) if logins is None else ""
     env = {
         "TASKRING_BROKER": broker,
         "TASKRING_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -127,9 +155,16 @@ def start_stack(
     if storage == "ring":
         stack.commands.update(replica_commands(replica_groups, replicas, data))
         stack.commands.update(cache_node_commands(cache_nodes, replica_groups, replicas))
-        for name, args in stack.commands.items():
-            table = stack.replicas if name.startswith("replica-") else stack.cache_nodes
-            table[name] = processes.taskring(*args, name=name, env=env)
+    portal_names = [f"client-portal-{n}" for n in range(1, client_portals + 1)]
+    if logins is not None:
+        every = [*stack.commands, *portal_names, "admin-portal-1", *logins]
+        port = start_taskring_broker(processes, data, every)
+        stack.logins = True
+        stack.broker = broker_url_for(STATUS_LOGIN, "127.0.0.1", port, data)
+        stack.env["TASKRING_BROKER"] = stack.broker
+    for name, args in stack.commands.items():
+        table = stack.replicas if name.startswith("replica-") else stack.cache_nodes
+        table[name] = processes.taskring(*args, name=name, env=stack.env_for(name))
     client_ports = [free_port() for _ in range(client_portals)]
     admin_port = free_port()
     portals = []
@@ -141,7 +176,7 @@ def start_stack(
             "--listen",
             f"127.0.0.1:{port}",
             name=f"client-portal-{number}",
-            env=env,
+            env=stack.env_for(f"client-portal-{number}"),
         )
         portals.append(portal)
     admin = processes.taskring(
@@ -153,7 +188,7 @@ def start_stack(
         "--data-dir",
         str(tmp_path / "data"),
         name="admin-portal-1",
-        env=env,
+        env=stack.env_for("admin-portal-1"),
     )
     for port, portal in zip([*client_ports, admin_port], [*portals, admin], strict=True):
         wait_until(
@@ -189,3 +224,22 @@ def cache_node_commands(nodes: int, groups: int, replicas: int) -> dict[str, tup
             args += ("--bootstrap",)
         commands[f"cache-node-{number}"] = args + durable
     return commands
+
+
+def start_taskring_broker(processes: Processes, data: Path, logins: list[str]) -> int:
+    """`taskring broker` (Mosquitto with a login and an ACL per component) on a free
+    port, knowing `logins`; returns its port."""
+    port = free_port()
+    process = processes.taskring(
+        "broker",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(data),
+        "--logins",
+        ",".join(logins),
+        name="broker",
+    )
+    wait_until(lambda: port_open(port) or process.poll() is not None, "the broker to listen")
+    assert process.poll() is None, log_text(process)
+    return port

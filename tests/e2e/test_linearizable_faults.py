@@ -30,8 +30,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+import msgpack
 import pytest
 
+from backend.broker_auth import may
 from backend.bus import topics
 from backend.bus.mqtt import MqttBus
 from backend.cluster_view import REPLICA, ClusterView, HeartbeatError
@@ -86,8 +89,15 @@ class Heartbeats:
 class Scenario:
     """One stack, its clients, a heartbeat listener and the load, for one test."""
 
-    def __init__(self, processes: Processes, tmp_path: Path, replica_groups: int) -> None:
+    def __init__(
+        self,
+        processes: Processes,
+        tmp_path: Path,
+        replica_groups: int,
+        logins: tuple[str, ...] | None = None,
+    ) -> None:
         self.processes, self.tmp_path, self.replica_groups = processes, tmp_path, replica_groups
+        self.logins = logins
         self.figures: list[str] = []
         self.failures: list[str] = []
         self.fault_at = 0.0
@@ -110,6 +120,7 @@ class Scenario:
             cache_nodes=CACHE_NODES,
             replica_groups=self.replica_groups,
             replicas=3,
+            logins=self.logins,
         )
 
     async def run(self, fault: Fault | None) -> None:
@@ -182,8 +193,13 @@ class Scenario:
             return None
 
 
-async def scenario(processes: Processes, tmp_path: Path, replica_groups: int) -> Scenario:
-    run = Scenario(processes, tmp_path, replica_groups)
+async def scenario(
+    processes: Processes,
+    tmp_path: Path,
+    replica_groups: int,
+    logins: tuple[str, ...] | None = None,
+) -> Scenario:
+    run = Scenario(processes, tmp_path, replica_groups, logins)
     await run.start()
     return run
 
@@ -316,13 +332,125 @@ async def kill_portal(run: Scenario) -> None:
     # started again on its port, as the supervisor would, for the final reads through it
     port = run.stack.client_ports[0]
     listen = ("--id", portal, "--listen", f"127.0.0.1:{port}")
-    run.processes.taskring("client-portal", *listen, name=f"{portal}-again", env=run.stack.env)
+    run.processes.taskring(
+        "client-portal", *listen, name=f"{portal}-again", env=run.stack.env_for(portal)
+    )
     since = time.monotonic()
     if await run.expect(
         eventually(lambda: port_open(port), f"{portal} listening again", RECOVERY_DEADLINE),
         f"{portal} restarted",
     ):
         run.note(f"restarted {portal}: listening after {time.monotonic() - since:.2f}s")
+
+
+async def poison_every_topic(run: Scenario) -> None:
+    """Publish undecodable and malformed payloads on every internal topic, for a few
+    seconds, with a login of every role (POISONERS: the broker knows them, no component
+    uses them), as an insider holding any one login would. The broker's ACL lets each
+    login through where its role may publish; every component must drop what arrives
+    (counting it) and go on serving."""
+    targets = await internal_topics(run)
+    allowed = {login: [t for t in targets if may(login, "write", t)] for login in POISONERS}
+    reached = sorted({t for topics_ in allowed.values() for t in topics_})
+    run.note(f"poisoning {len(reached)} of {len(targets)} topics, {len(POISON)} payloads each")
+    assert set(reached) == set(targets), f"no login may write {set(targets) - set(reached)}"
+    run.fault_at = time.monotonic()
+    for login, writable in allowed.items():
+        address = BrokerAddress.parse(run.stack.login_url(login))
+        async with aiomqtt.Client(
+            address.host, address.port, username=address.username, password=address.password
+        ) as client:
+            for _ in range(POISON_ROUNDS):
+                for topic in writable:
+                    for payload in POISON:
+                        await client.publish(topic, payload, qos=0)
+    await run.served_again(None, "first write made after the poison acknowledged after", True)
+    alive = [p for p in run.processes.started if p.poll() is None]
+    assert len(alive) == len(run.processes.started), "a component died of the poison"
+
+
+async def internal_topics(run: Scenario) -> list[str]:
+    """Every topic the stack's components listen on (the cache nodes' reply topics named
+    after their incarnations, which their announcements tell)."""
+    stack = run.stack
+    portals = [f"client-portal-{n}" for n in range(1, len(stack.client_ports) + 1)]
+    portals.append("admin-portal-1")
+    found = [
+        topics.RING_ANNOUNCE,
+        topics.RING_CLIENT_CHANGES,
+        topics.SYNC_CHANGES,
+        topics.SYNC_SNAPSHOT_REQUEST,
+        *(topics.ring_host(n) for n in stack.cache_nodes),
+        topics.ring_events("cache-node-99"),  # portals hear every node's events topic
+        *(topics.ring_reply(p) for p in portals),
+        *(topics.raft_member(GROUP, m) for m in range(1, 4)),
+    ]
+    for host, incarnation in (await incarnations(run)).items():
+        found.append(topics.raft_reply(GROUP, host, incarnation))
+    # Heartbeats: each login may publish its own only, which the web process must judge.
+    for login in POISONERS:
+        kind, component = login.rsplit("-", 1)[0], login
+        if kind == "replica-g1":
+            kind, component = "replica", f"{GROUP}-99"
+        found.append(topics.heartbeat(kind, component))
+    return found
+
+
+async def incarnations(run: Scenario) -> dict[str, str]:
+    """host -> incarnation, from the cache nodes' announcements."""
+    address = BrokerAddress.parse(run.stack.login_url("cache-node-99"))
+    heard: dict[str, str] = {}
+    async with aiomqtt.Client(
+        address.host, address.port, username=address.username, password=address.password
+    ) as client:
+        await client.subscribe(topics.RING_ANNOUNCE)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(POISON_LISTEN):
+                async for message in client.messages:
+                    announcement = msgpack.unpackb(bytes(message.payload))
+                    heard[announcement["host"]] = announcement["incarnation"]
+                    if len(heard) == len(run.stack.cache_nodes):
+                        break
+    return heard
+
+
+def poison_payloads() -> list[bytes]:
+    """Bytes no decoder should choke on: not msgpack, msgpack that unpacks to something
+    other than a map (or raises other than a decode error), and maps of the wrong shape."""
+    raw = [
+        b"",
+        b"\x81\x91\x01\x01",  # a map whose key is an array: TypeError in unpackb
+        b"\x81\x81\x01\x01\x01",  # a map whose key is a map
+        b"\xc1",  # a byte msgpack never uses
+        b"\x91" * 5000 + b"\xc0",  # nested deeper than the unpacker's stack
+        b"\xdb\xff\xff\xff\xff",  # a string claiming 4 GiB
+        b"\xdd\x7f\xff\xff\xff",  # an array claiming 2**31 items
+        bytes(range(256)),
+    ]
+    shapes: list[Any] = [
+        [1, 2, 3],
+        {"t": "batch", "msgs": [1, "x", None, {"t": "batch", "msgs": []}]},
+        {"t": "request", "corr": 7, "reply_to": ["x"], "key": -1, "op": "insert_task"},
+        {"t": "reply", "corr": "nobody", "ok": "yes", "result": [1]},
+        {"t": "announce", "host": 5, "incarnation": None, "positions": "all"},
+        {"t": "host_gone", "host": ["cache-node-1"], "incarnation": {}},
+        {"t": "handover", "from": "x", "id": "y", "keys": [[1, 2], "k"], "arcs": [[1]]},
+        {"t": "raft", "group": "g1", "msgs": [{"type": "append", "term": "one"}, 4]},
+        {"t": "propose", "corr": "c", "reply_to": "r", "client": "x", "request": -3},
+        {"t": "read", "corr": "c", "reply_to": "r", "ops": [{"op": "load_keys", "cids": 1}]},
+        {"t": "proposed", "corr": 1, "ok": True, "results": "none"},
+        {"event": "task_inserted", "cid": "not-hex", "title": 3},
+        {"id": 5, "kind": ["web"], "address": {"x": 1}, "metrics": "lots", "ring": 1},
+        {"t": "snapshot", "table": None, "rows": [[1]]},
+    ]
+    return raw + [msgpack.packb(shape) for shape in shapes]
+
+
+POISON = poison_payloads()
+# A login of every role that no component of the stack uses.
+POISONERS = ("client-portal-99", "admin-portal-99", "cache-node-99", "replica-g1-99", "web-99")
+POISON_LISTEN = 3.0  # seconds to hear every cache node announce itself
+POISON_ROUNDS = 3
 
 
 # ---- the scenarios ----------------------------------------------------------------------
@@ -368,6 +496,13 @@ async def test_killing_a_client_portal_loses_no_acknowledged_write(
 ) -> None:
     run = await scenario(processes, tmp_path, replica_groups=1)
     await run.run(kill_portal)
+
+
+async def test_garbage_on_every_internal_topic_loses_nothing_and_stops_nothing(
+    processes: Processes, tmp_path: Path
+) -> None:
+    run = await scenario(processes, tmp_path, replica_groups=1, logins=POISONERS)
+    await run.run(poison_every_topic)
 
 
 async def test_a_full_restart_brings_back_every_acknowledged_task(
