@@ -158,7 +158,7 @@ def start_stack(
     portal_names = [f"client-portal-{n}" for n in range(1, client_portals + 1)]
     if logins is not None:
         every = [*stack.commands, *portal_names, "admin-portal-1", *logins]
-        port = start_taskring_broker(processes, data, every)
+        port, _ = start_taskring_broker(processes, data, "--logins", ",".join(every))
         stack.logins = True
         stack.broker = broker_url_for(STATUS_LOGIN, "127.0.0.1", port, data)
         stack.env["TASKRING_BROKER"] = stack.broker
@@ -226,20 +226,14 @@ def cache_node_commands(nodes: int, groups: int, replicas: int) -> dict[str, tup
     return commands
 
 
-def start_taskring_broker(processes: Processes, data: Path, logins: list[str]) -> int:
+def start_taskring_broker(
+    processes: Processes, data: Path, *flags: str, env: dict[str, str] | None = None
+) -> tuple[int, subprocess.Popen[bytes]]:
     """`taskring broker` (Mosquitto with a login and an ACL per component) on a free
-    port, knowing `logins`; returns its port."""
+    port, with its files in `data`; returns its port and process."""
     port = free_port()
-    process = processes.taskring(
-        "broker",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--data-dir",
-        str(data),
-        "--logins",
-        ",".join(logins),
-        name="broker",
-    )
+    listen = ("--listen", f"127.0.0.1:{port}", "--data-dir", str(data))
+    process = processes.taskring("broker", *listen, *flags, name="broker", env=env)
     wait_until(lambda: port_open(port) or process.poll() is not None, "the broker to listen")
     assert process.poll() is None, log_text(process)
-    return port
+    return port, process

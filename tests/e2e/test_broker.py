@@ -29,6 +29,7 @@ from backend.bus.mqtt import MqttBus
 from backend.bus.probe import CONNACK_ACCEPTED, probe_broker
 from backend.config import BrokerAddress
 from tests.conftest import MOSQUITTO, Processes, free_port, log_text, port_open, wait_until
+from tests.e2e.stack import start_taskring_broker
 
 pytestmark = pytest.mark.e2e
 needs_mosquitto = pytest.mark.skipif(
@@ -39,12 +40,8 @@ needs_mosquitto = pytest.mark.skipif(
 def start_broker(
     processes: Processes, tmp_path: Path, *flags: str
 ) -> tuple[int, Path, subprocess.Popen[bytes]]:
-    port, data = free_port(), tmp_path / "data"
-    process = processes.taskring(
-        "broker", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data), *flags, name="broker"
-    )
-    wait_until(lambda: port_open(port) or process.poll() is not None, "the broker to listen")
-    assert process.poll() is None, log_text(process)
+    data = tmp_path / "data"
+    port, process = start_taskring_broker(processes, data, *flags)
     return port, data, process
 
 
@@ -320,18 +317,8 @@ def test_broker_works_with_tmpdir_that_mosquitto_cannot_enter(processes: Process
     directory; a TMPDIR only root may enter must not be where that goes."""
     private_tmp = tmp_path / "root-only"
     private_tmp.mkdir(mode=0o700)
-    port, data = free_port(), tmp_path / "data"
-    process = processes.taskring(
-        "broker",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--data-dir",
-        str(data),
-        name="broker",
-        env={"TMPDIR": str(private_tmp)},
-    )
-    wait_until(lambda: port_open(port) or process.poll() is not None, "the broker to listen")
-    assert process.poll() is None, log_text(process)
+    data = tmp_path / "data"
+    port, process = start_taskring_broker(processes, data, env={"TMPDIR": str(private_tmp)})
     password = load_credentials(data)["status"]
     assert probe_broker("127.0.0.1", port, "status", password) == CONNACK_ACCEPTED
     assert process.poll() is None, log_text(process)

@@ -737,6 +737,19 @@ async def test_a_partial_line_then_silence_is_closed_by_the_line_timeout() -> No
         await stop_world(w)
 
 
+async def stuck_watchers_and_a_reader(w: World, stuck: int = 1) -> asyncio.Task[None]:
+    """`stuck` watchers of alice that never read (tiny receive buffers), and one that
+    reads everything; returns the reading task, for the test to cancel."""
+    for _ in range(stuck):
+        peer = await Peer.connect(w.port, rcvbuf=4096)
+        w.peers.append(peer)
+        assert (await peer.call("auth", cid=w.cid, token=TOKEN))["ok"]
+        await peer.call("watch", cid=w.cid)
+    healthy = await w.authed()
+    await healthy.call("watch", cid=w.cid)
+    return asyncio.create_task(drain_forever(healthy))
+
+
 async def fill_until_dropped(w: World, peer_count: int, title_prefix: str) -> None:
     """Make changes with big descriptions until the portal drops its non-reading watchers."""
     alice = cid_for_name("alice")
@@ -752,13 +765,7 @@ async def test_a_watcher_that_never_reads_is_dropped_at_the_hard_limit() -> None
     limits = Limits(write_buffer=64 << 10, write_buffer_hard=256 << 10, stall_timeout=60.0)
     w = await start_world(limits)
     try:
-        stuck = await Peer.connect(w.port, rcvbuf=4096)
-        w.peers.append(stuck)
-        assert (await stuck.call("auth", cid=w.cid, token=TOKEN))["ok"]
-        await stuck.call("watch", cid=w.cid)
-        healthy = await w.authed()
-        await healthy.call("watch", cid=w.cid)
-        reading = asyncio.create_task(drain_forever(healthy))
+        reading = await stuck_watchers_and_a_reader(w)
         await fill_until_dropped(w, 2, "t")
         reading.cancel()
         assert len(w.portal.connections) == 1
@@ -995,13 +1002,7 @@ async def test_a_watcher_that_never_reads_is_closed_at_its_watch_budget() -> Non
     limits = Limits(watch_buffer=64 << 10, write_buffer_hard=1 << 30, stall_timeout=60.0)
     w = await start_world(limits)
     try:
-        stuck = await Peer.connect(w.port, rcvbuf=4096)
-        w.peers.append(stuck)
-        assert (await stuck.call("auth", cid=w.cid, token=TOKEN))["ok"]
-        await stuck.call("watch", cid=w.cid)
-        healthy = await w.authed()
-        await healthy.call("watch", cid=w.cid)
-        reading = asyncio.create_task(drain_forever(healthy))
+        reading = await stuck_watchers_and_a_reader(w)
         alice = cid_for_name("alice")
         budget = w.portal.context.watch_budget
         for n in range(5_000):
@@ -1022,14 +1023,7 @@ async def test_a_clients_watchers_that_never_read_are_closed_at_its_total_budget
                     write_buffer_hard=1 << 30, stall_timeout=60.0)  # fmt: skip
     w = await start_world(limits)
     try:
-        for _ in range(4):
-            stuck = await Peer.connect(w.port, rcvbuf=4096)
-            w.peers.append(stuck)
-            assert (await stuck.call("auth", cid=w.cid, token=TOKEN))["ok"]
-            await stuck.call("watch", cid=w.cid)
-        healthy = await w.authed()
-        await healthy.call("watch", cid=w.cid)
-        reading = asyncio.create_task(drain_forever(healthy))
+        reading = await stuck_watchers_and_a_reader(w, stuck=4)
         alice = cid_for_name("alice")
         budget = w.portal.context.watch_budget
         for n in range(5_000):
