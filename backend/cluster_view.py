@@ -147,7 +147,8 @@ class Component:
             "alive": alive,
             "ready": alive and beat.ready,
             "problem": beat.problem if alive else f"no heartbeat for {self.age(now):.1f}s",
-            "uptime_seconds": round(beat.uptime, 3),
+            "uptime": round(beat.uptime, 3),  # seconds
+            "uptime_seconds": round(beat.uptime, 3),  # the same, under its older name
             "last_heard_seconds": round(self.age(now), 3),
             "requests": beat.metrics.served,
         }

@@ -122,10 +122,10 @@ def ask_web(url: str, wait: float) -> Snapshot:
         with httpx.Client(base_url=base, timeout=wait) as http:
             cluster = _get_json(http, "/api/cluster", (200,))
             readiness = _get_json(http, "/readyz", (200, 503))
-            components = _get_json(http, "/api/components", (200, 404))
+            components = _get_json(http, "/api/components", (200, 404), list)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise Unreachable(f"cannot reach the web process at {base}: {exc}") from exc
-    listed = components.get("components") or [
+    listed = components or [
         {"id": p["id"], "kind": p["kind"], "address": p["address"]}
         for p in cluster.get("portals", [])
     ]
@@ -138,18 +138,21 @@ def ask_web(url: str, wait: float) -> Snapshot:
     )
 
 
-def _get_json(http: httpx.Client, path: str, accepted: tuple[int, ...]) -> dict[str, Any]:
+def _get_json(http: httpx.Client, path: str, accepted: tuple[int, ...], shape: type = dict) -> Any:
+    """The JSON body of GET `path`, which must be a `shape` (an object, or a list); an
+    empty one for a 404 when that is accepted."""
     response = http.get(path)
     if response.status_code not in accepted:
         raise Unreachable(f"{http.base_url}{path} answered HTTP {response.status_code}")
     if response.status_code == 404:
-        return {}
+        return shape()
     try:
         body = response.json()
     except ValueError as exc:
         raise Unreachable(f"{http.base_url}{path} did not answer JSON") from exc
-    if not isinstance(body, dict):
-        raise Unreachable(f"{http.base_url}{path} did not answer a JSON object")
+    if not isinstance(body, shape):
+        what = "a JSON object" if shape is dict else "a JSON list"
+        raise Unreachable(f"{http.base_url}{path} did not answer {what}")
     return body
 
 

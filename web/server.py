@@ -223,12 +223,11 @@ def create_app(context: WebContext) -> FastAPI:
         }
 
     @app.get("/api/components")
-    async def components() -> dict[str, Any]:
+    async def components() -> list[dict[str, Any]]:
+        """A JSON list, one entry per component: id, kind, pid, uptime (seconds) and
+        requests, with address, alive, ready, problem and last_heard_seconds besides."""
         listed, now = context.components()
-        return {
-            "components": [c.summary(now) for c in listed],
-            "bus": {"connected": context.bus.connected, "broker": context.broker},
-        }
+        return [c.summary(now) for c in listed]
 
     @app.get("/metrics")
     async def metrics() -> Response:

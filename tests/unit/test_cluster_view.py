@@ -167,6 +167,7 @@ def test_summary_of_a_live_and_a_dead_component() -> None:
         "alive": True,
         "ready": True,
         "problem": None,
+        "uptime": 42.5,
         "uptime_seconds": 42.5,
         "last_heard_seconds": 0.5,
         "requests": 2,

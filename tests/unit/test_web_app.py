@@ -162,11 +162,22 @@ async def test_portals_that_fall_silent_stop_counting(
     assert (await http.get("/api/cluster")).json()["portals"] == []
 
 
+async def test_components_are_a_json_list_with_the_contract_fields(
+    http: httpx.AsyncClient,
+) -> None:
+    components = (await http.get("/api/components")).json()
+    assert isinstance(components, list)
+    [web] = components
+    assert {"id", "kind", "pid", "uptime", "requests"} <= set(web)
+    assert (web["id"], web["kind"]) == ("web-1", "web")
+    assert isinstance(web["uptime"], float | int) and isinstance(web["requests"], int)
+
+
 async def test_a_malformed_heartbeat_is_ignored(
     http: httpx.AsyncClient, context: WebContext
 ) -> None:
     await context.on_heartbeat("taskring/v1/heartbeat/x/y", {"id": "y", "kind": "x"})
-    components = (await http.get("/api/components")).json()["components"]
+    components = (await http.get("/api/components")).json()
     assert [c["id"] for c in components] == ["web-1"]
 
 
@@ -264,7 +275,7 @@ async def test_a_heartbeat_whose_kind_differs_from_its_topic_is_dropped(
     claimed = heartbeat_message("cache-node-9", ADMIN_PORTAL, "127.0.0.1:50051", 0.0, None, None)
     await context.on_heartbeat("taskring/v1/heartbeat/cache-node/cache-node-9", claimed)
     assert (await http.get("/api/cluster")).json()["portals"] == []
-    components = (await http.get("/api/components")).json()["components"]
+    components = (await http.get("/api/components")).json()
     assert [c["id"] for c in components] == ["web-1"]
 
 

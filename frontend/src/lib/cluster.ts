@@ -222,9 +222,10 @@ export function changes(before: Cluster, after: Cluster): string[] {
 
 /** The process id of every live component, keyed "kind/id", from GET /api/components. */
 export function parsePids(json: unknown): Map<string, number> {
+  // A JSON list of components; older web processes wrapped it in {"components": [...]}.
   const body = (typeof json === "object" && json !== null ? json : {}) as Record<string, unknown>;
   const pids = new Map<string, number>();
-  for (const raw of list(body.components)) {
+  for (const raw of Array.isArray(json) ? json : list(body.components)) {
     const entry = (raw ?? {}) as Record<string, unknown>;
     if (entry.alive === true && typeof entry.pid === "number") pids.set(`${text(entry.kind)}/${text(entry.id)}`, entry.pid);
   }
