@@ -1,4 +1,6 @@
-"""The error codes of the public contract and the one exception that carries them.
+"""The error codes of the public protocol and the one exception that carries them.
+
+What each code means: docs/protocol.md, Error codes.
 
 Pure cores raise `OpError(code, message)`; each adapter maps it to its wire:
 the TCP protocol writes the code, the gRPC portal a status code.

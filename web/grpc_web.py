@@ -45,7 +45,7 @@ from fastapi.responses import PlainTextResponse
 log = logging.getLogger(__name__)
 
 SERVICE = "taskring.admin.v1.AdminService"
-# The RPCs of CONTRACT section 3; any other name is UNIMPLEMENTED without a round trip.
+# The RPCs of docs/protocol.md, Admin service; any other name is UNIMPLEMENTED without a round trip.
 RPCS = frozenset(
     {"CreateClient", "GetClient", "UpdateClient", "DeleteClient", "ListClients", "RotateToken"}
 )

@@ -5,7 +5,7 @@ the browser sends its first message (not when the socket opens: a page that
 opens its socket at load and then sits idle would otherwise hold an idle,
 unauthenticated portal connection that the portal closes after a while).
 Every text message from the browser is one request line of the client
-protocol (CONTRACT section 2) and goes to the portal unchanged, with the
+protocol (docs/protocol.md, Client protocol) and goes to the portal unchanged, with the
 `\\n` the line protocol needs; every line the portal sends (responses and
 watch events) comes back as one text message, without its `\\n`.
 

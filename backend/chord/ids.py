@@ -5,8 +5,8 @@ An interval whose two ends are equal follows Chord's convention for a one-positi
 ring: the open interval (a, a) is every position but a, the half-open (a, a] is the
 whole ring, so a lone position owns every key.
 
-A key's owner is the first position at or after it, wrapping around (the contract's
-"successor" of the key).
+A key's owner is the first position at or after it, wrapping around (the
+"successor" of the key; docs/protocol.md, Trace).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The admin portal: the gRPC server of CONTRACT section 3.
+"""The admin portal: the gRPC server of docs/protocol.md, Admin service.
 
 `start_admin_server(store, admin_token, host, port)` serves AdminService on
 any `Store` (tests give it a LocalStore over a MemoryBus) next to the
 standard health and reflection services; `command` is `taskring
-admin-portal`, which connects to the MQTT broker, keeps a LocalStore in step
-with the other portals, publishes heartbeats, and stops cleanly (exit 0) on
-SIGTERM or SIGINT.
+admin-portal`, which connects to the MQTT broker, serves the store of
+--storage (the ring, or local tables kept in step with the other portals),
+publishes heartbeats, and stops cleanly (exit 0) on SIGTERM or SIGINT.
 
 Every AdminService call passes through `AdminCalls`, a server interceptor
 that checks the bearer token, maps errors to status codes and counts the

@@ -1,10 +1,12 @@
-"""The AdminService of CONTRACT section 3 over any Store: checks, paging, records to messages.
+"""AdminService over any Store: checks, paging, records to messages.
+
+The service itself is docs/protocol.md, Admin service.
 
 Handlers raise `OpError` with a contract code; the admin portal's call
 interceptor (admin_portal.py) turns it into a gRPC status, checks the admin
 token before a handler runs, and counts every call.
 
-Choices the contract leaves open:
+The details of docs/protocol.md, Admin service, as checked here:
 
 - A name is stored as given minus leading and trailing whitespace; case and
   inner spacing are kept for display. It must be 1 to 256 bytes of UTF-8

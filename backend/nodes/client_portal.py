@@ -1,9 +1,10 @@
-"""The client portal: a TCP server speaking the line protocol of CONTRACT section 2.
+"""The client portal: a TCP server speaking the line protocol of docs/protocol.md.
 
 `serve_client_portal(store, host, port, portal_id)` runs the server on any
 `Store` (tests give it a LocalStore over a MemoryBus); `command` is
-`taskring client-portal`, which connects to the MQTT broker, keeps a
-LocalStore in step with the other portals, publishes heartbeats, and stops
+`taskring client-portal`, which connects to the MQTT broker, serves the
+store of --storage (the ring, or local tables kept in step with the other
+portals), publishes heartbeats, and stops
 cleanly (exit 0) on SIGTERM or SIGINT.
 
 The portal counts connections in total and per source address

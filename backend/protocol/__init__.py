@@ -1,4 +1,6 @@
-"""The client protocol (CONTRACT section 2) as pure code: framing, requests, responses.
+"""The client protocol as pure code: framing, requests, responses.
+
+The protocol itself is docs/protocol.md, Client protocol.
 
 Nothing here does I/O; `backend/nodes/client_portal.py` moves the bytes.
 """

@@ -4,7 +4,7 @@
 arguments all have the right types and sizes, or raises `InvalidRequest`
 (code `bad_request`) with a message saying what to change.
 
-Decisions the contract leaves open, made here:
+The details of docs/protocol.md, Client protocol, as checked here:
 
 - The line must be UTF-8 holding exactly one JSON object. JSON's
   whitespace around it (spaces, tabs, a `\\r` before the newline) is

@@ -1,8 +1,8 @@
 """Which replica group holds a key: rendezvous hashing over the group ids.
 
-Replica groups own keys independently of the cache ring (DESIGN.md, "Data"),
-so cache nodes can come and go without moving durable data. Each key (a CID)
-goes to the group with the highest score `hash(group id, key)` (rendezvous,
+Replica groups own keys independently of the cache ring (docs/architecture.md,
+"Data and ownership"), so cache nodes can come and go without moving durable
+data. Each key (a CID) goes to the group with the highest score `hash(group id, key)` (rendezvous,
 or highest-random-weight, hashing: Thaler & Ravishankar 1998). Adding a group
 moves to it only the keys it now wins, about 1/G of them, and removing a
 group moves only that group's keys; no other key changes group. Every process

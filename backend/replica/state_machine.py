@@ -47,9 +47,9 @@ Writes carry the portal's request id `req`; the first result of each `req`
 is kept (the latest MAX_REQUESTS, forgotten oldest first in log order) and a
 repeat gets it back, marked `"repeat": true`, without applying anything.
 
-Ownership (fencing the cache ring, DESIGN.md "A write, end to end"). The
-cache node that owns a key in the ring claims it through the group before
-serving it, and every write it proposes names it as `owner`:
+Ownership (fencing the cache ring; the rules are docs/architecture.md,
+Leases). The cache node that owns a key in the ring claims it through the
+group before serving it, and every write it proposes names it as `owner`:
 
     {"op": "claim", "cid", "owner"}  -> {"key": kv.key_to_wire(...) | None,
                                           "previous": owner | None, "index": log index}
@@ -62,11 +62,9 @@ A claim hands the key to its caller whoever held it before, and the key
 goes on the previous owner's `revoked` list. `renew` answers and empties
 that list: the keys taken from the caller since its last renewal, or None
 for "all of them" when the group does not know the caller (it never renewed
-here, or was forgotten, or too many keys were taken from it to list). An
-owner serves reads from memory for a while after each renewal (a lease,
-backend/ring/durable.py); a node that claims a key from another live owner
-waits that long before serving it. Writes need no lease: a stale owner's
-write is refused here, in log order.
+here, or was forgotten, or too many keys were taken from it to list). The
+lease an owner builds on these answers is backend/ring/durable.py's. Writes
+need no lease: a stale owner's write is refused here, in log order.
 
 `snapshot()` and `restore()` give the whole state (keys, owners, the answer
 table and the last applied index) as msgpack bytes for Raft snapshots (§7).

@@ -1,5 +1,5 @@
 """A cache node's keys backed by replica groups, pure: what makes an owner's answers
-durable and linearizable (DESIGN.md, "A write, end to end").
+durable and linearizable.
 
 `DurableKeys` sits between the ring's owner logic (cache_core.py) and the
 replica groups (backend/replica). The cache node hands it each request that
@@ -7,36 +7,24 @@ reached this node as the key's owner (`submit`), moves the groups' answers in
 (`receive`), ticks it, and calls `flush` after a burst of messages; it returns
 messages to publish, and collects answers in `finished` for the node to send.
 
-Per key, requests run strictly one after another in arrival order:
+Per key, requests run strictly one after another in arrival order. A key not
+in memory is claimed from its group first; writes are proposed to the group
+naming this node as owner, and memory changes only once the group has applied
+them; reads are answered from memory under the node's lease on the group.
+The rules of claims and leases, and the constants below (LEASE,
+RENEW_INTERVAL, LEASE_KEEP, LEASE_MARGIN), are written out once in
+docs/architecture.md, Leases.
 
-- A key not in memory is *claimed* first: the claim, committed through the
-  key's group (state_machine.py, "Ownership"), makes this node the only one
-  whose writes the group accepts and returns the key's committed state. If
-  another live cache node held the key, its lease may still let it answer
-  reads from memory, so the key waits out LEASE (+ margin) before serving.
-  A previous owner that is an earlier incarnation of this node is dead: no wait.
-- Writes are proposed to the group, naming this node as owner; memory changes
-  only once the group has committed and applied them, with the group's result
-  as the answer. Consecutive writes of one key share one proposal, and every
-  key's proposals to a group share one message (and so one log entry and one
-  fsync at the leader): while MAX_IN_FLIGHT proposals to a group await their
-  answers, what arrives waits and goes out together after, so batches grow
-  with the load. Lease renewals go alone, outside that limit.
-- Reads are answered from memory while this node's lease on the group holds:
-  until LEASE after it sent a renewal that the group then committed. The
-  renewal's answer lists keys other nodes claimed meanwhile; those leave
-  memory at once. Leases are renewed every RENEW_INTERVAL only while reads
-  of the group's keys keep coming (LEASE_KEEP); a read that finds the lease
-  lapsed sends a renewal at once and waits for it.
+Batching: consecutive writes of one key share one proposal, and every key's
+proposals to a group share one message (and so one log entry and one fsync at
+the leader): while MAX_IN_FLIGHT proposals to a group await their answers,
+what arrives waits and goes out together after, so batches grow with the
+load. Lease renewals go alone, outside that limit.
 
 Outcomes stay honest: a write refused by the fence (another node claimed the
 key) or never proposed answers `unavailable`; one whose fate the group could
 not tell answers `timeout`, and the key is claimed again before its next use,
 a barrier behind which memory equals the group's state again.
-
-The lease assumes clocks of cache nodes advance at about the same rate (they
-measure only durations, on one machine or with NTP-disciplined clocks); the
-margin covers small drift.
 """
 
 from __future__ import annotations

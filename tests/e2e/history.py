@@ -1,7 +1,7 @@
 """Client histories recorded under load through real client portals, and their check.
 
 `Load` runs workers that talk to the client portals as any client does: raw
-TCP, one JSON line per request (CONTRACT.md section 2). Each worker belongs to
+TCP, one JSON line per request (docs/protocol.md, Client protocol). Each worker belongs to
 one client (CID) and draws titles from a small set shared with that client's
 other workers, so their operations collide: inserts meet `exists`, deletes
 meet `not_found`, updates race each other and `delete_tasks` clears them all.

@@ -189,7 +189,7 @@ async def test_request_reply_is_not_held_back_by_nagle(processes: Processes, tmp
             await requester.publish(topics.SYNC_SNAPSHOT_REQUEST, {"n": n})
             assert await next_message(requester) == (reply_topic, {"n": n})
             seconds.append(time.perf_counter() - started)
-    # Without set_tcp_nodelay in mosquitto.conf this median is ~44 ms here (DESIGN.md: ~88 ms).
+    # Without set_tcp_nodelay in mosquitto.conf this median is ~44 ms here (~88 ms elsewhere).
     assert statistics.median(seconds) < 0.02, seconds
 
 

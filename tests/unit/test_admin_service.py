@@ -91,7 +91,7 @@ async def admin() -> AsyncIterator[Harness]:
 
 
 def contract_cid(name: str) -> str:
-    """CONTRACT section 3, written out independently of backend.model.identity."""
+    """docs/protocol.md, Admin service, written out independently of backend.model.identity."""
     normalised = unicodedata.normalize("NFC", name).casefold().strip()
     return hashlib.sha256(normalised.encode("utf-8")).digest()[:8].hex()
 

@@ -9,8 +9,8 @@ The portals may learn of a new client (or a new token) a moment after the
 admin portal answered, so loading a client's tasks is retried while its
 `auth` is refused, up to a deadline.
 
-A client portal connection acts for one client at a time (CONTRACT section
-2), and an operation may be for any of the K clients; so when an operation
+A client portal connection acts for one client at a time (docs/protocol.md,
+Client protocol), and an operation may be for any of the K clients; so when an operation
 is for another client than the connection's last `auth`, the session sends
 `auth` and the operation together in one write and waits for both replies:
 one round trip, two requests for the portal. Reads are `list_tasks` of the

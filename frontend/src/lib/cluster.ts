@@ -1,4 +1,4 @@
-// The cluster as GET /api/cluster describes it (CONTRACT section 4), read defensively,
+// The cluster as GET /api/cluster describes it (docs/protocol.md, Web), read defensively,
 // and the geometry of drawing the Chord ring: a 64-bit position is an angle.
 
 export interface CacheNode {

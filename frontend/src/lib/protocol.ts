@@ -1,4 +1,4 @@
-// The client line protocol (CONTRACT section 2) as the browser sees it: message shapes
+// The client line protocol (docs/protocol.md, Client protocol) as the browser sees it: message shapes
 // and what each error code means for a person.
 
 export interface Trace {
@@ -39,7 +39,7 @@ export interface ChangeEvent {
   description?: string;
 }
 
-/** The codes of the contract, plus `connection_lost` for a socket that closed mid-request. */
+/** The error codes of docs/protocol.md, plus `connection_lost` for a socket that closed mid-request. */
 export type ErrorCode =
   | "bad_request"
   | "unauthorized"

@@ -1,4 +1,4 @@
-// Checks the UI makes before sending anything, with the limits of CONTRACT section 2,
+// Checks the UI makes before sending anything, with the limits of docs/protocol.md, Client protocol,
 // so a person hears what to fix at once instead of after a round trip.
 
 export const MAX_TITLE_BYTES = 256;
