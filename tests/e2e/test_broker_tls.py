@@ -10,7 +10,8 @@ import pytest
 
 from backend.bus.mqtt import MqttBus
 from backend.config import BrokerAddress
-from tests.conftest import MOSQUITTO, free_port, port_open, wait_until
+from tests.conftest import MOSQUITTO, free_port, port_open
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

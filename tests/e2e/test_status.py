@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TASKRING, Processes, free_port, port_open, wait_until
+from tests.conftest import TASKRING, Processes, free_port, port_open
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from backend.bus.mqtt import MqttBus
 from backend.config import BrokerAddress
 from backend.telemetry import run_heartbeat
-from tests.conftest import TASKRING, Processes, free_port, log_text, port_open, wait_until
+from tests.conftest import TASKRING, Processes, free_port, port_open
+from tests.support.waiting import log_text, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from backend.ring.cache_core import CacheNode
 from backend.store.local import LocalStore
 from backend.store.ring import RingStore
 from backend.telemetry import RequestMetrics
+from tests.support.waiting import eventually
 
 DEADLINE = 5.0
 TOKEN = "alice-token-0123456789abcdef"
@@ -168,8 +169,11 @@ async def start_world(
         store_class = RingStore
     store = await make_store(hub, "portal-a", store_class)
     if ring is not None:
-        await eventually(lambda: store.readiness() is None and all(n.member for n in ring.nodes),
-                         "the in-process ring to form")  # fmt: skip
+        await eventually(
+            lambda: store.readiness() is None and all(n.member for n in ring.nodes),
+            "the in-process ring to form",
+            DEADLINE,
+        )
     cid = cid_for_name("alice")
     await store.create_client(cid, "alice", "", TOKEN)
     metrics = RequestMetrics()
@@ -199,13 +203,6 @@ async def stop_world(w: World) -> None:
     await w.portal.close()
     if w.ring is not None:
         w.ring.stop()
-
-
-async def eventually(condition: Callable[[], Any], what: str, within: float = DEADLINE) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def error_code(response: dict[str, Any]) -> str:
@@ -606,7 +603,7 @@ async def test_a_closed_watcher_is_unsubscribed(world: World) -> None:
     await watcher.call("watch", cid=world.cid)
     assert world.store.watchers.sinks
     watcher.close()
-    await eventually(lambda: not world.store.watchers.sinks, "the watch to be dropped")
+    await eventually(lambda: not world.store.watchers.sinks, "the watch to be dropped", DEADLINE)
 
 
 async def test_watching_twice_delivers_each_event_once(world: World) -> None:
@@ -689,9 +686,9 @@ async def test_a_half_open_connection_that_never_sends_is_closed() -> None:
     w = await start_world(Limits(idle_timeout=0.3))
     try:
         peer = await w.connect()
-        await eventually(lambda: len(w.portal.connections) == 1, "the portal to accept")
+        await eventually(lambda: len(w.portal.connections) == 1, "the portal to accept", DEADLINE)
         assert await peer.closed_by_portal() == b""
-        await eventually(lambda: not w.portal.connections, "the portal to let go of it")
+        await eventually(lambda: not w.portal.connections, "the portal to let go of it", DEADLINE)
     finally:
         await stop_world(w)
 
@@ -792,7 +789,9 @@ async def test_a_watcher_stuck_above_the_soft_limit_is_dropped_after_the_stall_t
             await w.store.insert_task(alice, f"s{n}", "x" * 16_000)
             if not w.portal.connections:
                 break
-        await eventually(lambda: not w.portal.connections, "the stuck watcher to be dropped")
+        await eventually(
+            lambda: not w.portal.connections, "the stuck watcher to be dropped", DEADLINE
+        )
     finally:
         await stop_world(w)
 
@@ -813,7 +812,9 @@ async def test_a_pipeliner_that_never_reads_does_not_hold_up_others() -> None:
         started = time.monotonic()
         assert (await other.call("ping"))["pong"]
         assert time.monotonic() - started < 1.0  # well before the stuck one is dropped
-        await eventually(lambda: len(w.portal.connections) == 1, "the stuck client to be dropped")
+        await eventually(
+            lambda: len(w.portal.connections) == 1, "the stuck client to be dropped", DEADLINE
+        )
     finally:
         await stop_world(w)
 
@@ -941,7 +942,7 @@ async def test_connections_beyond_the_per_address_limit_are_turned_away_naming_i
         assert "--max-connections-per-ip" in response["error"]["message"]
         assert await third.closed_by_portal() == b""
         first.close()
-        await eventually(lambda: len(w.portal.connections) == 1, "the portal to let go")
+        await eventually(lambda: len(w.portal.connections) == 1, "the portal to let go", DEADLINE)
         assert (await (await w.connect()).call("ping"))["ok"]  # a freed place is taken again
     finally:
         await stop_world(w)
@@ -1012,7 +1013,9 @@ async def test_a_watcher_that_never_reads_is_closed_at_its_watch_budget() -> Non
                 break
             await asyncio.sleep(0)
         assert len(w.store.watchers.sinks[alice]) == 1  # the reader stays
-        await eventually(lambda: len(w.portal.connections) == 1, "the stuck one to be dropped")
+        await eventually(
+            lambda: len(w.portal.connections) == 1, "the stuck one to be dropped", DEADLINE
+        )
         reading.cancel()
     finally:
         await stop_world(w)
