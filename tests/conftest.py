@@ -31,6 +31,28 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 REPO = Path(__file__).resolve().parent.parent
 TASKRING = str(Path(sys.executable).with_name("taskring"))
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+TESTS = Path(__file__).resolve().parent
+
+# Markers follow from where a test lives and what it starts, so a new file or test
+# cannot forget them (pyproject.toml describes each; `make test-fast` leaves these out).
+DIRECTORY_MARKERS = {"sim": ("sim",), "e2e": ("e2e",), "browser": ("e2e", "browser")}
+PROCESS_FIXTURES = frozenset({"mosquitto", "processes"})  # real OS processes: e2e anywhere
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker in markers_for(item):
+            item.add_marker(marker)
+
+
+def markers_for(item: pytest.Item) -> set[str]:
+    markers: set[str] = set()
+    if item.path.is_relative_to(TESTS):
+        directory = item.path.relative_to(TESTS).parts[0]
+        markers.update(DIRECTORY_MARKERS.get(directory, ()))
+    if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+        markers.add("e2e")
+    return markers
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

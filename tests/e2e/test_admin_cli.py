@@ -32,8 +32,6 @@ from tests.conftest import TASKRING, Processes, free_port, port_open
 from tests.e2e.stack import start_stack
 from tests.support.waiting import eventually, log_text, wait_until
 
-pytestmark = pytest.mark.e2e
-
 ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
 DEADLINE = 20.0
 

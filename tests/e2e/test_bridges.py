@@ -35,8 +35,6 @@ from tests.conftest import Processes, free_port, port_open
 from tests.e2e.stack import ADMIN_TOKEN, Stack, start_stack
 from tests.support.waiting import log_text, wait_until
 
-pytestmark = pytest.mark.e2e
-
 SERVICE = "/taskring.admin.v1.AdminService"
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 GRPC_WEB = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}

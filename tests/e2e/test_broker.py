@@ -32,7 +32,6 @@ from tests.conftest import MOSQUITTO, Processes, free_port, port_open
 from tests.e2e.stack import start_taskring_broker
 from tests.support.waiting import log_text, wait_until
 
-pytestmark = pytest.mark.e2e
 needs_mosquitto = pytest.mark.skipif(
     not os.access(MOSQUITTO, os.X_OK), reason="Mosquitto is not installed"
 )

@@ -13,8 +13,6 @@ from backend.config import BrokerAddress
 from tests.conftest import MOSQUITTO, free_port, port_open
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.e2e
-
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
     key, cert = directory / "broker.key", directory / "broker.crt"

@@ -20,8 +20,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from backend.bus import topics
 from backend.bus.mqtt import MqttBus
 from backend.chord import owner_index
@@ -30,8 +28,6 @@ from backend.model.identity import cid_for_name, hash_token, new_salt
 from backend.ring import wire
 from tests.conftest import TASKRING, Processes
 from tests.support.waiting import eventually, log_text
-
-pytestmark = pytest.mark.e2e
 
 CLIENT_ID = "ring-test"
 REPLY_TO = topics.ring_reply(CLIENT_ID)

@@ -14,8 +14,6 @@ from tests.conftest import TASKRING, free_port
 from tests.e2e.stack import Stack, run_cli, start_stack
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(params=["local", "ring"])
 def stack(request, processes, tmp_path) -> Stack:

@@ -27,8 +27,6 @@ from backend.store.local import LocalStore
 from tests.conftest import TASKRING, Processes, free_port, port_open
 from tests.support.waiting import eventually, log_text, wait_until
 
-pytestmark = pytest.mark.e2e
-
 DEADLINE = 15.0
 TOKEN = "e2e-token-0123456789abcdefghij"
 

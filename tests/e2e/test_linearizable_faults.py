@@ -44,8 +44,6 @@ from tests.e2e.history import Account, Dropped, Line, Load, linearizability_fail
 from tests.e2e.stack import Stack, start_stack
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.e2e
-
 CACHE_NODES = 3
 CLIENTS = 3
 LOAD_SECONDS = 8.0

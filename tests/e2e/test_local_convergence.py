@@ -11,8 +11,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-import pytest
-
 from backend.bus import topics
 from backend.bus.mqtt import MqttBus
 from backend.config import BrokerAddress
@@ -133,6 +131,3 @@ async def _true(value: bool) -> bool:
 
 async def _has(store: LocalStore, title: str) -> bool:
     return any(t.title == title for t in await store.list_tasks(CID))
-
-
-pytestmark = pytest.mark.e2e

@@ -33,8 +33,6 @@ from backend.replica.proposer import Done, GroupProposer
 from tests.conftest import TASKRING, Processes
 from tests.support.waiting import eventually, log_text, wait_until
 
-pytestmark = pytest.mark.e2e
-
 GROUP = "g1"
 MEMBERS = [1, 2, 3]
 CID = cid_for_name("replica-test")

@@ -13,8 +13,6 @@ import pytest
 from tests.conftest import TASKRING, Processes, free_port, port_open
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.e2e
-
 
 def status(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRING_")}

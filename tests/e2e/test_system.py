@@ -20,8 +20,6 @@ from tests.conftest import free_port, port_open
 from tests.e2e.stack import run_cli
 from tests.support.waiting import log_text, wait_until
 
-pytestmark = pytest.mark.e2e
-
 
 def children_of(pid: int) -> set[int]:
     result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)

@@ -26,8 +26,6 @@ from backend.telemetry import run_heartbeat
 from tests.conftest import TASKRING, Processes, free_port, port_open
 from tests.support.waiting import log_text, wait_until
 
-pytestmark = pytest.mark.e2e
-
 ADMIN_TOKEN = "web-e2e-admin-token-0123456789"
 
 
