@@ -505,6 +505,7 @@ async def test_health_of_an_unknown_service_is_not_found(admin: Harness) -> None
     assert caught.value.code() == Status.NOT_FOUND
 
 
+@pytest.mark.slow
 async def test_stopping_the_portal_reports_not_serving_first(admin: Harness) -> None:
     stub = health_pb2_grpc.HealthStub(admin.channel)
     watch = stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=DEADLINE)

@@ -181,7 +181,9 @@ async def start_world(
     return World(hub, store, portal, metrics, format_cid(cid), [], ring)
 
 
-@pytest.fixture(params=["local", "ring"])
+# Over the ring each test first waits about half a second for the in-process ring to
+# form; across every test here that is most of this file's time, hence `slow`.
+@pytest.fixture(params=["local", pytest.param("ring", marks=pytest.mark.slow)])
 async def world(request) -> AsyncIterator[World]:
     """The portal over each storage mode: the contract is the same for both."""
     w = await start_world(storage=request.param)
@@ -796,6 +798,7 @@ async def test_a_watcher_stuck_above_the_soft_limit_is_dropped_after_the_stall_t
         await stop_world(w)
 
 
+@pytest.mark.slow
 async def test_a_pipeliner_that_never_reads_does_not_hold_up_others() -> None:
     limits = Limits(write_buffer=64 << 10, stall_timeout=1.5)
     w = await start_world(limits)
@@ -948,6 +951,7 @@ async def test_connections_beyond_the_per_address_limit_are_turned_away_naming_i
         await stop_world(w)
 
 
+@pytest.mark.slow
 async def test_an_unauthenticated_connection_is_closed_after_the_auth_timeout_with_a_line() -> None:
     w = await start_world(Limits(auth_timeout=0.3))
     try:
@@ -969,6 +973,7 @@ async def test_an_unauthenticated_connection_is_closed_after_the_auth_timeout_wi
         await stop_world(w)
 
 
+@pytest.mark.slow
 async def test_failed_auths_from_one_address_are_slowed_and_others_go_on() -> None:
     w = await start_world(Limits(auth_failure_burst=3, auth_failure_rate=10.0))
     calls: list[float] = []
@@ -999,6 +1004,7 @@ async def test_failed_auths_from_one_address_are_slowed_and_others_go_on() -> No
         await stop_world(w)
 
 
+@pytest.mark.slow
 async def test_a_watcher_that_never_reads_is_closed_at_its_watch_budget() -> None:
     limits = Limits(watch_buffer=64 << 10, write_buffer_hard=1 << 30, stall_timeout=60.0)
     w = await start_world(limits)
