@@ -2,6 +2,7 @@
 #
 #   make run     the whole system on this machine (`taskring up`); ARGS="..." adds flags
 #   make test    lint, then the whole test suite (.ci/run calls exactly this)
+#   make test-fast   lint, then the in-process tests: no broker, browser or sweep (< 1 min)
 #   make lint    ruff check and ruff format --check
 #   make fmt     ruff format and the fixes ruff check can make
 #   make proto   regenerate backend/admin_pb from protos/
@@ -28,10 +29,10 @@ FRONTEND_INPUTS := $(shell find $(FRONTEND)/src -type f -not -path '$(FRONTEND)/
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd
+.PHONY: help run test test-fast lint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd
 
 help:
-	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
 
 # $(call apt_install,package): install a Debian package, refreshing the package lists
 # at most every six hours.
@@ -99,6 +100,15 @@ run: $(STAMP) $(DIST)
 test: $(STAMP) mosquitto chromium redis etcd $(DIST)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The edit-test loop: no Mosquitto, processes, browser or simulator sweeps, and none of
+# the in-process tests that take over a second (markers: see pyproject.toml), so it needs
+# nothing but the virtual environment. `make test` still runs all of them.
+FAST_TESTS := not e2e and not sim and not browser and not slow
+
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -m "$(FAST_TESTS)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

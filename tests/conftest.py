@@ -1,7 +1,8 @@
 """Fixtures shared by every test: free ports, deadlines, a real Mosquitto, real processes.
 
-Nothing here sleeps and hopes: `wait_until` polls a condition against a
-deadline and fails with what it was waiting for.
+Nothing here sleeps and hopes: tests wait with `wait_until` and `eventually`
+(tests/support/waiting.py), which poll a condition against a deadline and fail
+with what they were waiting for.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from backend.bench.targets.peers import free_port
+from tests.support.waiting import wait_until
 
 # Some tests fork (the replica's snapshot writer) in this process after others ran gRPC
 # servers and channels here. gRPC's fork support restarts its poller in the child, which
@@ -31,37 +31,28 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 REPO = Path(__file__).resolve().parent.parent
 TASKRING = str(Path(sys.executable).with_name("taskring"))
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+TESTS = Path(__file__).resolve().parent
+
+# Markers follow from where a test lives and what it starts, so a new file or test
+# cannot forget them (pyproject.toml describes each; `make test-fast` leaves these out).
+DIRECTORY_MARKERS = {"sim": ("sim",), "e2e": ("e2e",), "browser": ("e2e", "browser")}
+PROCESS_FIXTURES = frozenset({"mosquitto", "processes"})  # real OS processes: e2e anywhere
 
 
-def wait_until(
-    condition: Callable[[], Any],
-    what: str,
-    timeout: float = 10.0,
-    interval: float = 0.02,
-    alive: Iterable[subprocess.Popen[bytes]] = (),
-) -> Any:
-    """Poll `condition()` until it returns something truthy; fail naming `what` at the deadline,
-    or at once, with its log, if one of the `alive` processes exits meanwhile."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    watched = list(alive)
-    while time.monotonic() < deadline:
-        for process in watched:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"{process.args!r} exited with {process.returncode} while waiting for "
-                    f"{what}; its log ends:\n{log_text(process)[-3000:]}"
-                )
-        try:
-            result = condition()
-            if result:
-                return result
-        except Exception as exc:  # the condition may fail until the system is up
-            last_error = exc
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
-    )
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker in markers_for(item):
+            item.add_marker(marker)
+
+
+def markers_for(item: pytest.Item) -> set[str]:
+    markers: set[str] = set()
+    if item.path.is_relative_to(TESTS):
+        directory = item.path.relative_to(TESTS).parts[0]
+        markers.update(DIRECTORY_MARKERS.get(directory, ()))
+    if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+        markers.add("e2e")
+    return markers
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -127,10 +118,6 @@ def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def log_text(process: subprocess.Popen[bytes]) -> str:
-    return Path(process.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
 
 
 @pytest.fixture

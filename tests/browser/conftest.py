@@ -38,8 +38,9 @@ from playwright.sync_api import (
 )
 
 from backend.admin_pb import admin_pb2, admin_pb2_grpc
-from tests.conftest import REPO, Processes, free_port, port_open, wait_until
+from tests.conftest import REPO, Processes, free_port, port_open
 from tests.e2e.stack import ADMIN_TOKEN, Stack, start_stack
+from tests.support.waiting import wait_until
 
 CHROMIUM = os.environ.get("TASKRING_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -22,7 +22,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import Deployment, Pages, deploy, screenshot
-from tests.conftest import Processes, wait_until
+from tests.conftest import Processes
+from tests.support.waiting import wait_until
 
 CACHE_NODES = [f"cache-node-{number}" for number in range(1, 5)]
 CLIENTS = 6

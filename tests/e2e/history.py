@@ -45,7 +45,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from backend.sim.linearizability import (
     TaskBagModel,
     check,
 )
+from tests.support.waiting import eventually
 
 ANSWER_DEADLINE = 12.0  # the portal itself gives up after 5 s; past this the line is dead
 CONNECT_DEADLINE = 3.0
@@ -417,19 +418,6 @@ def _succeeded(op: Operation) -> bool:
 def line_port(line: Line) -> int | str:
     peer = line.writer.get_extra_info("peername")
     return peer[1] if peer else "?"
-
-
-async def eventually(condition: Callable[[], Any], what: str, timeout: float) -> Any:
-    """`wait_until` for code inside the event loop: poll without blocking the load."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # ---- checking --------------------------------------------------------------------------

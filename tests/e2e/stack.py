@@ -23,15 +23,8 @@ from typing import Any
 from backend.broker_auth import STATUS_LOGIN, broker_url_for
 from backend.config import BrokerAddress
 from backend.supervision import BrokerPlan, Settings, plan_replicas, same_url_for_every_login
-from tests.conftest import (
-    TASKRING,
-    Processes,
-    free_port,
-    log_text,
-    port_open,
-    start_mosquitto,
-    wait_until,
-)
+from tests.conftest import TASKRING, Processes, free_port, port_open, start_mosquitto
+from tests.support.waiting import log_text, wait_until
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 

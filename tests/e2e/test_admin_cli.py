@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,9 @@ from backend.bus import topics
 from backend.bus.mqtt import MqttBus
 from backend.bus.transport import Message
 from backend.config import BrokerAddress
-from tests.conftest import TASKRING, Processes, free_port, log_text, port_open, wait_until
+from tests.conftest import TASKRING, Processes, free_port, port_open
 from tests.e2e.stack import start_stack
-
-pytestmark = pytest.mark.e2e
+from tests.support.waiting import eventually, log_text, wait_until
 
 ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
 DEADLINE = 20.0
@@ -313,12 +311,15 @@ async def test_the_portal_publishes_heartbeats_with_its_metrics(
     async with bus:
         result = await asyncio.to_thread(admin, "get", "0123456789abcdef")
         assert result.returncode == 1
-        deadline = time.monotonic() + DEADLINE
-        while not any(
-            ["GetClient", "not_found", 1] in h["metrics"]["requests"] for h in heartbeats
-        ):
-            assert time.monotonic() < deadline, f"no heartbeat counting the call: {heartbeats}"
-            await asyncio.sleep(0.05)
+
+        def call_counted() -> bool:
+            counted = ["GetClient", "not_found", 1]
+            assert any(counted in h["metrics"]["requests"] for h in heartbeats), (
+                f"no heartbeat counting the call: {heartbeats}"
+            )
+            return True
+
+        await eventually(call_counted, "a heartbeat counting the call", DEADLINE, 0.05)
     beat = heartbeats[-1]
     assert beat["kind"] == "admin-portal" and beat["address"] == f"127.0.0.1:{portal[1]}"
     assert beat["ready"] is True and beat["problem"] is None

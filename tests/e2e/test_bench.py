@@ -16,8 +16,6 @@ import pytest
 from tests.conftest import free_port
 from tests.e2e.stack import Stack, run_cli, start_stack
 
-pytestmark = pytest.mark.e2e
-
 SHORT = ("--warmup", "0.5", "--connections", "8", "--clients", "20", "--no-progress")
 
 

@@ -14,12 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from backend.bench.restart_data import DataSpec, generate
 from tests.conftest import TASKRING
-
-pytestmark = pytest.mark.e2e
 
 
 def run_bench(tmp_path: Path, *args: str, timeout: float = 100) -> subprocess.CompletedProcess:

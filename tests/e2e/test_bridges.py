@@ -31,10 +31,9 @@ from backend.admin_pb import admin_pb2
 from backend.bus.mqtt import MqttBus
 from backend.config import BrokerAddress
 from backend.telemetry import run_heartbeat
-from tests.conftest import Processes, free_port, log_text, port_open, wait_until
+from tests.conftest import Processes, free_port, port_open
 from tests.e2e.stack import ADMIN_TOKEN, Stack, start_stack
-
-pytestmark = pytest.mark.e2e
+from tests.support.waiting import log_text, wait_until
 
 SERVICE = "/taskring.admin.v1.AdminService"
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -28,10 +28,10 @@ from backend.bus import topics
 from backend.bus.mqtt import MqttBus
 from backend.bus.probe import CONNACK_ACCEPTED, probe_broker
 from backend.config import BrokerAddress
-from tests.conftest import MOSQUITTO, Processes, free_port, log_text, port_open, wait_until
+from tests.conftest import MOSQUITTO, Processes, free_port, port_open
 from tests.e2e.stack import start_taskring_broker
+from tests.support.waiting import log_text, wait_until
 
-pytestmark = pytest.mark.e2e
 needs_mosquitto = pytest.mark.skipif(
     not os.access(MOSQUITTO, os.X_OK), reason="Mosquitto is not installed"
 )

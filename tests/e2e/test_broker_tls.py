@@ -10,9 +10,8 @@ import pytest
 
 from backend.bus.mqtt import MqttBus
 from backend.config import BrokerAddress
-from tests.conftest import MOSQUITTO, free_port, port_open, wait_until
-
-pytestmark = pytest.mark.e2e
+from tests.conftest import MOSQUITTO, free_port, port_open
+from tests.support.waiting import wait_until
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:

@@ -17,10 +17,8 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from backend.bus import topics
 from backend.bus.mqtt import MqttBus
@@ -28,14 +26,14 @@ from backend.chord import owner_index
 from backend.config import BrokerAddress
 from backend.model.identity import cid_for_name, hash_token, new_salt
 from backend.ring import wire
-from tests.conftest import TASKRING, Processes, log_text
-
-pytestmark = pytest.mark.e2e
+from tests.conftest import TASKRING, Processes
+from tests.support.waiting import eventually, log_text
 
 CLIENT_ID = "ring-test"
 REPLY_TO = topics.ring_reply(CLIENT_ID)
 VNODES = 8
 CALL_TIMEOUT = 3.0
+POLL = 0.1  # seconds between looks at the ring: some checks ask every key through it
 
 
 class RingClient:
@@ -117,20 +115,6 @@ class RingClient:
         return True
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def create_op(cid: int, name: str) -> dict[str, Any]:
     salt = new_salt()
     return {
@@ -202,7 +186,7 @@ async def test_the_ring_serves_routes_heals_and_moves_keys(
     async with client.bus:
         assert await client.bus.wait_connected(5.0)
         hosts = list(nodes)
-        await eventually(lambda: client.settled(hosts), "a settled ring of 4 nodes", 20.0)
+        await eventually(lambda: client.settled(hosts), "a settled ring of 4 nodes", 20.0, POLL)
 
         # Clients with a task each, written through random entries; every key answers
         # from every entry, from its true owner, in few hops.
@@ -225,14 +209,14 @@ async def test_the_ring_serves_routes_heals_and_moves_keys(
         async def healed() -> bool:
             return await check_all(client, hosts, tasks, lost) == []
 
-        await eventually(healed, "every key to answer again after a crash", 15.0)
+        await eventually(healed, "every key to answer again after a crash", 15.0, POLL)
         for cid in lost:
             del tasks[cid]
 
         # A fifth node joins: the keys it now owns are handed to it.
         nodes["cache-node-5"] = start_node(processes, mosquitto, "cache-node-5")
         hosts = list(nodes)
-        await eventually(lambda: client.settled(hosts), "the ring to take in node 5", 20.0)
+        await eventually(lambda: client.settled(hosts), "the ring to take in node 5", 20.0, POLL)
         moved = [cid for cid in tasks if client.true_owner(cid, hosts) == "cache-node-5"]
         assert moved, "some keys belong to the new node"
         assert await check_all(client, hosts, tasks, set()) == []
@@ -246,7 +230,7 @@ async def test_the_ring_serves_routes_heals_and_moves_keys(
         )
         assert await asyncio.to_thread(stopping.wait, 10) == 0, log_text(stopping)
         assert acked > 0
-        await eventually(lambda: client.settled(survivors), "the ring to close the gap", 20.0)
+        await eventually(lambda: client.settled(survivors), "the ring to close the gap", 20.0, POLL)
         assert await check_all(client, survivors, tasks, set()) == []
     assert "Traceback" not in "".join(log_text(p) for p in processes.started[1:])
 
@@ -290,7 +274,7 @@ async def test_a_node_outside_a_ring_waits_refuses_bad_input_and_stops(
     cid = cid_for_name("anyone")
     async with client.bus:
         assert await client.bus.wait_connected(5.0)
-        await eventually(lambda: "cache-node-9" in client.heartbeats, "a heartbeat", 10.0)
+        await eventually(lambda: "cache-node-9" in client.heartbeats, "a heartbeat", 10.0, POLL)
         beat = client.heartbeats["cache-node-9"]
         assert (beat["kind"], beat["ready"], beat["problem"]) == (
             "cache-node",

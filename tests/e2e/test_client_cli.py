@@ -10,10 +10,9 @@ import threading
 
 import pytest
 
-from tests.conftest import TASKRING, free_port, wait_until
+from tests.conftest import TASKRING, free_port
 from tests.e2e.stack import Stack, run_cli, start_stack
-
-pytestmark = pytest.mark.e2e
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(params=["local", "ring"])

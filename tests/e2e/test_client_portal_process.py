@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,9 +24,8 @@ from backend.bus.transport import Message
 from backend.config import BrokerAddress
 from backend.model.identity import cid_for_name, format_cid
 from backend.store.local import LocalStore
-from tests.conftest import TASKRING, Processes, free_port, log_text, port_open, wait_until
-
-pytestmark = pytest.mark.e2e
+from tests.conftest import TASKRING, Processes, free_port, port_open
+from tests.support.waiting import eventually, log_text, wait_until
 
 DEADLINE = 15.0
 TOKEN = "e2e-token-0123456789abcdefghij"
@@ -90,14 +88,22 @@ async def test_a_portal_process_answers_and_publishes_heartbeats(
         assert traced["trace"]["route"] == ["client-portal-1"]
         denied = await line.call(id=3, op="auth", cid="0123456789abcdef", token="x")
         assert denied["error"]["code"] == "unauthorized"
-        deadline = time.monotonic() + DEADLINE
-        while not any(["ping", "ok", 2] in h["metrics"]["requests"] for h in heartbeats):
-            assert time.monotonic() < deadline, f"no heartbeat counting the pings: {heartbeats}"
-            await asyncio.sleep(0.05)
+
+        def pings_counted() -> bool:
+            assert any(["ping", "ok", 2] in h["metrics"]["requests"] for h in heartbeats), (
+                f"no heartbeat counting the pings: {heartbeats}"
+            )
+            return True
+
+        await eventually(pings_counted, "a heartbeat counting the pings", DEADLINE, 0.05)
         beat = heartbeats[-1]
         assert beat["kind"] == "client-portal" and beat["address"] == f"127.0.0.1:{port}"
         assert beat["ready"] is True and beat["problem"] is None
         line.writer.close()
+
+
+async def authenticated(line: Line, cid: str) -> bool:
+    return (await line.call(op="auth", cid=cid, token=TOKEN))["ok"]
 
 
 async def test_a_change_through_one_portal_process_reaches_a_watcher_on_another(
@@ -110,10 +116,12 @@ async def test_a_change_through_one_portal_process_reaches_a_watcher_on_another(
         await store.create_client(cid_for_name("erin"), "erin", "", TOKEN)
     one, two = await Line.open(port_one), await Line.open(port_two)
     for line in (one, two):
-        deadline = time.monotonic() + DEADLINE
-        while not (await line.call(op="auth", cid=cid, token=TOKEN))["ok"]:
-            assert time.monotonic() < deadline, "the new client never reached a portal"
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda line=line: authenticated(line, cid),
+            "the new client to reach the portal",
+            DEADLINE,
+            0.05,
+        )
     assert (await two.call(id=1, op="watch", cid=cid))["ok"]
     inserted = await one.call(id=1, op="insert_task", cid=cid, title="café", description="☕")
     assert inserted == {"id": 1, "ok": True}

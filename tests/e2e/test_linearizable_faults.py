@@ -40,10 +40,9 @@ from backend.bus.mqtt import MqttBus
 from backend.cluster_view import REPLICA, ClusterView, HeartbeatError
 from backend.config import BrokerAddress
 from tests.conftest import MOSQUITTO, Processes, port_open, start_mosquitto
-from tests.e2e.history import Account, Dropped, Line, Load, eventually, linearizability_failures
+from tests.e2e.history import Account, Dropped, Line, Load, linearizability_failures
 from tests.e2e.stack import Stack, start_stack
-
-pytestmark = pytest.mark.e2e
+from tests.support.waiting import eventually
 
 CACHE_NODES = 3
 CLIENTS = 3

@@ -7,12 +7,9 @@ the broker underneath them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-
-import pytest
+from collections.abc import AsyncIterator
 
 from backend.bus import topics
 from backend.bus.mqtt import MqttBus
@@ -20,18 +17,10 @@ from backend.config import BrokerAddress
 from backend.model.records import Task
 from backend.store.local import LocalStore
 from tests.conftest import start_mosquitto, stop_process
+from tests.support.waiting import eventually
 
 CID = 0x1234
 DEADLINE = 10.0
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.asynccontextmanager
@@ -51,7 +40,7 @@ async def same_tasks(stores: list[LocalStore]) -> bool:
 async def test_a_change_on_one_portal_shows_on_the_other(mosquitto: str) -> None:
     async with portal(mosquitto, "p1") as one, portal(mosquitto, "p2") as two:
         await one.create_client(CID, "alice", "", "secret")
-        await eventually(lambda: two.authenticate(CID, "secret"), "the client on p2")
+        await eventually(lambda: two.authenticate(CID, "secret"), "the client on p2", DEADLINE)
         await one.insert_task(CID, "buy milk", "2 litres")
         await two.insert_task(CID, "walk dog", "")
         await two.update_task(CID, "buy milk", "3 litres")
@@ -60,7 +49,7 @@ async def test_a_change_on_one_portal_shows_on_the_other(mosquitto: str) -> None
         async def converged() -> bool:
             return await one.list_tasks(CID) == expected and await same_tasks([one, two])
 
-        await eventually(converged, "both portals to list the same tasks")
+        await eventually(converged, "both portals to list the same tasks", DEADLINE)
 
 
 async def test_duplicated_and_reordered_changes_converge_to_the_same_state(mosquitto: str) -> None:
@@ -81,8 +70,10 @@ async def test_duplicated_and_reordered_changes_converge_to_the_same_state(mosqu
             await one.update_task(CID, f"t{n}", "second")
         for n in range(0, 20, 5):
             await one.delete_task(CID, f"t{n}")
-        await eventually(lambda: same_tasks([one, two]), "p2 to converge")
-        await eventually(lambda: _true(len(captured) >= 35), "the chaos client to see every change")
+        await eventually(lambda: same_tasks([one, two]), "p2 to converge", DEADLINE)
+        await eventually(
+            lambda: _true(len(captured) >= 35), "the chaos client to see every change", DEADLINE
+        )
         # Replay everything backwards, twice: old versions and duplicates must change nothing.
         for message in list(reversed(captured)) * 2:
             await chaos.publish(topics.SYNC_CHANGES, message)
@@ -91,8 +82,10 @@ async def test_duplicated_and_reordered_changes_converge_to_the_same_state(mosqu
         version = [time.time_ns() // 1_000_000, 0, "chaos"]
         marker = {"origin": "chaos", "entries": [[["task", CID, "marker"], ["", version], version]]}
         await chaos.publish(topics.SYNC_CHANGES, marker)
-        await eventually(lambda: _has(two, "marker"), "p2 to merge the replays and the marker")
-        await eventually(lambda: same_tasks([one, two]), "p1 to merge the marker too")
+        await eventually(
+            lambda: _has(two, "marker"), "p2 to merge the replays and the marker", DEADLINE
+        )
+        await eventually(lambda: same_tasks([one, two]), "p1 to merge the marker too", DEADLINE)
         titles = [t.title for t in await two.list_tasks(CID)]
         assert "t0" not in titles and "t1" in titles
         assert (await two.list_tasks(CID))[0] == Task("t1", "first")
@@ -105,7 +98,9 @@ async def test_a_portal_that_starts_late_catches_up(mosquitto: str) -> None:
         for n in range(50):
             await early.insert_task(CID, f"task {n}", "")
         async with portal(mosquitto, "late") as late:
-            await eventually(lambda: same_tasks([early, late]), "the late portal to catch up")
+            await eventually(
+                lambda: same_tasks([early, late]), "the late portal to catch up", DEADLINE
+            )
             assert len(await late.list_tasks(CID)) == 50
 
 
@@ -114,15 +109,18 @@ async def test_portals_catch_up_after_the_broker_restarts(processes, tmp_path) -
     port = int(url.rsplit(":", 1)[1])
     async with portal(url, "p1") as one, portal(url, "p2") as two:
         await one.create_client(CID, "alice", "", "secret")
-        await eventually(lambda: two.authenticate(CID, "secret"), "the client on p2")
+        await eventually(lambda: two.authenticate(CID, "secret"), "the client on p2", DEADLINE)
         stop_process(processes.started[0])
-        await eventually(lambda: _true(not one.bus.connected), "p1 to notice the broker is gone")
+        await eventually(
+            lambda: _true(not one.bus.connected), "p1 to notice the broker is gone", DEADLINE
+        )
         assert one.readiness() is not None
         await one.insert_task(CID, "written while the broker was down", "")
         start_mosquitto(processes, tmp_path, port)
         await eventually(
             lambda: _has(two, "written while the broker was down"),
             "the write to reach p2 after the broker came back",
+            DEADLINE,
         )
         assert one.readiness() is None
 
@@ -133,6 +131,3 @@ async def _true(value: bool) -> bool:
 
 async def _has(store: LocalStore, title: str) -> bool:
     return any(t.title == title for t in await store.list_tasks(CID))
-
-
-pytestmark = pytest.mark.e2e

@@ -21,8 +21,9 @@ import aiomqtt
 
 from backend.bus import topics
 from backend.config import BrokerAddress
-from tests.conftest import Processes, log_text, wait_until
+from tests.conftest import Processes
 from tests.e2e.stack import start_stack
+from tests.support.waiting import log_text, wait_until
 
 POISON = [
     bytes.fromhex("81910101"),  # the reported one: a map keyed by an array

@@ -30,14 +30,14 @@ from backend.config import BrokerAddress
 from backend.model.identity import cid_for_name, hash_token, new_salt
 from backend.replica import wire
 from backend.replica.proposer import Done, GroupProposer
-from tests.conftest import TASKRING, Processes, log_text
-
-pytestmark = pytest.mark.e2e
+from tests.conftest import TASKRING, Processes
+from tests.support.waiting import eventually, log_text, wait_until
 
 GROUP = "g1"
 MEMBERS = [1, 2, 3]
 CID = cid_for_name("replica-test")
 DEADLINE = 60.0  # generous: the machine may be busy with other work
+POLL = 0.05  # seconds between looks at the heartbeats
 
 
 class GroupUser:
@@ -140,16 +140,6 @@ class GroupUser:
         return [task["title"] for task in done.results[0]["result"]["tasks"]]
 
 
-async def until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def start_replica(processes: Processes, url: str, data: Path, member: int) -> subprocess.Popen:
     return processes.taskring(
         "replica",
@@ -231,13 +221,15 @@ async def test_a_group_keeps_every_acknowledged_write_through_crashes(
     data = tmp_path / "data"
     replicas = {m: start_replica(processes, mosquitto, data, m) for m in MEMBERS}
     async with GroupUser(mosquitto, "replica-test-user") as user:
-        first = await until(
+        first = await eventually(
             lambda: (
                 len(user.beats) == 3
                 and all(b["ready"] for b in user.beats.values())
                 and user.leader()
             ),
             "three replicas agreeing on a leader",
+            DEADLINE,
+            POLL,
         )
         created = await user.propose(create_op(), insert_op("first"))
         assert created.ok and [r["ok"] for r in created.results] == [True, True]
@@ -258,12 +250,19 @@ async def test_a_group_keeps_every_acknowledged_write_through_crashes(
 
         # kill -9 the leader under a stream of proposals
         stream = Stream(user)
-        await until(lambda: len(stream.acked) >= 30, "proposals acknowledged before the crash")
+        await eventually(
+            lambda: len(stream.acked) >= 30,
+            "proposals acknowledged before the crash",
+            DEADLINE,
+            POLL,
+        )
         killed_at = time.monotonic()
         kill9(replicas[first])
-        await until(
+        await eventually(
             lambda: any(stream.acked_by(m, killed_at) >= 5 for m in MEMBERS if m != first),
             "a new leader committing proposals",
+            DEADLINE,
+            POLL,
         )
         new = next(m for m in MEMBERS if m != first and stream.acked_by(m, killed_at))
         failover = min(when for when, by in stream.acked.values() if by == new) - killed_at
@@ -273,24 +272,30 @@ async def test_a_group_keeps_every_acknowledged_write_through_crashes(
         # the old leader restarts from its disk and rejoins while the writes go on
         replicas[first] = start_replica(processes, mosquitto, data, first)
         restarted = time.time()
-        await until(
+        await eventually(
             lambda: (
                 first in user.beats
                 and user.beats[first]["at"] > restarted
                 and user.beats[first]["leader"] == new
             ),
             "the restarted replica following the new leader",
+            DEADLINE,
+            POLL,
         )
         mark = len(stream.acked)
-        await until(lambda: len(stream.acked) >= mark + 20, "writes with all three back")
+        await eventually(
+            lambda: len(stream.acked) >= mark + 20, "writes with all three back", DEADLINE, POLL
+        )
         await stream.stop()
         stopped = time.time()
-        await until(
+        await eventually(
             lambda: (
                 min(user.beats[first]["at"], user.beats[new]["at"]) > stopped
                 and user.beats[first]["applied_index"] >= user.beats[new]["commit_index"]
             ),
             "the restarted replica catching up",
+            DEADLINE,
+            POLL,
         )
         titles = set(await user.titles())
         assert set(stream.acked) <= titles, sorted(set(stream.acked) - titles)
@@ -308,7 +313,9 @@ async def test_a_group_keeps_every_acknowledged_write_through_crashes(
         kill9(replicas[survivor])
         for member in MEMBERS:
             replicas[member] = start_replica(processes, mosquitto, data, member)
-        await until(lambda: user.leader(), "a leader after restarting every replica")
+        await eventually(
+            lambda: user.leader(), "a leader after restarting every replica", DEADLINE, POLL
+        )
         recovered = await user.titles()
         assert set(stream.acked) | {"first", "dup"} <= set(recovered)
         assert not stream.refused & set(recovered)
@@ -322,10 +329,13 @@ def test_a_replica_owns_its_files_and_stops_cleanly_on_sigterm(
     processes: Processes, mosquitto: str, tmp_path: Path
 ) -> None:
     replica = start_replica(processes, mosquitto, tmp_path / "data", 1)
-    deadline = time.monotonic() + DEADLINE
-    while "replica 1 of group g1" not in log_text(replica):
-        assert time.monotonic() < deadline and replica.poll() is None, log_text(replica)
-        time.sleep(0.05)
+    wait_until(
+        lambda: "replica 1 of group g1" in log_text(replica),
+        "replica 1 to log that it serves group g1",
+        DEADLINE,
+        POLL,
+        alive=[replica],
+    )
     # a second process on the same files is turned away
     second = processes.taskring(
         "replica", "--data-dir", str(tmp_path / "data"), "--broker", mosquitto, name="second"

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TASKRING, Processes, free_port, port_open, wait_until
-
-pytestmark = pytest.mark.e2e
+from tests.conftest import TASKRING, Processes, free_port, port_open
+from tests.support.waiting import wait_until
 
 
 def status(*args: str) -> subprocess.CompletedProcess[str]:

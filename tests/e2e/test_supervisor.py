@@ -19,17 +19,9 @@ from pathlib import Path
 import pytest
 
 from backend.config import BrokerAddress
-from tests.conftest import (
-    MOSQUITTO,
-    Processes,
-    free_port,
-    log_text,
-    port_open,
-    start_mosquitto,
-    wait_until,
-)
+from tests.conftest import MOSQUITTO, Processes, free_port, port_open, start_mosquitto
+from tests.support.waiting import log_text, wait_until
 
-pytestmark = pytest.mark.e2e
 STARTUP = 60.0
 CHILDREN = ["client-portal-1", "client-portal-2", "admin-portal-1", "admin-portal-2", "web"]
 # Supervision is the same in both storage modes; the lighter one keeps these tests quick.

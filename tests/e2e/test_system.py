@@ -16,10 +16,9 @@ import httpx
 import pytest
 
 from backend.config import BrokerAddress
-from tests.conftest import free_port, log_text, port_open, wait_until
+from tests.conftest import free_port, port_open
 from tests.e2e.stack import run_cli
-
-pytestmark = pytest.mark.e2e
+from tests.support.waiting import log_text, wait_until
 
 
 def children_of(pid: int) -> set[int]:

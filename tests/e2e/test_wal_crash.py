@@ -20,11 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from backend.storage import DurableRaftStorage
-
-pytestmark = pytest.mark.e2e
 
 WRITER = r"""
 import random, sys

@@ -23,9 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from backend.bus.mqtt import MqttBus
 from backend.config import BrokerAddress
 from backend.telemetry import run_heartbeat
-from tests.conftest import TASKRING, Processes, free_port, log_text, port_open, wait_until
-
-pytestmark = pytest.mark.e2e
+from tests.conftest import TASKRING, Processes, free_port, port_open
+from tests.support.waiting import log_text, wait_until
 
 ADMIN_TOKEN = "web-e2e-admin-token-0123456789"
 

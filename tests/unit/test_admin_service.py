@@ -13,7 +13,7 @@ import hashlib
 import re
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from backend.nodes.admin_portal import AdminPortal, start_admin_server
 from backend.nodes.admin_service import decode_page_token, encode_page_token
 from backend.store.local import LocalStore
 from backend.telemetry import RequestMetrics
+from tests.support.waiting import eventually
 
 DEADLINE = 5.0
 ADMIN_TOKEN = "admin-secret-0123456789abcdef"
@@ -94,14 +95,6 @@ def contract_cid(name: str) -> str:
     """docs/protocol.md, Admin service, written out independently of backend.model.identity."""
     normalised = unicodedata.normalize("NFC", name).casefold().strip()
     return hashlib.sha256(normalised.encode("utf-8")).digest()[:8].hex()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll `check` until it holds; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + DEADLINE
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 # ---- CreateClient --------------------------------------------------------------------
@@ -498,12 +491,12 @@ async def test_health_needs_no_token_and_follows_the_broker_connection(admin: Ha
     async def all_are(status: int) -> bool:
         return all([await health_status(admin, s) == status for s in ("", SERVICE)])
 
-    await eventually(lambda: all_are(serving), "SERVING while connected")
+    await eventually(lambda: all_are(serving), "SERVING while connected", DEADLINE)
     assert admin.bus is not None
     admin.bus.disconnect()
-    await eventually(lambda: all_are(not_serving), "NOT_SERVING once the bus is down")
+    await eventually(lambda: all_are(not_serving), "NOT_SERVING once the bus is down", DEADLINE)
     await admin.bus.connect()
-    await eventually(lambda: all_are(serving), "SERVING again after reconnecting")
+    await eventually(lambda: all_are(serving), "SERVING again after reconnecting", DEADLINE)
 
 
 async def test_health_of_an_unknown_service_is_not_found(admin: Harness) -> None:
@@ -512,6 +505,7 @@ async def test_health_of_an_unknown_service_is_not_found(admin: Harness) -> None
     assert caught.value.code() == Status.NOT_FOUND
 
 
+@pytest.mark.slow
 async def test_stopping_the_portal_reports_not_serving_first(admin: Harness) -> None:
     stub = health_pb2_grpc.HealthStub(admin.channel)
     watch = stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=DEADLINE)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from backend.bench.driver import RunOptions, run
 from backend.bench.targets.base import Session
 from backend.bench.workload import Op, WorkloadSpec
@@ -84,6 +86,7 @@ async def test_open_loop_keeps_its_rate_when_the_target_keeps_up() -> None:
     assert result.rate == 400
 
 
+@pytest.mark.slow
 async def test_open_loop_counts_the_wait_behind_a_stall_as_latency() -> None:
     # One connection, 100 ops/s due; a 400 ms stall in the measured window delays the ~40
     # operations due during it (of ~100 measured). Measured from when they were due, they

@@ -13,7 +13,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from backend.ring.cache_core import CacheNode
 from backend.store.local import LocalStore
 from backend.store.ring import RingStore
 from backend.telemetry import RequestMetrics
+from tests.support.waiting import eventually
 
 DEADLINE = 5.0
 TOKEN = "alice-token-0123456789abcdef"
@@ -168,8 +169,11 @@ async def start_world(
         store_class = RingStore
     store = await make_store(hub, "portal-a", store_class)
     if ring is not None:
-        await eventually(lambda: store.readiness() is None and all(n.member for n in ring.nodes),
-                         "the in-process ring to form")  # fmt: skip
+        await eventually(
+            lambda: store.readiness() is None and all(n.member for n in ring.nodes),
+            "the in-process ring to form",
+            DEADLINE,
+        )
     cid = cid_for_name("alice")
     await store.create_client(cid, "alice", "", TOKEN)
     metrics = RequestMetrics()
@@ -177,7 +181,9 @@ async def start_world(
     return World(hub, store, portal, metrics, format_cid(cid), [], ring)
 
 
-@pytest.fixture(params=["local", "ring"])
+# Over the ring each test first waits about half a second for the in-process ring to
+# form; across every test here that is most of this file's time, hence `slow`.
+@pytest.fixture(params=["local", pytest.param("ring", marks=pytest.mark.slow)])
 async def world(request) -> AsyncIterator[World]:
     """The portal over each storage mode: the contract is the same for both."""
     w = await start_world(storage=request.param)
@@ -199,13 +205,6 @@ async def stop_world(w: World) -> None:
     await w.portal.close()
     if w.ring is not None:
         w.ring.stop()
-
-
-async def eventually(condition: Callable[[], Any], what: str, within: float = DEADLINE) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def error_code(response: dict[str, Any]) -> str:
@@ -606,7 +605,7 @@ async def test_a_closed_watcher_is_unsubscribed(world: World) -> None:
     await watcher.call("watch", cid=world.cid)
     assert world.store.watchers.sinks
     watcher.close()
-    await eventually(lambda: not world.store.watchers.sinks, "the watch to be dropped")
+    await eventually(lambda: not world.store.watchers.sinks, "the watch to be dropped", DEADLINE)
 
 
 async def test_watching_twice_delivers_each_event_once(world: World) -> None:
@@ -689,9 +688,9 @@ async def test_a_half_open_connection_that_never_sends_is_closed() -> None:
     w = await start_world(Limits(idle_timeout=0.3))
     try:
         peer = await w.connect()
-        await eventually(lambda: len(w.portal.connections) == 1, "the portal to accept")
+        await eventually(lambda: len(w.portal.connections) == 1, "the portal to accept", DEADLINE)
         assert await peer.closed_by_portal() == b""
-        await eventually(lambda: not w.portal.connections, "the portal to let go of it")
+        await eventually(lambda: not w.portal.connections, "the portal to let go of it", DEADLINE)
     finally:
         await stop_world(w)
 
@@ -792,11 +791,14 @@ async def test_a_watcher_stuck_above_the_soft_limit_is_dropped_after_the_stall_t
             await w.store.insert_task(alice, f"s{n}", "x" * 16_000)
             if not w.portal.connections:
                 break
-        await eventually(lambda: not w.portal.connections, "the stuck watcher to be dropped")
+        await eventually(
+            lambda: not w.portal.connections, "the stuck watcher to be dropped", DEADLINE
+        )
     finally:
         await stop_world(w)
 
 
+@pytest.mark.slow
 async def test_a_pipeliner_that_never_reads_does_not_hold_up_others() -> None:
     limits = Limits(write_buffer=64 << 10, stall_timeout=1.5)
     w = await start_world(limits)
@@ -813,7 +815,9 @@ async def test_a_pipeliner_that_never_reads_does_not_hold_up_others() -> None:
         started = time.monotonic()
         assert (await other.call("ping"))["pong"]
         assert time.monotonic() - started < 1.0  # well before the stuck one is dropped
-        await eventually(lambda: len(w.portal.connections) == 1, "the stuck client to be dropped")
+        await eventually(
+            lambda: len(w.portal.connections) == 1, "the stuck client to be dropped", DEADLINE
+        )
     finally:
         await stop_world(w)
 
@@ -941,12 +945,13 @@ async def test_connections_beyond_the_per_address_limit_are_turned_away_naming_i
         assert "--max-connections-per-ip" in response["error"]["message"]
         assert await third.closed_by_portal() == b""
         first.close()
-        await eventually(lambda: len(w.portal.connections) == 1, "the portal to let go")
+        await eventually(lambda: len(w.portal.connections) == 1, "the portal to let go", DEADLINE)
         assert (await (await w.connect()).call("ping"))["ok"]  # a freed place is taken again
     finally:
         await stop_world(w)
 
 
+@pytest.mark.slow
 async def test_an_unauthenticated_connection_is_closed_after_the_auth_timeout_with_a_line() -> None:
     w = await start_world(Limits(auth_timeout=0.3))
     try:
@@ -968,6 +973,7 @@ async def test_an_unauthenticated_connection_is_closed_after_the_auth_timeout_wi
         await stop_world(w)
 
 
+@pytest.mark.slow
 async def test_failed_auths_from_one_address_are_slowed_and_others_go_on() -> None:
     w = await start_world(Limits(auth_failure_burst=3, auth_failure_rate=10.0))
     calls: list[float] = []
@@ -998,6 +1004,7 @@ async def test_failed_auths_from_one_address_are_slowed_and_others_go_on() -> No
         await stop_world(w)
 
 
+@pytest.mark.slow
 async def test_a_watcher_that_never_reads_is_closed_at_its_watch_budget() -> None:
     limits = Limits(watch_buffer=64 << 10, write_buffer_hard=1 << 30, stall_timeout=60.0)
     w = await start_world(limits)
@@ -1012,7 +1019,9 @@ async def test_a_watcher_that_never_reads_is_closed_at_its_watch_budget() -> Non
                 break
             await asyncio.sleep(0)
         assert len(w.store.watchers.sinks[alice]) == 1  # the reader stays
-        await eventually(lambda: len(w.portal.connections) == 1, "the stuck one to be dropped")
+        await eventually(
+            lambda: len(w.portal.connections) == 1, "the stuck one to be dropped", DEADLINE
+        )
         reading.cancel()
     finally:
         await stop_world(w)

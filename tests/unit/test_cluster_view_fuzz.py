@@ -11,6 +11,7 @@ import contextlib
 import copy
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -124,6 +125,7 @@ def ask_everything(view: ClusterView, now: float) -> None:
             latency.cumulative()
 
 
+@pytest.mark.slow
 @settings(
     max_examples=200,
     derandomize=True,

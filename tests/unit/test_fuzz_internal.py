@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -277,6 +278,7 @@ def _memory_ring() -> Cluster:
     return cluster
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.data())
 def test_a_memory_only_cache_node_survives_anything_and_still_serves(data: st.DataObject) -> None:
@@ -326,6 +328,7 @@ class _FuzzedAnswers(DurableNode):
                 queue += self.node.flush(self.now)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.data())
 def test_a_durable_cache_node_survives_anything_and_still_serves(data: st.DataObject) -> None:
@@ -394,6 +397,7 @@ def _replica_messages(group: _RecordingGroup) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.data())
 def test_a_replica_survives_anything_and_the_group_still_commits(data: st.DataObject) -> None:
@@ -428,6 +432,7 @@ def _create(cid: int) -> dict[str, Any]:
 # ---- portals ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.data())
 def test_the_ring_store_handlers_survive_anything(data: st.DataObject) -> None:
@@ -462,6 +467,7 @@ def test_the_ring_store_handlers_survive_anything(data: st.DataObject) -> None:
     asyncio.run(run())
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.data())
 def test_the_local_store_sync_handlers_survive_anything(data: st.DataObject) -> None:

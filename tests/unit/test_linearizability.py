@@ -532,6 +532,7 @@ def test_any_history_recorded_from_a_sequential_run_is_linearizable(
     assert_valid(check(history, TASKS), history, TASKS)
 
 
+@pytest.mark.slow
 @settings(max_examples=200)
 @given(st.lists(plans(fates=["answered"]), min_size=1, max_size=30), st.data())
 def test_one_observably_wrong_output_in_a_sequential_history_is_caught(
@@ -604,12 +605,14 @@ def register_histories(draw: st.DrawFn) -> list[Operation]:
     return history
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(register_histories())
 def test_the_search_agrees_with_trying_every_order_on_registers(history: list[Operation]) -> None:
     assert check(history, REGISTER).ok == exhaustive(history, REGISTER)
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(st.lists(plans(cids=(CID,)), max_size=7), st.data())
 def test_the_search_agrees_with_trying_every_order_on_task_bags(
@@ -656,6 +659,7 @@ def test_a_two_thousand_operation_history_with_timeouts_is_checked() -> None:
     assert len(result.linearization[0]) >= 1900
 
 
+@pytest.mark.slow
 def test_a_wrong_answer_late_in_a_two_thousand_operation_history_is_found() -> None:
     history = long_history(5, 2000, ["answered"])
     victim = next(

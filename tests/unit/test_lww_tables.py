@@ -199,6 +199,7 @@ OPERATIONS = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(OPERATIONS, st.randoms(use_true_random=False))
 def test_replicas_converge_whatever_the_delivery_order_and_duplicates(

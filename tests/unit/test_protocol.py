@@ -323,6 +323,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=500)
 @given(
     st.dictionaries(
@@ -377,6 +378,7 @@ def mutate(raw: bytes, how: tuple[str, int, int, bytes]) -> bytes:
     return raw[:at]
 
 
+@pytest.mark.slow
 @settings(max_examples=600, derandomize=True, deadline=None)  # seeded: the same each run
 @given(st.sampled_from(VALID_LINES), st.lists(mutation, min_size=1, max_size=6))
 def test_mutated_requests_give_a_request_or_a_bad_request_and_a_valid_answer(

@@ -121,6 +121,7 @@ _values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(
     sample=st.sampled_from(SAMPLES),
@@ -141,6 +142,7 @@ def test_any_corruption_of_a_message_is_a_value_error_or_a_valid_message(
     assert decoded.to_wire()["kind"] == wire["kind"]
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(_values, st.integers(), st.dictionaries(st.text(max_size=10), st.integers())))
 def test_arbitrary_values_never_crash_the_decoder(value: Any) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from backend.replica.core import SnapshotJob
 from backend.replica.state_machine import ReplicaStateMachine
 from backend.storage import DurableRaftStorage
 from backend.storage.snapshot import SnapshotStore
+from tests.support.waiting import wait_until
 
 VOTERS = Config(voters=frozenset({1, 2, 3}))
 
@@ -79,10 +79,7 @@ def test_a_killed_writer_leaves_no_snapshot_and_its_temporary_file_goes(tmp_path
         signal.pause()
         os._exit(0)
     temporary = partial.with_name(f"{partial.name}.{pid}.tmp")
-    deadline = time.monotonic() + 10
-    while not temporary.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(temporary.exists, "the stopped writer's temporary file", 10, 0.01)
     with pytest.raises(FileNotFoundError):
         storage.load_snapshot(9)  # a temporary file is not taken for a snapshot
     stop_child(pid)
