@@ -3,6 +3,7 @@
 #   make run     the whole system on this machine (`taskring up`); ARGS="..." adds flags
 #   make test    lint, then the whole test suite (.ci/run calls exactly this)
 #   make test-fast   lint, then the in-process tests: no broker, browser or sweep (< 1 min)
+#   make fuzz    coverage-guided fuzzing (atheris) of what reads untrusted bytes; FUZZ_SECONDS=60
 #   make lint    ruff check and ruff format --check
 #   make fmt     ruff format and the fixes ruff check can make
 #   make proto   regenerate backend/admin_pb from protos/
@@ -29,10 +30,10 @@ FRONTEND_INPUTS := $(shell find $(FRONTEND)/src -type f -not -path '$(FRONTEND)/
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast lint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd
+.PHONY: help run test test-fast fuzz lint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd
 
 help:
-	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
 
 # $(call apt_install,package): install a Debian package, refreshing the package lists
 # at most every six hours.
@@ -109,6 +110,15 @@ FAST_TESTS := not e2e and not sim and not browser and not slow
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -m "$(FAST_TESTS)"
+
+# Coverage-guided, for as long as FUZZ_SECONDS; the seeded fuzz tests run in `make test`.
+# Inputs that crash a target land in test-artifacts/fuzz/ (replay: python <harness> <file>).
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check atheris
+	@mkdir -p test-artifacts/fuzz/corpus
+	$(BIN)/python tests/fuzz/coverage_guided.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
+		-artifact_prefix=test-artifacts/fuzz/ test-artifacts/fuzz/corpus
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
