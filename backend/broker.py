@@ -36,6 +36,7 @@ from types import FrameType
 import click
 
 from . import broker_auth, config, supervision
+from .private_files import write_private
 from .proc import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class MosquittoFiles:
         password_file, acl_file = auth_files or (None, None)
         settings = MosquittoSettings(host, port, password_file, acl_file, stays_root)
         self.conf = self.directory / "mosquitto.conf"
-        broker_auth.write_private(self.conf, mosquitto_conf(settings))
+        write_private(self.conf, mosquitto_conf(settings))
         if self.run_as is not None:
             self.conf = self._private_copies([self.conf])[0]
 
@@ -165,9 +166,9 @@ class MosquittoFiles:
         stored = broker_auth.ensure_credentials(data_dir, wanted)
         passwords = broker_auth.component_logins(stored)
         password_file, acl_file = self.directory / "passwd", self.directory / "acl"
-        broker_auth.write_private(acl_file, broker_auth.acl_text(passwords))
+        write_private(acl_file, broker_auth.acl_text(passwords))
         # Hashed by mosquitto_passwd itself; -U reads the file, so no password is on a command line.
-        broker_auth.write_private(password_file, broker_auth.plaintext_password_file(passwords))
+        write_private(password_file, broker_auth.plaintext_password_file(passwords))
         tool = mosquitto_passwd_binary(mosquitto_binary() or "mosquitto")
         result = subprocess.run([tool, "-U", str(password_file)], capture_output=True, text=True)
         if result.returncode != 0:

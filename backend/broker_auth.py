@@ -19,7 +19,6 @@ Everything here but the credentials file is pure.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -34,6 +33,7 @@ from .config import (
     ConfigError,
     broker_url,
 )
+from .private_files import write_private
 
 Rule = tuple[str, str]  # (access, topic filter); access is "read", "write" or "readwrite"
 
@@ -209,17 +209,6 @@ def broker_url_for(login: str, host: str, port: int, data_dir: Path) -> str:
     """The URL component `login` uses to reach taskring's own broker on host:port."""
     passwords = ensure_credentials(data_dir, [login])
     return login_url(login, passwords[login], host, port)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-    os.chmod(temporary, 0o600)  # O_CREAT keeps an existing file's mode
-    os.replace(temporary, path)
 
 
 def local_broker_url(login: str, flag: str | None, data_dir: Path) -> str:

@@ -49,3 +49,12 @@ def create_private(path: Path | str, flags: int) -> int:
     fd = os.open(path, flags | os.O_CREAT, FILE_MODE)
     os.fchmod(fd, FILE_MODE)  # O_CREAT keeps an existing file's mode; the umask masks a new one
     return fd
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (a temporary file, then a rename), 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with os.fdopen(create_private(temporary, os.O_WRONLY | os.O_TRUNC), "w") as file:
+        file.write(text)
+    os.replace(temporary, path)

@@ -50,7 +50,7 @@ from . import broker_auth, config
 from .bus.probe import probe_broker
 from .cli_common import count_option
 from .port_holders import who_holds
-from .private_files import create_private, private_directory
+from .private_files import create_private, private_directory, write_private
 from .proc import die_with_parent, signal_group
 from .supervision import (
     DEFAULT_BROKER_PORT,
@@ -257,7 +257,7 @@ class Supervisor:
     def write_pids(self) -> None:
         children = {child.spec.name: child.pid for child in self.children if child.pid}
         text = json.dumps({"supervisor": os.getpid(), "children": children}, indent=2)
-        broker_auth.write_private(self.pids_path, text + "\n")
+        write_private(self.pids_path, text + "\n")
 
     def request_stop(self) -> None:
         if self.stopping.is_set():
@@ -391,7 +391,7 @@ def admin_token(data_dir: Path) -> tuple[str, str]:
     if stored:
         return stored, f"kept in {path}"
     token = secrets.token_urlsafe(32)
-    broker_auth.write_private(path, token + "\n")
+    write_private(path, token + "\n")
     return token, f"new; kept in {path}"
 
 
