@@ -41,11 +41,6 @@ from ..errors import CODES, INTERNAL, NOT_FOUND, TIMEOUT, UNAVAILABLE, OpError
 from ..model.identity import hash_token, new_salt, token_matches
 from ..model.kv import READ_OPS, record_from_wire
 from ..model.records import (
-    CLIENT_DELETED,
-    TASK_DELETED,
-    TASK_INSERTED,
-    TASK_UPDATED,
-    TASKS_CLEARED,
     TOKEN_ROTATED,
     ClientRecord,
     Event,
@@ -510,7 +505,7 @@ class RingStore:
 
     def _parse_event(self, message: Message) -> Event | None:
         try:
-            return event_from_wire(message)
+            return Event.from_wire(message)
         except ValueError as exc:
             self.drops.bad("event", exc)
             return None
@@ -518,24 +513,3 @@ class RingStore:
     def _forget_authentications(self, cid: int) -> None:
         for key in [k for k in self.authenticated if k[0] == cid]:
             del self.authenticated[key]
-
-
-EVENT_KINDS = frozenset(
-    (TASK_INSERTED, TASK_UPDATED, TASK_DELETED, TASKS_CLEARED, CLIENT_DELETED, TOKEN_ROTATED)
-)
-_HEX_DIGITS = frozenset("0123456789abcdef")
-
-
-def event_from_wire(message: Message) -> Event:
-    """An event from its contract map (Event.to_wire()); ValueError on anything else."""
-    kind, cid = message.get("event"), message.get("cid")
-    if not isinstance(kind, str) or kind not in EVENT_KINDS:
-        raise ValueError("event must name a known kind of event")
-    if not isinstance(cid, str) or len(cid) != 16 or not set(cid) <= _HEX_DIGITS:
-        raise ValueError("event cid must be 16 lowercase hex digits")
-    title, description = message.get("title"), message.get("description")
-    if not (title is None or isinstance(title, str)):
-        raise ValueError("event title must be text")
-    if not (description is None or isinstance(description, str)):
-        raise ValueError("event description must be text")
-    return Event(kind, int(cid, 16), title, description)
