@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .telemetry import LATENCY_BUCKETS
+from .core.metrics import LATENCY_BUCKETS
 
 STALE_INTERVALS = 3.0
 # Components silent this long are dropped entirely, so ids that come and go

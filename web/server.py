@@ -60,10 +60,11 @@ from backend.config import (
     BrokerAddress,
     ConfigError,
 )
+from backend.core.metrics import RequestMetrics
 from backend.critical import critical_task
 from backend.nodes.process import stop_on_signals
 from backend.protocol import MAX_LINE_BYTES
-from backend.telemetry import RequestMetrics, heartbeat_message, run_heartbeat
+from backend.telemetry import heartbeat_message, run_heartbeat
 
 from .grpc_web import create_grpc_web_router
 from .metrics import ClusterCollector

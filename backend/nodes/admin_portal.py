@@ -43,10 +43,10 @@ from ..config import (
     data_dir,
     read_admin_token,
 )
+from ..core.metrics import RequestMetrics
 from ..critical import critical_task
 from ..store import make_store
 from ..store.interface import Store
-from ..telemetry import RequestMetrics
 from .admin_service import AdminService
 from .process import heartbeating, stop_on_signals
 

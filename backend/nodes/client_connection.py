@@ -60,6 +60,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.metrics import RequestMetrics
 from ..errors import INTERNAL, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE, OpError
 from ..model.identity import format_cid
 from ..model.records import CLIENT_DELETED, TOKEN_ROTATED, Event
@@ -75,7 +76,6 @@ from ..protocol import (
     parse_request,
 )
 from ..store.interface import TRACE, Store, Unwatch
-from ..telemetry import RequestMetrics
 from .portal_limits import AuthFailureBudget, WatchBudget
 
 log = logging.getLogger(__name__)

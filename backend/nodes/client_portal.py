@@ -33,11 +33,11 @@ from ..config import (
     DEFAULT_HOST,
     BrokerAddress,
 )
+from ..core.metrics import RequestMetrics
 from ..errors import UNAVAILABLE
 from ..protocol import error_line
 from ..store import make_store
 from ..store.interface import Store
-from ..telemetry import RequestMetrics
 from .client_connection import Connection, Limits, PortalContext, peer_ip
 from .portal_limits import ConnectionCounts
 from .process import heartbeating, run, stop_on_signals

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..bus.transport import Bus
+from ..core.metrics import RequestMetrics
 from ..critical import critical_task
-from ..telemetry import RequestMetrics, run_heartbeat
+from ..telemetry import run_heartbeat
 
 T = TypeVar("T")
 

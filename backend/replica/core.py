@@ -73,6 +73,7 @@ from typing import Any
 
 from ..bus import topics
 from ..bus.drops import Drops
+from ..core.metrics import RequestMetrics
 from ..errors import BAD_REQUEST, TIMEOUT, UNAVAILABLE
 from ..raft import (
     AppendEntries,
@@ -89,7 +90,6 @@ from ..raft import (
     message_from_wire,
     message_to_wire,
 )
-from ..telemetry import RequestMetrics
 from . import wire
 from .state_machine import (
     Operation,

@@ -79,12 +79,12 @@ from ..chord import (
     owner_index,
 )
 from ..chord.messages import MAX_TOKEN_CHARS, MESSAGE_TYPES
+from ..core.metrics import RequestMetrics
 from ..errors import BAD_REQUEST, UNAVAILABLE
 from ..model.kv import WRITE_OPS, KeyValueState, record_to_wire
 from ..model.records import CLIENT_DELETED, TOKEN_ROTATED
 from ..replica import wire as group_wire
 from ..replica.state_machine import OpResult, apply_op, op_error, outcome_of
-from ..telemetry import RequestMetrics
 from . import wire
 from .durable import DurableKeys, Finished, Job
 from .key_moves import KeyMoves, import_keys

@@ -27,12 +27,12 @@ from hypothesis import strategies as st
 from backend import errors
 from backend.admin_pb import admin_pb2, admin_pb2_grpc
 from backend.bus.memory import MemoryBus, MemoryHub
+from backend.core.metrics import RequestMetrics
 from backend.errors import OpError
 from backend.model.identity import MAX_DATA_BYTES, MAX_NAME_BYTES, format_cid
 from backend.nodes.admin_portal import AdminPortal, start_admin_server
 from backend.nodes.admin_service import decode_page_token, encode_page_token
 from backend.store.local import LocalStore
-from backend.telemetry import RequestMetrics
 from tests.support.waiting import eventually
 
 DEADLINE = 5.0

@@ -18,8 +18,8 @@ from backend.bus.memory import MemoryHub
 from backend.bus.mqtt import MqttBus
 from backend.cluster_view import parse_metrics
 from backend.config import BrokerAddress
+from backend.core.metrics import RequestMetrics
 from backend.critical import EXIT_LOOP_DIED
-from backend.telemetry import RequestMetrics
 from web.metrics import ClusterCollector
 
 POISON = [

@@ -22,6 +22,7 @@ import pytest
 from backend.bus import topics
 from backend.bus.memory import MemoryHub
 from backend.bus.publisher import Publisher
+from backend.core.metrics import RequestMetrics
 from backend.errors import TIMEOUT, UNAVAILABLE, OpError
 from backend.model.identity import cid_for_name, format_cid
 from backend.nodes.client_connection import Limits
@@ -29,7 +30,6 @@ from backend.nodes.client_portal import ClientPortal, serve_client_portal
 from backend.ring.cache_core import CacheNode
 from backend.store.local import LocalStore
 from backend.store.ring import RingStore
-from backend.telemetry import RequestMetrics
 from tests.support.waiting import eventually
 
 DEADLINE = 5.0

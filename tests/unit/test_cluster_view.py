@@ -16,8 +16,9 @@ from backend.cluster_view import (
     cumulative_buckets,
     parse_heartbeat,
 )
+from backend.core.metrics import LATENCY_BUCKETS, RequestMetrics
 from backend.ring.cache_core import CacheNode
-from backend.telemetry import LATENCY_BUCKETS, RequestMetrics, heartbeat_message
+from backend.telemetry import heartbeat_message
 
 
 def beat(

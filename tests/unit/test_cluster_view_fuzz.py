@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.cluster_view import KNOWN_KINDS, ClusterView, HeartbeatError
+from backend.core.metrics import RequestMetrics
 from backend.ring.cache_core import CacheNode
-from backend.telemetry import RequestMetrics, heartbeat_message
+from backend.telemetry import heartbeat_message
 
 KINDS = sorted(KNOWN_KINDS)
 IDS = ["a", "client-portal-1", "cache-node-1", "replica-g1-1", ""]

@@ -17,8 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from backend.bus.memory import MemoryBus, MemoryHub
 from backend.cluster_view import ADMIN_PORTAL, CLIENT_PORTAL
 from backend.config import ConfigError
+from backend.core.metrics import RequestMetrics
 from backend.ring.cache_core import CacheNode
-from backend.telemetry import RequestMetrics, heartbeat_message
+from backend.telemetry import heartbeat_message
 from web.security import PortalAllowList
 from web.server import WebContext, create_app
 
