@@ -4,7 +4,9 @@
 #   make test    lint, then the whole test suite (.ci/run calls exactly this)
 #   make test-fast   lint, then the in-process tests: no broker, browser or sweep (< 1 min)
 #   make fuzz    coverage-guided fuzzing (atheris) of what reads untrusted bytes; FUZZ_SECONDS=60
-#   make lint    ruff check and ruff format --check
+#   make lint    ruff check, ruff format --check, typecheck and importlint
+#   make typecheck   mypy over backend, web and tests (strict for the pure cores)
+#   make importlint  the import contracts: pure cores import no I/O or adapters
 #   make fmt     ruff format and the fixes ruff check can make
 #   make proto   regenerate backend/admin_pb from protos/
 #   make frontend   build the browser UI into frontend/dist (only when stale)
@@ -30,10 +32,10 @@ FRONTEND_INPUTS := $(shell find $(FRONTEND)/src -type f -not -path '$(FRONTEND)/
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast fuzz lint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd
+.PHONY: help run test test-fast fuzz lint typecheck importlint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd
 
 help:
-	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
 
 # $(call apt_install,package): install a Debian package, refreshing the package lists
 # at most every six hours.
@@ -98,8 +100,7 @@ chromium:
 run: $(STAMP) $(DIST)
 	$(BIN)/taskring up $(ARGS)
 
-test: $(STAMP) mosquitto chromium redis etcd $(DIST)
-	$(BIN)/ruff check .
+test: lint mosquitto chromium redis etcd $(DIST)
 	$(BIN)/pytest
 
 # The edit-test loop: no Mosquitto, processes, browser or simulator sweeps, and none of
@@ -107,8 +108,7 @@ test: $(STAMP) mosquitto chromium redis etcd $(DIST)
 # nothing but the virtual environment. `make test` still runs all of them.
 FAST_TESTS := not e2e and not sim and not browser and not slow
 
-test-fast: $(STAMP)
-	$(BIN)/ruff check .
+test-fast: lint
 	$(BIN)/pytest -m "$(FAST_TESTS)"
 
 # Coverage-guided, for as long as FUZZ_SECONDS; the seeded fuzz tests run in `make test`.
@@ -123,6 +123,15 @@ fuzz: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@$(MAKE) --no-print-directory typecheck importlint
+
+# Configured in pyproject.toml ([tool.mypy]); its cache makes a re-run take seconds.
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# Configured in pyproject.toml ([tool.importlinter]).
+importlint: $(STAMP)
+	$(BIN)/lint-imports
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

@@ -20,9 +20,14 @@ log = logging.getLogger(__name__)
 
 
 class Outgoing(Protocol):
-    topic: str
-    message: dict[str, Any]
-    qos: int
+    """What a core asks to publish; read-only, so frozen dataclasses fit."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def message(self) -> dict[str, Any]: ...
+    @property
+    def qos(self) -> int: ...
 
 
 class Publisher:
