@@ -84,7 +84,7 @@ class Session:
                 try:
                     return method(request, metadata=metadata, timeout=self.timeout)
                 except grpc.RpcError as exc:
-                    status, details = exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+                    status, details = exc.code(), exc.details() or ""
             if status != grpc.StatusCode.UNAVAILABLE:
                 fail(EXIT_BY_STATUS.get(status, EXIT_REFUSED), f"{status.name.lower()}: {details}")
             problems.append(f"{portal} ({details})")

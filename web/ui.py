@@ -52,7 +52,7 @@ NOT_BUILT_PAGE = """<!doctype html>
 class HashedAssets(StaticFiles):
     """Static files whose names change with their content: cache them for good."""
 
-    async def get_response(self, path: str, scope: Scope):  # type: ignore[no-untyped-def]
+    async def get_response(self, path: str, scope: Scope):
         response = await super().get_response(path, scope)
         if response.status_code == 200:
             response.headers["cache-control"] = "public, max-age=31536000, immutable"

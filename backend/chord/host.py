@@ -248,24 +248,22 @@ class ChordHost:
     # ---- internals ------------------------------------------------------------------
 
     def _dispatch(self, m: Message, out: list[Output]) -> None:
-        kind = type(m)
-        if kind is Lookup:
-            self.router.on_lookup(m, out)  # type: ignore[arg-type]
-        elif kind is LookupAck:
-            self.router.on_ack(m)  # type: ignore[arg-type]
-        elif kind is Gone:
-            self._on_gone(m, out)  # type: ignore[arg-type]
+        if isinstance(m, Lookup):
+            self.router.on_lookup(m, out)
+        elif isinstance(m, LookupAck):
+            self.router.on_ack(m)
+        elif isinstance(m, Gone):
+            self._on_gone(m, out)
         else:
-            node = self._by_pos.get(m.dst)  # type: ignore[arg-type]
+            node = self._by_pos.get(m.dst)
             if node is None:
-                if kind is StabilizeQuery or kind is Ping:
-                    src = m.src  # type: ignore[union-attr]
-                    out.append(Send(src.host, Gone(src.pos, self.id, m.dst)))  # type: ignore[arg-type]
+                if isinstance(m, StabilizeQuery | Ping):
+                    out.append(Send(m.src.host, Gone(m.src.pos, self.id, m.dst)))
                 return
             out.extend(node.handle(m))
-            if kind is LeaveToSuccessor or kind is LeaveToPredecessor:
-                self.liveness.declare_dead(m.src.host, self.now)  # type: ignore[union-attr]
-                self._host_failed(m.src.host, out)  # type: ignore[union-attr]
+            if isinstance(m, LeaveToSuccessor | LeaveToPredecessor):
+                self.liveness.declare_dead(m.src.host, self.now)
+                self._host_failed(m.src.host, out)
 
     def _on_gone(self, m: Gone, out: list[Output]) -> None:
         for n in self.nodes:

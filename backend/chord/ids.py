@@ -15,7 +15,7 @@ import hashlib
 import math
 from bisect import bisect_left
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, TypeGuard
 
 RING_BITS: Final = 64
 RING_SIZE: Final = 1 << RING_BITS
@@ -46,7 +46,7 @@ def finger_start(n: int, i: int) -> int:
     return (n + (1 << i)) & MASK
 
 
-def is_position(value: object) -> bool:
+def is_position(value: object) -> TypeGuard[int]:
     return type(value) is int and 0 <= value < RING_SIZE
 
 

@@ -13,7 +13,7 @@ twice to model duplication.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from .ids import is_position
 
@@ -413,7 +413,14 @@ Message = (
     | Gone
 )
 
-MESSAGE_TYPES: dict[str, Any] = {
+
+class MessageType(Protocol):
+    """A message class, as decode() uses it."""
+
+    def from_wire(self, wire: Wire) -> Message: ...
+
+
+MESSAGE_TYPES: dict[str, MessageType] = {
     cls.KIND: cls
     for cls in (
         StabilizeQuery,

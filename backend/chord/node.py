@@ -33,7 +33,7 @@ routing asks of a position: does it own a key, and what is the best next hop.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from .config import ChordConfig
 from .fingers import FingerTable
@@ -521,12 +521,13 @@ def _pos(peer: Peer | None) -> int | None:
     return None if peer is None else peer.pos
 
 
-_HANDLERS: dict[type, Callable[[ChordNode, Message, list[Output]], None]] = {
-    StabilizeQuery: ChordNode._on_stabilize_query,  # type: ignore[dict-item]
-    StabilizeReply: ChordNode._on_stabilize_reply,  # type: ignore[dict-item]
-    Notify: ChordNode._on_notify,  # type: ignore[dict-item]
-    Ping: ChordNode._on_ping,  # type: ignore[dict-item]
-    LookupReply: ChordNode._on_lookup_reply,  # type: ignore[dict-item]
-    LeaveToSuccessor: ChordNode._on_leave_to_successor,  # type: ignore[dict-item]
-    LeaveToPredecessor: ChordNode._on_leave_to_predecessor,  # type: ignore[dict-item]
+# Each handler takes the message type it is keyed by, which a Callable type cannot say.
+_HANDLERS: dict[type, Callable[[ChordNode, Any, list[Output]], None]] = {
+    StabilizeQuery: ChordNode._on_stabilize_query,
+    StabilizeReply: ChordNode._on_stabilize_reply,
+    Notify: ChordNode._on_notify,
+    Ping: ChordNode._on_ping,
+    LookupReply: ChordNode._on_lookup_reply,
+    LeaveToSuccessor: ChordNode._on_leave_to_successor,
+    LeaveToPredecessor: ChordNode._on_leave_to_predecessor,
 }

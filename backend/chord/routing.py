@@ -119,7 +119,8 @@ class Router:
             if hop.attempts < cfg.hop_attempts:
                 hop.attempts += 1
                 hop.deadline = now + cfg.hop_timeout
-                self.host.liveness.expect(Peer(hop.sent.dst, host), now)  # type: ignore[arg-type]
+                assert hop.sent.dst is not None  # a hop is sent to a node, never broadcast
+                self.host.liveness.expect(Peer(hop.sent.dst, host), now)
                 out.append(Send(host, hop.sent))
             else:
                 del self.pending[key]

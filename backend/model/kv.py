@@ -12,6 +12,7 @@ An operation is a map `{"op": <name>, "cid": <int>, ...}`; `apply` returns
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,8 @@ class KeyValueState:
         name = op.get("op")
         if name not in READ_OPS and name not in WRITE_OPS:
             raise OpError(BAD_REQUEST, f"unknown operation {name!r}")
-        return getattr(self, f"_{name}")(op)
+        handler: Callable[[Operation], tuple[Result, list[Event]]] = getattr(self, f"_{name}")
+        return handler(op)
 
     # ---- clients ---------------------------------------------------------------
 
@@ -150,7 +152,7 @@ class KeyValueState:
     def clients_after(self, after: int, limit: int) -> list[ClientRecord]:
         """Up to `limit` client records with a CID above `after`, in CID order."""
         cids = sorted(c for c, k in self.keys.items() if k.record is not None and c > after)
-        return [self.keys[c].record for c in cids[:limit]]  # type: ignore[misc]
+        return [record for c in cids[:limit] if (record := self.keys[c].record) is not None]
 
     # ---- moving keys between owners ----------------------------------------------
 

@@ -184,26 +184,28 @@ def _token(value: Any) -> str:
 
 
 def _title(value: Any) -> str:
-    size = _utf8_size("title", value)
+    text = _string("title", value)
+    size = _utf8_size("title", text)
     if not 1 <= size <= MAX_TITLE_BYTES:
         raise ValueError(f"title must be 1 to {MAX_TITLE_BYTES} bytes of UTF-8, got {size} bytes")
-    for position, char in enumerate(value):
+    for position, char in enumerate(text):
         if unicodedata.category(char) == "Cc":
             raise ValueError(
                 f"title must not contain control characters, found U+{ord(char):04X} "
                 f"at character {position}"
             )
-    return value
+    return text
 
 
 def _description(value: Any) -> str:
-    size = _utf8_size("description", value)
+    text = _string("description", value)
+    size = _utf8_size("description", text)
     if size > MAX_DESCRIPTION_BYTES:
         raise ValueError(
             f"description must be at most {MAX_DESCRIPTION_BYTES:,} bytes of UTF-8, "
             f"got {size:,} bytes"
         )
-    return value
+    return text
 
 
 def _trace(value: Any) -> bool:
@@ -212,11 +214,15 @@ def _trace(value: Any) -> bool:
     return value
 
 
-def _utf8_size(name: str, value: Any) -> int:
+def _string(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {json_type(value)}")
+    return value
+
+
+def _utf8_size(name: str, text: str) -> int:
     try:
-        return len(value.encode("utf-8"))
+        return len(text.encode("utf-8"))
     except UnicodeEncodeError:
         raise ValueError(f"{name} is not valid UTF-8 (it holds a lone surrogate)") from None
 

@@ -34,9 +34,12 @@ class _WireMessage:
 
     __slots__ = ()
     KIND: ClassVar[str]
+    # Declared (never set here) so that the type checker sees every subclass, each a
+    # dataclass, as one; dataclasses.fields() then accepts a _WireMessage.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def to_wire(self) -> dict[str, Any]:
-        return message_to_wire(self)  # type: ignore[arg-type]
+        return _fields_to_wire(self)
 
     @classmethod
     def from_wire(cls, value: Any) -> Any:
@@ -163,7 +166,7 @@ Message = (
     | ReadIndexResponse
 )
 
-MESSAGE_TYPES: tuple[type, ...] = (
+MESSAGE_TYPES: tuple[type[Message], ...] = (
     AppendEntries,
     AppendResponse,
     RequestVote,
@@ -175,7 +178,7 @@ MESSAGE_TYPES: tuple[type, ...] = (
     ReadIndexRequest,
     ReadIndexResponse,
 )
-_BY_KIND: dict[str, type] = {cls.KIND: cls for cls in MESSAGE_TYPES}
+_BY_KIND: dict[str, type[Message]] = {cls.KIND: cls for cls in MESSAGE_TYPES}
 
 
 def _entries_from_wire(value: Any, what: str) -> tuple[Entry, ...]:
@@ -219,6 +222,10 @@ def _encode(value: Any) -> Any:
 
 
 def message_to_wire(message: Message) -> dict[str, Any]:
+    return _fields_to_wire(message)
+
+
+def _fields_to_wire(message: _WireMessage) -> dict[str, Any]:
     wire: dict[str, Any] = {"kind": message.KIND}
     for spec in dataclasses.fields(message):
         wire[spec.name] = _encode(getattr(message, spec.name))

@@ -302,7 +302,8 @@ class ReplicaStateMachine:
             return self._claim(op["cid"], owner)
         if name == "renew":
             return self._renew(owner)
-        holder = self.owners.get(op.get("cid"))  # type: ignore[arg-type]
+        cid = op.get("cid")
+        holder = None if cid is None else self.owners.get(cid)
         if holder != owner:
             result = op_error(
                 UNAVAILABLE,
@@ -455,7 +456,8 @@ def _pack_answer(result: OpResult) -> bytes:
 
 
 def _unpack_answer(packed: bytes) -> OpResult:
-    return msgpack.unpackb(packed, raw=False, strict_map_key=False)
+    result: OpResult = msgpack.unpackb(packed, raw=False, strict_map_key=False)
+    return result
 
 
 def _packed(value: Any) -> bytes:

@@ -73,11 +73,13 @@ MAX_SCAN_LIMIT = 10_000
 MAX_BATCH = 1024
 
 
-def request(corr: str, reply_to: str, key: int, op: dict[str, Any], trace: bool) -> dict:
+def request(corr: str, reply_to: str, key: int, op: dict[str, Any], trace: bool) -> dict[str, Any]:
     return {"t": REQUEST, "corr": corr, "reply_to": reply_to, "key": key, "op": op, "trace": trace}
 
 
-def reply_ok(corr: str, result: dict[str, Any], route: list[str], owner: str, hops: int) -> dict:
+def reply_ok(
+    corr: str, result: dict[str, Any], route: list[str], owner: str, hops: int
+) -> dict[str, Any]:
     return {
         "t": REPLY,
         "corr": corr,
@@ -92,7 +94,7 @@ def reply_ok(corr: str, result: dict[str, Any], route: list[str], owner: str, ho
 
 def reply_error(
     corr: str, code: str, message: str, route: list[str] | None = None, owner: str = ""
-) -> dict:
+) -> dict[str, Any]:
     return {
         "t": REPLY,
         "corr": corr,
@@ -105,21 +107,21 @@ def reply_error(
     }
 
 
-def scan(corr: str, reply_to: str, after: int, limit: int) -> dict:
+def scan(corr: str, reply_to: str, after: int, limit: int) -> dict[str, Any]:
     return {"t": SCAN, "corr": corr, "reply_to": reply_to, "after": after, "limit": limit}
 
 
 def handover(
     from_host: str, keys: list[Any], hid: str = "", arcs: list[list[int]] | None = None
-) -> dict:
+) -> dict[str, Any]:
     return {"t": HANDOVER, "from": from_host, "keys": keys, "id": hid, "arcs": arcs or []}
 
 
-def handover_ack(from_host: str, hid: str) -> dict:
+def handover_ack(from_host: str, hid: str) -> dict[str, Any]:
     return {"t": HANDOVER_ACK, "from": from_host, "id": hid}
 
 
-def announce(host: str, incarnation: str, member: bool, positions: list[int]) -> dict:
+def announce(host: str, incarnation: str, member: bool, positions: list[int]) -> dict[str, Any]:
     return {
         "t": ANNOUNCE,
         "host": host,
@@ -129,7 +131,7 @@ def announce(host: str, incarnation: str, member: bool, positions: list[int]) ->
     }
 
 
-def host_gone(host: str, incarnation: str) -> dict:
+def host_gone(host: str, incarnation: str) -> dict[str, Any]:
     return {"t": HOST_GONE, "host": host, "incarnation": incarnation}
 
 

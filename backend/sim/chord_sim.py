@@ -10,6 +10,7 @@ cache node and records where it ended and how many hops it took.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ class ChordSim:
         host.now = self.now
         first = not self.hosts
         self.hosts[host_id] = host
-        self.network.attach(host_id, lambda m, h=host: self._receive(h, m))
+        self.network.attach(host_id, functools.partial(self._receive, host))
         self.scheduler.after(self.rng.random() * self.tick, self._tick, host)
         self._tell_known_hosts()
         in_ring = [h for h, other in self.hosts.items() if h != host_id and other.in_ring]
@@ -143,7 +144,7 @@ class ChordSim:
         self._next_host += hosts
         for host in created:
             self.hosts[host.id] = host
-            self.network.attach(host.id, lambda m, h=host: self._receive(h, m))
+            self.network.attach(host.id, functools.partial(self._receive, host))
             self.scheduler.after(self.rng.random() * self.tick, self._tick, host)
         ring = sorted((n.me for h in self.hosts.values() for n in h.nodes), key=lambda p: p.pos)
         for host in self.hosts.values():
@@ -252,16 +253,15 @@ class ChordSim:
 
     def _process(self, host: ChordHost, outputs: list[Output]) -> None:
         for out in outputs:
-            kind = type(out)
-            if kind is Send:
-                message = self._through_wire(out.message) if self.check_wire else out.message  # type: ignore[union-attr]
-                self.network.send(host.id, out.host, message)  # type: ignore[union-attr]
-            elif kind is Owned and out.token not in self.results:  # type: ignore[union-attr]
-                self.results[out.token] = out  # type: ignore[union-attr]
-                self.answered_at[out.token] = self.now  # type: ignore[union-attr]
-            elif kind is Dropped:
-                self.dropped[out.token] = out  # type: ignore[union-attr]
-            elif kind is Isolated:
+            if isinstance(out, Send):
+                message = self._through_wire(out.message) if self.check_wire else out.message
+                self.network.send(host.id, out.host, message)
+            elif isinstance(out, Owned) and out.token not in self.results:
+                self.results[out.token] = out
+                self.answered_at[out.token] = self.now
+            elif isinstance(out, Dropped):
+                self.dropped[out.token] = out
+            elif isinstance(out, Isolated):
                 self._rescue(host)
 
     def _rescue(self, host: ChordHost) -> None:

@@ -36,6 +36,7 @@ commits a new value and every member applies it (liveness).
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import itertools
 import random
@@ -419,8 +420,12 @@ class RaftSim:
     # ---- what happens during the run -------------------------------------------------
 
     def _leader(self) -> SimReplica | None:
-        leaders = [r for r in self.replicas.values() if r.node is not None and r.node.is_leader]
-        return max(leaders, key=lambda r: r.node.term, default=None)  # type: ignore[union-attr]
+        leaders = [
+            (r.node.term, r)
+            for r in self.replicas.values()
+            if r.node is not None and r.node.is_leader
+        ]
+        return max(leaders, key=lambda leader: leader[0], default=(0, None))[1]
 
     def _live(self) -> list[SimReplica]:
         return [r for r in self.replicas.values() if r.node is not None]
@@ -606,7 +611,7 @@ class RaftSim:
         while self.now - stalled_since < window:
             value = f"final-{next(attempt)}".encode()
             if self._propose_final(value) and self.run_until(
-                self.now + window // 3, lambda value=value: self._everyone_applied(value)
+                self.now + window // 3, functools.partial(self._everyone_applied, value)
             ):
                 return
             self.run_until(self.now + TICK)
@@ -655,8 +660,8 @@ def _describe(message: Message) -> str:
     fields.pop("dst")
     if "entries" in fields:
         fields["entries"] = [e[:2] for e in fields["entries"]]
-    if "snapshot" in fields:
-        fields["snapshot"] = (message.snapshot.index, message.snapshot.term)  # type: ignore[union-attr]
+    if isinstance(message, InstallSnapshot):
+        fields["snapshot"] = (message.snapshot.index, message.snapshot.term)
     return " ".join(f"{k}={v}" for k, v in fields.items())
 
 
