@@ -183,6 +183,7 @@ def plan_children(settings: Settings, broker: BrokerPlan, admin_token: str) -> l
     """Every process `taskring up` runs, broker first. Secrets go in `env`, never in `args`."""
     host, data = settings.host, str(settings.data_dir)
     children = []
+    args: tuple[str, ...]
     if broker.start:
         listen = f"{host}:{settings.broker_port}"
         args = (BROKER, "--listen", listen, "--data-dir", data)
@@ -226,7 +227,8 @@ def plan_replicas(settings: Settings, broker: BrokerPlan) -> list[ChildSpec]:
     specs = []
     for group in default_groups(settings.replica_groups):
         for member in range(1, settings.replicas + 1):
-            args = (REPLICA, "--group", group, "--member", str(member), "--members", members)
+            args: tuple[str, ...] = (REPLICA, "--group", group, "--member", str(member))
+            args += ("--members", members)
             args += ("--data-dir", str(settings.data_dir))
             name = replica_name(group, member)  # also its MQTT client id and broker login
             specs.append(ChildSpec(name, args, {"TASKRING_BROKER": broker.url(name)}))
@@ -254,7 +256,7 @@ def plan_cache_nodes(settings: Settings, broker: BrokerPlan) -> list[ChildSpec]:
     """The ring's cache nodes; the first may found a new ring, the others always join one.
     Each is told the replica groups explicitly, so an inherited TASKRING_REPLICA_GROUPS
     cannot give it another idea of them than the replicas have."""
-    groups = ("--replica-groups", str(settings.replica_groups))
+    groups: tuple[str, ...] = ("--replica-groups", str(settings.replica_groups))
     groups += ("--replicas", str(settings.replicas))
     nodes = []
     for number in range(1, settings.cache_nodes + 1):

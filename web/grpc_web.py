@@ -241,7 +241,7 @@ class AdminBridge:
         metadata: list[tuple[str, str]],
         deadline: float,
     ) -> Outcome:
-        method = channel.unary_unary(
+        method: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
             f"/{SERVICE}/{rpc}", request_serializer=None, response_deserializer=None
         )
         try:

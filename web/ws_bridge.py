@@ -49,7 +49,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,7 +189,7 @@ class Answer:
     close_code: int | None = None
 
 
-def check_message(message: dict[str, Any]) -> Forward | Answer:
+def check_message(message: Mapping[str, Any]) -> Forward | Answer:
     """What to do with one ASGI websocket.receive message holding data."""
     text = message.get("text")
     if text is None:
@@ -253,7 +253,7 @@ class Bridge:
     """One WebSocket joined to one TCP connection; `run` returns when either side ends."""
 
     def __init__(
-        self, websocket: WebSocket, portal: PortalStream, first: dict[str, Any] | None = None
+        self, websocket: WebSocket, portal: PortalStream, first: Mapping[str, Any] | None = None
     ) -> None:
         self.websocket = websocket
         self.portal = portal

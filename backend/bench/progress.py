@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from .results import Live
 
@@ -45,7 +45,7 @@ async def live_progress(
                 await ticker
 
 
-async def _tick(progress: Progress, task: int, live: Live) -> None:
+async def _tick(progress: Progress, task: TaskID, live: Live) -> None:
     loop = asyncio.get_running_loop()
     history: collections.deque[tuple[float, int]] = collections.deque(maxlen=RATE_WINDOW + 1)
     started: float | None = None

@@ -520,7 +520,7 @@ async def watch(
     exited = asyncio.create_task(deployment.process.wait())
     try:
         async with asyncio.timeout(plan.deadline):
-            pending = set(tasks)
+            pending: set[asyncio.Task[Any]] = set(tasks)
             while pending and not exited.done():
                 _, pending = await asyncio.wait(
                     pending | {exited}, return_when=asyncio.FIRST_COMPLETED

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 import grpc
@@ -104,16 +104,19 @@ class AdminCalls(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         service, _, rpc = details.method.lstrip("/").partition("/")
         if service != SERVICE_NAME or handler is None or handler.unary_unary is None:
             return handler  # health, reflection, unknown methods: no token needed
         problem = auth_problem(details.invocation_metadata, self.admin_token)
         return grpc.unary_unary_rpc_method_handler(
-            self._wrap(rpc, handler.unary_unary, problem),
+            # A grpc.aio server's behaviours are coroutine functions; grpc's types say otherwise.
+            self._wrap(rpc, cast(Behaviour, handler.unary_unary), problem),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..bus import topics
 from ..bus.drops import Drops
@@ -178,7 +178,7 @@ def _decode_entries(raw: Any, drops: Drops) -> list[Entry]:
     return entries
 
 
-def _is_portal_id(value: Any) -> bool:
+def _is_portal_id(value: Any) -> TypeGuard[str]:
     """A requester's id names a reply topic: text without MQTT's wildcards (a publish to
     one would fail) or NUL."""
     return isinstance(value, str) and 0 < len(value) <= 256 and not any(c in value for c in "+#\0")
