@@ -8,7 +8,8 @@ is kept in `sent` for assertions.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 from backend.raft import (
     Config,
@@ -24,16 +25,16 @@ from backend.raft import (
 )
 
 
-def options(**overrides: object) -> RaftOptions:
+def options(**overrides: Any) -> RaftOptions:
     """Plain Raft as the paper describes it, unless a test asks for the extensions."""
-    base: dict[str, object] = {
+    base: dict[str, Any] = {
         "election_ticks": 10,
         "heartbeat_ticks": 1,
         "pre_vote": False,
         "check_quorum": False,
     }
     base.update(overrides)
-    return RaftOptions(**base)  # type: ignore[arg-type]
+    return RaftOptions(**base)
 
 
 def state_with(
@@ -70,6 +71,16 @@ def new_node(
     )
 
 
+M = TypeVar("M")
+
+
+def all_of(kind: type[M], messages: Sequence[object]) -> list[M]:
+    """The messages, checked to be all of one type, so a test can read that type's fields."""
+    typed = [m for m in messages if isinstance(m, kind)]
+    assert len(typed) == len(messages), f"not all {kind.__name__}: {messages}"
+    return typed
+
+
 def drain(node: RaftNode) -> tuple[list[Message], list[Entry], list[ReadState]]:
     """Take every Ready: the messages to send, entries to apply and read states."""
     messages: list[Message] = []
@@ -99,7 +110,7 @@ class Net:
         self.snapshots: dict[int, Snapshot] = {}
 
     @classmethod
-    def of(cls, size: int, seed: int = 0, **overrides: object) -> Net:
+    def of(cls, size: int, seed: int = 0, **overrides: Any) -> Net:
         voters = range(1, size + 1)
         return cls(new_node(n, voters, seed=seed, **overrides) for n in voters)
 

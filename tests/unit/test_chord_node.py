@@ -12,6 +12,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import pytest
 
@@ -38,6 +39,7 @@ from backend.chord import (
 from backend.sim.chord_sim import ring_violations
 
 CONFIG = ChordConfig(successors=4, peer_timeout=1.0, hop_timeout=0.3)
+OutputT = TypeVar("OutputT", bound=Output)
 STEP = 0.1
 
 
@@ -116,7 +118,7 @@ class Wires:
             self.run(STEP)
         raise AssertionError(f"lookup of {key:016x} from {entry} never reached an owner")
 
-    def effects_of(self, kind: type) -> list[tuple[str, Output]]:
+    def effects_of(self, kind: type[OutputT]) -> list[tuple[str, OutputT]]:
         return [(h, e) for h, e in self.effects if isinstance(e, kind)]
 
 
@@ -335,7 +337,8 @@ def test_join_and_leave_move_only_the_neighbouring_arc() -> None:
     # keys move from the successor's arc to the newcomer and nowhere else
     for key in KEYS:
         if wires.true_owner(key) == new.me:
-            assert between_right(key, new.predecessor.pos, new.pos)  # type: ignore[union-attr]
+            assert new.predecessor is not None
+            assert between_right(key, new.predecessor.pos, new.pos)
 
 
 # ---- routing ------------------------------------------------------------------------

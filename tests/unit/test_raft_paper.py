@@ -31,10 +31,10 @@ from backend.raft import (
 )
 from backend.raft.log import LogCorruptedError
 
-from .raft_harness import Net, drain, new_node, options, state_with, tick
+from .raft_harness import Net, all_of, drain, new_node, options, state_with, tick
 
 
-def log_terms(node: RaftNode) -> list[int]:
+def log_terms(node: RaftNode) -> list[int | None]:
     return [node.log.term(i) for i in range(node.log.first_index, node.last_index + 1)]
 
 
@@ -93,7 +93,7 @@ def test_if_a_server_receives_a_request_with_a_stale_term_number_it_rejects_it(
     # (without it, etcd's behaviour: the next election tells it)
     expected = [(AppendResponse, 3)] if pre_vote else []
     assert [(type(m), m.term) for m in messages] == [*expected, (VoteResponse, 3)]
-    assert not messages[-1].granted
+    assert not all_of(VoteResponse, messages[-1:])[0].granted
 
 
 def test_a_vote_request_with_a_stale_term_is_answered_with_the_current_term() -> None:
@@ -191,7 +191,7 @@ def test_each_server_votes_for_at_most_one_candidate_in_a_given_term() -> None:
     node.step(RequestVote(2, 1, 2, 1, 1))
     node.step(RequestVote(3, 1, 2, 1, 1))
     node.step(RequestVote(2, 1, 2, 1, 1))  # a repeated request gets the same answer
-    answers = [(m.dst, m.granted) for m in drain(node)[0]]
+    answers = [(m.dst, m.granted) for m in all_of(VoteResponse, drain(node)[0])]
     assert answers == [(2, True), (3, False), (2, True)]
     assert node.vote == 2
 
@@ -337,7 +337,7 @@ def test_a_follower_refuses_new_entries_if_it_lacks_the_preceding_entry() -> Non
     node = new_node(2, state=state_with([1, 2, 3], [2, 2], term=3, commit=1))
     node.step(AppendEntries(1, 2, 3, 3, 3, (Entry(4, 3, b"x"),), 3))  # wrong term at 3
     node.step(AppendEntries(1, 2, 3, 9, 3, (Entry(10, 3, b"x"),), 3))  # nothing at 9
-    answers = drain(node)[0]
+    answers = all_of(AppendResponse, drain(node)[0])
     assert [(m.reject, m.index) for m in answers] == [(True, 3), (True, 9)]
     assert log_terms(node) == [1, 2, 2]
     assert node.commit_index == 1
@@ -417,7 +417,7 @@ def test_append_entries_is_idempotent() -> None:
     node.step(shorter)  # a late, shorter copy must not truncate
     node.step(request)
     assert log_terms(node) == [1, 2, 2]
-    answers = [m.index for m in drain(node)[0]]
+    answers = [m.index for m in all_of(AppendResponse, drain(node)[0])]
     assert answers == [3, 2, 3]
 
 
@@ -452,7 +452,7 @@ def test_the_voter_denies_its_vote_if_its_own_log_is_more_up_to_date(
     more up-to-date." (§5.4.1)"""
     node = new_node(1, state=state_with([1, 2, 3], [2, 2], term=2))
     node.step(RequestVote(2, 1, 3, last_index, last_term))
-    [answer] = drain(node)[0]
+    [answer] = all_of(VoteResponse, drain(node)[0])
     assert answer.granted is granted
 
 
@@ -552,7 +552,7 @@ def test_a_follower_given_a_snapshot_with_new_information_discards_its_entire_lo
     assert (node.log.first_index, node.last_index, node.commit_index) == (6, 5, 5)
     ready = node.ready()
     assert ready.snapshot == snapshot and ready.must_sync
-    assert [(m.index, m.reject) for m in ready.messages] == [(5, False)]
+    assert [(m.index, m.reject) for m in all_of(AppendResponse, ready.messages)] == [(5, False)]
     node.advance(ready)
     assert node.applied_index == 5
 
@@ -679,7 +679,8 @@ def test_pre_vote_keeps_a_partitioned_server_from_inflating_its_term() -> None:
         assert (net.nodes[3].term > term) is disrupts
         net.heal()
         net.tick_all(3 * leader.options.election_ticks)
-        assert (net.leader().term > term) is disrupts  # type: ignore[union-attr]
+        new_leader = net.leader()
+        assert new_leader is not None and (new_leader.term > term) is disrupts
 
 
 def test_check_quorum_makes_a_leader_without_a_majority_step_down() -> None:
