@@ -33,6 +33,7 @@ from playwright.sync_api import (
     BrowserContext,
     ConsoleMessage,
     Page,
+    ViewportSize,
     expect,
     sync_playwright,
 )
@@ -55,8 +56,8 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = REPO / "test-artifacts"
 DIST = REPO / "frontend" / "dist" / "index.html"
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 expect.set_options(timeout=10_000)
 
@@ -186,7 +187,7 @@ class Pages:
     watch: ConsoleWatch
     contexts: list[BrowserContext] = field(default_factory=list)
 
-    def open(self, url: str, viewport: dict[str, int] | None = None, **options: Any) -> Page:
+    def open(self, url: str, viewport: ViewportSize | None = None, **options: Any) -> Page:
         context = self.browser.new_context(viewport=viewport or DESKTOP, **options)
         self.contexts.append(context)
         page = context.new_page()

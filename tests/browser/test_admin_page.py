@@ -7,6 +7,8 @@ and watch the request's route on the cluster page.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from playwright.sync_api import Page, expect
@@ -22,7 +24,7 @@ from tests.browser.conftest import (
 )
 from tests.e2e.stack import ADMIN_TOKEN
 
-CLIPBOARD = {"permissions": ["clipboard-read", "clipboard-write"]}
+CLIPBOARD: dict[str, Any] = {"permissions": ["clipboard-read", "clipboard-write"]}
 
 
 def admin_sign_in(page: Page) -> None:

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import pytest
 
-from backend.chord import successor_list_length
+from backend.chord import ChordConfig, ChordNode, successor_list_length
 from backend.sim.chord_figures import client_keys, load, mass_failure, path_lengths
 from backend.sim.chord_sim import SIM_CONFIG, ChordSim
 from backend.sim.network import NetworkConfig
@@ -191,9 +191,9 @@ def test_a_ring_split_by_a_long_partition_merges_again() -> None:
     assert sim.converge(120.0), f"{replay_hint(6)}: {sim.violations()[:3]}"
 
 
-def _config(positions: int) -> object:
+def _config(positions: int) -> ChordConfig:
     return replace(SIM_CONFIG, successors=successor_list_length(positions))
 
 
-def _nodes(sim: ChordSim) -> list[object]:
+def _nodes(sim: ChordSim) -> list[ChordNode]:
     return [n for h in sim.hosts.values() for n in h.nodes]

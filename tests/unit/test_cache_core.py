@@ -99,9 +99,9 @@ class Cluster:
             for node in list(self.nodes.values()):
                 self.emit(node.id, node.receive(item.topic, message, self.now))
         elif item.topic.startswith(HOST_PREFIX):
-            node = self.nodes.get(item.topic[len(HOST_PREFIX) :])
-            if node is not None and node.id not in self.cut:
-                self.emit(node.id, node.receive(item.topic, message, self.now))
+            host = self.nodes.get(item.topic[len(HOST_PREFIX) :])
+            if host is not None and host.id not in self.cut:
+                self.emit(host.id, host.receive(item.topic, message, self.now))
         elif item.topic == REPLY_TO:
             self.replies[message["corr"]] = message
         else:
@@ -369,7 +369,7 @@ def test_a_handover_that_covers_an_arc_ends_the_wait_for_it(ring: Cluster) -> No
 
 def test_a_late_copy_of_a_key_does_not_overwrite_the_new_owners(ring: Cluster) -> None:
     names = fill(ring, 60)
-    acks = topics.ring_host("n1"), topics.ring_host("n2"), topics.ring_host("n3")
+    acks: tuple[str, ...] = topics.ring_host("n1"), topics.ring_host("n2"), topics.ring_host("n3")
     acks += (topics.ring_host("n4"),)
     ring.hold = lambda t, m: t in acks and m.get("t") == "handover_ack"
     ring.add("n5")

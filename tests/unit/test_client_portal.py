@@ -405,7 +405,7 @@ async def test_mutated_requests_get_contract_answers_and_the_connection_stays(
 
     rng = random.Random(20261207)
     peer = await world.authed()
-    templates = [
+    templates: list[dict[str, Any]] = [
         {"op": "insert_task", "cid": world.cid, "title": "t", "description": "d"},
         {"op": "update_task", "cid": world.cid, "title": "t", "description": "e"},
         {"op": "list_tasks", "cid": world.cid, "trace": True},
@@ -528,8 +528,10 @@ class GatedStore(LocalStore):
 
 async def test_answers_to_lines_read_together_go_out_together() -> None:
     w = await start_world(store_class=GatedStore)
+    store = w.store
+    assert isinstance(store, GatedStore)
     try:
-        w.store.gate = asyncio.Event()
+        store.gate = asyncio.Event()
         peer = await w.authed()
         lines = [{"id": 1, "op": "ping"}, {"id": 2, "op": "list_tasks", "cid": w.cid}]
         await peer.send(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
@@ -537,7 +539,7 @@ async def test_answers_to_lines_read_together_go_out_together() -> None:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
                 await peer.reader.readline()
-        w.store.gate.set()
+        store.gate.set()
         assert [(await peer.recv())["id"] for _ in range(2)] == [1, 2]
     finally:
         await stop_world(w)
@@ -592,7 +594,8 @@ async def test_events_and_responses_interleave_as_whole_lines(world: World) -> N
         await writer.send({"id": n, "op": "insert_task", "cid": world.cid, "title": f"t{n}",
                            "description": "d" * 500})  # fmt: skip
     await watcher.send(*pings)
-    responses, events = [], []
+    responses: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     while len(responses) < 200 or len(events) < 200:
         line = await watcher.recv()  # each one parses as JSON: no line was cut by another
         (events if "event" in line else responses).append(line)
@@ -867,6 +870,7 @@ class FailingStore(LocalStore):
 async def test_store_error_codes_pass_through(code: str) -> None:
     w = await start_world(store_class=FailingStore)
     try:
+        assert isinstance(w.store, FailingStore)
         w.store.failure = OpError(code, f"the store said {code}")
         peer = await w.authed()
         response = await peer.call("insert_task", cid=w.cid, title="t", description="")
@@ -881,6 +885,7 @@ async def test_an_unexpected_exception_answers_internal_and_the_connection_stays
 ) -> None:
     w = await start_world(store_class=FailingStore)
     try:
+        assert isinstance(w.store, FailingStore)
         w.store.failure = RuntimeError("disk on fire")
         peer = await w.authed()
         with caplog.at_level(logging.ERROR):

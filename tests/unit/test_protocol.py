@@ -145,7 +145,7 @@ ids = st.one_of(
 titles = st.text(
     alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=64
 ).filter(lambda t: len(t.encode()) <= 256)
-descriptions = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
+descriptions = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=200)
 cids = st.integers(min_value=0, max_value=2**64 - 1)
 
 
@@ -154,7 +154,7 @@ cids = st.integers(min_value=0, max_value=2**64 - 1)
     op=st.sampled_from(sorted(OPS)),
     request_id=ids,
     cid=cids,
-    token=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=50),
+    token=st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=50),
     title=titles,
     description=descriptions,
     trace=st.booleans(),

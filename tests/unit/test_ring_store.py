@@ -14,7 +14,7 @@ from backend.bus.memory import MemoryBus, MemoryHub
 from backend.errors import EXISTS, TIMEOUT, UNAVAILABLE, OpError
 from backend.model.identity import new_token
 from backend.model.kv import KeyValueState, record_to_wire
-from backend.model.records import Task
+from backend.model.records import Event, Task
 from backend.ring import wire
 from backend.ring.cache_core import event_publishes
 from backend.store.interface import TRACE
@@ -136,7 +136,7 @@ async def test_unavailable_is_retried_and_reported_only_when_never_applied(ring)
 
 async def test_events_reach_watchers_and_a_rotation_forgets_cached_logins(ring) -> None:
     _owner, store = ring
-    seen = []
+    seen: list[Event] = []
     await store.watch(CID, seen.append)
     assert await store.authenticate(CID, "secret")
     await store.insert_task(CID, "t", "d")
@@ -147,7 +147,7 @@ async def test_events_reach_watchers_and_a_rotation_forgets_cached_logins(ring) 
 
 async def test_a_rotation_ends_the_watches_before_any_later_event(ring) -> None:
     _owner, store = ring
-    seen = []
+    seen: list[Event] = []
     await store.watch(CID, seen.append)
     batch = [
         {"event": "task_inserted", "cid": f"{CID:016x}", "title": "a", "description": ""},
@@ -169,7 +169,8 @@ async def test_a_rotation_reaches_a_portal_where_nobody_watches(ring) -> None:
 async def test_events_are_subscribed_only_while_someone_watches(ring) -> None:
     _owner, store = ring
     topic = topics.RING_EVENTS
-    first, second = [], []
+    first: list[Event] = []
+    second: list[Event] = []
     stop_first = await store.watch(CID, first.append)
     stop_second = await store.watch(CID, second.append)
     await store.insert_task(CID, "a", "d")

@@ -118,7 +118,8 @@ def test_a_running_broker_that_knows_our_logins_is_reused_probed_as_status() -> 
 
 
 def test_a_running_broker_that_lets_anyone_in_is_refused_unless_named() -> None:
-    for accepts in ({None: 0}, {None: 0, "status": 0}):
+    cases: tuple[dict[str | None, int], ...] = ({None: 0}, {None: 0, "status": 0})
+    for accepts in cases:
         with pytest.raises(ConfigError) as refused:
             choose_broker(None, SETTINGS, FakeProbe(accepts), PASSWORDS, True)
         message = str(refused.value)
@@ -282,6 +283,7 @@ def test_the_banner_waits_for_a_leader_in_every_group_started() -> None:
     assert groups_without_leader(settings, {"replica_groups": [led]}) == ["g2"]
     leading = {**leaderless, "leader": "g2-1"}
     assert groups_without_leader(settings, {"replica_groups": [leading, led]}) == []
+    odd: object
     for odd in (None, [], {"replica_groups": "g1"}, {"replica_groups": [None, 3]}):
         assert groups_without_leader(settings, odd) == ["g1", "g2"]
     memory = Settings(data_dir=Path("/d"), storage="ring", replica_groups=0)

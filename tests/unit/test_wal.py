@@ -170,7 +170,12 @@ def test_group_commit_makes_many_records_durable_with_one_fsync(
     wal, _ = WriteAheadLog.open(tmp_path)
     syncs: list[int] = []
     real = os.fdatasync
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (syncs.append(fd), real(fd))[1])
+
+    def counted(fd: int) -> None:
+        syncs.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counted)
     wal.append([b"entry %d" % n for n in range(500)])
     wal.sync()
     assert len(syncs) == 1
