@@ -214,7 +214,7 @@ class Load:
     async def run(self, seconds: float, stop: asyncio.Event | None = None) -> None:
         """Start, run for `seconds` or until `stop` is set, whichever comes first, stop."""
         self.start()
-        waiters = [asyncio.create_task(self.ran_for(seconds))]
+        waiters: list[asyncio.Task[Any]] = [asyncio.create_task(self.ran_for(seconds))]
         if stop is not None:
             waiters.append(asyncio.create_task(stop.wait()))
         _, others = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -373,7 +373,8 @@ class Load:
         returns = [
             op.ret
             for op in self.history
-            if op.call >= since
+            if op.ret is not None  # as _succeeded says; spelt out for the type checker
+            and op.call >= since
             and _succeeded(op)
             and (cid is None or op.input["cid"] == int(cid, 16))
             and not (writes and op.input["op"] == "list_tasks")
@@ -392,7 +393,11 @@ class Load:
 
     def longest_gap(self, start: float, end: float) -> float:
         """The longest stretch within [start, end] in which no call returned success."""
-        returns = sorted(op.ret for op in self.history if _succeeded(op) and start <= op.ret <= end)
+        returns = sorted(
+            op.ret
+            for op in self.history
+            if op.ret is not None and _succeeded(op) and start <= op.ret <= end
+        )
         edges = [start, *returns, end]
         return max(b - a for a, b in itertools.pairwise(edges))
 

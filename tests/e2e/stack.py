@@ -12,6 +12,7 @@ same command line and data directory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -185,7 +186,7 @@ def start_stack(
     )
     for port, portal in zip([*client_ports, admin_port], [*portals, admin], strict=True):
         wait_until(
-            lambda port=port: port_open(port),
+            functools.partial(port_open, port),
             f"a portal listening on {port}",
             timeout=20,
             alive=[portal],

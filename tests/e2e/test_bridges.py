@@ -25,6 +25,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from backend.admin_pb import admin_pb2
@@ -132,26 +133,26 @@ async def open_socket(deployment: Deployment) -> ClientConnection:
     return await connect(deployment.ws, max_size=None, open_timeout=10)
 
 
-async def receive(ws: ClientConnection, timeout: float = 10.0) -> str:
+async def receive(ws: Connection, timeout: float = 10.0) -> str:
     async with asyncio.timeout(timeout):
         message = await ws.recv()
     assert isinstance(message, str), f"expected a text message, got {message!r}"
     return message
 
 
-async def ask(ws: ClientConnection, request: dict[str, Any]) -> dict[str, Any]:
+async def ask(ws: Connection, request: dict[str, Any]) -> dict[str, Any]:
     await ws.send(json.dumps(request))
     return json.loads(await receive(ws))
 
 
-async def sign_in(ws: ClientConnection, client: dict[str, Any]) -> None:
+async def sign_in(ws: Connection, client: dict[str, Any]) -> None:
     reply = await ask(
         ws, {"id": "auth", "op": "auth", "cid": client["cid"], "token": client["token"]}
     )
     assert reply == {"id": "auth", "ok": True}, reply
 
 
-async def closed_with(ws: ClientConnection, timeout: float = 10.0) -> tuple[int, str]:
+async def closed_with(ws: Connection, timeout: float = 10.0) -> tuple[int, str]:
     """Wait for the server to close the socket; its close code and reason."""
     async with asyncio.timeout(timeout):
         try:

@@ -178,7 +178,7 @@ async def check_all(
 async def test_the_ring_serves_routes_heals_and_moves_keys(
     mosquitto: str, processes: Processes
 ) -> None:
-    nodes = {f"cache-node-{i}": None for i in range(1, 5)}
+    nodes: dict[str, Any] = {f"cache-node-{i}": None for i in range(1, 5)}
     nodes["cache-node-1"] = start_node(processes, mosquitto, "cache-node-1", bootstrap=True)
     for node_id in list(nodes)[1:]:
         nodes[node_id] = start_node(processes, mosquitto, node_id)
@@ -193,8 +193,9 @@ async def test_the_ring_serves_routes_heals_and_moves_keys(
         names = {cid_for_name(f"client {i}"): f"client {i}" for i in range(40)}
         tasks: dict[int, list[str]] = {}
         for cid, name in names.items():
-            assert (await client.write(hosts, cid, create_op(cid, name)))["ok"]
-            assert (await client.write(hosts, cid, insert_op(cid, "first")))["ok"]
+            for op in (create_op(cid, name), insert_op(cid, "first")):
+                answer = await client.write(hosts, cid, op)
+                assert answer is not None and answer["ok"], answer
             tasks[cid] = ["first"]
         assert await check_all(client, hosts, tasks, set()) == []
         owners = {cid: client.true_owner(cid, hosts) for cid in tasks}

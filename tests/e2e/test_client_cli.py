@@ -108,9 +108,9 @@ def test_watch_prints_changes_made_through_the_other_portal(stack: Stack) -> Non
         text=True,
     )
     lines: list[str] = []
-    threading.Thread(
-        target=lambda: lines.extend(iter(watcher.stdout.readline, "")), daemon=True
-    ).start()
+    stdout = watcher.stdout
+    assert stdout is not None
+    threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True).start()
     numbers = itertools.count()
     try:
         # The watch is in place once a change made now is printed: keep adding until one is.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -117,7 +118,7 @@ async def test_a_change_through_one_portal_process_reaches_a_watcher_on_another(
     one, two = await Line.open(port_one), await Line.open(port_two)
     for line in (one, two):
         await eventually(
-            lambda line=line: authenticated(line, cid),
+            functools.partial(authenticated, line, cid),
             "the new client to reach the portal",
             DEADLINE,
             0.05,

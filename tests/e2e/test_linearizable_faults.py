@@ -25,6 +25,7 @@ import contextlib
 import os
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -301,15 +302,20 @@ async def traced_owner(port: int, account: Account) -> str | None:
     return None
 
 
+def argv(process: subprocess.Popen[bytes]) -> list[str]:
+    """A started process's command line (always a list here, never a shell string)."""
+    args = process.args
+    assert isinstance(args, list | tuple), args
+    return [str(a) for a in args]
+
+
 async def kill_broker(run: Scenario) -> None:
     port = BrokerAddress.parse(run.stack.broker).port
     conf = f"mosquitto-{port}.conf"
     broker = next(
         p
         for p in run.processes.started
-        if p.args[0] == MOSQUITTO
-        and any(str(a).endswith(conf) for a in p.args)
-        and p.poll() is None
+        if argv(p)[0] == MOSQUITTO and any(a.endswith(conf) for a in argv(p)) and p.poll() is None
     )
     run.fault_at = time.monotonic()
     await run.kill_pid(broker.pid, f"Mosquitto on port {port}")
@@ -518,7 +524,7 @@ async def test_a_full_restart_brings_back_every_acknowledged_task(
         run.fault_at = time.monotonic()
         alive = [p for p in processes.started if p.poll() is None]
         for process in alive:
-            await run.kill_pid(process.pid, " ".join(map(str, process.args)))
+            await run.kill_pid(process.pid, " ".join(argv(process)))
     finally:
         await load.stop()
     before = load.acknowledged_writes()

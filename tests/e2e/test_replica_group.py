@@ -306,8 +306,8 @@ async def test_a_group_keeps_every_acknowledged_write_through_crashes(
         for member in MEMBERS:
             if member != survivor:
                 kill9(replicas[member])
-        answer = await user.propose(insert_op("no-quorum"))
-        assert not answer.ok and answer.code in ("timeout", "unavailable"), answer
+        done = await user.propose(insert_op("no-quorum"))
+        assert not done.ok and done.code in ("timeout", "unavailable"), done
 
         # kill -9 everything, restart everything: the state comes back from disk
         kill9(replicas[survivor])

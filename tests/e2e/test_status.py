@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -33,7 +34,7 @@ def cluster(processes: Processes, mosquitto: str) -> dict[str, Any]:
         name="client-portal-1", env=env,
     )  # fmt: skip
     for port in (web_port, portal_port):
-        wait_until(lambda port=port: port_open(port), f"a process listening on {port}", timeout=20)
+        wait_until(functools.partial(port_open, port), f"a process listening on {port}", timeout=20)
     return {
         "broker": mosquitto,
         "web": f"http://127.0.0.1:{web_port}",
