@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from backend.bench.targets.peers import free_port
+from tests.support.processes import LoggedProcess
 from tests.support.waiting import wait_until
 
 # Some tests fork (the replica's snapshot writer) in this process after others ran gRPC
@@ -68,19 +69,18 @@ class Processes:
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.started: list[subprocess.Popen[bytes]] = []
+        self.started: list[LoggedProcess] = []
 
-    def start(
-        self, args: list[str], name: str, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
+    def start(self, args: list[str], name: str, env: dict[str, str] | None = None) -> LoggedProcess:
         log_path = self.log_dir / f"{name}.log"
         # Components run the stage-1 `local` storage unless a test asks for the ring
         # (TASKRING_STORAGE=ring) or for the default (TASKRING_STORAGE="").
         defaults = {"PYTHONUNBUFFERED": "1", "TASKRING_STORAGE": "local"}
         full_env = {**os.environ, **defaults, **(env or {})}
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(
+            process = LoggedProcess(
                 args,
+                log_path,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -88,13 +88,10 @@ class Processes:
                 cwd=self.log_dir,
                 start_new_session=True,
             )
-        process.log_path = log_path  # type: ignore[attr-defined]
         self.started.append(process)
         return process
 
-    def taskring(
-        self, *args: str, name: str, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
+    def taskring(self, *args: str, name: str, env: dict[str, str] | None = None) -> LoggedProcess:
         return self.start([TASKRING, *args], name, env)
 
     def stop_all(self) -> None:

@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from playwright.sync_api import (
 from backend.admin_pb import admin_pb2, admin_pb2_grpc
 from tests.conftest import REPO, Processes, free_port, port_open
 from tests.e2e.stack import ADMIN_TOKEN, Stack, start_stack
+from tests.support.processes import LoggedProcess
 from tests.support.waiting import wait_until
 
 CHROMIUM = os.environ.get("TASKRING_CHROMIUM", "/usr/bin/chromium")
@@ -72,7 +72,7 @@ class Deployment:
     stack: Stack
     processes: Processes
     port: int
-    names: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    names: dict[str, LoggedProcess] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -118,7 +118,7 @@ def deploy(processes: Processes, tmp_path: Path, storage: str = "local") -> Depl
     env = {**stack.env, "TASKRING_ALLOW_PORTALS": portals}
     processes.taskring("web", "--listen", f"127.0.0.1:{port}", name="web", env=env)
     wait_until(lambda: port_open(port), f"the web process on port {port}", timeout=20)
-    names = {Path(p.log_path).stem: p for p in processes.started}  # type: ignore[attr-defined]
+    names = {Path(p.log_path).stem: p for p in processes.started}
     deployment = Deployment(stack, processes, port, names)
     wanted = {"client-portal-1", "client-portal-2", "admin-portal-1"}
     wait_until(lambda: wanted <= deployment.portal_ids(), "the web process to hear all portals")

@@ -208,8 +208,8 @@ class Load:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         for task in workers:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
     async def run(self, seconds: float, stop: asyncio.Event | None = None) -> None:
         """Start, run for `seconds` or until `stop` is set, whichever comes first, stop."""

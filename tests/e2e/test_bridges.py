@@ -119,7 +119,7 @@ def start_admin_portal(processes: Processes, stack: Stack, number: int, port: in
 def kill_portal(processes: Processes, portal_id: str) -> None:
     """kill -9 the portal process started under that name."""
     for process in processes.started:
-        if Path(process.log_path).stem == portal_id:  # type: ignore[attr-defined]
+        if Path(process.log_path).stem == portal_id:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(10)
             return

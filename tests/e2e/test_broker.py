@@ -45,10 +45,16 @@ def start_broker(
     return port, data, process
 
 
+class ReceivingBus(MqttBus):
+    """An MqttBus with a queue of the messages its subscriptions received."""
+
+    received: asyncio.Queue[tuple[str, dict[str, Any]]]
+
+
 @asynccontextmanager
 async def bus_for(url: str, client_id: str, *filters: str) -> AsyncIterator[Any]:
     """A connected MqttBus; messages on `filters` land in `bus.received` (a queue)."""
-    bus = MqttBus(BrokerAddress.parse(url), client_id)
+    bus = ReceivingBus(BrokerAddress.parse(url), client_id)
     received: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
 
     async def collect(topic: str, message: dict[str, Any]) -> None:
@@ -58,7 +64,7 @@ async def bus_for(url: str, client_id: str, *filters: str) -> AsyncIterator[Any]
         bus.subscribe(topic_filter, collect)
     async with bus:
         assert await bus.wait_connected(10), f"{client_id}: {bus.last_error}"
-        bus.received = received  # type: ignore[attr-defined]
+        bus.received = received
         yield bus
 
 

@@ -77,7 +77,7 @@ def test_poison_on_the_ring_and_raft_topics_silences_nothing(
 
     wait_until(serves, "a write and a read after the poison", timeout=8, alive=processes.started)
     assert all(p.poll() is None for p in processes.started), "a process died"
-    logs = {Path(p.log_path).name: log_text(p) for p in processes.started}  # type: ignore[attr-defined]
+    logs = {Path(p.log_path).name: log_text(p) for p in processes.started}
     for name, text in logs.items():
         if name.startswith(("cache-node", "client-portal", "replica")):
             assert "dropped a malformed payload: not a msgpack map" in text, name

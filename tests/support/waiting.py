@@ -21,8 +21,9 @@ import inspect
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
+
+from tests.support.processes import LoggedProcess
 
 TIMEOUT = 10.0
 INTERVAL = 0.02
@@ -31,7 +32,8 @@ LOG_TAIL = 3000  # characters of a dead process's log worth showing
 
 def log_text(process: subprocess.Popen[bytes]) -> str:
     """The log of a process started by the `processes` fixture."""
-    return Path(process.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+    assert isinstance(process, LoggedProcess), f"{process.args!r} was not started by `processes`"
+    return process.log_path.read_text(errors="replace")
 
 
 def wait_until(

@@ -16,7 +16,7 @@ from backend.bus.codec import DecodeError, pack, unpack
 from backend.bus.drops import Drops
 from backend.bus.memory import MemoryHub
 from backend.bus.mqtt import MqttBus
-from backend.cluster_view import parse_metrics
+from backend.cluster_view import Component, Heartbeat, parse_metrics
 from backend.config import BrokerAddress
 from backend.core.metrics import RequestMetrics
 from backend.critical import EXIT_LOOP_DIED
@@ -122,7 +122,7 @@ def test_the_mqtt_loop_reconnects_after_any_error(monkeypatch: pytest.MonkeyPatc
             again.set()
             await asyncio.Event().wait()
 
-        bus._session = session  # type: ignore[method-assign]
+        monkeypatch.setattr(bus, "_session", session)
         async with bus:
             await asyncio.wait_for(again.wait(), 5)
             assert bus._runner is not None and not bus._runner.done()
@@ -178,21 +178,9 @@ def test_drops_ride_in_heartbeats_and_come_out_as_a_prometheus_counter() -> None
     assert parsed.dropped == (("announcement", "host must be text", 1),)
     assert parse_metrics({"requests": [], "latency": []}).dropped == ()  # an older sender
 
-    class Component:
-        id, kind = "cache-node-1", "cache-node"
-
-        class heartbeat:
-            pass
-
-        def alive(self, _now: float) -> bool:
-            return True
-
-        def ready(self, _now: float) -> bool:
-            return True
-
-    component = Component()
-    component.heartbeat.metrics = parsed  # type: ignore[attr-defined]
-    families = {f.name: f for f in ClusterCollector(lambda: ([component], 0.0)).collect()}  # type: ignore[list-item]
+    heartbeat = Heartbeat("cache-node-1", "cache-node", "", 1, True, None, 0.0, 0.0, 1.0, parsed)
+    component = Component(heartbeat, received=0.0)
+    families = {f.name: f for f in ClusterCollector(lambda: ([component], 0.0)).collect()}
     [sample] = [
         s for s in families["taskring_dropped_messages"].samples if s.name.endswith("_total")
     ]

@@ -898,11 +898,13 @@ async def test_an_unexpected_exception_answers_internal_and_the_connection_stays
         await stop_world(w)
 
 
-async def test_auth_passes_store_unavailability_through(world: World) -> None:
+async def test_auth_passes_store_unavailability_through(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def unavailable(cid: int, token: str) -> bool:
         raise OpError(UNAVAILABLE, "replica group has no majority")
 
-    world.store.authenticate = unavailable  # type: ignore[method-assign]
+    monkeypatch.setattr(world.store, "authenticate", unavailable)
     peer = await world.connect()
     response = await peer.call("auth", cid=world.cid, token=TOKEN)
     assert error_code(response) == "unavailable"
@@ -970,7 +972,9 @@ async def test_an_unauthenticated_connection_is_closed_after_the_auth_timeout_wi
 
 
 @pytest.mark.slow
-async def test_failed_auths_from_one_address_are_slowed_and_others_go_on() -> None:
+async def test_failed_auths_from_one_address_are_slowed_and_others_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     w = await start_world(Limits(auth_failure_burst=3, auth_failure_rate=10.0))
     calls: list[float] = []
     authenticate = w.store.authenticate
@@ -979,7 +983,7 @@ async def test_failed_auths_from_one_address_are_slowed_and_others_go_on() -> No
         calls.append(time.monotonic())
         return await authenticate(cid, token)
 
-    w.store.authenticate = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(w.store, "authenticate", counted)
     try:
         guessers = [await w.connect() for _ in range(4)]
         bystander = await w.connect()

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from backend.bus import topics
 from backend.bus.codec import DecodeError, pack, unpack
-from backend.bus.memory import MemoryHub
+from backend.bus.memory import MemoryBus, MemoryHub
 from backend.chord.messages import (
     Gone,
     LeaveToPredecessor,
@@ -479,7 +479,8 @@ def test_the_local_store_sync_handlers_survive_anything(data: st.DataObject) -> 
     messages = data.draw(arriving([change, {"origin": "p3"}]))
 
     async def run() -> None:
-        await store.bus.connect()  # type: ignore[attr-defined]
+        assert isinstance(store.bus, MemoryBus)
+        await store.bus.connect()
         for message in messages:
             await store._on_changes("topic", message)
             await store._on_snapshot_request("topic", message)

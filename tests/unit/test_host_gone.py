@@ -123,7 +123,8 @@ async def portal(durable: bool, timeout: float = 5.0) -> tuple[RingStore, StandI
     other = StandIn(hub.attach(), "cache-2", 0, durable)
     store = RingStore(hub.attach(), "portal-1", request_timeout=timeout)
     for bus in (owner.bus, other.bus, store.bus):
-        await bus.connect()  # type: ignore[attr-defined]
+        assert isinstance(bus, MemoryBus)
+        await bus.connect()
     await owner.announce()
     await other.announce()
     return store, owner, other
@@ -197,7 +198,8 @@ async def test_a_node_whose_connection_dropped_is_heard_again_once_it_reconnects
     owner = StandIn(hub.attach(), "cache-1", CID, durable=True)
     store = RingStore(hub.attach(), "portal-1", clock=lambda: now[0])
     for bus in (owner.bus, store.bus):
-        await bus.connect()  # type: ignore[attr-defined]
+        assert isinstance(bus, MemoryBus)
+        await bus.connect()
     await owner.announce("1")
     await owner.bus.publish(topics.RING_ANNOUNCE, wire.host_gone("cache-1", "1"))
     now[0] += HOST_FRESHNESS  # the same incarnation, announcing after it reconnected

@@ -15,6 +15,13 @@ from tests.unit.replica_harness import REPLY, Group
 CID = 42
 
 
+def answered(group: Group, corr: str) -> dict[str, Any]:
+    """The group's answer to proposal `corr`, which must have come."""
+    answer = group.answer(corr)
+    assert answer is not None, f"no answer to {corr}"
+    return answer
+
+
 def create() -> dict[str, Any]:
     return {
         "op": "create_client",
@@ -62,7 +69,7 @@ def test_proposals_arriving_together_share_one_log_entry() -> None:
         group.deliver(leader, propose(f"p{n}", n, insert(f"t{n}")))
     group.settle()
     assert group.core(leader).node.last_index == before + 1
-    assert all(group.answer(f"p{n}")["ok"] for n in range(1, 12))  # type: ignore[index]
+    assert all(answered(group, f"p{n}")["ok"] for n in range(1, 12))
 
 
 def test_a_follower_refuses_and_names_the_leader() -> None:
@@ -85,7 +92,7 @@ def test_a_duplicate_is_answered_from_the_answer_table_without_a_new_entry() -> 
     last = group.core(leader).node.last_index
     group.deliver(leader, propose("p1-again", 1, create(), insert("a")))
     again = group.answer("p1-again")
-    assert again is not None and again["results"] == group.answer("p1")["results"]  # type: ignore[index]
+    assert again is not None and again["results"] == answered(group, "p1")["results"]
     assert group.core(leader).node.last_index == last
     # two copies of one proposal in the log (QoS 1 redelivered it) still apply once
     group.deliver(leader, propose("p2", 3, insert("b")))
@@ -144,9 +151,9 @@ def test_a_lost_entry_whose_retry_was_applied_is_answered_with_the_retry_result(
     group.settle()
     group.heal()
     group.run_until(lambda: group.answer("first-try") is not None)
-    assert group.answer("first-try")["ok"] is True  # type: ignore[index]
-    assert group.answer("first-try")["results"] == group.answer("retry")["results"]  # type: ignore[index]
-    assert group.answer("other")["error"]["code"] == "unavailable"  # type: ignore[index]
+    assert answered(group, "first-try")["ok"] is True
+    assert answered(group, "first-try")["results"] == answered(group, "retry")["results"]
+    assert answered(group, "other")["error"]["code"] == "unavailable"
 
 
 def test_without_a_majority_a_proposal_times_out_it_is_never_acknowledged() -> None:
@@ -163,7 +170,7 @@ def test_without_a_majority_a_proposal_times_out_it_is_never_acknowledged() -> N
     assert answer["error"]["code"] == "timeout"  # the entry is in a log: it may yet commit
     # and the lone member stepped down (check-quorum), so new proposals are refused
     group.deliver(leader, propose("p2", 2, insert("a")))
-    assert group.answer("p2")["error"]["code"] == "unavailable"  # type: ignore[index]
+    assert answered(group, "p2")["error"]["code"] == "unavailable"
 
 
 def test_reads_are_linearizable_and_served_by_the_leader_only() -> None:
@@ -179,7 +186,7 @@ def test_reads_are_linearizable_and_served_by_the_leader_only() -> None:
     assert read["results"][0]["result"]["tasks"] == [{"title": "a", "description": ""}]
     follower = next(m for m in group.ids if m != leader)
     group.deliver(follower, wire.read("r2", REPLY, [{"op": "list_tasks", "cid": CID}]))
-    assert group.answer("r2")["error"]["code"] == "unavailable"  # type: ignore[index]
+    assert answered(group, "r2")["error"]["code"] == "unavailable"
 
 
 def test_a_read_on_a_deposed_leader_is_never_served() -> None:
@@ -188,7 +195,7 @@ def test_a_read_on_a_deposed_leader_is_never_served() -> None:
     group.isolate(old)
     group.deliver(old, wire.read("r1", REPLY, [{"op": "list_tasks", "cid": CID}]))
     group.run_until(lambda: group.answer("r1") is not None)
-    assert group.answer("r1")["error"]["code"] == "unavailable"  # type: ignore[index]
+    assert answered(group, "r1")["error"]["code"] == "unavailable"
 
 
 WRITTEN_WHILE_LAGGING = [f"t{n}" for n in range(2, 30)]
@@ -228,7 +235,7 @@ def test_a_member_far_behind_catches_up_from_a_snapshot_and_restarts_from_disk()
     # the restored answer table still catches a retry
     group.deliver(group.leader() or leader, propose("dup", 5, insert("t5")))
     group.settle()
-    assert group.answer("dup")["results"][0]["ok"] is True  # type: ignore[index]
+    assert answered(group, "dup")["results"][0]["ok"] is True
     restart_every_member_from_disk(group)  # each from its own disk, and they agree
 
 
