@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -79,7 +80,7 @@ def pid_listening_on(port: int) -> int | None:
 
 @pytest.fixture
 def system(processes, tmp_path):
-    ports = {
+    ports: dict[str, Any] = {
         "client": [free_port(), free_port()],
         "admin": [free_port(), free_port()],
         "web": free_port(),
