@@ -199,6 +199,6 @@ async def test_a_restarted_portal_never_reuses_a_correlation_id() -> None:
     id that reused one would get the answer to its previous run's operation."""
     hub = MemoryHub()
     before, after = RingStore(hub.attach(), "portal-1"), RingStore(hub.attach(), "portal-1")
-    first_run = {before._next_corr() for _ in range(100)}
-    second_run = {after._next_corr() for _ in range(100)}
+    first_run = {before.core.next_corr() for _ in range(100)}
+    second_run = {after.core.next_corr() for _ in range(100)}
     assert not first_run & second_run
