@@ -205,7 +205,7 @@ def test_with_no_node_heard_a_call_pauses_and_ends_unavailable() -> None:
 def test_a_message_that_could_not_be_published_is_tried_again_after_a_pause() -> None:
     core = ring()
     call = core.call(100, WRITE, 0.0)
-    [(topic, message)] = core.flush()
+    [(_, message)] = core.flush()
     core.unsent(message, "not connected", 0.01)
     assert core.take() == [AttemptFailed(call, UNSENT, "not connected")]
     assert core.next_tick() == pytest.approx(0.01 + RETRY_PAUSE)
