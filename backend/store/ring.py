@@ -229,8 +229,8 @@ class RingStore:
         try:
             return await future
         finally:
-            if self.waiting.pop(call, None) is not None and not future.done():
-                self.core.cancel(call)  # the caller gave up (cancelled): so does the core
+            del self.waiting[call]
+            self.core.cancel(call)  # if the caller gave up (cancelled), so does the core
 
     def _result(self, completed: Completed) -> dict[str, Any]:
         sink = TRACE.get()
