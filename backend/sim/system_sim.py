@@ -471,7 +471,10 @@ class PortalProcess:
         self._drive()
 
     def _deliver(self, topic: str, message: dict[str, Any]) -> None:
+        dropped = self.core.drops.total
         self.core.receive(topic, message, self.sim.now)
+        if self.core.drops.total != dropped:  # the product's processes send nothing malformed
+            self.sim.fail(f"{self.name} dropped a malformed message: {self.core.drops.to_wire()}")
         self._drive()
 
     def _tick(self, at: float) -> None:
