@@ -26,6 +26,7 @@ its entry node or its key's owner dies (its will, `host_gone`).
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -133,6 +134,9 @@ class PortalCore:
         self._waiting: dict[str, CallId] = {}  # corr of an attempt or scan in flight -> call
         self._outbox: dict[str, list[Message]] = {}
         self._outputs: list[Output] = []
+        # (time, call) for each time a call becomes due; an entry whose call is gone or
+        # due at another time by now is stale, and skipped.
+        self._timers: list[tuple[float, CallId]] = []
         self._ids = itertools.count()  # correlation and request ids
         self._call_ids = itertools.count()
 
@@ -156,6 +160,7 @@ class PortalCore:
         corr = self.next_corr()
         self._calls[call_id] = _Scan(host, corr, now + self.request_timeout)
         self._waiting[corr] = call_id
+        self._due_at(call_id, now + self.request_timeout)
         self._send(host, wire.scan(corr, self.reply_topic, after, limit))
         return call_id
 
@@ -184,20 +189,25 @@ class PortalCore:
 
     def next_tick(self) -> float | None:
         """When `tick` has something to do next (an attempt's wait ends, a pause ends)."""
-        times = [self._due(call) for call in self._calls.values()]
-        return min((t for t in times if t is not None), default=None)
+        timers = self._timers
+        while timers and not self._is_due_at(*timers[0]):
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
 
     # ---- time --------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        for call_id, call in list(self._calls.items()):
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            at, call_id = heapq.heappop(timers)
+            if not self._is_due_at(at, call_id):
+                continue
+            call = self._calls[call_id]
             if isinstance(call, _Scan):
-                if call.expires <= now:
-                    self._fail_scan(call_id, call, f"cache node {call.host} did not answer a scan")
+                self._fail_scan(call_id, call, f"cache node {call.host} did not answer a scan")
             elif call.corr is not None:
-                if call.expires <= now:
-                    self._unanswered(call_id, call, SILENCE, now)
-            elif call.resume is not None and call.resume <= now:
+                self._unanswered(call_id, call, SILENCE, now)
+            else:
                 call.resume = None
                 self._try(call_id, call, now)
 
@@ -218,7 +228,7 @@ class PortalCore:
             self._end_attempt(call)
             call.last_problem = f"cannot reach the ring: {problem}"
             self._outputs.append(AttemptFailed(call_id, UNSENT, problem))
-            call.resume = now + RETRY_PAUSE
+            self._pause(call_id, call, now)
 
     # ---- what arrives ------------------------------------------------------------------
 
@@ -345,13 +355,14 @@ class PortalCore:
         entry = self.entry_for(call.key, call.tried, now)
         if entry is None:
             call.tried.clear()
-            call.resume = now + RETRY_PAUSE
+            self._pause(call_id, call, now)
             return
         call.tried.add(entry)
         call.repeatable = call.is_read or self.durable(now)
         wait = max(0.0, call.deadline - now)
         call.corr, call.entry = self.next_corr(), entry
         call.expires = now + (min(wait, ATTEMPT_WAIT) if call.repeatable else wait)
+        self._due_at(call_id, call.expires)
         self._waiting[call.corr] = call_id
         message = wire.request(call.corr, self.reply_topic, call.key, call.op, call.trace)
         self._send(entry, message)
@@ -377,7 +388,7 @@ class PortalCore:
         if isinstance(result, OpError) and result.code == UNAVAILABLE:
             call.last_problem = result.message
             self._outputs.append(AttemptFailed(call_id, REFUSED, result.message))
-            call.resume = now + RETRY_PAUSE
+            self._pause(call_id, call, now)
             return
         self._finish(call_id, result, reply, str(reply.get("owner", "")))
 
@@ -417,11 +428,20 @@ class PortalCore:
     def _send(self, host: str, message: Message) -> None:
         self._outbox.setdefault(topics.ring_host(host), []).append(message)
 
-    @staticmethod
-    def _due(call: _Request | _Scan) -> float | None:
+    def _pause(self, call_id: CallId, call: _Request, now: float) -> None:
+        call.resume = now + RETRY_PAUSE
+        self._due_at(call_id, call.resume)
+
+    def _due_at(self, call_id: CallId, at: float) -> None:
+        heapq.heappush(self._timers, (at, call_id))
+
+    def _is_due_at(self, at: float, call_id: CallId) -> bool:
+        call = self._calls.get(call_id)
+        if call is None:
+            return False
         if isinstance(call, _Scan) or call.corr is not None:
-            return call.expires
-        return call.resume
+            return call.expires == at
+        return call.resume == at
 
 
 def _result(reply: Message) -> dict[str, Any] | OpError:
