@@ -139,6 +139,17 @@ def batch(messages: list[dict[str, Any]]) -> dict[str, Any]:
     return {"t": BATCH, "msgs": messages}
 
 
+def batched(outbox: dict[str, list[dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """What was queued per topic, as the messages to publish: one topic's messages in
+    order, several as one batch (at most MAX_BATCH each), a lone one as itself."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for topic, messages in outbox.items():
+        for start in range(0, len(messages), MAX_BATCH):
+            chunk = messages[start : start + MAX_BATCH]
+            out.append((topic, chunk[0] if len(chunk) == 1 else batch(chunk)))
+    return out
+
+
 def unbatch(message: dict[str, Any]) -> list[dict[str, Any]]:
     """The messages a batch carries (a message that is not a batch: itself); ValueError
     if a batch is malformed."""

@@ -25,12 +25,14 @@ them:
   Ready cycle of backend/nodes/replica.py (flush, next_ready, sends_before_persist,
   persist, after_persist, maybe_compact) over raft_sim's simulated disk: the write
   and the fsync are separate events, and a crash loses what was not yet fsynced.
-- portals: RingStore's request logic (backend/store/ring.py): a `request` to the
-  cache node whose announced position follows the key; `unavailable` retried
-  through another node until the 5 s deadline; no answer within a second retried
-  through another node too (a write carries the portal's request id `req`, which
-  the groups apply once), and at once when the entry or the key's owner dies (its
-  will); a write with no answer by the deadline is `timeout`.
+- portals: `PortalCore` (backend/ring/portal_core.py), the core RingStore
+  (backend/store/ring.py) drives: a `request` to the cache node whose announced
+  position follows the key; `unavailable` retried through another node until the
+  5 s deadline; no answer within a second retried through another node too (a
+  write carries the portal's request id `req`, which the groups apply once), and
+  at once when the entry or the key's owner dies (its will); a write with no
+  answer by the deadline is `timeout`. What a burst sends leaves as one batch per
+  topic shortly after, the core is ticked when it asks to be.
 - clients: sequential users, several per key, who first create their client and
   then insert, update and delete tasks of a few colliding titles, list them, and
   clear them.
@@ -61,7 +63,6 @@ Not modelled: portal crashes, and the admin listing (scans).
 from __future__ import annotations
 
 import argparse
-import bisect
 import itertools
 import random
 import zlib
@@ -72,8 +73,8 @@ from functools import partial
 from typing import Any
 
 from ..bus import topics
-from ..errors import CODES, EXISTS, INTERNAL, TIMEOUT, UNAVAILABLE
-from ..model.kv import READ_OPS
+from ..bus.drops import Drops
+from ..errors import EXISTS, UNAVAILABLE, OpError
 from ..nodes.cache_node import TICK_INTERVAL as CACHE_TICK
 from ..raft import Entry, RaftOptions, Ready, bootstrap_state
 from ..replica.core import ReplicaCore
@@ -81,8 +82,16 @@ from ..replica.group import default_groups, group_for
 from ..replica.state_machine import decode_batch
 from ..ring import wire
 from ..ring.cache_core import CacheNode, Publish, coalesce
+from ..ring.portal_core import (
+    REFUSED,
+    REQUEST_TIMEOUT,
+    RETRY_PAUSE,
+    WILL,
+    CallId,
+    Completed,
+    PortalCore,
+)
 from ..storage.records import records_for_ready
-from ..store.ring import ATTEMPT_WAIT, HOST_FRESHNESS, REQUEST_TIMEOUT, RETRY_PAUSE
 from . import linearizability, seeds
 from .broker import Broker, BrokerConfig, Connection
 from .linearizability import Operation, TaskBagModel
@@ -437,180 +446,73 @@ class CacheProcess:
 Output = tuple[str, Any]  # ("ok", result) or ("error", code), as TaskBagModel reads them
 
 
-@dataclass(slots=True)
-class _Call:
-    key: int
-    op: dict[str, Any]
-    deadline: float
-    done: Callable[[Output, str], None]
-    repeatable: bool
-    tried: set[str] = field(default_factory=set)
-    maybe_applied: bool = False
-    finished: bool = False
-
-
 class PortalProcess:
-    """RingStore's request logic (backend/store/ring.py) on the simulated broker."""
+    """A portal's ring store: the PortalCore that RingStore (backend/store/ring.py) drives,
+    driven here over the simulated broker and scheduler. What one burst sends leaves
+    shortly after as one batch per topic, as RingStore flushes once per event-loop turn;
+    the core is ticked when it asks to be."""
 
     def __init__(self, sim: SystemSim, number: int) -> None:
         self.sim = sim
         self.portal_id = f"portal-{number}"
         self.name = f"portal/{number}"
         self.reply_topic = topics.ring_reply(self.portal_id)
-        # host -> (positions, member, when heard, durable, incarnation), from announcements
-        self.hosts: dict[str, tuple[list[int], bool, float, bool, str]] = {}
-        self.gone: dict[str, tuple[str, float]] = {}  # host -> (incarnation, when its will came)
-        self.pending: dict[str, tuple[_Call, str]] = {}
-        self.outbox: dict[str, list[dict[str, Any]]] = {}
-        self._ids = itertools.count()
+        self.core = PortalCore(self.portal_id, self.reply_topic, drops=Drops(self.name))
+        self.done: dict[CallId, Callable[[Output, str], None]] = {}
+        self.flush_due = False
+        self.wake: float | None = None  # the earliest tick scheduled
         self.connection = sim.broker.connect(self.name, self._deliver)
         sim.broker.subscribe(self.connection, topics.RING_ANNOUNCE)
         sim.broker.subscribe(self.connection, self.reply_topic)
 
     def call(self, key: int, op: dict[str, Any], done: Callable[[Output, str], None]) -> None:
-        """Run `op` on the owner of `key`; `done(output, owner)` once its outcome is known.
-
-        As RingStore._call: every write carries a request id `req`, which the groups
-        apply once. An attempt answered `unavailable` is retried through another entry
-        node until the deadline; one unanswered within ATTEMPT_WAIT is retried too if
-        repeating it is harmless (a read, or a write while the ring heard is durable),
-        and such an attempt is retried at once when its entry node or its key's owner
-        dies (its will); otherwise it waits for its answer until the deadline. No answer
-        to a write by the deadline: `timeout`.
-        """
-        is_read = op["op"] in READ_OPS
-        if not is_read:  # always, as RingStore: Chord may hand one attempt to two owners
-            op = {**op, "req": f"{self.portal_id}/w{next(self._ids)}"}
-        self._attempt(_Call(key, op, self.sim.now + REQUEST_TIMEOUT, done, is_read))
-
-    def _attempt(self, call: _Call) -> None:
-        now = self.sim.now
-        if now >= call.deadline:
-            code = TIMEOUT if call.maybe_applied else UNAVAILABLE
-            self._finish(call, ("error", code), "")
-            return
-        entry = self._entry_for(call.key, call.tried)
-        if entry is None:
-            call.tried.clear()
-            self.sim.scheduler.after(RETRY_PAUSE, self._attempt, call)
-            return
-        call.tried.add(entry)
-        call.repeatable = call.op["op"] in READ_OPS or self._durable()
-        corr = f"{self.portal_id}/{next(self._ids)}"
-        self.pending[corr] = (call, entry)
-        request = wire.request(corr, self.reply_topic, call.key, call.op, False)
-        self._send(topics.ring_host(entry), request)
-        wait = max(0.0, call.deadline - now)
-        if call.repeatable:
-            wait = min(wait, ATTEMPT_WAIT)
-        self.sim.scheduler.after(wait, self._no_answer, corr)
-
-    def _send(self, topic: str, message: dict[str, Any]) -> None:
-        """What one turn of the event loop sends to a topic leaves as one batch."""
-        if not self.outbox:
-            self.sim.scheduler.after(self.sim.rng.random() * 0.001, self._flush)
-        self.outbox.setdefault(topic, []).append(message)
-
-    def _flush(self) -> None:
-        outbox, self.outbox = self.outbox, {}
-        for topic, messages in outbox.items():
-            for start in range(0, len(messages), wire.MAX_BATCH):
-                chunk = messages[start : start + wire.MAX_BATCH]
-                message = chunk[0] if len(chunk) == 1 else wire.batch(chunk)
-                self.sim.broker.publish(self.connection, topic, message, topics.MESSAGE_QOS)
-
-    def _no_answer(self, corr: str) -> None:
-        pending = self.pending.pop(corr, None)
-        if pending is None:
-            return
-        call, _ = pending
-        if call.op["op"] not in READ_OPS:
-            call.maybe_applied = True
-        self._attempt(call)
+        """Run `op` on the owner of `key`; `done(output, owner)` once its outcome is known."""
+        self.done[self.core.call(key, op, self.sim.now)] = done
+        self._drive()
 
     def _deliver(self, topic: str, message: dict[str, Any]) -> None:
-        if topic == topics.RING_ANNOUNCE:
-            if message.get("t") == wire.HOST_GONE:
-                self._on_host_gone(message)
-            else:
-                self._on_announce(message)
-            return
-        for reply in wire.unbatch(message):
-            wire.check_reply(reply)
-            self._on_reply(reply)
+        dropped = self.core.drops.total
+        self.core.receive(topic, message, self.sim.now)
+        if self.core.drops.total != dropped:  # the product's processes send nothing malformed
+            self.sim.fail(f"{self.name} dropped a malformed message: {self.core.drops.to_wire()}")
+        self._drive()
 
-    def _on_announce(self, message: dict[str, Any]) -> None:
-        wire.check_announce(message)
-        host, incarnation = message["host"], message["incarnation"]
-        gone = self.gone.pop(host, None)
-        if gone is not None and gone[0] == incarnation and self.sim.now - gone[1] < HOST_FRESHNESS:
-            self.gone[host] = gone  # sent before it died, arriving after its will
-            return
-        member, durable = message.get("member") is True, message.get("durable") is True
-        positions = list(message["positions"])
-        self.hosts[host] = (positions, member, self.sim.now, durable, incarnation)
+    def _tick(self, at: float) -> None:
+        if at != self.wake:
+            return  # an earlier tick took its place
+        self.wake = None
+        self.core.tick(self.sim.now)
+        self._drive()
 
-    def _on_host_gone(self, message: dict[str, Any]) -> None:
-        """As RingStore._on_host_gone: forget the node, retry what waited on it now."""
-        wire.check_host_gone(message)
-        host, incarnation = message["host"], message["incarnation"]
-        info = self.hosts.get(host)
-        if info is None or info[4] != incarnation:
-            return
-        stranded = [
-            corr
-            for corr, (call, entry) in self.pending.items()
-            if call.repeatable and host in (entry, self._entry_for(call.key, set()))
-        ]
-        del self.hosts[host]
-        self.gone[host] = (incarnation, self.sim.now)
-        self.sim.stats["attempts retried on a will"] += len(stranded)
-        for corr in stranded:
-            self._no_answer(corr)
+    def _drive(self) -> None:
+        sim = self.sim
+        for output in self.core.take():
+            if isinstance(output, Completed):
+                self._complete(output)
+            elif output.why == WILL:
+                sim.stats["attempts retried on a will"] += 1
+            elif output.why == REFUSED:
+                sim.stats[_unavailable_kind(output.message)] += 1
+        if self.core.has_outbox() and not self.flush_due:
+            self.flush_due = True
+            sim.scheduler.after(sim.rng.random() * 0.001, self._flush)
+        wake = self.core.next_tick()
+        if wake is not None and (self.wake is None or wake < self.wake):
+            self.wake = wake
+            sim.scheduler.at(wake, self._tick, wake)
 
-    def _on_reply(self, reply: dict[str, Any]) -> None:
-        pending = self.pending.pop(reply["corr"], None)
-        if pending is None:
-            return  # a repeat, or an answer after the portal stopped waiting
-        call, _ = pending
-        owner = str(reply.get("owner", ""))
-        if reply.get("ok"):
-            result = reply.get("result")
-            self._finish(call, ("ok", result if isinstance(result, dict) else {}), owner)
-            return
-        error = reply.get("error") or {}
-        code = error.get("code")
-        if code == UNAVAILABLE:
-            self.sim.stats[_unavailable_kind(str(error.get("message", "")))] += 1
-            self.sim.scheduler.after(RETRY_PAUSE, self._attempt, call)
-            return
-        self._finish(call, ("error", code if code in CODES else INTERNAL), owner)
+    def _complete(self, completed: Completed) -> None:
+        done = self.done.pop(completed.call)
+        result = completed.result
+        if isinstance(result, OpError):
+            done(("error", result.code), completed.owner)
+        else:
+            done(("ok", result), completed.owner)
 
-    def _finish(self, call: _Call, output: Output, owner: str) -> None:
-        if not call.finished:
-            call.finished = True
-            call.done(output, owner)
-
-    def _member_hosts(self) -> list[str]:
-        fresh = self.sim.now - HOST_FRESHNESS
-        return [h for h, (_, member, heard, *_) in self.hosts.items() if member and heard > fresh]
-
-    def _durable(self) -> bool:
-        hosts = self._member_hosts()
-        return bool(hosts) and all(self.hosts[h][3] for h in hosts)
-
-    def _entry_for(self, key: int, avoid: set[str]) -> str | None:
-        """The member host with the first position at or after `key` (wrapping)."""
-        ring = sorted(
-            (pos, host)
-            for host in self._member_hosts()
-            if host not in avoid
-            for pos in self.hosts[host][0]
-        )
-        if not ring:
-            return None
-        index = bisect.bisect_left(ring, (key, ""))
-        return ring[index % len(ring)][1]
+    def _flush(self) -> None:
+        self.flush_due = False
+        for topic, message in self.core.flush():
+            self.sim.broker.publish(self.connection, topic, message, topics.MESSAGE_QOS)
 
 
 def _unavailable_kind(message: str) -> str:

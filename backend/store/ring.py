@@ -1,21 +1,18 @@
 """The `ring` storage mode, portal side: every key lives on its owner in the Chord cache ring.
 
 A portal sends each operation as a `request` (backend/ring/wire.py) to the
-cache node it believes owns the key (the first announced position at or after
-the CID); a wrong or stale guess costs only Chord forwarding hops, never an
-error. The owner applies the operation and replies to this portal's reply
-topic. Owners publish change events, which this store hands to watchers (it
-subscribes to the ring's events only while someone here watches a client).
+cache node it believes owns the key; the owner applies it and replies to this
+portal's reply topic. Owners publish change events, which this store hands to
+watchers (it subscribes to the ring's events only while someone here watches a
+client).
 
-Outcomes are honest: a reply of `unavailable` means "not applied", so it is
-retried through another entry node until the deadline; a request that gets no
-reply by the deadline answers `timeout` for a write (it may have been applied)
-and is retried once for a read.
-
-A cache node that dies is not waited out: the broker publishes its last will
-(`host_gone`, on the announcement topic) as its connection drops, and the
-portal forgets the node and at once retries, through another entry, whatever
-repeatable attempt waited on it.
+Which node to ask, when to try another, and what an outcome honestly is
+(`unavailable`: not applied; `timeout`: maybe applied) is decided by the pure
+PortalCore (backend/ring/portal_core.py), which the system simulator runs too.
+This class is its asyncio adapter: it feeds the core what the bus delivers,
+publishes what the core sends (all of one event-loop turn together, one batch per
+topic), wakes the core when it asked to be, and resolves each caller's future
+with its call's outcome.
 
 Every handler of what arrives is total: a message that is not well formed is
 dropped and counted (`drops`, logged rate-limited), never raised.
@@ -24,22 +21,19 @@ dropped and counted (`drops`, logged rate-limited), never raised.
 from __future__ import annotations
 
 import asyncio
-import bisect
-import itertools
 import logging
 import random
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..bus import topics
 from ..bus.drops import Drops
 from ..bus.transport import Bus, BusUnavailable, Message
-from ..errors import CODES, INTERNAL, NOT_FOUND, TIMEOUT, UNAVAILABLE, OpError
+from ..errors import INTERNAL, NOT_FOUND, UNAVAILABLE, OpError
 from ..model.identity import hash_token, new_salt, token_matches
-from ..model.kv import READ_OPS, record_from_wire
+from ..model.kv import record_from_wire
 from ..model.records import (
     TOKEN_ROTATED,
     ClientRecord,
@@ -47,26 +41,13 @@ from ..model.records import (
     Task,
 )
 from ..ring import wire
+from ..ring.portal_core import REQUEST_TIMEOUT, CallId, Completed, HostInfo, PortalCore
 from .interface import TRACE, EventSink, Unwatch
 from .watchers import Watchers
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT = 5.0  # seconds until a request's outcome is declared unknown
-HOST_FRESHNESS = 1.6  # announcements come twice a second; three missed ones mean gone
 AUTH_CACHE_TTL = 1.0  # a positive authentication is reused this long (see authenticate)
-RETRY_PAUSE = 0.05
-ATTEMPT_WAIT = 1.0  # before a repeatable request tries another entry node
-_ENTRY_GONE: Message = {"t": wire.HOST_GONE}  # an attempt's answer: its cache node died
-
-
-@dataclass
-class HostInfo:
-    positions: list[int]
-    member: bool
-    heard: float
-    durable: bool = False
-    incarnation: str = ""
 
 
 class RingStore:
@@ -84,23 +65,25 @@ class RingStore:
         self.clock = clock
         self.request_timeout = request_timeout
         self.reply_topic = topics.ring_reply(portal_id)
-        self.hosts: dict[str, HostInfo] = {}
-        self.pending: dict[str, asyncio.Future[Message]] = {}
-        # corr -> (entry, key) of attempts that may be repeated, for a cache node's death
-        self._attempts: dict[str, tuple[str, int]] = {}
-        self._scans: dict[str, str] = {}  # corr -> the cache node a scan waits on
-        self._gone: dict[str, tuple[str, float]] = {}  # host -> (incarnation, when its will came)
-        self.watchers = Watchers()
-        self.authenticated: dict[tuple[int, str], float] = {}
-        self._ids = itertools.count()
-        self._outbox: dict[str, list[tuple[dict[str, Any], asyncio.Future[None]]]] = {}
-        self._publishing: set[asyncio.Task[None]] = set()
         # Owners answer a repeated correlation id from their reply cache, so a portal
         # restarted under the same id must never reuse one from its previous run.
-        self._corr_prefix = f"{portal_id}/{secrets.token_hex(4)}"
+        corr_prefix = f"{portal_id}/{secrets.token_hex(4)}"
+        self.core = PortalCore(corr_prefix, self.reply_topic, request_timeout, self.drops)
+        self.waiting: dict[CallId, asyncio.Future[Completed]] = {}
+        self.watchers = Watchers()
+        self.authenticated: dict[tuple[int, str], float] = {}
+        self._flush_due = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
         bus.subscribe(topics.RING_ANNOUNCE, self._on_announce)
         bus.subscribe(self.reply_topic, self._on_reply)
         bus.subscribe(topics.RING_CLIENT_CHANGES, self._on_client_change)
+
+    @property
+    def hosts(self) -> dict[str, HostInfo]:
+        """The cache nodes heard from, as the core keeps them."""
+        return self.core.hosts
 
     # ---- clients -------------------------------------------------------------
 
@@ -230,259 +213,90 @@ class RingStore:
     # ---- talking to the ring -----------------------------------------------------
 
     async def _call(self, key: int, op: dict[str, Any]) -> dict[str, Any]:
-        """Run `op` on the owner of `key`; return its result or raise OpError.
-
-        An attempt answered `unavailable` (not applied) is retried through another
-        entry node until the deadline. One that gets no answer within ATTEMPT_WAIT is
-        retried too if repeating it is harmless: a read, or a write to a durable ring,
-        whose replica groups apply each request id once (`req`, state_machine.py); so is
-        one whose entry node, or the node owning its key, dies meanwhile (its will,
-        `_on_host_gone`), at once. A write to a memory-only ring waits for its answer
-        until the deadline instead.
-        """
-        deadline = self.clock() + self.request_timeout
-        is_read = op["op"] in READ_OPS
-        if not is_read:
-            # Always: Chord may deliver one attempt to two owners in turn (a hop resent
-            # and routed around a node), and a durable group then still applies it once.
-            op = {**op, "req": f"{self._corr_prefix}/w{next(self._ids)}"}
-        tried: set[str] = set()
-        last_problem = "no cache node is in the ring"
-        maybe_applied = False
-        while self.clock() < deadline:
-            entry = self._entry_for(key, avoid=tried)
-            if entry is None:
-                await asyncio.sleep(RETRY_PAUSE)
-                tried.clear()
-                continue
-            tried.add(entry)
-            repeatable = is_read or self._durable()
-            wait = max(0.0, deadline - self.clock())
-            try:
-                reply = await self._exchange(
-                    entry, key, op, min(wait, ATTEMPT_WAIT) if repeatable else wait, repeatable
-                )
-            except OpError as exc:
-                last_problem = exc.message
-                await asyncio.sleep(RETRY_PAUSE)
-                continue
-            if reply is None:
-                last_problem = f"cache node {entry} did not answer"
-                maybe_applied = not is_read
-                continue
-            try:
-                return self._result(reply)
-            except OpError as exc:
-                if exc.code != UNAVAILABLE:
-                    raise
-                last_problem = exc.message
-                await asyncio.sleep(RETRY_PAUSE)
-        if maybe_applied:
-            raise OpError(
-                TIMEOUT,
-                f"no answer from the ring in {self.request_timeout:g}s; the change "
-                "may or may not have been applied",
-            )
-        raise OpError(
-            UNAVAILABLE, f"{op['op']} not applied in {self.request_timeout:g}s: {last_problem}"
-        )
-
-    async def _exchange(
-        self, entry: str, key: int, op: dict[str, Any], wait: float, repeatable: bool = False
-    ) -> Message | None:
-        """One attempt through `entry`: its reply, or None if none came within `wait` or
-        (`repeatable`) the cache node it waits on died."""
-        corr = self._next_corr()
+        """Run `op` on the owner of `key` (PortalCore.call); its result, or OpError."""
         trace = TRACE.get() is not None
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self.pending[corr] = future
-        if repeatable:
-            self._attempts[corr] = (entry, key)
+        return self._result(await self._run(self.core.call(key, op, self.clock(), trace)))
+
+    async def _scan(self, host: str, after: int, limit: int) -> list[dict[str, Any]]:
+        completed = await self._run(self.core.scan(host, after, limit, self.clock()))
+        return list(self._result(completed).get("clients", []))
+
+    async def _run(self, call: CallId) -> Completed:
+        """Wait for the outcome of a call just started in the core."""
+        future: asyncio.Future[Completed] = asyncio.get_running_loop().create_future()
+        self.waiting[call] = future
+        self._drive()
         try:
-            message = wire.request(corr, self.reply_topic, key, op, trace)
-            await self._send(topics.ring_host(entry), message)
-            reply = await asyncio.wait_for(future, wait)
-            return None if reply is _ENTRY_GONE else reply
-        except BusUnavailable as exc:
-            raise OpError(UNAVAILABLE, f"cannot reach the ring: {exc}") from exc
-        except TimeoutError:
-            return None
+            return await future
         finally:
-            self.pending.pop(corr, None)
-            self._attempts.pop(corr, None)
+            del self.waiting[call]
+            self.core.cancel(call)  # if the caller gave up (cancelled), so does the core
 
-    def _durable(self) -> bool:
-        """Whether the ring's nodes keep their keys in replica groups."""
-        hosts = self._member_hosts()
-        return bool(hosts) and all(self.hosts[h].durable for h in hosts)
-
-    def _result(self, reply: Message) -> dict[str, Any]:
+    def _result(self, completed: Completed) -> dict[str, Any]:
         sink = TRACE.get()
-        if sink is not None:
+        reply = completed.reply
+        if sink is not None and reply is not None:
             sink.update(
                 route=reply.get("route", []),
                 owner=reply.get("owner", ""),
                 group=str(reply.get("group", "")),
             )
-        if reply.get("ok"):
-            result = reply.get("result")
-            return result if isinstance(result, dict) else {}
-        error = reply.get("error") or {}
-        code = error.get("code")
-        raise OpError(code if code in CODES else INTERNAL, str(error.get("message", "")))
+        if isinstance(completed.result, OpError):
+            raise completed.result
+        return completed.result
 
-    async def _scan(self, host: str, after: int, limit: int) -> list[dict[str, Any]]:
-        corr = self._next_corr()
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self.pending[corr] = future
-        self._scans[corr] = host
-        try:
-            message = wire.scan(corr, self.reply_topic, after, limit)
-            await self._send(topics.ring_host(host), message)
-            reply = await asyncio.wait_for(future, self.request_timeout)
-        except (BusUnavailable, TimeoutError) as exc:
-            raise OpError(UNAVAILABLE, f"cache node {host} did not answer a scan") from exc
-        finally:
-            self.pending.pop(corr, None)
-            self._scans.pop(corr, None)
-        if reply is _ENTRY_GONE:
-            raise OpError(UNAVAILABLE, f"cache node {host} died during a scan")
-        return list(self._result(reply).get("clients", []))
-
-    def _send(self, topic: str, message: dict[str, Any]) -> asyncio.Future[None]:
-        """Publish `message` with everything else sent to `topic` in this turn of the
-        event loop, as one batch; the future fails with BusUnavailable if it could not."""
+    def _drive(self) -> None:
+        """After every input to the core: hand out outcomes, publish what it sends once
+        this turn of the event loop is over, and wake it when it asked to be."""
+        for output in self.core.take():
+            if isinstance(output, Completed):
+                future = self.waiting.get(output.call)
+                if future is not None and not future.done():
+                    future.set_result(output)
         loop = asyncio.get_running_loop()
-        sent: asyncio.Future[None] = loop.create_future()
-        if not self._outbox:
-            loop.call_soon(self._flush_outbox)
-        self._outbox.setdefault(topic, []).append((message, sent))
-        return sent
+        if self.core.has_outbox() and not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self._flush)
+        wake = self.core.next_tick()
+        if wake == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, wake
+        if wake is not None:
+            self._timer = loop.call_later(max(0.0, wake - self.clock()), self._on_timer)
 
-    def _flush_outbox(self) -> None:
-        outbox, self._outbox = self._outbox, {}
-        for topic, items in outbox.items():
-            for start in range(0, len(items), wire.MAX_BATCH):
-                chunk = items[start : start + wire.MAX_BATCH]
-                message = chunk[0][0] if len(chunk) == 1 else wire.batch([m for m, _ in chunk])
-                self._start_publishing(topic, message, [f for _, f in chunk])
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, None
+        self.core.tick(self.clock())
+        self._drive()
 
-    def _start_publishing(
-        self, topic: str, message: dict[str, Any], waiting: list[asyncio.Future[None]]
-    ) -> None:
-        task = asyncio.create_task(self._publish(topic, message, waiting))
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
+    def _flush(self) -> None:
+        self._flush_due = False
+        for topic, message in self.core.flush():
+            task = asyncio.create_task(self._publish(topic, message))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
 
-    async def _publish(
-        self, topic: str, message: dict[str, Any], waiting: list[asyncio.Future[None]]
-    ) -> None:
-        failure: BusUnavailable | None = None
+    async def _publish(self, topic: str, message: dict[str, Any]) -> None:
         try:
             await self.bus.publish(topic, message, qos=topics.MESSAGE_QOS)
         except BusUnavailable as exc:
-            failure = exc
-        for sent in waiting:
-            if sent.done():
-                continue  # its request was cancelled meanwhile
-            if failure is None:
-                sent.set_result(None)
-            else:
-                sent.set_exception(failure)
-
-    def _next_corr(self) -> str:
-        return f"{self._corr_prefix}/{next(self._ids)}"
-
-    def _entry_for(self, key: int, avoid: set[str]) -> str | None:
-        """The member host with the first position at or after `key` (wrapping), if any."""
-        ring = sorted(
-            (pos, host)
-            for host in self._member_hosts()
-            if host not in avoid
-            for pos in self.hosts[host].positions
-        )
-        if not ring:
-            return None
-        index = bisect.bisect_left(ring, (key, ""))
-        return ring[index % len(ring)][1]
+            self.core.unsent(message, str(exc), self.clock())
+            self._drive()
 
     def _member_hosts(self) -> list[str]:
-        now = self.clock()
-        return [
-            host
-            for host, info in self.hosts.items()
-            if info.member and now - info.heard < HOST_FRESHNESS
-        ]
+        return self.core.member_hosts(self.clock())
 
     # ---- what arrives --------------------------------------------------------------
 
     async def _on_announce(self, _topic: str, message: Message) -> None:
-        if message.get("t") == wire.HOST_GONE:
-            self._on_host_gone(message)
-            return
-        try:
-            wire.check_announce(message)
-        except ValueError as exc:
-            self.drops.bad("announcement", exc)
-            return
-        host, incarnation = message["host"], message["incarnation"]
-        gone = self._gone.pop(host, None)
-        if gone is not None and gone[0] == incarnation and self.clock() - gone[1] < HOST_FRESHNESS:
-            # Sent before it died, arriving after its will. Only for a while: a node whose
-            # connection dropped (the broker sent its will) may reconnect and announce on.
-            self._gone[host] = gone
-            return
-        info = HostInfo(
-            list(message["positions"]),
-            message.get("member") is True,
-            self.clock(),
-            message.get("durable") is True,
-            incarnation,
-        )
-        self.hosts[host] = info
-
-    def _on_host_gone(self, message: Message) -> None:
-        """A cache node died (the broker published its will) or shut down: drop it, and
-        send again at once, through another entry, every repeatable attempt waiting on
-        it, as its entry or as its key's owner. A will of an incarnation other than the
-        latest announced is an earlier run's, and changes nothing."""
-        try:
-            wire.check_host_gone(message)
-        except ValueError as exc:
-            self.drops.bad("host_gone", exc)
-            return
-        host, incarnation = message["host"], message["incarnation"]
-        info = self.hosts.get(host)
-        if info is None or info.incarnation != incarnation:
-            return
-        stranded = [
-            corr
-            for corr, (entry, key) in self._attempts.items()
-            if host in (entry, self._entry_for(key, avoid=set()))
-        ]
-        stranded += [corr for corr, scanned in self._scans.items() if scanned == host]
-        del self.hosts[host]
-        self._gone[host] = (incarnation, self.clock())
-        for corr in stranded:
-            future = self.pending.get(corr)
-            if future is not None and not future.done():
-                future.set_result(_ENTRY_GONE)
+        self.core.on_announce(message, self.clock())
+        self._drive()
 
     async def _on_reply(self, _topic: str, message: Message) -> None:
-        try:
-            replies = wire.unbatch(message)
-        except ValueError as exc:
-            self.drops.bad("batch of replies", exc)
-            return
-        for reply in replies:
-            try:
-                wire.check_reply(reply)
-            except ValueError as exc:
-                self.drops.bad("reply", exc)
-                continue
-            future = self.pending.get(reply["corr"])
-            if future is not None and not future.done():
-                future.set_result(reply)
+        self.core.on_reply(message, self.clock())
+        self._drive()
 
     async def _on_events(self, _topic: str, message: Message) -> None:
         try:

@@ -18,8 +18,9 @@ from backend.errors import TIMEOUT, OpError
 from backend.model.kv import KeyValueState, record_to_wire
 from backend.ring import wire
 from backend.ring.cache_core import Publish
+from backend.ring.portal_core import ATTEMPT_WAIT, HOST_FRESHNESS
 from backend.store import ring as ring_store
-from backend.store.ring import ATTEMPT_WAIT, HOST_FRESHNESS, RingStore
+from backend.store.ring import RingStore
 from tests.unit.test_cache_core import Cluster, create, four_nodes
 
 CID = 0x8000_0000_0000_0000

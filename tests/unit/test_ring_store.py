@@ -7,6 +7,8 @@ outcome rules can be checked exactly.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from backend.bus import topics
@@ -200,6 +202,18 @@ async def test_a_restarted_portal_never_reuses_a_correlation_id() -> None:
     id that reused one would get the answer to its previous run's operation."""
     hub = MemoryHub()
     before, after = RingStore(hub.attach(), "portal-1"), RingStore(hub.attach(), "portal-1")
-    first_run = {before._next_corr() for _ in range(100)}
-    second_run = {after._next_corr() for _ in range(100)}
+    first_run = {before.core.next_corr() for _ in range(100)}
+    second_run = {after.core.next_corr() for _ in range(100)}
     assert not first_run & second_run
+
+
+async def test_a_cancelled_operation_stops_being_retried(ring) -> None:
+    owner, store = ring
+    owner.mode = "silent"
+    call = asyncio.create_task(store.list_tasks(CID))
+    await asyncio.sleep(0.01)
+    assert owner.requests == 2 and store.core.next_tick() is not None
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert store.core.next_tick() is None and not store.waiting
