@@ -45,7 +45,7 @@ def ring(durable: bool = False, now: float = 0.0) -> PortalCore:
 
 def sent(core: PortalCore) -> list[tuple[str, dict[str, Any]]]:
     """Every message flushed, unbatched: (host, message)."""
-    out = []
+    out: list[tuple[str, dict[str, Any]]] = []
     for topic, message in core.flush():
         host = topic.rsplit("/", 1)[-1]
         out.extend((host, m) for m in wire.unbatch(message))
@@ -129,6 +129,7 @@ def test_unavailable_is_retried_through_another_node_until_the_deadline() -> Non
             break
         assert outputs in ([AttemptFailed(call, REFUSED, "no route")], [])  # []: all tried
         wake = core.next_tick()
+        assert wake is not None
         assert wake == pytest.approx(now + RETRY_PAUSE)
         announce(core, "a", 200, wake)  # both stay fresh
         announce(core, "b", 300, wake)
