@@ -74,12 +74,12 @@ from typing import Any
 from ..bus import topics
 from ..errors import CODES, EXISTS, INTERNAL, TIMEOUT, UNAVAILABLE
 from ..model.kv import READ_OPS
-from ..nodes.cache_node import TICK_INTERVAL as CACHE_TICK
 from ..raft import Entry, RaftOptions, Ready, bootstrap_state
 from ..replica.core import ReplicaCore
 from ..replica.group import default_groups, group_for
 from ..replica.state_machine import decode_batch
 from ..ring import wire
+from ..ring.cache_core import TICK_INTERVAL as CACHE_TICK
 from ..ring.cache_core import CacheNode, Publish, coalesce
 from ..storage.records import records_for_ready
 from ..store.ring import ATTEMPT_WAIT, HOST_FRESHNESS, REQUEST_TIMEOUT, RETRY_PAUSE
