@@ -35,13 +35,13 @@ graceful join or leave loses nothing:
 - Leaving, every key goes to the successor (on another node) of the position
   that owns it, before Chord's leave messages.
 
-Durable mode (`groups` given; ReplicatedKeys): the keys live in replica groups and memory is
-only their cache, so none of the moving above happens. An owner claims each
-key from its group before serving it, commits every write through the group
-before it touches memory, and answers reads under a lease (durable.py). Keys
-a node no longer owns simply leave its memory; a crashed node's keys are
-claimed, with their committed state, by whichever node owns them next.
-Scans read every group instead of memory.
+Durable mode (`groups` given; ReplicatedKeys): the keys live in replica groups
+and memory is only their cache, so none of the moving above happens. An owner
+claims each key from its group before serving it, commits every write through
+the group before it touches memory, and answers reads under a lease
+(durable.py). Keys a node no longer owns simply leave its memory; a crashed
+node's keys are claimed, with their committed state, by whichever node owns
+them next. Scans read every group instead of memory.
 
 Memory-only mode (no groups): a crashed node's keys are lost; the ring heals
 around it and its keys answer not_found.

@@ -354,7 +354,7 @@ class ReplicatedKeys:
         drops: Drops,
     ) -> None:
         self.host_id = host_id
-        self.keys = DurableKeys(host_id, incarnation, groups, state, now, drops)
+        self.durable_keys = DurableKeys(host_id, incarnation, groups, state, now, drops)
         # Nothing arrives by handover: a key comes with its claim, and the key's queue
         # in DurableKeys waits for it.
         self.arrived = False
@@ -369,25 +369,25 @@ class ReplicatedKeys:
         return 0
 
     def subscriptions(self) -> list[str]:
-        return [self.keys.reply_filter]
+        return [self.durable_keys.reply_filter]
 
     def status(self) -> dict[str, Any]:
-        return {"durable": True, "groups": self.keys.groups}
+        return {"durable": True, "groups": self.durable_keys.groups}
 
     def takes(self, kind: object) -> bool:
         return kind in (group_wire.PROPOSED, group_wire.READ_RESULT)
 
     def receive(self, message: dict[str, Any], now: float) -> list[Send]:
-        return self.keys.receive(message, now)
+        return self.durable_keys.receive(message, now)
 
     def tick(self, now: float) -> list[Send]:
-        return self.keys.tick(now)
+        return self.durable_keys.tick(now)
 
     def flush(self, now: float) -> list[Send]:
-        return self.keys.flush(now)
+        return self.durable_keys.flush(now)
 
     def take_finished(self) -> list[Finished]:
-        finished, self.keys.finished = self.keys.finished, []
+        finished, self.durable_keys.finished = self.durable_keys.finished, []
         return finished
 
     # ---- serving ------------------------------------------------------------------
@@ -396,14 +396,14 @@ class ReplicatedKeys:
         return False  # the key's group has it: the claim fetches it
 
     def submit(self, cid: int, job: Job) -> Finished | None:
-        self.keys.submit(cid, job)
+        self.durable_keys.submit(cid, job)
         return None
 
     def scan(
         self, job: Job, after: int, limit: int, serves: Callable[[int], bool], now: float
     ) -> list[Send]:
         # every group, not memory: the groups hold every key, this node only some
-        return self.keys.scan(job, after, limit, now)
+        return self.durable_keys.scan(job, after, limit, now)
 
     # ---- ownership changes --------------------------------------------------------
 
@@ -419,8 +419,8 @@ class ReplicatedKeys:
     def sweep(self, owns: Callable[[int], bool], now: float) -> list[Lookup]:
         """Keys this node no longer owns leave memory (their group keeps them, and their
         next owner claims them)."""
-        strays = [c for c in self.keys.keys if not owns(c)]
-        dropped = sum(self.keys.forget(cid) for cid in strays)
+        strays = [c for c in self.durable_keys.keys if not owns(c)]
+        dropped = sum(self.durable_keys.forget(cid) for cid in strays)
         if dropped:
             log.info("cache node %s dropped %d keys it no longer owns", self.host_id, dropped)
         return []
@@ -444,5 +444,5 @@ class ReplicatedKeys:
         pass  # DurableKeys expires its queues on its tick
 
     def leave(self, members: Sequence[ChordNode], now: float) -> list[Send]:
-        self.keys.abandon_queued("the cache node is leaving the ring")
+        self.durable_keys.abandon_queued("the cache node is leaving the ring")
         return []
