@@ -58,7 +58,8 @@ class KeyHolding(Protocol):
     """What a cache node does with its keys, whichever way it holds them."""
 
     durable: bool  # announced, so that portals know what a repeated write may do
-    # keys arrived since the core last looked (for parked requests, and for the sweep)
+    # Keys came in since the core last looked: `arrived` for its parked requests,
+    # `imported` for its sweep; the core clears each once it has looked.
     arrived: bool
     imported: bool
 
