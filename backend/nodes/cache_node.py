@@ -1,8 +1,9 @@
 """`taskring cache-node`: one cache node of the Chord ring, as its own process.
 
 A thin asyncio adapter around backend/ring/cache_core.py's CacheNode: it moves
-msgpack maps between the MQTT broker and the core, ticks the core every 0.1 s,
-publishes what the core returns in order, and sends a heartbeat every second.
+msgpack maps between the MQTT broker and the core, ticks the core every
+cache_core.TICK_INTERVAL (0.1 s), publishes what the core returns in order, and
+sends a heartbeat every second.
 
     taskring cache-node [--id cache-node-1] [--broker URL] [--vnodes 8]
                         [--bootstrap] [--join-wait 2.0]
@@ -72,14 +73,13 @@ from ..config import BrokerAddress
 from ..critical import critical_task
 from ..replica.group import default_groups
 from ..ring import wire
-from ..ring.cache_core import CacheNode, Publish, coalesce
+from ..ring.cache_core import TICK_INTERVAL, CacheNode, Publish, coalesce
 from ..telemetry import HEARTBEAT_INTERVAL, RequestMetrics, heartbeat_message
 from .process import run, stop_on_signals
 
 log = logging.getLogger(__name__)
 
 KIND = "cache-node"
-TICK_INTERVAL = 0.1
 CONNECT_LOG_INTERVAL = 5.0
 LEAVE_ACK_WAIT = 2.0  # how long a leaving node waits for its handovers' acknowledgements
 FLUSH_WAIT = 2.0

@@ -1,14 +1,15 @@
 """One cache node of the ring, pure: Chord routing plus the keys this node holds.
 
-`CacheNode` wraps a ChordHost (ring membership and routing) and a KeyValueState
-(the keys it owns, in memory only). It takes decoded messages and ticks, each
-with the caller's clock reading, and returns `Publish`es (topic, message,
-QoS) for the caller to send in order; it does no I/O and reads no clock. The
-message formats are backend/ring/wire.py's and Chord's own.
+`CacheNode` wraps a ChordHost (ring membership and routing) and a KeyHolding
+(key_holding.py: the keys it owns, in memory only or in replica groups). It
+takes decoded messages and ticks, each with the caller's clock reading, and
+returns `Publish`es (topic, message, QoS) for the caller to send in order; it
+does no I/O and reads no clock. The message formats are backend/ring/wire.py's
+and Chord's own.
 
     node = CacheNode("cache-node-1", incarnation=<random text>, bootstrap=True, now=t)
     publishes = node.receive(topic, message, now)   # per message on its host topic or announce
-    publishes = node.tick(now)                      # every 0.1 s or so
+    publishes = node.tick(now)                      # every TICK_INTERVAL or so
     publishes = node.leave(now)                     # on SIGTERM; then wait for handovers_pending
 
 Requests enter at any node and ride a Chord lookup to the owner of their key,
@@ -18,7 +19,8 @@ lookup that cannot be routed is answered `unavailable` (not applied). The reply
 address and correlation id ride in the lookup's token (so together they must
 fit in its 512 characters), so whichever node gives up on a request can answer it.
 
-Keys move when ownership does, so a graceful join or leave loses nothing:
+Memory-only mode (no `groups`; MemoryKeys): keys move when ownership does, so a
+graceful join or leave loses nothing:
 
 - An arc lost to a new predecessor on another node (it joined in front of us) is
   handed to it directly, with the arc itself, so it knows the handover is complete.
@@ -33,13 +35,13 @@ Keys move when ownership does, so a graceful join or leave loses nothing:
 - Leaving, every key goes to the successor (on another node) of the position
   that owns it, before Chord's leave messages.
 
-Durable mode (`groups` given): the keys live in replica groups and memory is
-only their cache, so none of the moving above happens. An owner claims each
-key from its group before serving it, commits every write through the group
-before it touches memory, and answers reads under a lease (durable.py). Keys
-a node no longer owns simply leave its memory; a crashed node's keys are
-claimed, with their committed state, by whichever node owns them next.
-Scans read every group instead of memory.
+Durable mode (`groups` given; ReplicatedKeys): the keys live in replica groups
+and memory is only their cache, so none of the moving above happens. An owner
+claims each key from its group before serving it, commits every write through
+the group before it touches memory, and answers reads under a lease
+(durable.py). Keys a node no longer owns simply leave its memory; a crashed
+node's keys are claimed, with their committed state, by whichever node owns
+them next. Scans read every group instead of memory.
 
 Memory-only mode (no groups): a crashed node's keys are lost; the ring heals
 around it and its keys answer not_found.
@@ -72,7 +74,6 @@ from ..chord import (
     RangeChanged,
     Send,
     between,
-    between_right,
     decode,
     format_position,
     hosts_visited,
@@ -81,16 +82,16 @@ from ..chord import (
 from ..chord.messages import MAX_TOKEN_CHARS, MESSAGE_TYPES
 from ..core.metrics import RequestMetrics
 from ..errors import BAD_REQUEST, UNAVAILABLE
-from ..model.kv import WRITE_OPS, KeyValueState, record_to_wire
+from ..model.kv import WRITE_OPS, KeyValueState
 from ..model.records import CLIENT_DELETED, TOKEN_ROTATED
-from ..replica import wire as group_wire
-from ..replica.state_machine import OpResult, apply_op, op_error, outcome_of
+from ..replica.state_machine import OpResult, outcome_of
 from . import wire
-from .durable import DurableKeys, Finished, Job
-from .key_moves import KeyMoves, import_keys
+from .durable import Finished, Job
+from .key_holding import HANDOVER_TOKEN, KeyHolding, MemoryKeys, ReplicatedKeys
 
 log = logging.getLogger(__name__)
 
+TICK_INTERVAL = 0.1  # how often the node's process calls `tick`
 ANNOUNCE_INTERVAL = 0.5
 PEER_FRESH = 2.0  # a member announced this recently is a join contact
 PEER_FORGET = 60.0
@@ -99,8 +100,6 @@ COLD_WAIT = 2.0  # a newly gained arc waits this long for its keys
 PARK_LIMIT = 8.0  # a parked request is answered `unavailable` after this long
 SWEEP_INTERVAL = 1.0
 FULL_SWEEP_INTERVAL = 10.0  # sweep even when nothing seems to have changed
-SWEEP_BATCH = 512  # keys routed away per sweep
-HANDOVER_BATCH = 256  # keys per direct handover message
 REPLY_CACHE = 10_000
 
 NOT_IN_RING = "not yet in the ring"
@@ -189,18 +188,15 @@ class CacheNode:
         self._bootstrapping = False
         self._was_member = False
         self._replies = _Lru(REPLY_CACHE)
-        self.moves = KeyMoves(f"{host_id}/{incarnation}", cold_wait)
         self._parked: list[_Parked] = []
         self._due_announce = now
         self._due_sweep = now
         self._due_full_sweep = now
         self._swept_view: tuple[Any, ...] | None = None
-        self._imported = False  # keys arrived since the last sweep
-        self._arrived = False  # keys arrived since parked requests were last looked at
-        self.durable = (
-            DurableKeys(host_id, incarnation, groups, self.state, now, self.drops)
+        self.holding: KeyHolding = (
+            ReplicatedKeys(host_id, incarnation, groups, self.state, now, self.drops)
             if groups
-            else None
+            else MemoryKeys(host_id, incarnation, self.state, cold_wait, self.drops)
         )
         self._in_flight: set[tuple[str, str]] = set()  # (reply_to, corr) being proposed
 
@@ -208,10 +204,7 @@ class CacheNode:
 
     def subscriptions(self) -> list[str]:
         """The topics whose messages go to `receive`."""
-        subscribed = [topics.ring_host(self.id), topics.RING_ANNOUNCE]
-        if self.durable is not None:
-            subscribed.append(self.durable.reply_filter)
-        return subscribed
+        return [topics.ring_host(self.id), topics.RING_ANNOUNCE, *self.holding.subscriptions()]
 
     @property
     def member(self) -> bool:
@@ -223,7 +216,7 @@ class CacheNode:
     @property
     def handovers_pending(self) -> int:
         """Handovers sent and not yet acknowledged."""
-        return len(self.moves.inflight)
+        return self.holding.handovers_pending
 
     def ring_status(self) -> dict[str, Any]:
         """The heartbeat's "ring" field (layout in backend/nodes/cache_node.py)."""
@@ -236,10 +229,9 @@ class CacheNode:
             "successors": first["successors"],
             "fingers": first["fingers"],
             "keys": len(self.state.keys),
-            "moving": len(self.moves.moving),
+            "moving": self.holding.moving,
             "vnodes": vnodes,
-            "durable": self.durable is not None,
-            "groups": [] if self.durable is None else self.durable.groups,
+            **self.holding.status(),
         }
 
     # ---- inputs ---------------------------------------------------------------------
@@ -254,8 +246,8 @@ class CacheNode:
             return []
         kind = message.get("t")
         out: list[Publish] = []
-        if self.durable is not None and kind in (group_wire.PROPOSED, group_wire.READ_RESULT):
-            self._sends(self.durable.receive(message, now), out)
+        if self.holding.takes(kind):
+            self._sends(self.holding.receive(message, now), out)
         elif kind == wire.BATCH:
             try:
                 inner = wire.unbatch(message)
@@ -266,7 +258,7 @@ class CacheNode:
                 self._receive(item.get("t"), topic, item, out)
         else:
             self._receive(kind, topic, message, out)
-        if self._arrived and self._parked:
+        if self.holding.arrived and self._parked:
             self._release_parked(out)
         self._answer_finished(out)
         return out
@@ -274,11 +266,10 @@ class CacheNode:
     def flush(self, now: float) -> list[Publish]:
         """Propose what arrived since the last flush (durable mode: one message per
         group for all of it); call after a burst of `receive`s."""
+        self._clock(now)
         out: list[Publish] = []
-        if self.durable is not None:
-            self._clock(now)
-            self._sends(self.durable.flush(now), out)
-            self._answer_finished(out)
+        self._sends(self.holding.flush(now), out)
+        self._answer_finished(out)
         return out
 
     def _sends(self, sends: Iterable[Any], out: list[Publish]) -> None:
@@ -319,9 +310,8 @@ class CacheNode:
         if now >= self._due_sweep:
             self._due_sweep = now + SWEEP_INTERVAL
             self._sweep(out)
-        if self.durable is not None:
-            self._sends(self.durable.tick(now), out)
-            self._answer_finished(out)
+        self._sends(self.holding.tick(now), out)
+        self._answer_finished(out)
         return out
 
     def leave(self, now: float) -> list[Publish]:
@@ -330,16 +320,13 @@ class CacheNode:
         out: list[Publish] = []
         if self.leaving:
             return out
-        if self.host.members() and self.durable is None:
-            self._hand_everything_over(out)
+        self._sends(self.holding.leave(self.host.members(), self.now), out)
         self.leaving = True
         self._process(self.host.leave(), out)
         for parked in self._parked:
             self._reply_unavailable(parked.owned.token, MOVING, parked.owned.hosts(), out)
         self._parked.clear()
-        if self.durable is not None:
-            self.durable.abandon_queued("the cache node is leaving the ring")
-            self._answer_finished(out)
+        self._answer_finished(out)
         out.append(Publish(topics.RING_ANNOUNCE, self._announcement(), qos=0))
         return out
 
@@ -386,7 +373,7 @@ class CacheNode:
 
     def _announcement(self) -> dict[str, Any]:
         message = wire.announce(self.id, self.incarnation, self.member, self.host.positions)
-        message["durable"] = self.durable is not None
+        message["durable"] = self.holding.durable
         return message
 
     def _contacts(self) -> list[str]:
@@ -437,7 +424,7 @@ class CacheNode:
             elif kind is Joined:
                 self._was_member = True
                 if not self._bootstrapping:
-                    self.moves.predecessor_unknown(item.position, self.now)  # type: ignore[union-attr]
+                    self.holding.position_unsure(item.position, self.now)  # type: ignore[union-attr]
             elif kind is Isolated and self._was_member:
                 log.warning("cache node %s lost touch with the ring; joining again", self.id)
 
@@ -454,7 +441,7 @@ class CacheNode:
     def _on_dropped(self, dropped: Dropped, out: list[Publish]) -> None:
         token = dropped.token
         if token.startswith(HANDOVER_TOKEN):
-            self._take_back(token[len(HANDOVER_TOKEN) :], "its lookup was dropped")
+            self.holding.lookup_dropped(token[len(HANDOVER_TOKEN) :])
         else:
             self._reply_unavailable(token, UNROUTABLE, hosts_visited(dropped.route), out)
 
@@ -463,13 +450,14 @@ class CacheNode:
         if self._bootstrapping:
             return
         if new is None:
-            self.moves.predecessor_unknown(pos, self.now)
+            self.holding.position_unsure(pos, self.now)
         elif old is None:
-            self.moves.gained(new, pos, self.now)
+            self.holding.arc_gained(new, pos, self.now)
         elif between(new, old, pos):
-            self._hand_lost_arc(pos, old, new, out)
+            to = self._taker_of_lost_arc(pos, new)
+            self._sends(self.holding.arc_lost(old, new, to, self.now), out)
         else:
-            self.moves.gained(new, old, self.now)
+            self.holding.arc_gained(new, old, self.now)
         self._due_sweep = min(self._due_sweep, self.now)
 
     # ---- serving requests -----------------------------------------------------------
@@ -514,20 +502,12 @@ class CacheNode:
             self._parked.append(_Parked(owned, self.now))
             return
         started = since if since is not None else self.now
-        if self.durable is not None:
-            self._in_flight.add((reply_to, corr))
-            self.durable.submit(owned.key, Job((owned, request), request["op"], started))
-            return
-        try:
-            # Checked whole first: an operation that fails halfway must not change memory.
-            group_wire.check_write_or_read_op(request["op"])
-        except ValueError as exc:
-            result = op_error(BAD_REQUEST, str(exc))
+        job = Job((owned, request), request["op"], started)
+        answered = self.holding.submit(owned.key, job)
+        if answered is None:
+            self._in_flight.add((reply_to, corr))  # until its answer is taken from `finished`
         else:
-            result = apply_op(self.state, request["op"])
-        if outcome_of(result) == BAD_REQUEST:
-            self._drop_if_empty(owned.key)
-        self._answer(owned, request, result, "", self.now - started, out)
+            self._answer(owned, request, answered.result, answered.group, self.now - started, out)
 
     def _answer(
         self,
@@ -556,10 +536,7 @@ class CacheNode:
             out.extend(event_publishes(self.id, event))
 
     def _answer_finished(self, out: list[Publish]) -> None:
-        if self.durable is None or not self.durable.finished:
-            return
-        finished, self.durable.finished = self.durable.finished, []
-        for item in finished:
+        for item in self.holding.take_finished():
             self._answer_one(item, out)
 
     def _answer_one(self, item: Finished, out: list[Publish]) -> None:
@@ -580,12 +557,6 @@ class CacheNode:
         self.metrics.observe("scan", outcome_of(item.result), max(0.0, waited))
         out.append(Publish(reply_to, reply))
 
-    def _drop_if_empty(self, cid: int) -> None:
-        """A malformed create may leave an empty key behind; it must not count as held."""
-        key = self.state.keys.get(cid)
-        if key is not None and key.record is None and not key.tasks:
-            del self.state.keys[cid]
-
     def _reply_unavailable(
         self, token: str, message: str, route: list[str], out: list[Publish]
     ) -> None:
@@ -604,16 +575,9 @@ class CacheNode:
         except ValueError as exc:
             self._refuse(message, str(exc), out)
             return
-        if self.durable is not None:
-            job = Job(message, {"op": "scan", "limit": message["limit"]}, self.now)
-            self._sends(self.durable.scan(job, message["after"], message["limit"], self.now), out)
-            return
-        serves = self._serves()
-        records = self.state.clients_after(message["after"], len(self.state.keys))
-        clients = [record_to_wire(r) for r in records if serves(r.cid)][: message["limit"]]
-        result = {"clients": clients, "host": self.id}
-        reply = wire.reply_ok(message["corr"], result, [self.id], self.id, 0)
-        out.append(Publish(message["reply_to"], reply))
+        job = Job(message, {"op": "scan", "limit": message["limit"]}, self.now)
+        scan = self.holding.scan(job, message["after"], message["limit"], self._serves(), self.now)
+        self._sends(scan, out)
 
     # ---- ownership ------------------------------------------------------------------
 
@@ -646,16 +610,13 @@ class CacheNode:
 
     def _must_wait(self, owned: Owned) -> bool:
         """A key this position may own but whose handover has not arrived yet."""
-        if self.durable is not None:
-            return False  # the key's group has it: the claim fetches it
-        held = owned.key in self.state.keys
-        return self.moves.must_wait(held, owned.position, owned.key, self.now)
+        return self.holding.must_wait(owned.key, owned.position, self.now)
 
     def _release_parked(self, out: list[Publish]) -> None:
         if not self._parked:
             return
         parked, self._parked = self._parked, []
-        self._arrived = False
+        self.holding.arrived = False
         owns = self._ownership()
         for item in parked:
             owned = item.owned
@@ -670,79 +631,38 @@ class CacheNode:
                 self._serve(owned, out, since=item.since)
 
     def _expire(self) -> None:
-        now = self.now
-        self.moves.expire(now)
-        for hid in self.moves.overdue(now):
-            self._take_back(hid, "no acknowledgement came")
-        for hid in self.moves.sent_to(self.host.liveness.suspects):
-            self._take_back(hid, "that cache node stopped answering")
-        forget = now - PEER_FORGET
+        self.holding.expire(self.now, self.host.liveness.suspects)
+        forget = self.now - PEER_FORGET
         self.peers = {h: p for h, p in self.peers.items() if p.heard >= forget}
 
-    # ---- moving keys ----------------------------------------------------------------
+    # ---- keys changing hands --------------------------------------------------------
 
-    def _hand_directly(
-        self, to: str, cids: list[int], arcs: list[list[int]], out: list[Publish]
-    ) -> None:
-        """Hand `cids` to cache node `to` in batches; the arcs ride on the last batch, so
-        the receiver stops waiting for them only once every key has arrived."""
-        batches = [cids[i : i + HANDOVER_BATCH] for i in range(0, len(cids), HANDOVER_BATCH)]
-        for i, batch in enumerate(batches or [[]]):
-            hid, keys = self.moves.send_away(self.state, batch, to, self.now)
-            last = i == max(len(batches), 1) - 1
-            message = wire.handover(self.id, keys, hid, arcs if last else [])
-            out.append(Publish(topics.ring_host(to), message))
-
-    def _hand_lost_arc(self, pos: int, old: int, new: int, out: list[Publish]) -> None:
-        """Position `pos` gave the arc (old, new] to its new predecessor `new`."""
-        if self.durable is not None:
-            return  # the new owner claims the keys; the sweep drops them here
+    def _taker_of_lost_arc(self, pos: int, new: int) -> str | None:
+        """The cache node that position `pos`'s new predecessor `new` lives on, if it is
+        still that and lives on another node (else the sweep decides)."""
         node = self.host.node_at(pos)
         pred = None if node is None else node.predecessor
         if pred is None or pred.pos != new or pred.host == self.id:
-            return  # moved on already, or to a position of this node: the sweep decides
-        cids = [c for c in self.state.keys if c == new or between_right(c, old, new)]
-        self._hand_directly(pred.host, cids, [[old, new]], out)
+            return None
+        return pred.host
 
     def _sweep(self, out: list[Publish]) -> None:
-        """Route keys no position here owns to their owner."""
+        """Deal with keys no position here owns, when the ring view or the keys changed
+        (or now and then regardless)."""
         owns = self._ownership()
         if owns is None:
             return
         view = tuple((n.pos, n.predecessor) for n in self.host.nodes)
-        if view == self._swept_view and not self._imported and self.now < self._due_full_sweep:
+        if (
+            view == self._swept_view
+            and not self.holding.imported
+            and self.now < self._due_full_sweep
+        ):
             return
-        self._swept_view, self._imported = view, False
+        self._swept_view, self.holding.imported = view, False
         self._due_full_sweep = self.now + FULL_SWEEP_INTERVAL
-        if self.durable is not None:
-            self._forget_strays(owns)
-            return
-        strays = [c for c in self.state.keys if not owns(c)][:SWEEP_BATCH]
-        if strays:
-            log.info("cache node %s routing %d keys to their owners", self.id, len(strays))
-        for cid in strays:
-            hid, keys = self.moves.send_away(self.state, [cid], "", self.now)
-            payload = wire.handover(self.id, keys, hid)
-            self._process(self.host.lookup(cid, HANDOVER_TOKEN + hid, payload), out)
-
-    def _forget_strays(self, owns: Callable[[int], bool]) -> None:
-        """Durable mode: keys this node no longer owns leave memory (their group keeps
-        them, and their next owner claims them)."""
-        assert self.durable is not None
-        strays = [c for c in self.durable.keys if not owns(c)]
-        dropped = sum(self.durable.forget(cid) for cid in strays)
-        if dropped:
-            log.info("cache node %s dropped %d keys it no longer owns", self.id, dropped)
-
-    def _take_back(self, hid: str, why: str) -> None:
-        flight = self.moves.acknowledged(hid)
-        if flight is None:
-            return
-        if self.leaving:
-            log.warning("lost %d keys handed to %s: %s", len(flight.cids), flight.to or "?", why)
-            return
-        log.info("taking back %d keys handed to %s: %s", len(flight.cids), flight.to or "?", why)
-        self._import(flight.keys)
+        for lookup in self.holding.sweep(owns, self.now):
+            self._process(self.host.lookup(lookup.key, lookup.token, lookup.payload), out)
 
     def _on_handover(self, message: dict[str, Any], out: list[Publish]) -> None:
         try:
@@ -750,15 +670,7 @@ class CacheNode:
         except ValueError as exc:
             self.drops.bad("handover", exc)
             return
-        hid, sender = message["id"], message["from"]
-        if sender == self.id:
-            self.moves.acknowledged(hid)  # our own stray came back to us: we own it
-            self._import(message["keys"])
-            return
-        if self.moves.first_time(hid):
-            self._import(message["keys"])
-            self.moves.covered(message.get("arcs", []), self.now)
-        out.append(Publish(topics.ring_host(sender), wire.handover_ack(self.id, hid)))
+        self._sends(self.holding.handover(message, self.now), out)
 
     def _on_handover_ack(self, message: dict[str, Any]) -> None:
         try:
@@ -766,45 +678,10 @@ class CacheNode:
         except ValueError as exc:
             self.drops.bad("handover_ack", exc)
             return
-        self.moves.acknowledged(message["id"])
-
-    def _import(self, items: list[Any]) -> None:
-        import_keys(self.state, items, self.drops)
-        self._imported = self._arrived = True
-
-    def _hand_everything_over(self, out: list[Publish]) -> None:
-        """Before leaving: each key to the first position after its owner that lives on
-        another cache node (its owner once this node is gone)."""
-        members = sorted(self.host.members(), key=lambda n: n.pos)
-        positions = [n.pos for n in members]
-        target: dict[int, str | None] = {
-            n.pos: next((p.host for p in n.successors if p.host != self.id), None) for n in members
-        }
-        cids: dict[str, list[int]] = {}
-        arcs: dict[str, list[list[int]]] = {}
-        for n in members:
-            to = target[n.pos]
-            if to is not None and n.predecessor is not None:
-                arcs.setdefault(to, []).append([n.predecessor.pos, n.pos])
-        lost = 0
-        for cid in list(self.state.keys):
-            to = target[positions[owner_index(cid, positions)]]
-            if to is None:
-                lost += 1
-            else:
-                cids.setdefault(to, []).append(cid)
-        for to in sorted(set(cids) | set(arcs)):
-            self._hand_directly(to, cids.get(to, []), arcs.get(to, []), out)
-        handed = sum(len(c) for c in cids.values())
-        log.info("cache node %s handing %d keys to %d others", self.id, handed, len(cids))
-        if lost:
-            log.warning("no other cache node to hand %d keys to; they are lost", lost)
+        self.holding.handover_acked(message["id"])
 
 
 # ---- helpers ------------------------------------------------------------------------
-
-
-HANDOVER_TOKEN = "h"  # a lookup token: "h" + handover id, or a request's (below)
 
 
 def _request_token(reply_to: str, corr: str) -> str:

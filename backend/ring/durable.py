@@ -1,11 +1,12 @@
 """A cache node's keys backed by replica groups, pure: what makes an owner's answers
 durable and linearizable.
 
-`DurableKeys` sits between the ring's owner logic (cache_core.py) and the
-replica groups (backend/replica). The cache node hands it each request that
-reached this node as the key's owner (`submit`), moves the groups' answers in
-(`receive`), ticks it, and calls `flush` after a burst of messages; it returns
-messages to publish, and collects answers in `finished` for the node to send.
+`DurableKeys` sits between the ring's owner logic (cache_core.py, through
+key_holding.ReplicatedKeys) and the replica groups (backend/replica). The cache
+node hands it each request that reached this node as the key's owner
+(`submit`), moves the groups' answers in (`receive`), ticks it, and calls
+`flush` after a burst of messages; it returns messages to publish, and collects
+answers in `finished` for the node to send.
 
 Per key, requests run strictly one after another in arrival order. A key not
 in memory is claimed from its group first; writes are proposed to the group

@@ -75,12 +75,12 @@ from typing import Any
 from ..bus import topics
 from ..bus.drops import Drops
 from ..errors import EXISTS, UNAVAILABLE, OpError
-from ..nodes.cache_node import TICK_INTERVAL as CACHE_TICK
 from ..raft import Entry, RaftOptions, Ready, bootstrap_state
 from ..replica.core import ReplicaCore
 from ..replica.group import default_groups, group_for
 from ..replica.state_machine import decode_batch
 from ..ring import wire
+from ..ring.cache_core import TICK_INTERVAL as CACHE_TICK
 from ..ring.cache_core import CacheNode, Publish, coalesce
 from ..ring.portal_core import (
     REFUSED,
