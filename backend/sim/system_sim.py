@@ -28,7 +28,8 @@ them:
   and a crash loses what was not yet fsynced. Snapshots are taken as the
   process takes them: the state frozen when one is due, saved by a background
   writer a seeded while later (a crash before then loses it), the log compacted
-  only then, and the file read back when a lagging follower needs its bytes.
+  and its records freed only then, and the file read back when a lagging
+  follower needs its bytes.
 - portals: RingStore's request logic (backend/store/ring.py): a `request` to the
   cache node whose announced position follows the key; `unavailable` retried
   through another node until the 5 s deadline; no answer within a second retried
@@ -86,7 +87,7 @@ from ..replica.group import default_groups, group_for
 from ..replica.state_machine import decode_batch
 from ..ring import wire
 from ..ring.cache_core import CacheNode, Publish, coalesce
-from ..storage.records import records_for_ready
+from ..storage.records import encode_entry, encode_hard_state, records_for_ready, replay
 from ..store.ring import ATTEMPT_WAIT, HOST_FRESHNESS, REQUEST_TIMEOUT, RETRY_PAUSE
 from . import linearizability, seeds
 from .broker import Broker, BrokerConfig, Connection
@@ -102,7 +103,7 @@ TITLES = ("a", "b", "c")
 FINAL_DEADLINE = 60.0  # after the faults stop, every key must be listed within this
 CHECK_TIMEOUT = 30.0  # seconds of real time the linearizability search may take
 DIGEST_EVERY = 8  # compare members' state machines at every this many applied indexes
-SNAPSHOT_WRITE = 0.1  # mean seconds a replica's background snapshot writer takes
+SNAPSHOT_WRITE = 0.3  # mean seconds a replica's background snapshot writer takes
 SNAPSHOT_READ = 0.005  # mean seconds reading a snapshot file back for a follower takes
 
 
@@ -198,7 +199,14 @@ class SimReplicaStorage:
             self.disk.snapshot = snapshot
 
     def snapshot_written(self, index: int) -> None:
-        """Nothing to free: the records stay, and replay skips what the snapshot covers."""
+        """Free the log through `index`, as the real one drops its segments: the fsynced
+        records become the entries after `index` and the hard state; a restart needs a
+        snapshot at `index` or later to follow them."""
+        disk = self.disk
+        state = replay(disk.snapshot, disk.records[: disk.synced])
+        kept = [encode_entry(e) for e in state.entries if e.index > index]
+        disk.records[: disk.synced] = [*kept, encode_hard_state(state.hard_state)]
+        disk.synced = len(kept) + 1
 
     def load_snapshot(self, index: int) -> Snapshot | None:
         """The saved snapshot at `index`, or None if a newer one replaced it."""
