@@ -1,9 +1,11 @@
 """`taskring replica`: one replica of a replica group, as its own process.
 
-A thin asyncio adapter around backend/replica/core.py's ReplicaCore: it feeds
-the core what arrives on this replica's inbox, ticks it, and runs the Ready
-cycle in the order Raft requires: persist (one fsync per Ready), send, apply,
-advance; then a snapshot when one is due.
+A thin asyncio adapter around backend/replica/core.py's ReplicaCore, driven by
+backend/replica/driver.py's ReplicaDriver (which the simulator and the unit
+tests run too): it feeds the core what arrives on this replica's inbox, ticks
+it, and runs the Ready cycle in the order Raft requires: persist (one fsync
+per Ready), send, apply, advance; then a snapshot when one is due. This module
+does the I/O the driver asks for.
 
 Snapshots are taken the way Redis's BGSAVE does: the replica forks, and the
 child encodes the state as of the fork (the pages are shared copy-on-write)
@@ -74,6 +76,7 @@ from ..private_files import create_private, private_directory
 from ..proc import die_with_parent
 from ..raft import LogCorruptedError, RaftOptions
 from ..replica.core import SNAPSHOT_EVERY, ReplicaCore, SnapshotJob
+from ..replica.driver import SNAPSHOT_RETRY, ReplicaDriver
 from ..replica.group import check_group_id
 from ..storage import DurableRaftStorage, StorageCorruptError
 from ..telemetry import HEARTBEAT_INTERVAL, heartbeat_message
@@ -85,34 +88,34 @@ KIND = "replica"
 FLUSH_WAIT = 2.0
 EARLY_SEND_WAIT = 0.05  # for the leader's AppendEntries to leave before its own fsync
 EXIT_FAILED, EXIT_USAGE = 1, 2
-SNAPSHOT_RETRY = 5.0  # seconds after a failed snapshot before the next try
-LOAD_RETRY = 1.0  # seconds after a snapshot file could not be read for a follower
 SNAPSHOT_NICE = 19  # the snapshot writer's priority: the lowest
 
 
 class Replica:
-    """The process state: the core, its disk, and the tasks that drive them."""
+    """The process state: the driver around the core, its disk, and the tasks that
+    run them. The cycle's logic is the driver's (backend/replica/driver.py); this
+    adapter does its I/O: the fsync in line, snapshot writers forked, snapshot files
+    read in a worker thread."""
 
     def __init__(self, core: ReplicaCore, storage: DurableRaftStorage, bus: MqttBus) -> None:
         self.core = core
         self.storage = storage
         self.publisher = Publisher(bus)
+        self.driver = ReplicaDriver(core, storage, self.publisher.send)
         self.wake = asyncio.Event()
         self.stopping = False
         self.loop = asyncio.get_running_loop()
         self._snapshotting: asyncio.Task[None] | None = None
-        self._snapshot_retry_at = 0.0
         self._loading: asyncio.Task[None] | None = None
-        self._load_retry_at = 0.0
 
     async def on_message(self, _topic: str, message: Message) -> None:
-        self.publisher.send(self.core.receive(message, self.loop.time()))
+        self.driver.receive(message, self.loop.time())
         self.wake.set()
 
     async def tick(self, interval: float) -> None:
         while True:
             try:
-                self.publisher.send(self.core.tick(self.loop.time()))
+                self.driver.tick(self.loop.time())
             except Exception:
                 # a bug must not stop the ticks: without them the group loses its leader
                 log.exception("group %s: a tick failed", self.core.group)
@@ -126,20 +129,17 @@ class Replica:
             self.wake.clear()
             while not self.stopping:
                 self._start_background_work()  # here, between Readys
-                self.publisher.send(self.core.flush(self.loop.time()))
-                ready = self.core.next_ready()
-                if ready is None:
+                cycle = self.driver.next_cycle(self.loop.time())
+                if cycle is None:
                     break
-                early = self.core.sends_before_persist(ready)
-                if early:
-                    self.publisher.send(early)
+                if cycle.sent_early:
                     # on the wire before the fsync below holds up the event loop
                     await self.publisher.flush(EARLY_SEND_WAIT)
                 # In line, not in a worker thread: a thread hand-off per Ready cost more
                 # CPU than the write and fsync; what arrives meanwhile waits in the socket
                 # and is taken in one go afterwards.
-                self.storage.save(ready)
-                self.publisher.send(self.core.after_persist(ready, self.loop.time()))
+                self.driver.persist(cycle)
+                self.driver.persisted(cycle, self.loop.time())
 
     # ---- snapshots in the background ------------------------------------------------------
 
@@ -147,11 +147,11 @@ class Replica:
         """Fork a snapshot writer if a snapshot is due; read a snapshot file back if a
         follower needs its bytes."""
         now = self.loop.time()
-        idle = self._snapshotting is None and now >= self._snapshot_retry_at
-        if idle and self.core.snapshot_due():
-            self._fork_snapshot(self.core.start_snapshot())
-        wanted = self.core.snapshot_wanted()
-        if wanted is not None and self._loading is None and now >= self._load_retry_at:
+        job = self.driver.snapshot_to_start(now)
+        if job is not None:
+            self._fork_snapshot(job)
+        wanted = self.driver.snapshot_to_load(now)
+        if wanted is not None:
             self._loading = asyncio.create_task(self._load_snapshot(wanted))
 
     def _fork_snapshot(self, job: SnapshotJob) -> None:
@@ -182,7 +182,7 @@ class Replica:
         except asyncio.CancelledError:
             stop_child(pid)
             self.storage.discard_partial_snapshot(pid)
-            self.core.snapshot_failed(job)
+            self.driver.snapshot_failed(job, self.loop.time())
             raise
         finally:
             self._snapshotting = None
@@ -190,11 +190,7 @@ class Replica:
             self.storage.discard_partial_snapshot(pid)
             self._snapshot_failed(job, f"the writer exited with {code}")
             return
-        try:
-            self.storage.snapshot_written(job.index)
-        except OSError as exc:  # the snapshot is saved; only the clean-up failed
-            log.warning("group %s: after the snapshot at %d: %s", self.core.group, job.index, exc)
-        compacted = self.core.snapshot_saved(job)
+        compacted = self.driver.snapshot_written(job)
         log.info(
             "group %s: snapshot at index %d saved in %.2f s%s",
             self.core.group,
@@ -205,8 +201,7 @@ class Replica:
         self.wake.set()
 
     def _snapshot_failed(self, job: SnapshotJob, why: str) -> None:
-        self.core.snapshot_failed(job)
-        self._snapshot_retry_at = self.loop.time() + SNAPSHOT_RETRY
+        self.driver.snapshot_failed(job, self.loop.time())
         log.error(
             "group %s: snapshot at index %d failed: %s; trying again in %.0f s",
             self.core.group,
@@ -219,7 +214,7 @@ class Replica:
         try:
             snapshot = await asyncio.to_thread(self.storage.load_snapshot, index)
         except (OSError, ValueError) as exc:
-            self._load_retry_at = self.loop.time() + LOAD_RETRY
+            self.driver.snapshot_load_failed(self.loop.time())
             log.warning(
                 "group %s: cannot read the snapshot at index %d for a follower: %s",
                 self.core.group,
@@ -227,7 +222,7 @@ class Replica:
                 exc,
             )
         else:
-            self.core.snapshot_loaded(snapshot)
+            self.driver.snapshot_loaded(snapshot)
             log.info(
                 "group %s: read the snapshot at index %d for a follower", self.core.group, index
             )

@@ -21,10 +21,15 @@ them:
   wrong rate. A killed cache node is gone with its memory, and the broker
   publishes its last will (a `host_gone`, as Mosquitto does for the real one); it
   comes back later as a new incarnation that joins the ring.
-- replicas: `ReplicaCore` (backend/replica/core.py) ticked every 0.05 s, with the
-  Ready cycle of backend/nodes/replica.py (flush, next_ready, sends_before_persist,
-  persist, after_persist, maybe_compact) over raft_sim's simulated disk: the write
-  and the fsync are separate events, and a crash loses what was not yet fsynced.
+- replicas: `ReplicaCore` (backend/replica/core.py) ticked every 0.05 s, run by
+  backend/replica/driver.py's ReplicaDriver as backend/nodes/replica.py runs it
+  (a leader's entries sent before its persist, the rest after; apply, advance)
+  over raft_sim's simulated disk: the write and the fsync are separate events,
+  and a crash loses what was not yet fsynced. Snapshots are taken as the
+  process takes them: the state frozen when one is due, saved by a background
+  writer a seeded while later (a crash before then loses it), the log compacted
+  and its records freed only then, and the file read back when a lagging
+  follower needs its bytes.
 - portals: `PortalCore` (backend/ring/portal_core.py), the core RingStore
   (backend/store/ring.py) drives: a `request` to the cache node whose announced
   position follows the key; `unavailable` retried through another node until the
@@ -75,8 +80,9 @@ from typing import Any
 from ..bus import topics
 from ..bus.drops import Drops
 from ..errors import EXISTS, UNAVAILABLE, OpError
-from ..raft import Entry, RaftOptions, Ready, bootstrap_state
-from ..replica.core import ReplicaCore
+from ..raft import Entry, RaftOptions, Ready, Snapshot, bootstrap_state
+from ..replica.core import ReplicaCore, Send, SnapshotJob
+from ..replica.driver import Cycle, ReplicaDriver
 from ..replica.group import default_groups, group_for
 from ..replica.state_machine import decode_batch
 from ..ring import wire
@@ -91,7 +97,7 @@ from ..ring.portal_core import (
     Completed,
     PortalCore,
 )
-from ..storage.records import records_for_ready
+from ..storage.records import encode_entry, encode_hard_state, records_for_ready, replay
 from . import linearizability, seeds
 from .broker import Broker, BrokerConfig, Connection
 from .linearizability import Operation, TaskBagModel
@@ -106,6 +112,8 @@ TITLES = ("a", "b", "c")
 FINAL_DEADLINE = 60.0  # after the faults stop, every key must be listed within this
 CHECK_TIMEOUT = 30.0  # seconds of real time the linearizability search may take
 DIGEST_EVERY = 8  # compare members' state machines at every this many applied indexes
+SNAPSHOT_WRITE = 0.3  # mean seconds a replica's background snapshot writer takes
+SNAPSHOT_READ = 0.005  # mean seconds reading a snapshot file back for a follower takes
 
 
 class SystemFailure(AssertionError):
@@ -181,8 +189,43 @@ class SimResult:
 # ---- replicas ---------------------------------------------------------------------------
 
 
+class SimReplicaStorage:
+    """The replica driver's storage over a SimDisk: a Ready's records are written at
+    once and fsynced when its persist completes; a snapshot written in the background
+    is durable when its writer finishes."""
+
+    def __init__(self, disk: SimDisk) -> None:
+        self.disk = disk
+
+    def save(self, ready: Ready) -> None:
+        if ready.snapshot is not None:
+            self.disk.snapshot = ready.snapshot  # saved and fsynced before its record
+        self.disk.write(records_for_ready(ready))
+
+    def write_snapshot(self, snapshot: Snapshot) -> None:
+        """The background writer is done; a restart finds the newest snapshot."""
+        if self.disk.snapshot is None or self.disk.snapshot.index < snapshot.index:
+            self.disk.snapshot = snapshot
+
+    def snapshot_written(self, index: int) -> None:
+        """Free the log through `index`, as the real one drops its segments: the fsynced
+        records become the entries after `index` and the hard state; a restart needs a
+        snapshot at `index` or later to follow them."""
+        disk = self.disk
+        state = replay(disk.snapshot, disk.records[: disk.synced])
+        kept = [encode_entry(e) for e in state.entries if e.index > index]
+        disk.records[: disk.synced] = [*kept, encode_hard_state(state.hard_state)]
+        disk.synced = len(kept) + 1
+
+    def load_snapshot(self, index: int) -> Snapshot | None:
+        """The saved snapshot at `index`, or None if a newer one replaced it."""
+        snapshot = self.disk.snapshot
+        return snapshot if snapshot is not None and snapshot.index == index else None
+
+
 class ReplicaProcess:
-    """`taskring replica`: one member of one group, with a disk that survives it."""
+    """`taskring replica`: one member of one group, with a disk that survives it, run by
+    the product's ReplicaDriver as backend/nodes/replica.py runs it."""
 
     def __init__(self, sim: SystemSim, group: str, member: int, disk: SimDisk) -> None:
         self.sim = sim
@@ -190,7 +233,9 @@ class ReplicaProcess:
         self.member = member
         self.name = f"replica/{group}/{member}"
         self.disk = disk
+        self.storage = SimReplicaStorage(disk)
         self.core: ReplicaCore | None = None
+        self.driver: ReplicaDriver | None = None
         self.connection: Connection | None = None
         self.incarnation = 0
         self.busy = False
@@ -213,6 +258,7 @@ class ReplicaProcess:
             RaftOptions(election_ticks=10),
             snapshot_every=sim.scenario.snapshot_every,
         )
+        self.driver = ReplicaDriver(self.core, self.storage, self._publish)
         self.busy = False
         self.leader_term = 0
         self.seen_commit = self.core.node.log.snapshot.index
@@ -224,35 +270,44 @@ class ReplicaProcess:
         self._observe()
 
     def crash(self, lose_outbox: bool | None = None) -> None:
-        """Gone at once with what it had not fsynced; what it sent may still arrive."""
+        """Gone at once with what it had not fsynced, and with a snapshot its writer had
+        not finished; what it sent may still arrive."""
         if self.core is None or self.connection is None:
             return
         sim = self.sim
         if lose_outbox is None:
             lose_outbox = sim.rng.random() < 0.5
         sim.broker.close(self.connection, lose_outbox)
+        if self.driver is not None and self.driver.snapshot_job is not None:
+            sim.stats["snapshots lost unfinished"] += 1
         self.core = None
+        self.driver = None
         self.incarnation += 1
         lost = self.disk.crash(sim.rng)
         sim.stats["replica crashes"] += 1
         sim.stats["unsynced records lost"] += lost
         sim.trace(f"{self.name} crashes, losing {lost} unsynced records")
 
+    def _running(self, incarnation: int) -> ReplicaDriver | None:
+        """The driver, if the incarnation that scheduled an event is still the one up."""
+        return self.driver if incarnation == self.incarnation else None
+
     # ---- inputs -----------------------------------------------------------------------
 
     def _deliver(self, _topic: str, message: dict[str, Any]) -> None:
-        assert self.core is not None
-        self._publish(self.core.receive(message, self.sim.now))
+        assert self.driver is not None
+        self.driver.receive(message, self.sim.now)
         self._observe()
 
     def _tick(self, incarnation: int) -> None:
-        if incarnation != self.incarnation or self.core is None:
+        driver = self._running(incarnation)
+        if driver is None:
             return
-        self._publish(self.core.tick(self.sim.now))
+        driver.tick(self.sim.now)
         self._observe()
         self.sim.scheduler.after(REPLICA_TICK, self._tick, incarnation)
 
-    # ---- the Ready cycle, as backend/nodes/replica.py runs it ----------------------------
+    # ---- the Ready cycle: the driver's, with the disk's write and fsync apart -------------
 
     def _kick(self) -> None:
         if self.core is not None and not self.busy:
@@ -260,37 +315,70 @@ class ReplicaProcess:
             self.sim.scheduler.after(0.0, self._cycle, self.incarnation)
 
     def _cycle(self, incarnation: int) -> None:
-        if incarnation != self.incarnation or self.core is None:
+        driver = self._running(incarnation)
+        if driver is None:
             return
-        core = self.core
-        self._publish(core.flush(self.sim.now))
-        ready = core.next_ready()
-        if ready is None:
+        self._start_background_work(driver, incarnation)  # between Readys, as the process
+        cycle = driver.next_cycle(self.sim.now)
+        if cycle is None:
             self.busy = False
             return
-        self._publish(core.sends_before_persist(ready))
-        if ready.snapshot is not None:
-            self.disk.snapshot = ready.snapshot  # saved and fsynced before its record
-        self.disk.write(records_for_ready(ready))
+        driver.persist(cycle)
         delay = self.sim.rng.expovariate(1 / self.sim.scenario.fsync)
-        self.sim.scheduler.after(delay, self._persisted, incarnation, ready)
+        self.sim.scheduler.after(delay, self._persisted, incarnation, cycle)
 
-    def _persisted(self, incarnation: int, ready: Ready) -> None:
-        if incarnation != self.incarnation or self.core is None:
+    def _persisted(self, incarnation: int, cycle: Cycle) -> None:
+        driver = self._running(incarnation)
+        if driver is None:
             return
-        core = self.core
+        ready = cycle.ready
         if ready.must_sync:
             self.disk.fsync()
         self._check_applies(ready)
-        self._publish(core.after_persist(ready, self.sim.now))
+        driver.persisted(cycle, self.sim.now)
         if ready.committed_entries or ready.snapshot is not None:
             self.sim.compare_state(self)
-        snapshot = core.maybe_compact()
-        if snapshot is not None:
-            self.disk.snapshot = snapshot
-            self.sim.stats["compactions"] += 1
         self._observe()
         self.sim.scheduler.after(0.0, self._cycle, incarnation)
+
+    # ---- snapshots in the background, as the forked writer and the reading thread ---------
+
+    def _start_background_work(self, driver: ReplicaDriver, incarnation: int) -> None:
+        rng, after, now = self.sim.rng, self.sim.scheduler.after, self.sim.now
+        job = driver.snapshot_to_start(now)
+        if job is not None:
+            snapshot = job.encode()  # the state as of the fork
+            after(
+                rng.expovariate(1 / SNAPSHOT_WRITE),
+                self._snapshot_written,
+                incarnation,
+                job,
+                snapshot,
+            )
+        wanted = driver.snapshot_to_load(now)
+        if wanted is not None:
+            after(rng.expovariate(1 / SNAPSHOT_READ), self._snapshot_read, incarnation, wanted)
+
+    def _snapshot_written(self, incarnation: int, job: SnapshotJob, snapshot: Snapshot) -> None:
+        driver = self._running(incarnation)
+        if driver is None:
+            return  # the writer died with its replica; its file was never taken
+        self.storage.write_snapshot(snapshot)
+        if driver.snapshot_written(job):
+            self.sim.stats["compactions"] += 1
+        self._observe()
+
+    def _snapshot_read(self, incarnation: int, index: int) -> None:
+        driver = self._running(incarnation)
+        if driver is None:
+            return
+        snapshot = self.storage.load_snapshot(index)
+        if snapshot is None:
+            driver.snapshot_load_failed(self.sim.now)
+        else:
+            self.sim.stats["snapshots read for a follower"] += 1
+            driver.snapshot_loaded(snapshot)
+        self._observe()
 
     def _check_applies(self, ready: Ready) -> None:
         """Entries are applied in index order without gaps, and are the committed ones."""
@@ -324,7 +412,7 @@ class ReplicaProcess:
             self.seen_commit = safety.record_commits(self.member, node, self.seen_commit)
         self._kick()  # the adapter wakes its Ready cycle after every message and tick
 
-    def _publish(self, sends: list[Any]) -> None:
+    def _publish(self, sends: list[Send]) -> None:
         assert self.connection is not None
         for send in sends:
             self.sim.broker.publish(self.connection, send.topic, send.message, send.qos)

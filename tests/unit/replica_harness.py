@@ -6,20 +6,25 @@ had persisted. Time is a number the test advances; messages between members
 are delivered at once unless a link is cut or a member is down. Answers to
 users are collected in `answers`.
 
-Snapshots are taken in line, or with `background_snapshots=True` as the
-replica process takes them: encoded as of the moment they are due, saved and
-compacted only at the next tick (the forked writer finishing later), and the
-bytes read back from the disk when a follower needs them.
+Every member runs the product's ReplicaDriver (backend/replica/driver.py), as
+the replica process does: a leader's entries leave before its own write, the
+rest after. Snapshots go the driver's background way: encoded as of the moment
+they are due, saved and compacted right after that Ready cycle or, with
+`background_snapshots=True`, only at the next tick (the forked writer
+finishing later); the bytes are read back from the disk when a follower needs
+them.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from backend.raft import PersistentState, RaftOptions, Snapshot, bootstrap_state
+from backend.raft import PersistentState, RaftOptions, Ready, Snapshot, bootstrap_state
 from backend.replica.core import ReplicaCore, Send, SnapshotJob
+from backend.replica.driver import ReplicaDriver
 from backend.storage.records import encode_entry, encode_hard_state, records_for_ready, replay
 
 REPLY = "reply"
@@ -49,6 +54,21 @@ class Disk:
         ]
         return replay(self.snapshot, [*base, *self.records])
 
+    # ---- ReplicaStorage ---------------------------------------------------------------
+
+    def save(self, ready: Ready) -> None:
+        if ready.snapshot is not None:
+            self.snapshot = ready.snapshot
+        self.records.extend(records_for_ready(ready))
+
+    def snapshot_written(self, index: int) -> None:
+        """Nothing to free: the records stay, and replay skips what the snapshot covers."""
+
+    def keep_snapshot(self, snapshot: Snapshot) -> None:
+        """A background writer's file: the newest snapshot is the one a restart finds."""
+        if self.snapshot is None or self.snapshot.index < snapshot.index:
+            self.snapshot = snapshot
+
 
 class Group:
     def __init__(
@@ -65,6 +85,7 @@ class Group:
         self.writing: dict[int, tuple[SnapshotJob, Snapshot]] = {}
         self.snapshots_read = 0
         self.disks = {m: Disk(bootstrap_state(self.ids)) for m in self.ids}
+        self.drivers: dict[int, ReplicaDriver] = {}
         self.cores: dict[int, ReplicaCore | None] = {m: self._start(m) for m in self.ids}
         self.now = 0.0
         self.cut: set[tuple[int, int]] = set()
@@ -73,7 +94,7 @@ class Group:
 
     def _start(self, member: int) -> ReplicaCore:
         options = RaftOptions(election_ticks=10)
-        return ReplicaCore(
+        core = ReplicaCore(
             "g1",
             member,
             self.disks[member].load(),
@@ -82,11 +103,14 @@ class Group:
             options,
             **self.core_options,
         )
+        self.drivers[member] = ReplicaDriver(core, self.disks[member], partial(self.route, member))
+        return core
 
     # ---- faults ---------------------------------------------------------------------------
 
     def crash(self, member: int) -> None:
         self.cores[member] = None
+        del self.drivers[member]
         self.writing.pop(member, None)  # its snapshot writer dies with it
 
     def restart(self, member: int) -> None:
@@ -115,7 +139,7 @@ class Group:
         core = self.cores[to]
         if core is None or (sender is not None and (sender, to) in self.cut):
             return
-        self.route(to, core.receive(message, self.now))
+        self.drivers[to].receive(message, self.now)
 
     def route(self, sender: int, sends: list[Send]) -> None:
         for send in sends:
@@ -132,51 +156,53 @@ class Group:
         busy = True
         while busy:
             busy = False
-            for member, core in self.cores.items():
-                if core is None:
+            for member in self.ids:
+                driver = self.drivers.get(member)
+                if driver is None:
                     continue
-                if self.background_snapshots:
-                    self._background_snapshot(member, core)  # between Readys, as the adapter
-                self.route(member, core.flush(self.now))
-                ready = core.next_ready()
-                if ready is None:
+                self._background_work(member, driver)  # between Readys, as the adapter
+                cycle = driver.next_cycle(self.now)
+                if cycle is None:
                     continue
                 busy = True
-                disk = self.disks[member]
-                if ready.snapshot is not None:
-                    disk.snapshot = ready.snapshot
-                disk.records.extend(records_for_ready(ready))
-                self.route(member, core.after_persist(ready, self.now))
-                if not self.background_snapshots:
-                    snapshot = core.maybe_compact()
-                    if snapshot is not None:
-                        disk.snapshot = snapshot
+                driver.persist(cycle)
+                driver.persisted(cycle, self.now)
 
-    def _background_snapshot(self, member: int, core: ReplicaCore) -> None:
-        disk = self.disks[member]
-        if core.snapshot_due():
-            job = core.start_snapshot()
+    def _background_work(self, member: int, driver: ReplicaDriver) -> None:
+        job = driver.snapshot_to_start(self.now)
+        if job is not None:
             self.writing[member] = (job, job.encode())  # the state now, as a fork sees it
-        wanted = core.snapshot_wanted()
-        if wanted is not None and disk.snapshot is not None and disk.snapshot.index == wanted:
+            if not self.background_snapshots:
+                self._finish_snapshot(member)
+        wanted = driver.snapshot_to_load(self.now)
+        if wanted is None:
+            return
+        snapshot = self.disks[member].snapshot
+        if snapshot is not None and snapshot.index == wanted:
             self.snapshots_read += 1
-            core.snapshot_loaded(disk.snapshot)
+            driver.snapshot_loaded(snapshot)
+        else:
+            driver.snapshot_load_failed(self.now)
+
+    def _finish_snapshot(self, member: int) -> None:
+        if member not in self.writing:
+            return
+        job, snapshot = self.writing.pop(member)
+        self.disks[member].keep_snapshot(snapshot)
+        self.drivers[member].snapshot_written(job)
 
     def _finish_snapshots(self) -> None:
-        for member, (job, snapshot) in list(self.writing.items()):
-            del self.writing[member]
-            disk = self.disks[member]
-            if disk.snapshot is None or disk.snapshot.index < snapshot.index:
-                disk.snapshot = snapshot
-            self.core(member).snapshot_saved(job)
+        for member in list(self.writing):
+            self._finish_snapshot(member)
 
     def step(self, ticks: int = 1) -> None:
         for _ in range(ticks):
             self.now += TICK
             self._finish_snapshots()
-            for member, core in list(self.cores.items()):
-                if core is not None:
-                    self.route(member, core.tick(self.now))
+            for member in self.ids:
+                driver = self.drivers.get(member)
+                if driver is not None:
+                    driver.tick(self.now)
             self.settle()
 
     def run_until(self, condition: Callable[[], Any], ticks: int = 400) -> None:
