@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from backend.cluster_view import Component
+from backend.core.cluster_view import Component
 
 ComponentSource = Callable[[], tuple[list[Component], float]]
 

@@ -16,7 +16,7 @@ import json
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from backend.config import ConfigError, parse_host_port
+from backend.adapters.settings import ConfigError, parse_host_port
 
 PROBE_TIMEOUT = 1.0
 MAX_REPLY_BYTES = 65536

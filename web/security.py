@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.cluster_view import HeartbeatError, check_portal_address
-from backend.config import ConfigError
+from backend.adapters.settings import ConfigError
+from backend.core.cluster_view import HeartbeatError, check_portal_address
 
 ANY = "*"
 PORTALS_SETTING = "--allow-portals (TASKRING_ALLOW_PORTALS)"

@@ -41,11 +41,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.bus import topics
-from backend.bus.mqtt import MqttBus
-from backend.bus.transport import Bus
-from backend.cli_common import broker_option, listen_option
-from backend.cluster_view import (
+from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.bus.transport import Bus
+from backend.adapters.critical_tasks import critical_task
+from backend.adapters.heartbeats import heartbeat_message, run_heartbeat
+from backend.adapters.settings import (
+    DEFAULT_HOST,
+    DEFAULT_WEB_PORT,
+    BrokerAddress,
+    ConfigError,
+)
+from backend.core import topics
+from backend.core.cluster_view import (
     ADMIN_PORTAL,
     CLIENT_PORTAL,
     PORTAL_NAMES,
@@ -54,17 +61,10 @@ from backend.cluster_view import (
     HeartbeatError,
     parse_heartbeat,
 )
-from backend.config import (
-    DEFAULT_HOST,
-    DEFAULT_WEB_PORT,
-    BrokerAddress,
-    ConfigError,
-)
 from backend.core.metrics import RequestMetrics
-from backend.critical import critical_task
-from backend.nodes.process import stop_on_signals
-from backend.protocol import MAX_LINE_BYTES
-from backend.telemetry import heartbeat_message, run_heartbeat
+from backend.core.protocol import MAX_LINE_BYTES
+from backend.processes.options import broker_option, listen_option
+from backend.processes.runtime import stop_on_signals
 
 from .grpc_web import create_grpc_web_router
 from .metrics import ClusterCollector

@@ -56,9 +56,9 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from backend.config import ConfigError, parse_host_port
-from backend.errors import BAD_REQUEST, TOO_LARGE, UNAVAILABLE
-from backend.protocol import MAX_LINE_BYTES, error_line
+from backend.adapters.settings import ConfigError, parse_host_port
+from backend.core.errors import BAD_REQUEST, TOO_LARGE, UNAVAILABLE
+from backend.core.protocol import MAX_LINE_BYTES, error_line
 
 from .security import ORIGINS_SETTING, origin_allowed
 

@@ -21,24 +21,24 @@ from typing import Any
 import click
 from rich.console import Console
 
-from .. import config
-from ..cli_common import EXIT_UNREACHABLE, EXIT_USAGE, fail
-from ..client_app import DEFAULT_PORTALS as DEFAULT_CLIENT_PORTALS
-from ..nodes.process import run as run_loop
-from . import environment, report, restart_cli
-from .driver import RunOptions, run
-from .progress import live_progress
-from .results import Live, RunResult
-from .targets.base import Target, TargetUnreachable, TargetUnusable
-from .targets.etcd import EtcdTarget
-from .targets.redis import RedisTarget
-from .targets.taskring import TaskringTarget
-from .targets.taskring_admin import AdminPortals, grpc_target
-from .workload import KEY_DISTRIBUTIONS, WORKLOADS, WorkloadSpec
+from backend.adapters import settings
+from backend.bench import environment, report, restart_cli
+from backend.bench.driver import RunOptions, run
+from backend.bench.progress import live_progress
+from backend.bench.results import Live, RunResult
+from backend.bench.targets.base import Target, TargetUnreachable, TargetUnusable
+from backend.bench.targets.etcd import EtcdTarget
+from backend.bench.targets.redis import RedisTarget
+from backend.bench.targets.taskring import TaskringTarget
+from backend.bench.targets.taskring_admin import AdminPortals, grpc_target
+from backend.bench.workload import KEY_DISTRIBUTIONS, WORKLOADS, WorkloadSpec
+from backend.cli.client import DEFAULT_PORTALS as DEFAULT_CLIENT_PORTALS
+from backend.processes.options import EXIT_UNREACHABLE, EXIT_USAGE, fail
+from backend.processes.runtime import run as run_loop
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 DEFAULT_ADMIN_PORTALS = ",".join(
-    f"{config.DEFAULT_HOST}:{port}" for port in config.DEFAULT_ADMIN_PORTS
+    f"{settings.DEFAULT_HOST}:{port}" for port in settings.DEFAULT_ADMIN_PORTS
 )
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "": 1.0}
 
@@ -68,8 +68,8 @@ def say(message: str) -> None:
 
 def host_ports(text: str, flag: str) -> list[tuple[str, int]]:
     try:
-        found = [config.parse_host_port(part.strip()) for part in text.split(",") if part.strip()]
-    except config.ConfigError as exc:
+        found = [settings.parse_host_port(part.strip()) for part in text.split(",") if part.strip()]
+    except settings.ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint=flag) from None
     if not found:
         raise click.BadParameter("give at least one HOST:PORT", param_hint=flag)
@@ -131,9 +131,9 @@ async def measure_all(
 
 
 def admin_token(flag: str | None, data_dir: str | None) -> str:
-    token = flag or config.read_admin_token(config.data_dir(data_dir))
+    token = flag or settings.read_admin_token(settings.data_dir(data_dir))
     if not token:
-        where = config.data_dir(data_dir) / config.ADMIN_TOKEN_FILE
+        where = settings.data_dir(data_dir) / settings.ADMIN_TOKEN_FILE
         fail(
             EXIT_USAGE,
             "no admin token (the bench creates its clients through the admin portal): give "

@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from .results import Live, Recorder, RunResult
-from .schedule import OpenLoopSchedule, Window
-from .targets.base import Session, Target
-from .workload import OpStream, WorkloadSpec, key_chooser
+from backend.bench.results import Live, Recorder, RunResult
+from backend.bench.schedule import OpenLoopSchedule, Window
+from backend.bench.targets.base import Session, Target
+from backend.bench.workload import OpStream, WorkloadSpec, key_chooser
 
 RECONNECT_PAUSE = 0.1  # seconds a stream waits after its connection broke
 START_DELAY = 0.05  # lets every stream be scheduled before the clock starts

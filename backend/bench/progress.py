@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from .results import Live
+from backend.bench.results import Live
 
 TICK = 0.25  # seconds between refreshes
 RATE_WINDOW = 4  # ticks the ops/s figure averages over

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..raft import RaftOptions
-from ..replica.core import ReplicaCore
-from ..storage import DurableRaftStorage
+from backend.adapters.disk import DurableRaftStorage
+from backend.core.raft import RaftOptions
+from backend.core.replica.core import ReplicaCore
 
 
 def memory_kb(field: str, status: str | None = None) -> int:

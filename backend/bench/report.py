@@ -13,8 +13,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from .histogram import PERCENTILES
-from .results import RunResult
+from backend.bench.histogram import PERCENTILES
+from backend.bench.results import RunResult
 
 LATENCY_COLUMNS = [f"p{q:g}" for q in PERCENTILES] + ["max"]
 

@@ -43,14 +43,14 @@ from typing import Any
 import httpx
 from rich.table import Table
 
-from ..model.identity import format_cid
-from ..supervisor import PIDS_FILE, taskring_command
-from .channel import ChannelFailure
-from .replica_memory import memory_kb, status_field
-from .restart_data import Client, DataSpec, clients, expected_tasks, generate, reusable
-from .targets.peers import free_port
-from .targets.taskring import Channel, LineSession, error_code, read_response
-from .targets.taskring_admin import Credentials
+from backend.bench.channel import ChannelFailure
+from backend.bench.replica_memory import memory_kb, status_field
+from backend.bench.restart_data import Client, DataSpec, clients, expected_tasks, generate, reusable
+from backend.bench.targets.peers import free_port
+from backend.bench.targets.taskring import Channel, LineSession, error_code, read_response
+from backend.bench.targets.taskring_admin import Credentials
+from backend.core.model.identity import format_cid
+from backend.processes.supervisor import PIDS_FILE, taskring_command
 
 HOST = "127.0.0.1"
 CLIENT_PORTALS = 2
@@ -62,8 +62,8 @@ SAMPLE_CONNECTIONS = 8
 STOP_WAIT = 60.0  # `taskring up` gives each tier 10 s; three tiers, and slack
 KILL_WAIT = 10.0
 BANNER = "taskring is up."
-# Lines of `taskring up`'s output that mark the replicas' progress (backend/nodes/replica.py
-# logs the first once its files are loaded, backend/replica/core.py the second).
+# Lines of `taskring up`'s output that mark the replicas' progress (backend/processes/replica.py
+# logs the first once its files are loaded, backend/core/replica/core.py the second).
 REPLICA_LOADED = re.compile(r"^(replica-\S+)\s*\|.* replica \d+ of group \S+: term \d+, log")
 LEADER_ELECTED = re.compile(r"^replica-\S+\s*\|.* group (\S+) member \d+: leader in term")
 OUTPUT_TAIL = 200

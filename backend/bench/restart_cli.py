@@ -21,11 +21,18 @@ from typing import Any
 import click
 from rich.console import Console
 
-from .. import config
-from ..cli_common import count_option, fail
-from . import environment
-from .restart import RestartFailed, RestartPlan, RestartResult, problems, run_restart, table
-from .restart_data import DataSpec
+from backend.adapters import settings
+from backend.bench import environment
+from backend.bench.restart import (
+    RestartFailed,
+    RestartPlan,
+    RestartResult,
+    problems,
+    run_restart,
+    table,
+)
+from backend.bench.restart_data import DataSpec
+from backend.processes.options import count_option, fail
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 TASKS_PER_CLIENT = 100  # the default spread: N / 100 clients
@@ -58,21 +65,21 @@ _OPTIONS = [
     ),
     count_option(
         "--restart-groups",
-        config.DEFAULT_REPLICA_GROUPS,
+        settings.DEFAULT_REPLICA_GROUPS,
         "Replica groups of the restarted deployment",
-        maximum=config.MAX_REPLICA_GROUPS,
+        maximum=settings.MAX_REPLICA_GROUPS,
         from_env=False,
     ),
     count_option(
         "--restart-replicas",
-        config.DEFAULT_REPLICAS,
+        settings.DEFAULT_REPLICAS,
         "Replicas per group of the restarted deployment",
-        maximum=config.MAX_REPLICAS,
+        maximum=settings.MAX_REPLICAS,
         from_env=False,
     ),
     count_option(
         "--restart-cache-nodes",
-        config.DEFAULT_CACHE_NODES,
+        settings.DEFAULT_CACHE_NODES,
         "Cache nodes of the restarted deployment",
         maximum=64,
         from_env=False,

@@ -6,7 +6,7 @@ restart needs them on disk in seconds. So this module makes the operations a rea
 deployment would have committed and writes them with the replica's own code:
 
 - the operations: for each client, the owning cache node's `claim`, the admin
-  portal's `create_client` (token salt and hash as backend/store/ring.py makes
+  portal's `create_client` (token salt and hash as backend/adapters/store/ring_store.py makes
   them) and the client portal's `insert_task`s, each write naming its owner and
   carrying a portal request id (`req`), plus every cache node's lease renewal
   now and then. Each client's group is `group_for(cid, groups)` and its owner
@@ -42,15 +42,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..chord.ids import vnode_position
-from ..model.identity import cid_for_name, hash_token
-from ..raft import Config, Entry, HardState, Ready, Snapshot
-from ..replica.core import SNAPSHOT_EVERY
-from ..replica.group import default_groups, group_for
-from ..replica.state_machine import Operation, Proposal, ReplicaStateMachine, encode_batch
-from ..ring.durable import client_name as proposer_name
-from ..storage import DurableRaftStorage
-from .workload import WorkloadSpec, client_name, initial_description, task_title
+from backend.adapters.disk import DurableRaftStorage
+from backend.bench.workload import WorkloadSpec, client_name, initial_description, task_title
+from backend.core.chord.ids import vnode_position
+from backend.core.model.identity import cid_for_name, hash_token
+from backend.core.raft import Config, Entry, HardState, Ready, Snapshot
+from backend.core.replica.core import SNAPSHOT_EVERY
+from backend.core.replica.group import default_groups, group_for
+from backend.core.replica.state_machine import (
+    Operation,
+    Proposal,
+    ReplicaStateMachine,
+    encode_batch,
+)
+from backend.core.ring.durable_keys import client_name as proposer_name
 
 MANIFEST = "restart-data.json"
 FORMAT = 1  # raise when the generated layout changes, so an older directory is not reused
@@ -155,7 +160,7 @@ def expected_tasks(spec: DataSpec, client: Client) -> list[tuple[str, str]]:
 
 class Ring:
     """Which cache node owns a key when all of them are up: the first ring position at or
-    after the key, wrapping (backend/chord/ids.py)."""
+    after the key, wrapping (backend/core/chord/ids.py)."""
 
     def __init__(self, spec: DataSpec) -> None:
         ring = sorted((vnode_position(h, i), h) for h in spec.hosts for i in range(spec.vnodes))

@@ -6,8 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .histogram import Histogram
-from .schedule import Window
+from backend.bench.histogram import Histogram
+from backend.bench.schedule import Window
 
 
 @dataclass

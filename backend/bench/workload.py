@@ -20,7 +20,7 @@ import string
 from dataclasses import dataclass
 from enum import Enum
 
-from ..model.identity import cid_for_name, format_cid
+from backend.core.model.identity import cid_for_name, format_cid
 
 WORKLOADS = ("write", "read", "mixed", "admin")
 KEY_DISTRIBUTIONS = ("uniform", "zipfian")

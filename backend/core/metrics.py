@@ -1,8 +1,8 @@
 """Request metrics: counts by (op, outcome) and a latency histogram per op.
 
 Pure counters a core updates as it answers requests; the component's heartbeat
-(backend/telemetry.py) publishes `RequestMetrics.to_wire()` and the web process
-turns it into Prometheus families (backend/cluster_view.py). Nothing here reads a
+(backend/adapters/heartbeats.py) publishes `RequestMetrics.to_wire()` and the web process
+turns it into Prometheus families (backend/core/cluster_view.py). Nothing here reads a
 clock: callers pass the latency they measured.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from ..bus.drops import Drops
+from backend.core.drops import Drops
 
 # Upper bounds in seconds, as Prometheus histograms count them.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

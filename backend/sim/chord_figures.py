@@ -25,10 +25,9 @@ import time
 from bisect import bisect_left
 from dataclasses import dataclass, replace
 
-from backend.chord import ChordConfig, successor_list_length, vnode_position
-from backend.model.identity import cid_for_name
-
-from .chord_sim import SIM_CONFIG, ChordSim
+from backend.core.chord import ChordConfig, successor_list_length, vnode_position
+from backend.core.model.identity import cid_for_name
+from backend.sim.chord_sim import SIM_CONFIG, ChordSim
 
 # ---- 1. path length -------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from backend.chord import (
+from backend.core.chord import (
     MEMBER,
     RING_SIZE,
     ChordConfig,
@@ -34,8 +34,7 @@ from backend.chord import (
     distance,
     owner_index,
 )
-
-from .network import Network, NetworkConfig, Scheduler
+from backend.sim.network import Network, NetworkConfig, Scheduler
 
 # Timing the simulated ring runs with: like the default cache node, a bit brisker.
 SIM_CONFIG = ChordConfig(

@@ -75,9 +75,9 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol
 
-from ..errors import CODES, TIMEOUT, UNAVAILABLE, OpError
-from ..model.kv import Key, KeyValueState
-from ..model.records import ClientRecord
+from backend.core.errors import CODES, TIMEOUT, UNAVAILABLE, OpError
+from backend.core.model.kv import Key, KeyValueState
+from backend.core.model.records import ClientRecord
 
 __all__ = [
     "LINEARIZABLE",
@@ -594,7 +594,7 @@ _PLACEHOLDER = ClientRecord(0, "", "", 0, b"", b"")
 
 
 class TaskBagModel(Model):
-    """One key of backend/model/kv.py: whether the client exists, and its ordered tasks.
+    """One key of backend/core/model/kv.py: whether the client exists, and its ordered tasks.
 
     Inputs are kv operations `{"op": ..., "cid": ..., ...}` (create_client,
     delete_client, insert_task, update_task, delete_task, delete_tasks,

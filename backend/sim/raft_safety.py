@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 
-from ..raft import Entry, RaftNode
+from backend.core.raft import Entry, RaftNode
 
 
 class RaftSafety:

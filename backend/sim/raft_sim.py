@@ -48,8 +48,8 @@ from typing import Any
 
 import msgpack
 
-from ..bus.codec import pack, unpack
-from ..raft import (
+from backend.core.codec import pack, unpack
+from backend.core.raft import (
     ConfChange,
     Config,
     ConfigChangeError,
@@ -67,9 +67,9 @@ from ..raft import (
     bootstrap_state,
     message_from_wire,
 )
-from ..storage.records import encode_entry, encode_hard_state, records_for_ready, replay
-from . import seeds
-from .raft_safety import RaftSafety
+from backend.core.storage_records import encode_entry, encode_hard_state, records_for_ready, replay
+from backend.sim import seeds
+from backend.sim.raft_safety import RaftSafety
 
 TICK = 10  # simulated time units per node tick; message delays are drawn in these units
 

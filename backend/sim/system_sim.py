@@ -14,15 +14,15 @@ Time is virtual (network.Scheduler), so a failing seed replays exactly:
 What runs is the product's own pure cores, driven the way their processes drive
 them:
 
-- cache nodes: `CacheNode(..., groups=...)` (backend/ring/cache_core.py): `receive`
+- cache nodes: `CacheNode(..., groups=...)` (backend/core/ring/cache_core.py): `receive`
   per message, `flush` shortly after each burst with what the burst produced sent
   as one batch per topic (`coalesce`), `tick` every 0.1 s, as
-  backend/nodes/cache_node.py does; each node's clock runs at its own slightly
+  backend/processes/cache_node.py does; each node's clock runs at its own slightly
   wrong rate. A killed cache node is gone with its memory, and the broker
   publishes its last will (a `host_gone`, as Mosquitto does for the real one); it
   comes back later as a new incarnation that joins the ring.
-- replicas: `ReplicaCore` (backend/replica/core.py) ticked every 0.05 s, run by
-  backend/replica/driver.py's ReplicaDriver as backend/nodes/replica.py runs it
+- replicas: `ReplicaCore` (backend/core/replica/core.py) ticked every 0.05 s, run by
+  backend/core/replica/driver.py's ReplicaDriver as backend/processes/replica.py runs it
   (a leader's entries sent before its persist, the rest after; apply, advance)
   over raft_sim's simulated disk: the write and the fsync are separate events,
   and a crash loses what was not yet fsynced. Snapshots are taken as the
@@ -30,8 +30,8 @@ them:
   writer a seeded while later (a crash before then loses it), the log compacted
   and its records freed only then, and the file read back when a lagging
   follower needs its bytes.
-- portals: `PortalCore` (backend/ring/portal_core.py), the core RingStore
-  (backend/store/ring.py) drives: a `request` to the cache node whose announced
+- portals: `PortalCore` (backend/core/ring/portal_core.py), the core RingStore
+  (backend/adapters/store/ring_store.py) drives: a `request` to the cache node whose announced
   position follows the key; `unavailable` retried through another node until the
   5 s deadline; no answer within a second retried through another node too (a
   write carries the portal's request id `req`, which the groups apply once), and
@@ -77,18 +77,18 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from ..bus import topics
-from ..bus.drops import Drops
-from ..errors import EXISTS, UNAVAILABLE, OpError
-from ..raft import Entry, RaftOptions, Ready, Snapshot, bootstrap_state
-from ..replica.core import ReplicaCore, Send, SnapshotJob
-from ..replica.driver import Cycle, ReplicaDriver
-from ..replica.group import default_groups, group_for
-from ..replica.state_machine import decode_batch
-from ..ring import wire
-from ..ring.cache_core import TICK_INTERVAL as CACHE_TICK
-from ..ring.cache_core import CacheNode, Publish, coalesce
-from ..ring.portal_core import (
+from backend.core import topics
+from backend.core.drops import Drops
+from backend.core.errors import EXISTS, UNAVAILABLE, OpError
+from backend.core.raft import Entry, RaftOptions, Ready, Snapshot, bootstrap_state
+from backend.core.replica.core import ReplicaCore, Send, SnapshotJob
+from backend.core.replica.driver import Cycle, ReplicaDriver
+from backend.core.replica.group import default_groups, group_for
+from backend.core.replica.state_machine import decode_batch
+from backend.core.ring import wire
+from backend.core.ring.cache_core import TICK_INTERVAL as CACHE_TICK
+from backend.core.ring.cache_core import CacheNode, Publish, coalesce
+from backend.core.ring.portal_core import (
     REFUSED,
     REQUEST_TIMEOUT,
     RETRY_PAUSE,
@@ -97,14 +97,14 @@ from ..ring.portal_core import (
     Completed,
     PortalCore,
 )
-from ..storage.records import encode_entry, encode_hard_state, records_for_ready, replay
-from . import linearizability, seeds
-from .broker import Broker, BrokerConfig, Connection
-from .linearizability import Operation, TaskBagModel
-from .network import Scheduler
-from .raft_safety import RaftSafety
-from .raft_sim import SimDisk
-from .seeds import SEED_ENV
+from backend.core.storage_records import encode_entry, encode_hard_state, records_for_ready, replay
+from backend.sim import linearizability, seeds
+from backend.sim.linearizability import Operation, TaskBagModel
+from backend.sim.network import Scheduler
+from backend.sim.raft_safety import RaftSafety
+from backend.sim.raft_sim import SimDisk
+from backend.sim.seeds import SEED_ENV
+from backend.sim.simulated_broker import Broker, BrokerConfig, Connection
 
 REPLICA_TICK = 0.05  # `taskring replica --tick`'s default
 WARM_UP = 3.0  # the ring forms and the groups elect before the clients start
@@ -225,7 +225,7 @@ class SimReplicaStorage:
 
 class ReplicaProcess:
     """`taskring replica`: one member of one group, with a disk that survives it, run by
-    the product's ReplicaDriver as backend/nodes/replica.py runs it."""
+    the product's ReplicaDriver as backend/processes/replica.py runs it."""
 
     def __init__(self, sim: SystemSim, group: str, member: int, disk: SimDisk) -> None:
         self.sim = sim
@@ -461,7 +461,7 @@ class CacheProcess:
         )
         self.flush_due = False
         self.outgoing = []
-        # the adapter's MQTT last will (backend/nodes/cache_node.py)
+        # the adapter's MQTT last will (backend/processes/cache_node.py)
         self.gone = wire.host_gone(self.host_id, incarnation)
         will = (topics.RING_ANNOUNCE, self.gone, 1)
         self.connection = sim.broker.connect(self.name, self._deliver, will)
@@ -535,10 +535,10 @@ Output = tuple[str, Any]  # ("ok", result) or ("error", code), as TaskBagModel r
 
 
 class PortalProcess:
-    """A portal's ring store: the PortalCore that RingStore (backend/store/ring.py) drives,
-    driven here over the simulated broker and scheduler. What one burst sends leaves
-    shortly after as one batch per topic, as RingStore flushes once per event-loop turn;
-    the core is ticked when it asks to be."""
+    """A portal's ring store: the PortalCore that RingStore
+    (backend/adapters/store/ring_store.py) drives, driven here over the simulated broker
+    and scheduler. What one burst sends leaves shortly after as one batch per topic, as
+    RingStore flushes once per event-loop turn; the core is ticked when it asks to be."""
 
     def __init__(self, sim: SystemSim, number: int) -> None:
         self.sim = sim

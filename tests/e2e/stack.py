@@ -21,9 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend.broker_auth import STATUS_LOGIN, broker_url_for
-from backend.config import BrokerAddress
-from backend.supervision import BrokerPlan, Settings, plan_replicas, same_url_for_every_login
+from backend.adapters.broker_logins import STATUS_LOGIN, broker_url_for
+from backend.adapters.settings import BrokerAddress
+from backend.processes.launch_plan import (
+    BrokerPlan,
+    Settings,
+    plan_replicas,
+    same_url_for_every_login,
+)
 from tests.conftest import TASKRING, Processes, free_port, port_open, start_mosquitto
 from tests.support.waiting import log_text, wait_until
 

@@ -24,10 +24,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from backend.bus import topics
-from backend.bus.mqtt import MqttBus
-from backend.bus.transport import Message
-from backend.config import BrokerAddress
+from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.bus.transport import Message
+from backend.adapters.settings import BrokerAddress
+from backend.core import topics
 from tests.conftest import TASKRING, Processes, free_port, port_open
 from tests.e2e.stack import start_stack
 from tests.support.waiting import eventually, log_text, wait_until

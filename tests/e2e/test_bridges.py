@@ -28,10 +28,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.heartbeats import run_heartbeat
+from backend.adapters.settings import BrokerAddress
 from backend.admin_pb import admin_pb2
-from backend.bus.mqtt import MqttBus
-from backend.config import BrokerAddress
-from backend.telemetry import run_heartbeat
 from tests.conftest import Processes, free_port, port_open
 from tests.e2e.stack import ADMIN_TOKEN, Stack, start_stack
 from tests.support.waiting import log_text, wait_until

@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from backend.broker_auth import broker_url_for, load_credentials
-from backend.bus import topics
-from backend.bus.mqtt import MqttBus
-from backend.bus.probe import CONNACK_ACCEPTED, probe_broker
-from backend.config import BrokerAddress
+from backend.adapters.broker_logins import broker_url_for, load_credentials
+from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.bus.probe import CONNACK_ACCEPTED, probe_broker
+from backend.adapters.settings import BrokerAddress
+from backend.core import topics
 from tests.conftest import MOSQUITTO, Processes, free_port, port_open
 from tests.e2e.stack import start_taskring_broker
 from tests.support.waiting import log_text, wait_until

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.bus.mqtt import MqttBus
-from backend.config import BrokerAddress
+from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.settings import BrokerAddress
 from tests.conftest import MOSQUITTO, free_port, port_open
 from tests.support.waiting import wait_until
 

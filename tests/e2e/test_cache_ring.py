@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from backend.bus import topics
-from backend.bus.mqtt import MqttBus
-from backend.chord import owner_index
-from backend.config import BrokerAddress
-from backend.model.identity import cid_for_name, hash_token, new_salt
-from backend.ring import wire
+from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.settings import BrokerAddress
+from backend.core import topics
+from backend.core.chord import owner_index
+from backend.core.model.identity import cid_for_name, hash_token, new_salt
+from backend.core.ring import wire
 from tests.conftest import TASKRING, Processes
 from tests.support.waiting import eventually, log_text
 

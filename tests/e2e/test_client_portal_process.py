@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from backend.bus import topics
-from backend.bus.mqtt import MqttBus
-from backend.bus.transport import Message
-from backend.config import BrokerAddress
-from backend.model.identity import cid_for_name, format_cid
-from backend.store.local import LocalStore
+from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.bus.transport import Message
+from backend.adapters.settings import BrokerAddress
+from backend.adapters.store.local_store import LocalStore
+from backend.core import topics
+from backend.core.model.identity import cid_for_name, format_cid
 from tests.conftest import TASKRING, Processes, free_port, port_open
 from tests.support.waiting import eventually, log_text, wait_until
 

@@ -35,11 +35,11 @@ import aiomqtt
 import msgpack
 import pytest
 
-from backend.broker_auth import may
-from backend.bus import topics
-from backend.bus.mqtt import MqttBus
-from backend.cluster_view import REPLICA, ClusterView, HeartbeatError
-from backend.config import BrokerAddress
+from backend.adapters.broker_logins import may
+from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.settings import BrokerAddress
+from backend.core import topics
+from backend.core.cluster_view import REPLICA, ClusterView, HeartbeatError
 from tests.conftest import MOSQUITTO, Processes, port_open, start_mosquitto
 from tests.e2e.history import Account, Dropped, Line, Load, linearizability_failures
 from tests.e2e.stack import Stack, start_stack
@@ -56,7 +56,7 @@ Fault = Callable[["Scenario"], Awaitable[None]]
 
 
 class Heartbeats:
-    """The cluster as its heartbeats tell it (backend/cluster_view.py), heard live."""
+    """The cluster as its heartbeats tell it (backend/core/cluster_view.py), heard live."""
 
     def __init__(self, broker: str) -> None:
         self.view = ClusterView()

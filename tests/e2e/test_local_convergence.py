@@ -11,11 +11,11 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from backend.bus import topics
-from backend.bus.mqtt import MqttBus
-from backend.config import BrokerAddress
-from backend.model.records import Task
-from backend.store.local import LocalStore
+from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.settings import BrokerAddress
+from backend.adapters.store.local_store import LocalStore
+from backend.core import topics
+from backend.core.model.records import Task
 from tests.conftest import start_mosquitto, stop_process
 from tests.support.waiting import eventually
 

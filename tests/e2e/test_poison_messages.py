@@ -19,8 +19,8 @@ from typing import Any
 
 import aiomqtt
 
-from backend.bus import topics
-from backend.config import BrokerAddress
+from backend.adapters.settings import BrokerAddress
+from backend.core import topics
 from tests.conftest import Processes
 from tests.e2e.stack import start_stack
 from tests.support.waiting import log_text, wait_until
@@ -32,7 +32,9 @@ POISON = [
     bytes.fromhex("818101a10101"),  # a map keyed by a map
     b"\xdd\xff\xff\xff\xff",  # an array claiming 4 billion items
 ]
-HOST_FRESHNESS = 1.6  # backend/store/ring.py: a portal forgets a silent cache node after this
+HOST_FRESHNESS = (
+    1.6  # backend/adapters/store/ring_store.py: a portal forgets a silent cache node after this
+)
 
 
 def exchange(port: int, requests: list[dict[str, Any]], timeout: float = 10.0) -> list[dict]:

@@ -1,7 +1,7 @@
 """A replica group as real processes: `taskring replica` x 3 on a real Mosquitto.
 
 The test is the group's user, as a cache node will be: a GroupProposer
-(backend/replica/proposer.py) over an MqttBus proposes operations and reads
+(backend/core/replica/proposer.py) over an MqttBus proposes operations and reads
 them back, and the replicas' heartbeats say who leads. The replicas are
 killed with SIGKILL (no goodbye, unsynced writes lost) under a stream of
 proposals; every acknowledged write must be there afterwards, and nothing
@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 
-from backend.bus import topics
-from backend.bus.mqtt import MqttBus
-from backend.config import BrokerAddress
-from backend.model.identity import cid_for_name, hash_token, new_salt
-from backend.replica import wire
-from backend.replica.proposer import Done, GroupProposer
+from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.settings import BrokerAddress
+from backend.core import topics
+from backend.core.model.identity import cid_for_name, hash_token, new_salt
+from backend.core.replica import wire
+from backend.core.replica.proposer import Done, GroupProposer
 from tests.conftest import TASKRING, Processes
 from tests.support.waiting import eventually, log_text, wait_until
 

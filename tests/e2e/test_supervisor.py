@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.config import BrokerAddress
+from backend.adapters.settings import BrokerAddress
 from tests.conftest import MOSQUITTO, Processes, free_port, port_open, start_mosquitto
 from tests.support.waiting import log_text, wait_until
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backend.config import BrokerAddress
+from backend.adapters.settings import BrokerAddress
 from tests.conftest import free_port, port_open
 from tests.e2e.stack import run_cli
 from tests.support.waiting import log_text, wait_until

@@ -20,12 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from backend.storage import DurableRaftStorage
+from backend.adapters.disk import DurableRaftStorage
 
 WRITER = r"""
 import random, sys
-from backend.raft import RaftNode, RaftOptions
-from backend.storage import DurableRaftStorage
+from backend.core.raft import RaftNode, RaftOptions
+from backend.adapters.disk import DurableRaftStorage
 
 storage = DurableRaftStorage(sys.argv[1], segment_bytes=4096)
 state = storage.state if not storage.state.is_empty else storage.bootstrap([1])

@@ -20,9 +20,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from backend.bus.mqtt import MqttBus
-from backend.config import BrokerAddress
-from backend.telemetry import run_heartbeat
+from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.heartbeats import run_heartbeat
+from backend.adapters.settings import BrokerAddress
 from tests.conftest import TASKRING, Processes, free_port, port_open
 from tests.support.waiting import log_text, wait_until
 

@@ -20,13 +20,13 @@ from functools import partial
 import atheris
 
 with atheris.instrument_imports():
-    from backend.bus import topics
-    from backend.bus.codec import DecodeError, unpack
-    from backend.cluster_view import ClusterView, HeartbeatError
-    from backend.protocol import InvalidRequest, parse_request
-    from backend.raft import RaftOptions, bootstrap_state
-    from backend.replica.core import ReplicaCore
-    from backend.ring.cache_core import CacheNode
+    from backend.core import topics
+    from backend.core.cluster_view import ClusterView, HeartbeatError
+    from backend.core.codec import DecodeError, unpack
+    from backend.core.protocol import InvalidRequest, parse_request
+    from backend.core.raft import RaftOptions, bootstrap_state
+    from backend.core.replica.core import ReplicaCore
+    from backend.core.ring.cache_core import CacheNode
 
 HEARTBEAT_TOPIC = topics.heartbeat("cache-node", "cache-node-2")
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import pytest
 
-from backend.chord import ChordConfig, ChordNode, successor_list_length
+from backend.core.chord import ChordConfig, ChordNode, successor_list_length
 from backend.sim.chord_figures import client_keys, load, mass_failure, path_lengths
 from backend.sim.chord_sim import SIM_CONFIG, ChordSim
 from backend.sim.network import NetworkConfig

@@ -1,4 +1,4 @@
-"""The system simulator runs the portal core production runs (backend/ring/portal_core.py),
+"""The system simulator runs the portal core production runs (backend/core/ring/portal_core.py),
 so a bug planted in that core must make the simulator's seeds fail.
 
 The bug: a write whose attempts went unanswered is reported `unavailable` (not
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from backend.errors import UNAVAILABLE, OpError
-from backend.ring.portal_core import PortalCore
+from backend.core.errors import UNAVAILABLE, OpError
+from backend.core.ring.portal_core import PortalCore
 from backend.sim.system_sim import check_seed, replay_hint
 
 SEEDS = (3, 7, 11)  # each catches the planted bug within about a second

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from backend.replica.core import SnapshotJob
-from backend.replica.driver import ReplicaDriver
+from backend.core.replica.core import SnapshotJob
+from backend.core.replica.driver import ReplicaDriver
 from backend.sim.system_sim import check_seed
 
 SEEDS = range(12)  # about a third of the seeds with crashes and snapshots catch it

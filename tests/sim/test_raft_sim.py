@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.raft import RaftNode
-from backend.raft.log import RaftLog
-from backend.raft.messages import RequestVote, VoteResponse
+from backend.core.raft import RaftNode
+from backend.core.raft.log import RaftLog
+from backend.core.raft.messages import RequestVote, VoteResponse
 from backend.sim.raft_sim import (
     RaftSim,
     SafetyViolation,

@@ -29,12 +29,12 @@ from typing import Any
 
 import pytest
 
-from backend.raft import RaftNode
-from backend.raft.messages import RequestVote, VoteResponse
-from backend.replica import state_machine
-from backend.ring import durable
-from backend.sim.broker import BrokerConfig
+from backend.core.raft import RaftNode
+from backend.core.raft.messages import RequestVote, VoteResponse
+from backend.core.replica import state_machine
+from backend.core.ring import durable_keys
 from backend.sim.seeds import SEED_ENV
+from backend.sim.simulated_broker import BrokerConfig
 from backend.sim.system_sim import (
     Scenario,
     SystemFailure,
@@ -372,11 +372,11 @@ def test_the_checks_catch_reads_served_after_the_lease(monkeypatch: pytest.Monke
     another node has taken its key."""
     forever = float("inf")
 
-    def renewed(self: durable.DurableKeys, batch: Any, result: Any, index: int) -> None:
+    def renewed(self: durable_keys.DurableKeys, batch: Any, result: Any, index: int) -> None:
         self._renewing.discard(batch.group)
         self._lease_until[batch.group] = forever  # and nothing is ever revoked
 
-    monkeypatch.setattr(durable.DurableKeys, "_on_renewed", renewed)
+    monkeypatch.setattr(durable_keys.DurableKeys, "_on_renewed", renewed)
     with pytest.raises(SystemFailure, match="not linearizable"):
         for seed in (1, 2, 3):
             test_an_owner_cut_off_with_a_portal_while_another_takes_its_keys(seed)
@@ -387,15 +387,17 @@ def test_the_checks_catch_a_takeover_that_does_not_wait_out_the_lease(
 ) -> None:
     """A node that serves a key it took from a live owner at once, while that owner may
     still answer reads from memory under its lease, lets the old owner read stale data."""
-    claimed = durable.DurableKeys._on_claimed
+    claimed = durable_keys.DurableKeys._on_claimed
 
-    def at_once(self: durable.DurableKeys, cid: int, result: Any, index: int, now: float) -> None:
+    def at_once(
+        self: durable_keys.DurableKeys, cid: int, result: Any, index: int, now: float
+    ) -> None:
         claimed(self, cid, result, index, now)
         key = self.keys.get(cid)
-        if key is not None and key.status == durable.WAITING:
-            key.status = durable.READY
+        if key is not None and key.status == durable_keys.WAITING:
+            key.status = durable_keys.READY
 
-    monkeypatch.setattr(durable.DurableKeys, "_on_claimed", at_once)
+    monkeypatch.setattr(durable_keys.DurableKeys, "_on_claimed", at_once)
     with pytest.raises(SystemFailure, match="not linearizable"):
         for seed in range(1, 10):  # 11 of seeds 1-15 catch it
             test_cache_nodes_split_in_two_with_the_groups_reaching_both(seed)
@@ -407,12 +409,14 @@ def test_the_checks_catch_a_claim_that_trusts_itself_as_the_previous_owner(
     """The rule before 1bd1748: a claim naming this node as the previous owner served at
     once, even when that earlier claim had displaced a live owner."""
 
-    def trusting(self: durable.DurableKeys, cid: int, previous: str | None, now: float) -> float:
+    def trusting(
+        self: durable_keys.DurableKeys, cid: int, previous: str | None, now: float
+    ) -> float:
         if previous in (None, self.owner) or previous.startswith(f"{self.host_id}/"):
             return now
-        return now + self.lease + durable.LEASE_MARGIN
+        return now + self.lease + durable_keys.LEASE_MARGIN
 
-    monkeypatch.setattr(durable.DurableKeys, "_serve_from", trusting)
+    monkeypatch.setattr(durable_keys.DurableKeys, "_serve_from", trusting)
     # The run that found it (seed 125) no longer meets it since leases are renewed only
     # while reads come (fewer renewals, fewer claims made doubtful); seed 2621 of the same
     # scenario does (the first of seeds 0-2621 since replicas snapshot in the background).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..workload import Op
+from backend.bench.workload import Op
 
 
 class TargetUnreachable(Exception):

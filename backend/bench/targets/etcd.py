@@ -21,11 +21,18 @@ from typing import Any
 
 import grpc
 
-from ..channel import Channel, ChannelFailure
-from ..workload import Kind, Op, WorkloadSpec, client_cid, initial_description, task_title
-from .base import Session, TargetUnusable
-from .http1 import Response, read_response, request
-from .peers import PeerProcess, Say, ensure_program, free_port, wait_ready
+from backend.bench.channel import Channel, ChannelFailure
+from backend.bench.targets.base import Session, TargetUnusable
+from backend.bench.targets.http1 import Response, read_response, request
+from backend.bench.targets.peers import PeerProcess, Say, ensure_program, free_port, wait_ready
+from backend.bench.workload import (
+    Kind,
+    Op,
+    WorkloadSpec,
+    client_cid,
+    initial_description,
+    task_title,
+)
 
 PROGRAM, PACKAGE = "etcd", "etcd-server"
 MEMBERS = 3

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from ..channel import ProtocolViolation
+from backend.bench.channel import ProtocolViolation
 
 MAX_HEADERS = 100
 

@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from ..channel import ChannelFailure
-from .base import TargetUnusable
+from backend.bench.channel import ChannelFailure
+from backend.bench.targets.base import TargetUnusable
 
 STOP_GRACE = 5.0
 INSTALL_TIMEOUT = 900.0

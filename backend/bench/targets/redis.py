@@ -19,10 +19,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..channel import Channel, ChannelFailure, ProtocolViolation
-from ..workload import Kind, Op, WorkloadSpec, client_cid, initial_description, task_title
-from .base import Session, TargetUnusable
-from .peers import PeerProcess, Say, ensure_program, free_port, wait_ready
+from backend.bench.channel import Channel, ChannelFailure, ProtocolViolation
+from backend.bench.targets.base import Session, TargetUnusable
+from backend.bench.targets.peers import PeerProcess, Say, ensure_program, free_port, wait_ready
+from backend.bench.workload import (
+    Kind,
+    Op,
+    WorkloadSpec,
+    client_cid,
+    initial_description,
+    task_title,
+)
 
 PROGRAM, PACKAGE = "redis-server", "redis-server"
 START_TIMEOUT = 20.0

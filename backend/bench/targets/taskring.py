@@ -24,10 +24,10 @@ import asyncio
 import json
 from typing import Any
 
-from ..channel import Channel, ChannelFailure
-from ..workload import Kind, Op, WorkloadSpec, initial_description, task_title
-from .base import Session, TargetUnreachable, TargetUnusable
-from .taskring_admin import AdminPortals, Credentials
+from backend.bench.channel import Channel, ChannelFailure
+from backend.bench.targets.base import Session, TargetUnreachable, TargetUnusable
+from backend.bench.targets.taskring_admin import AdminPortals, Credentials
+from backend.bench.workload import Kind, Op, WorkloadSpec, initial_description, task_title
 
 CONNECT_TIMEOUT = 5.0
 LOAD_CONNECTIONS = 16

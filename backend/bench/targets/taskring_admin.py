@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from ...admin_pb import admin_pb2, admin_pb2_grpc
-from ...model.identity import cid_for_name, format_cid
-from ..workload import Kind, Op, client_name
-from .base import TargetUnreachable, TargetUnusable
+from backend.admin_pb import admin_pb2, admin_pb2_grpc
+from backend.bench.targets.base import TargetUnreachable, TargetUnusable
+from backend.bench.workload import Kind, Op, client_name
+from backend.core.model.identity import cid_for_name, format_cid
 
 CONNECT_TIMEOUT = 5.0
 SETUP_CONCURRENCY = 32

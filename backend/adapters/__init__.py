@@ -1,0 +1,1 @@
+"""I/O adapters: the bus, the disk, files, child processes, heartbeats, settings."""

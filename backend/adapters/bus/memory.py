@@ -1,0 +1,80 @@
+"""An in-process bus with the same interface as MqttBus, for unit tests.
+
+Like MqttBus it drops (and counts, in `drops`) a payload that is not a msgpack
+map; unlike it, it lets a handler's exception through, so a test sees it.
+"""
+
+from __future__ import annotations
+
+from backend.adapters.bus.transport import BusUnavailable, ConnectHook, Handler, Message
+from backend.core.codec import DecodeError, pack, unpack
+from backend.core.drops import Drops
+from backend.core.topics import matches
+
+
+class MemoryHub:
+    """The shared medium: every MemoryBus attached to one hub sees the others' messages."""
+
+    def __init__(self) -> None:
+        self.buses: list[MemoryBus] = []
+
+    def attach(self) -> MemoryBus:
+        bus = MemoryBus(self)
+        self.buses.append(bus)
+        return bus
+
+    async def deliver(self, topic: str, payload: bytes) -> None:
+        """Every attached bus receives `payload` (raw bytes: tests may send any)."""
+        for bus in list(self.buses):
+            await bus.receive(topic, payload)
+
+
+class MemoryBus:
+    def __init__(self, hub: MemoryHub) -> None:
+        self.hub = hub
+        self.handlers: list[tuple[str, Handler]] = []
+        self.hooks: list[ConnectHook] = []
+        self.drops = Drops("memory bus")
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    async def connect(self) -> None:
+        self._connected = True
+        for hook in self.hooks:
+            await hook()
+
+    def disconnect(self) -> None:
+        self._connected = False
+
+    async def publish(self, topic: str, message: Message, *, qos: int = 1) -> None:
+        if not self._connected:
+            raise BusUnavailable("memory bus is disconnected")
+        await self.hub.deliver(topic, pack(message))
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        self.handlers.append((topic_filter, handler))
+
+    async def subscribe_now(self, topic_filter: str, handler: Handler) -> None:
+        self.subscribe(topic_filter, handler)
+
+    def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
+        if (topic_filter, handler) in self.handlers:
+            self.handlers.remove((topic_filter, handler))
+
+    def on_connect(self, hook: ConnectHook) -> None:
+        self.hooks.append(hook)
+
+    async def receive(self, topic: str, payload: bytes) -> None:
+        if not self._connected:
+            return
+        try:
+            unpack(payload)
+        except DecodeError as exc:
+            self.drops.drop("payload", "not a msgpack map", f"on {topic}: {exc}")
+            return
+        for topic_filter, handler in list(self.handlers):
+            if matches(topic_filter, topic):
+                await handler(topic, unpack(payload))  # a copy each, as over MQTT

@@ -1,0 +1,22 @@
+"""The durable tier's disk: a write-ahead log and snapshot files for a Raft node.
+
+`DurableRaftStorage` is what a replica uses; `WriteAheadLog` and
+`SnapshotStore` are its parts; `records` holds the pure replay logic the
+simulator shares. wal.py says why this is a hand-written log and not an
+embedded database.
+"""
+
+from backend.adapters.disk.raft_storage import DurableRaftStorage
+from backend.adapters.disk.snapshot import SnapshotStore
+from backend.adapters.disk.wal import WriteAheadLog
+from backend.core.storage_errors import StorageCorruptError
+from backend.core.storage_records import records_for_ready, replay
+
+__all__ = [
+    "DurableRaftStorage",
+    "SnapshotStore",
+    "StorageCorruptError",
+    "WriteAheadLog",
+    "records_for_ready",
+    "replay",
+]

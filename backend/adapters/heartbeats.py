@@ -1,0 +1,88 @@
+"""Heartbeats: how each component tells the others it is alive (and what it counted).
+
+Every component publishes a heartbeat once a second on
+`taskring/v1/heartbeat/<kind>/<id>`. The web process listens to them to
+answer /readyz, /api/cluster and /metrics, and `taskring status` prints them,
+so nothing needs to know in advance where the other components run.
+
+Heartbeat message (msgpack map):
+
+    id        component id, e.g. "client-portal-1"
+    kind      "client-portal" | "admin-portal" | "web" | ...
+    address   where users reach it ("127.0.0.1:7001"), or ""
+    pid       OS process id
+    ready     true when it can take a write now
+    problem   why it is not ready, or None
+    started   Unix time it started (float seconds)
+    sent      Unix time of this heartbeat
+    interval  seconds until the next heartbeat
+    metrics   RequestMetrics.to_wire() (core/metrics.py): {"requests": [[op, outcome, n]...],
+              "latency": [[op, bucket counts, seconds]...],
+              "dropped": [[message, reason, n]...] (malformed messages dropped, drops.py)}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from backend.adapters.bus.transport import Bus, BusUnavailable
+from backend.core import topics
+from backend.core.metrics import RequestMetrics
+
+# RequestMetrics is re-exported until backend/processes/cache_node.py imports it from core.metrics.
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "RequestMetrics",
+    "heartbeat_message",
+    "run_heartbeat",
+]
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 1.0
+
+
+def heartbeat_message(
+    component_id: str,
+    kind: str,
+    address: str,
+    started: float,
+    problem: str | None,
+    metrics: RequestMetrics | None,
+) -> dict[str, Any]:
+    return {
+        "id": component_id,
+        "kind": kind,
+        "address": address,
+        "pid": os.getpid(),
+        "ready": problem is None,
+        "problem": problem,
+        "started": started,
+        "sent": time.time(),
+        "interval": HEARTBEAT_INTERVAL,
+        "metrics": metrics.to_wire() if metrics else {"requests": [], "latency": [], "dropped": []},
+    }
+
+
+async def run_heartbeat(
+    bus: Bus,
+    kind: str,
+    component_id: str,
+    address: str,
+    readiness: Callable[[], str | None],
+    metrics: RequestMetrics | None = None,
+) -> None:
+    """Publish a heartbeat every HEARTBEAT_INTERVAL seconds until cancelled."""
+    started = time.time()
+    topic = topics.heartbeat(kind, component_id)
+    while True:
+        message = heartbeat_message(component_id, kind, address, started, readiness(), metrics)
+        with contextlib.suppress(BusUnavailable):  # the bus logs its own connection trouble
+            await bus.publish(topic, message, qos=0)
+        await asyncio.sleep(HEARTBEAT_INTERVAL)

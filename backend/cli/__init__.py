@@ -1,0 +1,1 @@
+"""The `taskring` command line: the entry point and the user-facing applications."""

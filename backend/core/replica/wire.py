@@ -1,0 +1,258 @@
+"""Messages to and from a replica group's members, and the checks on what arrives.
+
+Every message is a msgpack map with a type field `t`, published to one
+member's inbox `topics.raft_member(group, member)`. Raft's own messages
+(backend/core/raft/messages.py) share the inbox.
+
+    raft       member -> member: {"t": "raft", "group", "msgs": [raft message map, ...]}
+               every Raft message one Ready has for that member, in order
+
+    propose    user -> a member: apply `ops` once, in order, after they are durable
+               {"t": "propose", "corr": text, "reply_to": topic, "client": text,
+                "request": int >= 1, "acked": int >= 0, "ops": [op, ...]}
+               op i has request id `request + i`; `acked` (at most `request`): the user
+               holds the answer of every request id below it. See state_machine.py.
+    proposed   member -> reply_to
+               {"t": "proposed", "corr", "group", "member", "ok": true,
+                "index": log index, "results": [op result, ...]}   one per op, in order
+               {"t": "proposed", "corr", "group", "member", "ok": false,
+                "error": {"code", "message"}, "leader": member id | None}
+               code "unavailable": this attempt was certainly not applied (the member is
+               not the leader, lost the entry to another leader's, or has no quorum);
+               "timeout": it may or may not have been applied; "bad_request": malformed.
+
+    read       user -> the leader: linearizable reads (ReadIndex, Raft dissertation §6.4)
+               {"t": "read", "corr", "reply_to", "ops": [read op, ...]}
+    read_result  member -> reply_to
+               {"t": "read_result", "corr", "group", "member", "ok": true,
+                "index": applied index read at, "results": [op result, ...]}
+               {"t": "read_result", "corr", "group", "member", "ok": false,
+                "error": {"code", "message"}, "leader": member id | None}
+
+An op result is `{"ok": true, "result": {...}, "events": [...]}` or
+`{"ok": false, "error": {"code", "message"}}` (state_machine.py; a write
+refused because its `owner` does not hold the key adds `"fenced": true`).
+Writes may name an `owner`; `claim` and `renew` must (state_machine.py,
+"Ownership"). Ops are
+backend/core/model/kv.py operations; reads may also be state_machine.EXTRA_READ_OPS.
+`reply_to` must lie under taskring/v1/raft/ (topics.raft_reply), the only
+subtree the broker lets replicas publish on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from backend.core.model.kv import READ_OPS, WRITE_OPS
+from backend.core.replica.state_machine import OWNER_OPS, OpResult, Proposal
+
+RAFT = "raft"
+PROPOSE = "propose"
+PROPOSED = "proposed"
+READ = "read"
+READ_RESULT = "read_result"
+
+MAX_OPS = 10_000  # per message
+MAX_TEXT = 256  # corr, reply_to, client
+MAX_U64 = (1 << 64) - 1
+MAX_ID = (1 << 63) - 1
+
+
+# ---- building ---------------------------------------------------------------------------
+
+
+def raft(group: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"t": RAFT, "group": group, "msgs": messages}
+
+
+def propose(
+    corr: str, reply_to: str, client: str, request: int, ops: list[dict[str, Any]], acked: int
+) -> dict[str, Any]:
+    return {
+        "t": PROPOSE,
+        "corr": corr,
+        "reply_to": reply_to,
+        "client": client,
+        "request": request,
+        "acked": acked,
+        "ops": ops,
+    }
+
+
+def read(corr: str, reply_to: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"t": READ, "corr": corr, "reply_to": reply_to, "ops": ops}
+
+
+def answer_ok(
+    kind: str, corr: str, group: str, member: int, index: int, results: list[OpResult]
+) -> dict[str, Any]:
+    return {
+        "t": kind,
+        "corr": corr,
+        "group": group,
+        "member": member,
+        "ok": True,
+        "index": index,
+        "results": results,
+    }
+
+
+def answer_error(
+    kind: str, corr: str, group: str, member: int, code: str, message: str, leader: int | None
+) -> dict[str, Any]:
+    return {
+        "t": kind,
+        "corr": corr,
+        "group": group,
+        "member": member,
+        "ok": False,
+        "error": {"code": code, "message": message},
+        "leader": leader,
+    }
+
+
+# ---- checking ---------------------------------------------------------------------------
+
+
+def check_address(message: Mapping[str, Any]) -> tuple[str, str]:
+    """The (corr, reply_to) of a propose or read; ValueError if there is nowhere to answer."""
+    return _text(message, "corr"), _text(message, "reply_to")
+
+
+def check_propose(message: Mapping[str, Any]) -> Proposal:
+    """The proposal a propose message carries; ValueError naming the first bad field."""
+    client = _text(message, "client")
+    request = _int(message.get("request"), "request", 1, MAX_ID)
+    acked = _int(message.get("acked", 0), "acked", 0, request)
+    ops = _ops(message, check_write_or_read_op)
+    if request + len(ops) - 1 > MAX_ID:
+        raise ValueError("request ids run past 2**63 - 1")
+    return Proposal(client, request, acked, tuple(ops))
+
+
+def check_answer(message: Mapping[str, Any], ops: int) -> None:
+    """A proposed/read_result answering a request of `ops` operations, in the form above;
+    ValueError naming the first bad field (what a result's `result` holds is checked
+    by whoever reads it)."""
+    _text(message, "corr")
+    ok = message.get("ok")
+    if not isinstance(ok, bool):
+        raise ValueError("ok must be true or false")
+    for name in ("member", "leader", "index"):
+        value = message.get(name)
+        if value is not None:
+            _int(value, name, 0, MAX_U64)
+    if not ok:
+        if not _is_error(message.get("error")):
+            raise ValueError("error must be a map of code and message texts")
+        return
+    results = message.get("results")
+    if not isinstance(results, list) or len(results) != ops:
+        raise ValueError(f"results must be a list of {ops} op results")
+    for result in results:
+        if not isinstance(result, Mapping) or not isinstance(result.get("ok"), bool):
+            raise ValueError("an op result must be a map with ok")
+        if result["ok"] and not isinstance(result.get("result"), Mapping):
+            raise ValueError("an ok op result must carry a result map")
+        if not result["ok"] and not _is_error(result.get("error")):
+            raise ValueError("a failed op result must carry an error map")
+
+
+def _is_error(error: Any) -> bool:
+    return (
+        isinstance(error, Mapping)
+        and isinstance(error.get("code"), str)
+        and isinstance(error.get("message"), str)
+    )
+
+
+def check_read(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return _ops(message, check_read_op)
+
+
+def _ops(message: Mapping[str, Any], check: Callable[[Any], None]) -> list[dict[str, Any]]:
+    ops = message.get("ops")
+    if not isinstance(ops, list) or not 1 <= len(ops) <= MAX_OPS:
+        raise ValueError(f"ops must be a list of 1 to {MAX_OPS} operations")
+    for position, op in enumerate(ops):
+        try:
+            check(op)
+        except ValueError as exc:
+            raise ValueError(f"ops[{position}]: {exc}") from exc
+    return ops
+
+
+# Fields each operation needs, beyond "op" and "cid", and their types.
+_OP_FIELDS: dict[str, dict[str, type]] = {
+    "create_client": {
+        "name": str,
+        "data": str,
+        "created_at": int,
+        "token_salt": bytes,
+        "token_hash": bytes,
+    },
+    "get_client": {},
+    "update_client": {"data": str},
+    "delete_client": {},
+    "rotate_token": {"token_salt": bytes, "token_hash": bytes},
+    "verifier": {},
+    "insert_task": {"title": str, "description": str},
+    "update_task": {"title": str, "description": str},
+    "delete_task": {"title": str},
+    "delete_tasks": {},
+    "list_tasks": {},
+    "claim": {"owner": str},
+    "renew": {"owner": str},
+}
+assert set(_OP_FIELDS) == READ_OPS | WRITE_OPS | OWNER_OPS
+
+
+def check_write_or_read_op(op: Any) -> None:
+    """A KeyValueState operation with every field it needs, of the right type."""
+    if not isinstance(op, Mapping):
+        raise ValueError(f"an operation must be a map, not {type(op).__name__}")
+    name = op.get("op")
+    if not isinstance(name, str) or name not in _OP_FIELDS:  # a list would not hash
+        raise ValueError(f"unknown operation {name!r:.80}")
+    _int(op.get("cid"), "cid", 0, MAX_U64)
+    for key, kind in _OP_FIELDS[name].items():
+        value = op.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{name}: {key} must be {kind.__name__}")
+    for optional in ("owner", "req"):
+        value = op.get(optional)
+        if optional in op and (not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT):
+            raise ValueError(f"{name}: {optional} must be text of 1 to {MAX_TEXT} characters")
+
+
+def check_read_op(op: Any) -> None:
+    if not isinstance(op, Mapping):
+        raise ValueError(f"an operation must be a map, not {type(op).__name__}")
+    name = op.get("op")
+    if name == "load_keys":
+        cids = op.get("cids")
+        if not isinstance(cids, list) or len(cids) > MAX_OPS:
+            raise ValueError(f"load_keys: cids must be a list of at most {MAX_OPS} CIDs")
+        for cid in cids:
+            _int(cid, "load_keys cid", 0, MAX_U64)
+    elif name == "clients_after":
+        _int(op.get("after"), "clients_after: after", -1, MAX_U64)
+        _int(op.get("limit"), "clients_after: limit", 1, MAX_OPS)
+    elif isinstance(name, str) and name in READ_OPS and "owner" not in op:
+        check_write_or_read_op(op)
+    else:
+        raise ValueError(f"{name!r:.80} is not a read operation")
+
+
+def _text(message: Mapping[str, Any], key: str) -> str:
+    value = message.get(key)
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT:
+        raise ValueError(f"{key} must be text of 1 to {MAX_TEXT} characters")
+    return value
+
+
+def _int(value: Any, what: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{what} must be an integer from {low} to {high}, not {value!r}")
+    return value
