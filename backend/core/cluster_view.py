@@ -90,7 +90,7 @@ class Metrics:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """One parsed heartbeat (the fields of telemetry.heartbeat_message)."""
+    """One parsed heartbeat (the fields of heartbeat_message in backend/adapters/heartbeats.py)."""
 
     id: str
     kind: str

@@ -1,8 +1,8 @@
 """The durable tier's disk: a write-ahead log and snapshot files for a Raft node.
 
 `DurableRaftStorage` is what a replica uses; `WriteAheadLog` and
-`SnapshotStore` are its parts; `records` holds the pure replay logic the
-simulator shares. wal.py says why this is a hand-written log and not an
+`SnapshotStore` are its parts; the pure replay logic the simulator shares is
+backend/core/storage_records.py. wal.py says why this is a hand-written log and not an
 embedded database.
 """
 
