@@ -1,43 +1,12 @@
 """WS /ws/client: the browser's connection to a client portal.
 
-Each WebSocket gets its own TCP connection to a client portal, opened when
-the browser sends its first message (not when the socket opens: a page that
-opens its socket at load and then sits idle would otherwise hold an idle,
-unauthenticated portal connection that the portal closes after a while).
-Every text message from the browser is one request line of the client
-protocol (docs/protocol.md, Client protocol) and goes to the portal unchanged, with the
-`\\n` the line protocol needs; every line the portal sends (responses and
-watch events) comes back as one text message, without its `\\n`.
-
-Choosing a portal: the addresses come from a callable (the live portals the
-web process hears heartbeats from, at addresses the operator allowed; see
-web/security.py). Each new connection starts at the next address in turn, so
-sockets spread over the portals; an address that could not be reached a
-moment ago is tried last. When a portal cannot be reached the bridge fails
-over to the next one; when none can (or none may be used), the first request
-gets an `unavailable` response line and the socket close code 1013 (try
-again later).
-
-Who may connect: a handshake whose `Origin` is neither this server's own nor
-one allowed by the web process's setting is refused before it is accepted
-(HTTP 403); a handshake without `Origin` comes from no browser (the CLI,
-scripts, tests) and is admitted. At most `BridgeLimits.max_sockets` sockets
-are open at once; one more is accepted and closed at once with code 1013 and
-a reason saying so.
-
-A portal that goes away mid-connection takes its per-connection state (the
-`auth` binding, the `watch`) with it, and the outcome of requests it had not
-answered is unknown. The bridge does not hide that: it closes the socket
-with code 1012 (service restart) and a reason naming the portal, and the
-browser reconnects, which picks a live portal, and signs in again.
-
-Messages the bridge cannot pass on as one line, it answers itself, still in
-request order (after the portal's answers to earlier requests):
-
-- a binary message, or a text message holding a newline (other than one at
-  its very end): `bad_request`, and the socket stays usable;
-- a message longer than the protocol's 65,536-byte line limit: `too_large`,
-  then close code 1009, as the portal itself would close the connection.
+Each WebSocket gets its own TCP connection to a client portal, opened at the
+browser's first message; text messages are request lines passed on unchanged,
+and the portal's lines come back as text messages. Portals are taken in turn
+from the live ones the web process may use (web/security.py), failing over to
+the next when one cannot be reached. What the bridge answers itself, its close
+codes and its origin check are in docs/protocol.md, WS /ws/client; its limits
+in SECURITY.md, Limits.
 """
 
 from __future__ import annotations

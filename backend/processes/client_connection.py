@@ -1,52 +1,12 @@
 """One TCP connection to the client portal: read lines, answer in order, push change events.
 
-A connection reads bytes, splits them into lines (backend/core/protocol/framing.py) and
-answers each line before looking at the next, so responses go out in request
-order however many requests a client pipelines. The answers to lines that
-arrived in one read go out in one write, once the last is answered. Events
-from `watch` are written as soon as the store reports them, after any answer
-kept back; every write is whole lines, so events fall between responses,
-never inside one.
-
-Who may do what:
-
-- `auth` binds the connection to a CID. Another `auth` rebinds it; a failed
-  `auth` unbinds it, so a connection never keeps rights after a wrong token.
-- Every op but `ping` and `auth` needs the connection bound to the op's CID,
-  and the bound token is checked again on every op, so a rotated token or a
-  deleted client stops working at once for open connections too.
-- `watch` follows the bound CID. Binding to another CID, failing `auth`,
-  or the client being deleted (after its `client_deleted` event) ends it.
-  A rotation of the client's token reaches a watching connection in order with
-  the events (backend/adapters/store/watchers.py): it is unbound and disconnected before any
-  later event. Besides, before passing on events, a watching connection checks
-  its token again if it last did so more than `revalidate_interval` ago,
-  holding events back meanwhile; a watcher whose token no longer works is
-  disconnected.
-
-Resources a client cannot hold forever (the bookkeeping is in portal_limits.py):
-
-- connections: at most `max_connections` in all and `max_connections_per_ip`
-  from one source address (client_portal.py); one more gets an `unavailable`
-  line naming the limit and is closed.
-- idle: no bytes for `idle_timeout` closes the connection; before a successful
-  `auth` the limit is `auth_timeout`, and the close comes with an `unauthorized`
-  line. A watching connection is exempt (waiting is its job); TCP keepalive
-  finds dead peers.
-- guessing tokens: each source address may fail `auth` `auth_failure_burst`
-  times at once, then `auth_failure_rate` times a second; past that its
-  attempts wait their turn, each on its own connection, so they reach the
-  store no faster (the web process's WebSocket bridge is one address for all
-  its browsers: one guesser there slows the logins of the others).
-- watch memory: the bytes queued for a watching connection (its transport's
-  write buffer plus events held back for a token check) may reach
-  `watch_buffer`, and those of all of one client's watching connections
-  `watch_buffer_client`; past that the connection (one at least at its share
-  of the client's total) gets an `unavailable` line and is closed.
-- slow loris: a line must be complete within `line_timeout` of its first byte.
-- slow reader: past `write_buffer` bytes queued the portal stops reading
-  requests; if the queue is still above that after `stall_timeout`, or ever
-  reaches `write_buffer_hard`, the connection is dropped.
+A connection splits bytes into lines (backend/core/protocol/framing.py), answers
+each line before the next, so responses go out in request order however many a
+client pipelines, and writes `watch` events between whole responses. The rules it
+enforces (binding by `auth`, token re-checks, watches, framing) are in
+docs/protocol.md, Client protocol; its limits (connections, idle time, failed
+`auth`s, watch memory, slow senders and readers) are in SECURITY.md, Limits, and
+their bookkeeping in backend/core/portal_limits.py.
 """
 
 from __future__ import annotations
