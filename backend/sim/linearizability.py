@@ -1,70 +1,12 @@
 """Linearizability checking of recorded histories, one key at a time.
 
-A history is a list of `Operation`s: who called what, when the call was made,
-when (if ever) it returned, and what it returned. It is linearizable when
-every operation can be given one instant between its call and its return at
-which it takes effect, such that running the operations one by one in the
-order of those instants through a sequential `Model` gives exactly the
-recorded outputs (Herlihy & Wing 1990).
-
-The search is Wing & Gong's (Wing & Gong 1993, "Testing and verifying
-concurrent objects"), with Lowe's just-in-time linearization and memoisation
-(Lowe 2017, "Testing for linearizability"), arranged the way Porcupine does it
-(Athalye, github.com/anishathalye/porcupine):
-
-- Every operation becomes a call entry and a return entry; the entries are
-  sorted by time (calls before returns at equal times, so operations that
-  merely touch count as concurrent) and threaded on a doubly linked list.
-- Walking the list from its head, any call met before the first return
-  belongs to an operation that may take effect next. The model tries it; if
-  the output fits, the operation is linearized: its two entries are lifted
-  out of the list (dancing links, so unlifting restores them in O(1)) and the
-  walk restarts from the head. Meeting a return entry means the operation it
-  closes cannot be linearized any later, and nothing tried fitted: undo the
-  last choice and try the next candidate after it.
-- A configuration is the set of operations linearized so far (a bitset) and
-  the model state they produced. Two paths that reach the same configuration
-  have the same future, so each configuration is explored once.
-- Histories are split by the model into independent parts (one key each) and
-  each part is checked alone: linearizability is compositional (Herlihy &
-  Wing's locality; Porcupine's partitioning; Horn & Kroening's
-  P-compositionality), and the search is exponential only within a part.
-
-Operations whose outcome is unknown. A call that never returned (`ret=None`:
-a `timeout` answer, a crashed client) may have taken effect at any instant
-after its call, or never; Knossos and Porcupine treat it as returning at
-+infinity. Here such a pending call sits on a second list, its output is
-`UNKNOWN` to the model, and the search succeeds once every operation that
-did return is linearized. Three things keep them affordable:
-
-- Pending calls are tried only after every completed candidate at a point,
-  so one is placed where an observation needs it rather than carried as a
-  guess through a long stretch of history.
-- A pending operation is never linearized where it would not change the
-  state: there it is indistinguishable from never having taken effect.
-  Likewise a configuration is skipped when the same completed operations
-  already reached the same state with a subset of these pending ones
-  linearized: that one had every choice this one has.
-- The problem is NP-complete with them (Gibbons & Korach 1997): a pending
-  call that never took effect stays a candidate for the rest of the history,
-  and every subset of such calls is a different configuration. So each part
-  is checked in two passes. The first assumes that every pending operation
-  took effect within twice the longest completed operation's duration after
-  its call, or never: true of nearly every real timeout, and any order it
-  finds is a genuine linearization. Only if it finds none does the second
-  pass search without the assumption; should that run out of time, the
-  result is UNDECIDED and carries the first pass's counter-example, labelled
-  with the assumption.
-
-An operation with `output=UNKNOWN` and a return time is optional the same
-way, but cannot take effect after that time (for a history recorder that
-knows when a request could no longer be applied).
-
-When no order fits, the result names the longest prefix the search could
-order, the state after it, and the operations that could have come next,
-each with the reason it did not fit: enough for a person to see the anomaly.
-
-This module is pure: no I/O, no clocks except the optional search deadline.
+A history is a list of `Operation`s (call, return time if any, output); it is
+linearizable when each can take effect at one instant between its call and
+return such that a sequential `Model` gives the recorded outputs. The search
+(Wing & Gong with Lowe's memoisation, arranged as Porcupine does), how calls of
+unknown outcome are handled, and what a failure reports: docs/architecture.md,
+"Checking linearizability". Pure: no I/O, no clocks except the optional search
+deadline.
 """
 
 from __future__ import annotations

@@ -1,36 +1,13 @@
 """Deterministic simulation of one Raft group under faults, checking Raft's safety properties.
 
-A seed fixes everything: the scenario (group size, fault rates, options),
-the network's drops, duplicates, delays (and so reorderings) and
-partitions, crashes and restarts, membership changes, client proposals and
-reads, and every node's election timeouts. A failing seed replays exactly:
+A seed fixes the scenario, the network's faults, crashes (losing unsynced
+writes), membership changes and every election timeout, so a failing seed
+replays exactly:
 
     python -m backend.sim.raft_sim --seed 1234 --trace
 
-Each replica runs a real `RaftNode` and handles its Readys the way a replica
-process must (ready.py): write the records to its simulated disk, fsync,
-send, apply, advance. The write and the fsync are separate events, so a
-crash in between loses the unsynced records, all or a random prefix of
-them, as a real page cache would. The disk keeps the same records the
-write-ahead log does, and a restart rebuilds the node with the same
-`replay` function the real storage uses.
-
-Checked after every event, from Figure 3 of the Raft paper (Ongaro &
-Ousterhout 2014; the checks live in raft_safety.py, shared with system_sim.py):
-
-- Election Safety: at most one leader per term.
-- Leader Completeness: a new leader's log holds every entry committed in
-  an earlier term.
-- State Machine Safety: every node that commits or applies an index has the
-  same entry there; nodes apply in index order without gaps; snapshots hold
-  the state the log produced.
-- Log Matching (checked at the end): two logs with an entry of the same index
-  and term are identical up to it.
-
-And for the application: no client value is committed twice; every read
-index is at least every commit index known anywhere when the read began
-(linearizable reads); after the faults stop, the group elects a leader,
-commits a new value and every member applies it (liveness).
+What it simulates and checks (from Figure 3 of the Raft paper, via
+raft_safety.py): docs/architecture.md, "The Raft simulator".
 """
 
 from __future__ import annotations

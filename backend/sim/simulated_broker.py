@@ -1,39 +1,10 @@
 """A simulated MQTT broker over virtual time: topics, subscriptions, QoS 0 and QoS 1.
 
-The whole-system simulator (system_sim.py) runs every process of a taskring
-deployment on this broker instead of Mosquitto. Each process incarnation
-opens a `Connection`, subscribes to topic filters (MQTT wildcards, as
-topics.matches reads them) and publishes; each matching subscription gets its
-own copy, after a delay of a fixed latency plus an exponential jitter (so
-messages overtake each other) and, now and then, a long stall. Messages go
-through msgpack on the way, so no two processes ever share an object.
-
-What goes wrong is what MQTT allows, plus duplicates:
-
-- QoS 0 (every message taskring sends but the cache nodes' announcements is
-  QoS 0 too, topics.MESSAGE_QOS) is at most once: it may be lost (`loss`).
-- QoS 1 reaches every live subscriber at least once, never zero times while
-  the broker and both ends live.
-- Any message may arrive twice (`duplicate`): QoS 1's redelivery, and for QoS 0
-  more than MQTT promises, as a retransmitting bridge might; every protocol on
-  top deduplicates what it receives.
-- A connection that closes (its process crashed) loses what was on its way
-  to it, and clean sessions mean a new connection gets nothing published
-  before it subscribed. A crashed publisher may also lose what it had sent
-  but the broker had not yet taken (`close(..., lose_outbox=True)`).
-- A connection may carry a last will, which the broker publishes when the
-  connection drops without a clean goodbye (`close(..., clean=False)`): at
-  once, as Mosquitto does when a killed process's socket closes. The will is
-  the broker's own message, so an outbox lost with its process keeps it, but
-  it travels like any other (delays, partitions).
-- Partitions put endpoints on sides; a message between two sides, when
-  published or when due, is lost: a client cut off from the broker, or a
-  broker bridge that broke; a partial partition leaves some endpoints reaching
-  both sides. Several partitions may hold at once. Endpoint
-  names outlive incarnations, so a partition holds a restarted process on
-  its side.
-
-Every random choice comes from the simulator's one random.Random.
+The whole-system simulator (system_sim.py) runs every process of a deployment
+on this broker instead of Mosquitto: connections, topic filters, per-copy
+delays, losses, duplicates, last wills and partitions, every random choice from
+the simulator's one random.Random. The faults it allows, and why:
+docs/architecture.md, "The simulated broker".
 """
 
 from __future__ import annotations

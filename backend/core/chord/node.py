@@ -1,33 +1,11 @@
 """One ring position (a virtual node): Chord ring maintenance as a pure state machine.
 
 Messages and ticks go in, outputs (messages to send, effects) come out; nothing
-here reads a clock or touches a socket. The rules are Zave's corrected ones
-("How to Make Chord Correct", 2015; "Reasoning about Identifier Spaces", 2017),
-not the original paper's pseudo-code, which can break the ring:
-
-- join: a new position asks any member to look up its own position, then copies
-  its successor list from the owner that answers (s + butLast(s.succList)); its
-  predecessor starts unknown. It becomes reachable only once others adopt it.
-- stabilize: ask the first successor s for its predecessor p and its list, and
-  take s + butLast(list). If p lies between us and s, ask p too, and adopt p
-  only when p answers (a dead p is never adopted). Then notify the successor.
-- rectify (on Notify): take the notifier as predecessor when none is known,
-  when it lies between the old one and us, or when the old one is dead.
-- flush (check-predecessor): forget a predecessor that stopped answering.
-- failure: a successor that stopped answering leaves the list and the next one
-  takes over; with lists of length r, the ring survives r - 1 consecutive
-  failures (Zave's ValidSuccessorList invariant).
-- leave (an optimisation; a silent leave is just a failure): hand the
-  predecessor to the successor and the successor list to the predecessor.
-
-Beyond Zave's assumptions (more than r - 1 failures in a row, or a crash before
-new lists spread) two more rules keep the ring whole: a position whose every
-successor failed searches for the true one through another cache node while
-staying a member (repair), and now and then each position asks another cache
-node who follows it, which merges a ring that split (cross-check).
-
-Lookup forwarding is in routing.py; this class answers the two questions
-routing asks of a position: does it own a key, and what is the best next hop.
+here reads a clock or touches a socket. It follows Zave's corrected rules (join,
+stabilize, rectify, flush, failure, leave) plus repair and cross-check: see
+docs/architecture.md, "Chord ring maintenance". Lookup forwarding is in
+routing.py; this class answers the two questions routing asks of a position:
+does it own a key, and what is the best next hop.
 """
 
 from __future__ import annotations

@@ -1,33 +1,17 @@
 """One Raft server as a pure state machine: messages and ticks in, a Ready of I/O out.
 
-Implements the consensus algorithm of the Raft paper (Ongaro & Ousterhout
-2014, §5 and Figure 2: elections, log replication, commitment; §7 snapshots)
-and, from Ongaro's dissertation (2014), pre-vote (§9.6), check-quorum
-(§6.2), leadership transfer (§3.10), ReadIndex reads (§6.4) and
-single-server membership changes (§4.1, see membership.py).
-
-Modelled on etcd's raft library. The node does no I/O and reads no clock:
+Raft with pre-vote, check-quorum, leadership transfer, ReadIndex and
+single-server membership changes, modelled on etcd's raft library (the papers
+and the role changes: docs/architecture.md, "Raft"). It does no I/O, reads no
+clock, and draws election timeouts from an injected random.Random:
 
     node.step(message)      a message from a peer
     node.tick()             one unit of logical time (heartbeat and election timers)
     node.propose(data)      the leader appends a client command
     node.read_index(ctx)    ask for a linearizable read point
     if node.has_ready():
-        ready = node.ready()        entries and state to persist, messages to send,
-        ...persist, send, apply...  committed entries to apply (see ready.py)
+        ready = node.ready()        persist, send, apply (see ready.py)
         node.advance(ready)
-
-Randomness (the election timeout, §5.2: "election timeouts are chosen
-randomly from a fixed interval") comes from an injected random.Random, so a
-seeded simulation replays exactly.
-
-Roles and what moves between them:
-
-    follower      --election timeout-->      pre-candidate (or candidate without pre-vote)
-    pre-candidate --majority of pre-votes--> candidate (term + 1, votes for itself)
-    candidate     --majority of votes-->     leader (appends a no-op, §8)
-    any           --higher term seen-->      follower
-    leader        --no majority heard in an election timeout (check-quorum)--> follower
 """
 
 from __future__ import annotations
