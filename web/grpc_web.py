@@ -1,28 +1,13 @@
 """POST /taskring.admin.v1.AdminService/<Rpc>: gRPC-Web from the browser to an admin portal.
 
-The browser's admin page speaks gRPC-Web (it cannot speak HTTP/2 gRPC
-itself). This bridge unwraps the request frame, makes the same call on an
-admin portal over real gRPC with the raw message bytes (it never decodes the
-protobuf, so it follows the proto file without code of its own), and wraps
-the answer: a data frame holding the response message, then a trailer frame
-holding `grpc-status` and `grpc-message` (percent-encoded, as gRPC says).
-Failures, including the bridge's own, are a trailer frame alone with HTTP
-200, as gRPC-Web clients expect.
-
-Content types: `application/grpc-web` and `application/grpc-web+proto`
-(binary frames), and `application/grpc-web-text[+proto]` (the same frames in
-base64). Any other is HTTP 415. The `authorization` metadata is passed on
-unchanged; `grpc-timeout` sets the call's deadline.
-
-Fail-over: the admin portals come from a callable (the live ones, from
-heartbeats, at addresses the operator allowed: the `authorization` header is
-an admin token, and goes nowhere else; see web/security.py). A portal whose
-channel cannot get connected within a short time is skipped for the next.
-Once a call that changes something has been sent, its answer is the answer,
-even UNAVAILABLE: a call that may have been applied (CreateClient,
-DeleteClient) must not run twice. Reads (GetClient,
-ListClients) also move on after an UNAVAILABLE answer. No portal reachable, or
-none allowed, is UNAVAILABLE with a message saying which.
+The browser cannot speak HTTP/2 gRPC, so this bridge unwraps the gRPC-Web
+request frame, makes the same call on an admin portal over real gRPC with the
+raw message bytes (it never decodes the protobuf, so it follows the proto file
+without code of its own), and wraps the answer in a data frame and a trailer
+frame. Portals come from the live ones the web process may use (web/security.py:
+the `authorization` header is an admin token and goes nowhere else). Content
+types, failures and fail-over (a call that may have changed something is never
+sent twice): docs/protocol.md, gRPC-Web.
 """
 
 from __future__ import annotations

@@ -1,29 +1,13 @@
 """`taskring up`: every component as its own OS process, watched and restarted.
 
-The children are the same `taskring <component>` commands a person would
-run, so `ps` shows which process is which; the broker URL (with the child's
-own login and password) and the admin token reach them through the environment, never the
-command line. Each child runs in its own process group and gets SIGKILL from
-the kernel if this process dies without stopping it (backend/adapters/child_processes.py).
-
-Output: every line a child writes is printed on our stdout prefixed with the
-child's name, like foreman, and appended to DATA/logs/<name>.log.
-DATA/pids.json holds {"supervisor": pid, "children": {name: pid}} for the
-children running right now; it is rewritten at every start and exit and
-removed when `taskring up` stops.
-
-Before anything starts, every component's port is checked: a taken one gets
-PORT_WAIT seconds to come free (an outgoing connection may hold a port of the
-ephemeral range for a moment), then `up` fails naming what holds it, read
-from /proc (backend/adapters/port_holders.py). Logs are 0600 in 0700 directories.
-
-The children start in tiers: the broker (until its port answers), the
-replicas, then the cache nodes, portals and web process. A child that exits
-on its own is restarted after a Backoff delay (backend/processes/launch_plan.py).
-SIGINT, SIGTERM or SIGHUP stops the tiers in the opposite order, so the
-replicas outlive the cache nodes that write to them and the broker outlives
-everyone: SIGTERM, up to STOP_GRACE seconds, then SIGKILL; a second signal
-skips the wait.
+The children are the same `taskring <component>` commands a person would run;
+the broker URL (with the child's own login) and the admin token reach them
+through the environment, never the command line. Each child runs in its own
+process group and dies with this one (backend/adapters/child_processes.py).
+Every component's port is checked first; a taken one gets PORT_WAIT seconds,
+then `up` fails naming its holder (backend/adapters/port_holders.py). What it
+starts, in which tiers, restarts, stopping, logs and pids.json:
+docs/operating.md, One host; the decisions are in backend/processes/launch_plan.py.
 """
 
 from __future__ import annotations

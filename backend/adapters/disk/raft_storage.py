@@ -2,30 +2,15 @@
 
     storage = DurableRaftStorage(data_dir)
     state = storage.state if not storage.state.is_empty else storage.bootstrap([1, 2, 3])
-    node = RaftNode(node_id, state, rng)
-    ...
-    ready = node.ready()
-    storage.save(ready)            # snapshot, entries, hard state; one fsync for all
-    ...send, apply...
-    node.advance(ready)
-    ...
-    snapshot = node.compact(applied_index, state_machine_bytes)
+    storage.save(ready)                 # snapshot, entries, hard state; one fsync for all
     storage.save_snapshot(snapshot)     # and drop the log segments it covers
-
-    # or in the background: a forked child writes the file, then the parent
-    storage.write_snapshot(snapshot)    # child: the file only (fsync, rename)
-    storage.snapshot_written(index)     # parent: prune, drop the log segments it covers
+    storage.write_snapshot(snapshot)    # in a forked child: the file only (fsync, rename)
+    storage.snapshot_written(index)     # then in the parent: prune, drop covered segments
     storage.load_snapshot(index)        # the bytes again, for a lagging follower
 
-Layout: `<dir>/wal/*.wal` (see wal.py) and `<dir>/snap/*.snap` (see snapshot.py).
-Every segment starts with the hard state current when it was opened, so
-deleting old segments never loses the vote or the term. A snapshot received
-from the leader is saved (fsynced) before the restore record that points at
-it is appended, so recovery always finds the snapshot a restore names.
-
-Group commit: `write()` appends without syncing and `sync()` makes everything
-written so far durable, so a caller can put many Readys under one fsync;
-`save()` is write plus sync when the Ready needs it.
+`write()` appends without syncing and `sync()` makes it durable (group commit).
+Layout and the ordering rules that keep recovery whole: docs/architecture.md,
+Snapshots; formats in wal.py and snapshot.py.
 """
 
 from __future__ import annotations

@@ -1,40 +1,23 @@
 """An append-only write-ahead log of checksummed records in segment files.
 
-Why a hand-written log and not SQLite or LMDB: a Raft log is written only
-at its end, read only at start-up, and its durability point is one fsync
-per batch. A segment file does exactly that with one write() and one
-fdatasync() per group of records, however many entries the group holds
-(group commit); SQLite in WAL mode with synchronous=FULL pays for page
-management, a B-tree and a second copy at checkpoints that this access
-pattern never needs, and LMDB's copy-on-write pages fsync a meta page and
-the data pages on every commit. Recovery is also simpler to reason about and
-to test here: a record is valid exactly when its length and checksum are, and
-a crash can only tear the tail.
-
-Format. A segment is a sequence of records:
+Why a hand-written log: docs/architecture.md, Snapshots. Format, next to the
+code that writes it. A segment is a sequence of records:
 
     u32 payload length (little endian) | u32 CRC-32 of (length bytes + payload) | payload
 
-CRC-32 (zlib's, the polynomial of Ethernet and gzip) rather than CRC-32C: it is in
-the standard library and runs in C; both catch every burst error up to 32 bits,
-which is what a torn or flipped write looks like. The length is under the
-checksum, so a damaged length cannot send recovery reading garbage as records.
+CRC-32 is zlib's (in the standard library, in C); like CRC-32C it catches every
+burst error up to 32 bits. The length is under the checksum, so a damaged
+length cannot send recovery reading garbage as records. Segments are named
+`<seq>-<label>.wal` (16 hex digits each): `seq` orders them; `label` is given at
+rotation (the last log index), so `release_before(n)` can delete every segment
+whose successor's label is at most n.
 
-Segments are named `<seq>-<label>.wal` (16 hex digits each). `seq` orders
-them; `label` is a number the caller gives at rotation (the Raft storage
-uses the last log index at that moment), so `release_before(n)` can delete
-every segment whose successor's label is at most n, oldest first.
-
-Durability. `append` writes, `sync` makes everything appended so far durable
-(fdatasync). A new segment is created as a temporary file holding its first
-records, fsynced, renamed into place, and the directory fsynced, so a
-segment either exists whole or not at all.
-
-Recovery. `open` reads every segment. In the last segment, the first record
-with a short header, an impossible length or a wrong checksum starts a torn
-tail: a write the crash cut short, never acknowledged; the file is truncated
-there. A bad record in any earlier segment is corruption of fsynced data
-and raises StorageCorruptError.
+Durability: `append` writes, `sync` fdatasyncs; a new segment is created as a
+fsynced temporary file renamed into place (directory fsynced), so it exists
+whole or not at all. Recovery: in the last segment, the first record with a
+short header, an impossible length or a wrong checksum starts a torn tail
+(never acknowledged) and the file is truncated there; a bad record in an
+earlier segment raises StorageCorruptError.
 """
 
 from __future__ import annotations

@@ -2,28 +2,9 @@
 
 `parse_request(line)` turns the bytes of one line into a `Request` whose
 arguments all have the right types and sizes, or raises `InvalidRequest`
-(code `bad_request`) with a message saying what to change.
-
-The details of docs/protocol.md, Client protocol, as checked here:
-
-- The line must be UTF-8 holding exactly one JSON object. JSON's
-  whitespace around it (spaces, tabs, a `\\r` before the newline) is
-  allowed; an empty line is not an object, so it is a `bad_request` too: every
-  line gets exactly one answer. `NaN`, `Infinity` and numbers too big for a
-  double are not JSON and are refused. With a repeated key the last one wins.
-- `id` is optional; when present it must be a JSON scalar (string, number,
-  boolean or null) and is echoed back; when absent the response says null.
-  A request whose id cannot be echoed (an object, an array, a string holding
-  a lone surrogate) is answered with id null.
-- Fields a request does not need are ignored, so clients may add their own.
-- `trace` is optional and must be a boolean.
-- A title is 1 to 256 bytes of UTF-8 with no control characters: nothing of
-  Unicode category Cc (U+0000-U+001F, U+007F-U+009F). Format characters
-  (category Cf, e.g. the zero-width joiner inside emoji sequences) are
-  allowed. A description may hold any character, newlines included.
-  Strings holding lone surrogates (`"\\ud800"` in JSON) are not valid UTF-8
-  and are refused wherever they appear in a used field.
-- A token is any string; whether it is right is the store's business.
+(code `bad_request`) with a message saying what to change. The rules checked
+(framing, `id`, `trace`, titles, descriptions, tokens) are those of
+docs/protocol.md, Client protocol ("Framing", "Requests and responses").
 """
 
 from __future__ import annotations
