@@ -1,24 +1,12 @@
 """`taskring web`: the HTTP face of the cluster (health, readiness, cluster view, metrics).
 
-`create_app(context)` builds the FastAPI application over a `WebContext`
-(the cluster view, the bus, this process's own request counts); tests can
-give it any bus. `command` is `taskring web`: it listens to every heartbeat
-on the MQTT broker to keep the view current, publishes its own heartbeat,
-and serves HTTP with uvicorn in the same asyncio loop. SIGTERM or SIGINT
-stops it cleanly with exit code 0.
-
-Endpoints: GET / (the browser UI, web/ui.py), WS /ws/client (web/ws_bridge.py),
-gRPC-Web at /taskring.admin.v1.AdminService/* (web/grpc_web.py), /healthz, /readyz,
-/api/cluster, /api/components, /metrics.
-
-The edge (web/security.py): the bridges and /readyz's probes use only portals
-at addresses in --allow-portals (TASKRING_ALLOW_PORTALS; none when unset, `*`
-for any heard address); /api/cluster still lists every portal heard.
---allow-origins and --max-websockets guard WS /ws/client, uvicorn refuses
-WebSocket frames past WS_MAX_SIZE, and every HTTP response carries
-SecurityHeaders' CSP and companions. /readyz is 200 only when a write can
-commit end to end through an allowed portal of each kind and the ring has
-converged (ClusterView.missing).
+`create_app(context)` builds the FastAPI application over a `WebContext` (the
+cluster view, the bus, this process's own request counts); tests can give it any
+bus. `command` is `taskring web`: it listens to every heartbeat to keep the view
+current, publishes its own, and serves HTTP with uvicorn in the same asyncio
+loop; SIGTERM or SIGINT stops it with exit code 0. The endpoints are in
+docs/protocol.md, Web; the edge (allowed portals and origins, limits, headers)
+in web/security.py and SECURITY.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,12 @@
 """`taskring bench --restart-tasks N`: how long a full restart of a durable ring takes
 with N tasks stored, and what it costs in memory and disk.
 
-1. The data: N tasks over K clients written straight into a data directory with
-   the replicas' own code (restart_data.py), or reused from `--restart-dir` when
-   it holds the same data already.
-2. One replica's files are loaded in a process of its own (replica_memory.py):
-   the seconds to open, restore and replay, and the memory per stored task.
-3. `taskring up --data-dir DATA` starts on free ports: its own broker, the
-   replica groups, cache nodes, portals and web process. From the moment it is
-   started, in parallel: its output is watched for the banner, the web
-   process's /readyz is polled, a seeded sample of S clients each lists its
-   tasks through the client portals until the listing is complete and exactly
-   right (a complete but wrong listing is a failure, not a retry), and a probe
-   client inserts a task until one insert is acknowledged.
-4. Then the peak resident memory of every replica and cache node is read from
-   /proc, `taskring up` gets SIGINT (a second one, then SIGKILL, only if it
-   does not stop in time), and every process it started must be gone.
-
-A run never leaves a process behind, even when interrupted.
+Writes the data (restart_data.py), measures one replica's load in a process of
+its own (replica_memory.py), starts `taskring up` on it and times the banner,
+/readyz, complete and exact listings and an acknowledged insert, then reads
+every process's peak memory and stops it all. The steps in full:
+docs/operating.md, Measuring. A run never leaves a process behind, even when
+interrupted.
 """
 
 from __future__ import annotations

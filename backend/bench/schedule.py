@@ -1,23 +1,10 @@
 """When each operation is meant to start, as pure arithmetic.
 
-Closed loop: every stream starts its next operation as soon as the previous
-one answered, so throughput is whatever the system gives, and a slow answer
-delays what follows (the measured latency then hides the queueing: this is
-"coordinated omission").
-
-Open loop: operations are due at a fixed total rate R, whatever the system
-does. With L streams, stream l's k-th operation is due at
-`start + (k * L + l) / R`: the streams interleave into one evenly spaced
-sequence. A stream that falls behind starts its next operation at once, and
-the latency of every operation is measured from when it was *due*, not from
-when it could be sent, so time spent waiting behind a slow answer is
-counted as latency, as a user arriving at that moment would feel it.
-
-Both loops count the operations that *finish* inside the measured window:
-throughput is what the system completed per second, and in an overloaded
-open loop the latencies keep growing, as they would for real users. Open-loop
-operations that were due but had not started when the window closed are
-reported as missed (the backlog).
+Closed loop: a stream starts its next operation when the previous one
+answered. Open loop: operations are due at a fixed total rate, the streams
+interleaved into one evenly spaced sequence, and latency counts from when an
+operation was due (no coordinated omission). Why, and what is counted:
+docs/operating.md, Measuring.
 """
 
 from __future__ import annotations

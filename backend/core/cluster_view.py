@@ -1,25 +1,13 @@
 """What the cluster looks like, pieced together from heartbeats.
 
 `ClusterView` is a pure core: the web process and `taskring status` feed it
-every heartbeat they hear (see backend/adapters/heartbeats.py for the message) together with
-the time it arrived on their own clock, and ask it, at a time they pass in,
-which components are alive, which portals users can reach, what stands in
-the way of a write committing, and each component's request metrics. It does
-no I/O and reads no clock, so the same answers come back for the same inputs.
-
-A component is alive while its last heartbeat is at most STALE_INTERVALS of
-its own announced intervals old: one lost heartbeat is not a death, three
-are.
-
-Who sent a heartbeat is read from its topic, `taskring/v1/heartbeat/<kind>/<id>`,
-not from its body: the broker's ACL decides which login may publish on which
-topic, whereas any body can claim anything. A body whose `id` or `kind`
-disagrees with its topic is dropped, and so is a portal whose `address` is not
-a plain TCP `host:port`, since the bridges would connect to it.
-
-The ring has converged when, over the live cache nodes that are ring members,
-every position's first successor is the next position around the ring (see
-`unconverged`); /readyz waits for that too.
+every heartbeat with its arrival time on their own clock, and ask it, at a time
+they pass in, which components are alive, which portals users can reach, what
+stands in the way of a write committing, and each component's metrics. A
+component is alive while its last heartbeat is at most STALE_INTERVALS of its
+own announced intervals old. Senders are read from the topic, not the body
+(SECURITY.md, "Heartbeats are not believed"); the ring has converged when every
+live member position's first successor is the next one around (`unconverged`).
 """
 
 from __future__ import annotations

@@ -1,23 +1,13 @@
 """A node's view of the replicated log: entries after the latest snapshot, plus bookkeeping.
 
-Implements the log rules of the Raft paper (Ongaro & Ousterhout 2014):
-
-- §5.3 "If two entries in different logs have the same index and term, then
-  they store the same command" and "... the logs are identical in all
-  preceding entries" (the Log Matching Property): `maybe_append` accepts
-  entries only after a matching (prev_index, prev_term), and on a conflict
-  deletes the existing entry and all that follow it.
-- §5.4.1 the election restriction: `is_up_to_date` compares last terms, then
-  lengths.
-- §7 log compaction: entries up to the snapshot index are discarded and the
-  snapshot's (index, term) stands in for them.
-
-It also tracks what the application has not yet seen: `unstable_from` (the
-first index not yet on disk), `pending_snapshot` (a snapshot received from
-the leader and not yet on disk), `committed` and `applied`. Entries are handed
-out for applying only once they are on disk, so a node never applies what a
-crash could take back. Configuration entries are indexed so the current and
-historical membership is found without scanning (dissertation §4.1).
+The log rules of the Raft paper: `maybe_append` accepts entries only after a
+matching (prev_index, prev_term) and on a conflict deletes the entry and all
+after it (§5.3, Log Matching); `is_up_to_date` is the election restriction
+(§5.4.1); a snapshot's (index, term) stands in for the entries it covers (§7).
+It tracks `unstable_from` (the first index not on disk), `pending_snapshot`,
+`committed` and `applied`, and hands entries out for applying only once they
+are on disk, so a node never applies what a crash could take back.
+Configuration entries are indexed so membership is found without scanning.
 """
 
 from __future__ import annotations
