@@ -1,22 +1,13 @@
 """The web process's edge: which portals the bridges may use, which origins may open
 a WebSocket, and the headers every HTTP response carries.
 
-Portals. Heartbeats tell the web process where portals listen, but anyone who
-can publish on the broker could announce a portal, and the bridges pass on
-what browsers send, admin tokens and client `auth` lines included. So a bridge
-uses only addresses the operator allowed with `--allow-portals` /
-`TASKRING_ALLOW_PORTALS`: a comma-separated list of `host:port`, or `*` to
-trust whatever address the broker's heartbeats name (only for a broker whose
-every login is trusted). Without the setting the bridges use no portal at all.
-`taskring up` sets it to the portals it starts.
-
-Origins. A browser sends `Origin` with every WebSocket handshake; a page from
-another site must not open a socket that carries this site's users' tokens.
-The default admits only the same origin (Origin's host:port equals the
-request's Host); `--allow-origins` / `TASKRING_ALLOW_ORIGINS` adds others
-(`https://host[:port]`, comma-separated; `*` admits any). A handshake without
-Origin is not from a browser (the CLI, scripts, tests) and is admitted: such a
-client could send any Origin it liked anyway.
+The bridges pass on admin tokens and client `auth` lines, and anyone who can
+publish on the broker could announce a portal, so they use only addresses
+allowed by `--allow-portals` / `TASKRING_ALLOW_PORTALS` (`*`: any heard address;
+unset: none). A WebSocket handshake must come from the same origin or one in
+`--allow-origins`; one without `Origin` (not a browser) is admitted. The rules
+and why: SECURITY.md, "Heartbeats are not believed" and Limits; docs/protocol.md,
+WS /ws/client.
 """
 
 from __future__ import annotations

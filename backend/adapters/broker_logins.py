@@ -1,19 +1,13 @@
 """Who may log in to the broker and what each may do: logins, roles, ACL text, credentials.
 
-taskring's Mosquitto has one MQTT login per component, named like the
-component's MQTT client id (`client-portal-1`, `admin-portal-2`,
-`cache-node-3`, `replica-g1-2`, `web-1`, and `status` for `taskring
-status`); Mosquitto takes the login as the client id
-(`use_username_as_clientid`), so no login can take over another's
-connection. A login's name says its role, and ROLE_RULES, the one table of
-what each role may do, gives it exactly the topics of `taskring/v1/`
-(backend/core/topics.py) its job needs, with its own id filled in: a portal
-reads its own replies and no other portal's, the web process and `taskring
-status` read heartbeats only. The passwords are generated into
-`DATA/broker-credentials.json` (mode 0600); whoever runs a component on
-this host reads its URL from there with `broker_url_for`.
-
-Everything here but the credentials file is pure.
+One MQTT login per component, named like its client id (`client-portal-1`,
+`replica-g1-2`, `status` for `taskring status`, ...), which Mosquitto also takes
+as the client id, so no login can take over another's connection. A login's
+name says its role, and ROLE_RULES, the one table of what each role may do,
+gives it exactly the topics (backend/core/topics.py) its job needs (the table
+in SECURITY.md). Passwords are generated into `DATA/broker-credentials.json`
+(mode 0600); `broker_url_for` reads a component's URL from there. Everything
+here but the credentials file is pure.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """AdminService over any Store: checks, paging, records to messages.
 
-The service itself is docs/protocol.md, Admin service.
-
-Handlers raise `OpError` with a contract code; the admin portal's call
-interceptor (admin_portal.py) turns it into a gRPC status, checks the admin
-token before a handler runs, and counts every call.
-
-The details of docs/protocol.md, Admin service, as checked here:
-
-- A name is stored as given minus leading and trailing whitespace; case and
-  inner spacing are kept for display. It must be 1 to 256 bytes of UTF-8
-  after that, normalise to something non-empty, and hold no control
-  characters (Unicode category Cc; format characters such as the zero-width
-  joiner are allowed, as in task titles).
-- ListClients: page size 0 means 50, sizes above 1,000 are served as 1,000
-  (AIP-158), negative sizes are refused. The page token is the last CID of
-  the page as unpadded URL-safe base64 of its 8 bytes; only tokens this
-  service could have issued are accepted.
+The service is docs/protocol.md, Admin service, which also gives the rules
+checked here (names, page sizes, page tokens). Handlers raise `OpError` with a
+contract code; the admin portal's call interceptor (admin_portal.py) turns it
+into a gRPC status, checks the admin token before a handler runs, and counts
+every call.
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
 """Raft's safety properties over one group, checked as a simulator watches its members.
 
-From Figure 3 of the Raft paper (Ongaro & Ousterhout 2014):
-
-- Election Safety: at most one leader per term.
-- Leader Completeness: a new leader's log holds every entry committed in
-  an earlier term.
-- State Machine Safety: every member that commits or applies an index has
-  the same entry there.
-- Log Matching: two logs with an entry of the same index and term are
-  identical up to it (`check_log_matching`, over the live members' logs).
-
-The simulator calls `new_leader` when it first sees a member lead a term,
-`record_commits` when a member's commit index moved, and `check_applied` for
-every entry a member applies. A violation goes to the simulator's `fail`,
-which raises with the seed. Shared by raft_sim.py (one group) and
-system_sim.py (many groups under a cache ring).
+Election Safety, Leader Completeness, State Machine Safety and Log Matching
+(Figure 3 of the Raft paper; docs/architecture.md, "The Raft simulator"). The
+simulator calls `new_leader` when it first sees a member lead a term,
+`record_commits` when a member's commit index moved, `check_applied` for every
+entry a member applies, and `check_log_matching` over the live members' logs.
+A violation goes to the simulator's `fail`, which raises with the seed. Shared
+by raft_sim.py (one group) and system_sim.py (many groups under a cache ring).
 """
 
 from __future__ import annotations

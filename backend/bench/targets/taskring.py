@@ -1,21 +1,12 @@
 """taskring as a bench target: the client portals over TCP, and the admin portals over gRPC.
 
 Before a run the bench creates (or takes over) K clients through an admin
-portal, gives each the same T tasks through a client portal, and waits until
-every client portal serves all of them, so no operation of the run fails for
-want of data that is still on its way.
-
-The portals may learn of a new client (or a new token) a moment after the
-admin portal answered, so loading a client's tasks is retried while its
-`auth` is refused, up to a deadline.
-
-A client portal connection acts for one client at a time (docs/protocol.md,
-Client protocol), and an operation may be for any of the K clients; so when an operation
-is for another client than the connection's last `auth`, the session sends
-`auth` and the operation together in one write and waits for both replies:
-one round trip, two requests for the portal. Reads are `list_tasks` of the
-client, writes `update_task` of one of its tasks. The `admin` workload uses
-the admin portals instead (taskring_admin.py).
+portal, gives each the same T tasks through a client portal (retrying while a
+portal has not yet heard of the client), and waits until every client portal
+serves all of them. A connection acts for one client at a time, so an
+operation for another client than the connection's last `auth` is sent in one
+write with that `auth`: one round trip, two requests. Reads are `list_tasks`,
+writes `update_task`; the `admin` workload uses taskring_admin.py.
 """
 
 from __future__ import annotations

@@ -1,20 +1,9 @@
 """Cluster membership: who votes, who only listens, and how membership may change.
 
-Implements the single-server membership changes of the Raft dissertation
-(Ongaro 2014, chapter 4). A configuration is a set of voters, whose
-majority decides elections and commitment, plus a set of learners
-(non-voting members, §4.2.1) that receive the log so a new server can
-catch up before it counts towards any majority.
-
-A change adds or removes one voter at a time (§4.1: "the system can switch
-directly from the old configuration to the new one" because any majority of
-the old and any majority of the new configuration then overlap). Replacing
-a server is three such steps: `add_learner(new)`, `add_voter(new)` once it
-has caught up, `remove(old)`.
-
-Configurations live in the log as entries and take effect as soon as they
-are appended, before they commit (§4.1: "a server always uses the latest
-configuration in its log, regardless of whether the entry is committed").
+A configuration is a set of voters plus learners (non-voting members that
+catch up first); it changes one voter at a time, and takes effect as soon as
+its entry is appended (the Raft dissertation, chapter 4). Why that is safe and
+how a server is replaced: docs/architecture.md, "Raft".
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """The leader's view of each follower: how far its log matches, and how to send it more.
 
-The Raft paper keeps `nextIndex[]` and `matchIndex[]` per follower (Figure 2,
-"Volatile state on leaders"; §5.3: "When a leader first comes to power, it
-initializes all nextIndex values to the index just after the last one in its
-log"). Following etcd's raft, each follower's progress is also in one of
-three flow-control states:
-
-- PROBE: the follower's log position is unknown; send one AppendEntries per
-  heartbeat interval and walk `next` back on each rejection (§5.3: "After a
-  rejection, the leader decrements nextIndex and retries").
-- REPLICATE: the follower is in step; stream entries optimistically, at most
-  `max_inflight` messages unacknowledged.
-- SNAPSHOT: the entries it needs are compacted away; an InstallSnapshot (§7)
-  is under way and nothing else is sent until it is acknowledged or times out.
-
-Responses may arrive late, twice, or out of order (MQTT QoS 1); every
-transition below ignores a response that tells the leader nothing new.
+Each follower's `next` and `match` index (the paper's Figure 2) and, following
+etcd's raft, its flow-control state: PROBE, REPLICATE or SNAPSHOT. What each
+state sends and when it changes: docs/architecture.md, "Raft". Responses may
+arrive late, twice or out of order; every transition ignores a response that
+tells the leader nothing new.
 """
 
 from __future__ import annotations
