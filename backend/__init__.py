@@ -1,0 +1,1 @@
+"""taskring, a distributed task store; its layers and modules: README.md, Layout."""

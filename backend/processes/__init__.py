@@ -1,0 +1,1 @@
+"""One module per component process, and `taskring up`, which starts them all."""

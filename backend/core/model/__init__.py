@@ -1,0 +1,1 @@
+"""The domain model, pure: identities, hybrid clocks, records, key-value state, LWW tables."""
