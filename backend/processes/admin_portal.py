@@ -1,17 +1,12 @@
 """The admin portal: the gRPC server of docs/protocol.md, Admin service.
 
-`start_admin_server(store, admin_token, host, port)` serves AdminService on
-any `Store` (tests give it a LocalStore over a MemoryBus) next to the
-standard health and reflection services; `command` is `taskring
-admin-portal`, which connects to the MQTT broker, serves the store of
---storage (the ring, or local tables kept in step with the other portals),
-publishes heartbeats, and stops cleanly (exit 0) on SIGTERM or SIGINT.
-
-Every AdminService call passes through `AdminCalls`, a server interceptor
-that checks the bearer token, maps errors to status codes and counts the
-call. Health and reflection stay reachable without the token, as is usual:
-load balancers and tools such as grpcurl probe them before they hold any
-secret, and they reveal only what the proto file already says.
+`start_admin_server(store, admin_token, host, port)` serves AdminService on any
+`Store` (tests give it a LocalStore over a MemoryBus) next to the standard
+health and reflection services; `command` is `taskring admin-portal`. Every
+AdminService call passes through `AdminCalls`, an interceptor that checks the
+bearer token, maps errors to status codes and counts the call. Health and
+reflection need no token: probes and tools such as grpcurl use them before
+they hold a secret, and they reveal only what the proto file says.
 """
 
 from __future__ import annotations

@@ -2,17 +2,12 @@
 
 With Mosquitto installed it runs Mosquitto as its child, configured from
 `DATA/broker/`: one listener with TCP_NODELAY (without it a QoS-1 round trip
-stalls ~88 ms on Nagle's algorithm), no persistence, anonymous logins
-refused, one login per component (backend/adapters/broker_logins.py), each with its own
-ACL and taken as its client id, its log on stderr. The logins are those in
-DATA/broker-credentials.json (`taskring up` adds every component it plans),
-those of `taskring up`'s default deployment, `status`, and any given with
---logins. Started as root, it runs Mosquitto as the `mosquitto` user.
-SIGTERM and SIGINT are passed on to Mosquitto, and the command exits when it
-does.
-
-Without Mosquitto, or with --embedded, it runs amqtt's broker in this
-process instead: MQTT 3.1.1 only, anonymous, slower; for a quick start only.
+stalls ~88 ms on Nagle's algorithm), no persistence, one login and ACL per
+component (backend/adapters/broker_logins.py), run as the `mosquitto` user when
+started as root; signals are passed on and it exits when Mosquitto does.
+Without Mosquitto, or with --embedded, it runs amqtt's broker in-process
+(MQTT 3.1.1, anonymous, slower; for a quick start). Which logins, and how
+`taskring up` finds or starts a broker: docs/operating.md, The broker.
 """
 
 from __future__ import annotations

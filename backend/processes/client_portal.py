@@ -1,17 +1,12 @@
 """The client portal: a TCP server speaking the line protocol of docs/protocol.md.
 
 `serve_client_portal(store, host, port, portal_id)` runs the server on any
-`Store` (tests give it a LocalStore over a MemoryBus); `command` is
-`taskring client-portal`, which connects to the MQTT broker, serves the
-store of --storage (the ring, or local tables kept in step with the other
-portals), publishes heartbeats, and stops
-cleanly (exit 0) on SIGTERM or SIGINT.
-
-The portal counts connections in total and per source address
-(portal_limits.py) and turns away one over either cap with an `unavailable`
-line. Every limit is a flag with a TASKRING_* variable; the total cap defaults
-to what the open-file limit allows, less headroom. What each connection may do
-and how long it may take is in client_connection.py.
+`Store` (tests give it a LocalStore over a MemoryBus); `command` is `taskring
+client-portal`, which connects to the broker, serves the store of --storage,
+publishes heartbeats, and exits 0 on SIGTERM or SIGINT. It turns away a
+connection over the total or per-address cap (portal_limits.py) with an
+`unavailable` line; each connection is client_connection.py. The limits:
+SECURITY.md, Limits.
 """
 
 from __future__ import annotations

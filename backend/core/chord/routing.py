@@ -1,18 +1,9 @@
 """Lookup forwarding for one cache node: from any entry to the owner of a key.
 
-A lookup may enter at any cache node. The node serves it if one of its positions
-owns the key; otherwise it forwards it from whichever of its positions knows the
-peer closest before the key (the closest preceding finger, taken over all of the
-node's virtual positions), or to the successor when the key lies just after a
-position. Every hop counts and is recorded in the route, so a trace can show it.
-
-Stale guesses are corrected, never reported: a position told it owns a key that
-its predecessor now covers hands it back to that predecessor (each such step
-moves strictly towards the key, so it ends). Each hop to another cache node is
-acknowledged; an unacknowledged hop is resent, then routed around that node,
-and a node declared dead (by its silence, or by the broker's word that its
-connection dropped) has its pending hops rerouted at once. Delivery is
-therefore at least once: the owner may see a request twice.
+A node serves a lookup one of its positions owns, else forwards it by the
+closest preceding finger over all its positions; stale guesses are handed back,
+hops are acknowledged, resent and routed around dead nodes, so delivery is at
+least once. The rules: docs/architecture.md, "Chord ring maintenance".
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """The `local` storage mode's tables: a last-writer-wins map that converges by merging.
 
-Each portal holds a full copy. Every write becomes a few *entries*
-`(key, value, version)`; a replica keeps, per key, the entry with the highest
-version (a hybrid-clock tuple, ties broken by node id). Merging is therefore
-commutative, associative and idempotent: replicas that received the same
-entries hold the same state, whatever the order and however many duplicates.
-
-Keys, and what their values mean:
+Each portal holds a full copy (docs/architecture.md, The local mode). A write
+becomes entries `(key, value, version)`; per key the highest version (a
+hybrid-clock tuple, ties broken by node id) wins, so merging is commutative,
+associative and idempotent. Keys, and what their values mean:
 
     ("life", cid)           {"name", "created_at"} while the client exists, None once deleted
     ("data", cid)           the client's data text
@@ -15,11 +12,8 @@ Keys, and what their values mean:
     ("task", cid, title)    [description, created version], or None once deleted
 
 A task is visible when its entry holds a value, the client is alive, and the
-entry is newer than both the client's creation and its last clear. Listing
-orders tasks by their created version, which every replica agrees on.
-
-This module is pure: callers pass versions in and get results, entries and
-events out.
+entry is newer than the client's creation and its last clear; listings order
+by created version. Pure: versions in; results, entries and events out.
 """
 
 from __future__ import annotations
