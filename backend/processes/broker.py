@@ -6,8 +6,9 @@ stalls ~88 ms on Nagle's algorithm), no persistence, one login and ACL per
 component (backend/adapters/broker_logins.py), run as the `mosquitto` user when
 started as root; signals are passed on and it exits when Mosquitto does.
 Without Mosquitto, or with --embedded, it runs amqtt's broker in-process
-(MQTT 3.1.1, anonymous, slower; for a quick start). Which logins, and how
-`taskring up` finds or starts a broker: docs/operating.md, The broker.
+(MQTT 3.1.1, anonymous, slower; for a quick start). Its logins are those in
+DATA/broker-credentials.json, the default deployment's, `status` and --logins;
+how `taskring up` finds or starts a broker: docs/operating.md, The broker.
 """
 
 from __future__ import annotations
