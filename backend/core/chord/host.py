@@ -1,26 +1,17 @@
 """One cache node on the ring: its virtual positions, failure detector and router.
 
-This is the object a cache-node process wraps. It holds V ring positions
-(virtual nodes, default 8, at SHA-256("<id>#<i>")) so that load evens out, and
-it is the unit of failure: its positions share one liveness view and die
-together. Messages between its own positions are delivered here and never
-leave; everything it returns is addressed to other cache nodes, or an effect.
-
-The caller's loop:
+The object a cache-node process wraps: V ring positions (default 8, at
+SHA-256("<id>#<i>")) that share one liveness view and die together. Messages
+between its own positions never leave; everything it returns is addressed to
+other cache nodes, or an effect (Send: publish; Owned: serve the request;
+RangeChanged: the owned arc changed; Isolated: join a cache node that is
+in_ring, or let one bootstrap). The caller's loop:
 
     host = ChordHost("cache-1", incarnation=<random text>)
-    outputs = host.bootstrap()        # the first cache node; others: host.join("cache-0")
-    host.set_known_hosts(ids)         # whenever heartbeats show which cache nodes are up
-    outputs = host.tick(now)          # often (say every 0.1 s)
-    outputs = host.handle(decode(wire))   # for each message received
-    outputs = host.lookup(cid, token, payload)   # a request enters here
-    outputs = host.leave()            # before a graceful exit
-    outputs = host.peer_gone(id, now) # another cache node's connection dropped
-
-and for each output: Send -> publish `message.to_wire()` to cache node `host`;
-Owned -> serve the request; RangeChanged -> the arc owned changed; Isolated ->
-call join(<a cache node that is in_ring>); if none is, the operator lets one
-cache node (say the lowest id) bootstrap() and the others join it.
+    outputs = host.bootstrap()   # the first cache node; others: host.join("cache-0")
+    host.set_known_hosts(ids)    # whenever heartbeats show which cache nodes are up
+    outputs = host.tick(now), host.handle(decode(wire)), host.lookup(cid, token, payload)
+    outputs = host.leave()       # before a graceful exit; host.peer_gone(id, now) on a will
 """
 
 from __future__ import annotations
