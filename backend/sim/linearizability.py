@@ -218,7 +218,7 @@ def check(history: Sequence[Operation], model: Model, timeout_s: float | None = 
 def _check_part(
     ops: Sequence[Operation], model: Model, deadline: float | None
 ) -> tuple[tuple[Operation, ...], Counterexample | None]:
-    """The two passes over one part (see the module docstring)."""
+    """The two passes over one part (docs/architecture.md, "Checking linearizability")."""
     expiry = [op.ret if op.pending and op.ret is not None else math.inf for op in ops]
     spans = [op.ret - op.call for op in ops if op.ret is not None and not op.pending]
     window = 2 * max(spans, default=0)
