@@ -7,7 +7,8 @@ returns `Publish`es (topic, message, QoS) for the caller to send in order; it
 does no I/O and reads no clock. The message formats are backend/core/ring/wire.py's
 and Chord's own.
 
-    node = CacheNode("cache-node-1", incarnation=<random text>, bootstrap=True, now=t)
+    node = CacheNode("cache-node-1", incarnation=<random text>, seed=<random int>,
+                     bootstrap=True, now=t)
     publishes = node.receive(topic, message, now)   # per message on its host topic or announce
     publishes = node.tick(now)                      # every TICK_INTERVAL or so
     publishes = node.leave(now)                     # on SIGTERM; then wait for handovers_pending
@@ -517,27 +518,11 @@ class CacheNode:
         op, corr, reply_to = request.op, request.corr, request.reply_to
         route = owned.hosts()
         if result.get("ok"):
-            answer = wire.Reply(
-                corr,
-                True,
-                result["result"],
-                route=route,
-                owner=self.id,
-                hops=owned.hops,
-                group=group,
-            )
+            answer = wire.Reply.success(corr, result["result"], route, self.id, owned.hops, group)
         else:
             error = result["error"]
-            answer = wire.Reply(
-                corr,
-                False,
-                None,
-                error["code"],
-                error["message"],
-                route,
-                self.id,
-                owned.hops,
-                group,
+            answer = wire.Reply.failure(
+                corr, error["code"], error["message"], route, self.id, owned.hops, group
             )
         reply = answer.to_wire()
         self.metrics.observe(str(op.get("op")), outcome_of(result), max(0.0, waited))

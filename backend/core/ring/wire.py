@@ -124,9 +124,15 @@ class Reply:
 
     @classmethod
     def success(
-        cls, corr: str, result: dict[str, Any], route: list[str], owner: str, hops: int
+        cls,
+        corr: str,
+        result: dict[str, Any],
+        route: list[str],
+        owner: str,
+        hops: int,
+        group: str = "",
     ) -> Reply:
-        return cls(corr, True, result, route=route, owner=owner, hops=hops)
+        return cls(corr, True, result, route=route, owner=owner, hops=hops, group=group)
 
     @classmethod
     def failure(
@@ -137,8 +143,9 @@ class Reply:
         route: list[str] | None = None,
         owner: str = "",
         hops: int = 0,
+        group: str = "",
     ) -> Reply:
-        return cls(corr, False, None, code, text, route or [], owner, hops)
+        return cls(corr, False, None, code, text, route or [], owner, hops, group)
 
     def to_wire(self) -> dict[str, Any]:
         message = {
