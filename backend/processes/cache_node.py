@@ -105,7 +105,7 @@ async def run_cache_node(
     loop = asyncio.get_running_loop()
     incarnation = secrets.token_hex(6)
     # Should the process die, the broker tells the ring and the portals at once.
-    gone = LastWill(topics.RING_ANNOUNCE, wire.host_gone(node_id, incarnation))
+    gone = LastWill(topics.RING_ANNOUNCE, wire.HostGone(node_id, incarnation).to_wire())
     metrics = RequestMetrics(Drops(f"cache node {node_id}"))
     bus = MqttBus(broker, node_id, will=gone, drops=metrics.drops)
     publisher = Publisher(bus)
@@ -151,6 +151,7 @@ async def run_cache_node(
             now=loop.time(),
             metrics=metrics,
             groups=groups,
+            seed=secrets.randbits(64),  # nodes started together choose join contacts apart
         )
         holder.append(node)
         log.info(

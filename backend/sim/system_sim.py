@@ -462,7 +462,7 @@ class CacheProcess:
         self.flush_due = False
         self.outgoing = []
         # the adapter's MQTT last will (backend/processes/cache_node.py)
-        self.gone = wire.host_gone(self.host_id, incarnation)
+        self.gone = wire.HostGone(self.host_id, incarnation).to_wire()
         will = (topics.RING_ANNOUNCE, self.gone, 1)
         self.connection = sim.broker.connect(self.name, self._deliver, will)
         for topic_filter in self.node.subscriptions():

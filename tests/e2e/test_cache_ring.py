@@ -65,7 +65,7 @@ class RingClient:
     async def call(self, entry: str, key: int, op: dict[str, Any]) -> dict[str, Any]:
         """One request through `entry`; raises TimeoutError without a reply."""
         corr = f"q{next(self.corr)}"
-        return await self.send(entry, wire.request(corr, REPLY_TO, key, op, True))
+        return await self.send(entry, wire.Request(corr, REPLY_TO, key, op, True).to_wire())
 
     async def send(self, entry: str, message: dict[str, Any]) -> dict[str, Any]:
         """Any message carrying a "corr", to `entry`; the reply to it."""
@@ -288,7 +288,7 @@ async def test_a_node_outside_a_ring_waits_refuses_bad_input_and_stops(
         bad = {"t": "request", "corr": "bad", "reply_to": REPLY_TO, "key": -5, "op": {}}
         reply = await client.send("cache-node-9", bad)
         assert reply["error"]["code"] == "bad_request" and "key" in reply["error"]["message"]
-        scan = await client.send("cache-node-9", wire.scan("scan", REPLY_TO, -1, 10))
+        scan = await client.send("cache-node-9", wire.Scan("scan", REPLY_TO, -1, 10).to_wire())
         assert scan["result"] == {"clients": [], "host": "cache-node-9"}
     node.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(node.wait, 10) == 0

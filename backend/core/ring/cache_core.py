@@ -7,7 +7,8 @@ returns `Publish`es (topic, message, QoS) for the caller to send in order; it
 does no I/O and reads no clock. The message formats are backend/core/ring/wire.py's
 and Chord's own.
 
-    node = CacheNode("cache-node-1", incarnation=<random text>, bootstrap=True, now=t)
+    node = CacheNode("cache-node-1", incarnation=<random text>, seed=<random int>,
+                     bootstrap=True, now=t)
     publishes = node.receive(topic, message, now)   # per message on its host topic or announce
     publishes = node.tick(now)                      # every TICK_INTERVAL or so
     publishes = node.leave(now)                     # on SIGTERM; then wait for handovers_pending
@@ -59,7 +60,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from backend.core import topics
 from backend.core.chord import (
@@ -86,7 +87,7 @@ from backend.core.model.kv import WRITE_OPS, KeyValueState
 from backend.core.model.records import CLIENT_DELETED, TOKEN_ROTATED
 from backend.core.replica.state_machine import OpResult, outcome_of
 from backend.core.ring import wire
-from backend.core.ring.durable_keys import Finished, Job
+from backend.core.ring.jobs import Finished, Job
 from backend.core.ring.key_holding import HANDOVER_TOKEN, KeyHolding, MemoryKeys, ReplicatedKeys
 
 log = logging.getLogger(__name__)
@@ -163,12 +164,13 @@ class CacheNode:
         cold_wait: float = COLD_WAIT,
         config: ChordConfig | None = None,
         now: float = 0.0,
-        seed: int | None = None,
+        seed: int = 0,
         metrics: RequestMetrics | None = None,
         groups: dict[str, list[int]] | None = None,
     ) -> None:
         """`groups` (group id -> member ids) makes the node durable; None keeps keys in
-        memory only."""
+        memory only. `seed` seeds the node's choices (which member to join through): the
+        caller's, so that the core reads no entropy itself."""
         self.id = host_id
         self.incarnation = incarnation
         self.host = ChordHost(host_id, vnodes, config, incarnation)
@@ -338,31 +340,27 @@ class CacheNode:
 
     def _on_announce(self, message: dict[str, Any]) -> None:
         try:
-            wire.check_announce(message)
+            announce = wire.Announce.from_wire(message)
         except ValueError as exc:
             self.drops.bad("announcement", exc)
             return
-        host = message["host"]
-        if host == self.id:
+        if announce.host == self.id:
             return
-        self.peers[host] = _PeerInfo(
-            list(message["positions"]),
-            message.get("member") is True,
-            message["incarnation"],
-            self.now,
+        self.peers[announce.host] = _PeerInfo(
+            list(announce.positions), announce.member, announce.incarnation, self.now
         )
 
     def _on_host_gone(self, message: dict[str, Any]) -> list[Publish]:
         """A cache node's last will (or its goodbye): Chord stops waiting on it now. A
         will of an incarnation other than the latest announced is an earlier run's."""
         try:
-            wire.check_host_gone(message)
+            gone = wire.HostGone.from_wire(message)
         except ValueError as exc:
             self.drops.bad("host_gone", exc)
             return []
-        host = message["host"]
+        host = gone.host
         peer = self.peers.get(host)
-        if host == self.id or (peer is not None and peer.incarnation != message["incarnation"]):
+        if host == self.id or (peer is not None and peer.incarnation != gone.incarnation):
             return []
         if peer is not None:
             peer.member = False  # no join contact; its next announcement says otherwise
@@ -372,9 +370,9 @@ class CacheNode:
         return out
 
     def _announcement(self) -> dict[str, Any]:
-        message = wire.announce(self.id, self.incarnation, self.member, self.host.positions)
-        message["durable"] = self.holding.durable
-        return message
+        return wire.Announce(
+            self.id, self.incarnation, self.member, self.host.positions, self.holding.durable
+        ).to_wire()
 
     def _contacts(self) -> list[str]:
         fresh = self.now - PEER_FRESH
@@ -412,20 +410,19 @@ class CacheNode:
 
     def _process(self, outputs: Iterable[Output], out: list[Publish]) -> None:
         for item in outputs:
-            kind = type(item)
-            if kind is Send:
-                out.append(Publish(topics.ring_host(item.host), item.message.to_wire()))  # type: ignore[union-attr]
-            elif kind is Owned:
-                self._on_owned(item, out)  # type: ignore[arg-type]
-            elif kind is Dropped:
-                self._on_dropped(item, out)  # type: ignore[arg-type]
-            elif kind is RangeChanged:
-                self._on_range_changed(item, out)  # type: ignore[arg-type]
-            elif kind is Joined:
+            if isinstance(item, Send):
+                out.append(Publish(topics.ring_host(item.host), item.message.to_wire()))
+            elif isinstance(item, Owned):
+                self._on_owned(item, out)
+            elif isinstance(item, Dropped):
+                self._on_dropped(item, out)
+            elif isinstance(item, RangeChanged):
+                self._on_range_changed(item, out)
+            elif isinstance(item, Joined):
                 self._was_member = True
                 if not self._bootstrapping:
-                    self.holding.position_unsure(item.position, self.now)  # type: ignore[union-attr]
-            elif kind is Isolated and self._was_member:
+                    self.holding.position_unsure(item.position, self.now)
+            elif isinstance(item, Isolated) and self._was_member:
                 log.warning("cache node %s lost touch with the ring; joining again", self.id)
 
     def _on_owned(self, owned: Owned, out: list[Publish]) -> None:
@@ -464,34 +461,34 @@ class CacheNode:
 
     def _on_request(self, message: dict[str, Any], out: list[Publish]) -> None:
         try:
-            wire.check_request(message)
-            if not _reply_address(message["reply_to"]):
+            request = wire.Request.from_wire(message)
+            if not _reply_address(request.reply_to):
                 raise ValueError("reply_to must be an MQTT topic name without wildcards")
-            if message["op"].get("cid") != message["key"]:
+            if request.op.get("cid") != request.key:
                 raise ValueError("request key must equal the operation's cid")
-            token = _request_token(message["reply_to"], message["corr"])
+            token = _request_token(request.reply_to, request.corr)
             if len(token) > MAX_TOKEN_CHARS:
                 raise ValueError("corr and reply_to together are too long")
         except ValueError as exc:
             self._refuse(message, str(exc), out)
             return
-        self._process(self.host.lookup(message["key"], token, message), out)
+        # The map as it came rides the lookup: the owner decodes it again.
+        self._process(self.host.lookup(request.key, token, message), out)
 
     def _refuse(self, message: dict[str, Any], problem: str, out: list[Publish]) -> None:
         corr, reply_to = message.get("corr"), message.get("reply_to")
         if _usable_text(corr) and _reply_address(reply_to):
-            out.append(Publish(reply_to, wire.reply_error(corr, BAD_REQUEST, problem)))  # type: ignore[arg-type]
+            out.append(Publish(reply_to, wire.Reply.failure(corr, BAD_REQUEST, problem).to_wire()))
         else:
             self.drops.drop(str(message.get("t"))[:40], "no usable reply address", problem)
 
     def _serve(self, owned: Owned, out: list[Publish], since: float | None = None) -> None:
-        request = owned.payload
         try:
-            wire.check_request(request)
+            request = wire.Request.from_wire(owned.payload)
         except ValueError as exc:
             self.drops.bad("request at its owner", exc)
             return
-        corr, reply_to = request["corr"], request["reply_to"]
+        corr, reply_to = request.corr, request.reply_to
         cached = self._replies.get((reply_to, corr))
         if cached is not None:
             out.append(Publish(reply_to, cached))
@@ -502,7 +499,7 @@ class CacheNode:
             self._parked.append(_Parked(owned, self.now))
             return
         started = since if since is not None else self.now
-        job = Job((owned, request), request["op"], started)
+        job = Job((owned, request), request.op, started)
         answered = self.holding.submit(owned.key, job)
         if answered is None:
             self._in_flight.add((reply_to, corr))  # until its answer is taken from `finished`
@@ -512,22 +509,22 @@ class CacheNode:
     def _answer(
         self,
         owned: Owned,
-        request: dict[str, Any],
+        request: wire.Request,
         result: OpResult,
         group: str,
         waited: float,
         out: list[Publish],
     ) -> None:
-        op, corr, reply_to = request["op"], request["corr"], request["reply_to"]
+        op, corr, reply_to = request.op, request.corr, request.reply_to
         route = owned.hosts()
         if result.get("ok"):
-            reply = wire.reply_ok(corr, result["result"], route, self.id, owned.hops)
+            answer = wire.Reply.success(corr, result["result"], route, self.id, owned.hops, group)
         else:
             error = result["error"]
-            reply = wire.reply_error(corr, error["code"], error["message"], route, self.id)
-            reply["hops"] = owned.hops
-        if group:
-            reply["group"] = group
+            answer = wire.Reply.failure(
+                corr, error["code"], error["message"], route, self.id, owned.hops, group
+            )
+        reply = answer.to_wire()
         self.metrics.observe(str(op.get("op")), outcome_of(result), max(0.0, waited))
         if op.get("op") in WRITE_OPS:  # a read may run twice; a write must not
             self._replies.put((reply_to, corr), reply)
@@ -544,18 +541,20 @@ class CacheNode:
         context = item.job.context
         if isinstance(context, tuple):
             owned, request = context
-            self._in_flight.discard((request["reply_to"], request["corr"]))
+            self._in_flight.discard((request.reply_to, request.corr))
             self._answer(owned, request, item.result, item.group, waited, out)
             return
-        corr, reply_to = context["corr"], context["reply_to"]  # a scan
+        scan: wire.Scan = context
         if item.result.get("ok"):
             result = {**item.result["result"], "host": self.id, "complete": True}
-            reply = wire.reply_ok(corr, result, [self.id], self.id, 0)
+            reply = wire.Reply.success(scan.corr, result, [self.id], self.id, 0)
         else:
             error = item.result["error"]
-            reply = wire.reply_error(corr, error["code"], error["message"], [self.id], self.id)
+            reply = wire.Reply.failure(
+                scan.corr, error["code"], error["message"], [self.id], self.id
+            )
         self.metrics.observe("scan", outcome_of(item.result), max(0.0, waited))
-        out.append(Publish(reply_to, reply))
+        out.append(Publish(scan.reply_to, reply.to_wire()))
 
     def _reply_unavailable(
         self, token: str, message: str, route: list[str], out: list[Publish]
@@ -565,19 +564,21 @@ class CacheNode:
             self.drops.drop("lookup", "token without a reply address", f"{token!r:.80}")
             return
         reply_to, corr = address
-        out.append(Publish(reply_to, wire.reply_error(corr, UNAVAILABLE, message, route)))
+        out.append(
+            Publish(reply_to, wire.Reply.failure(corr, UNAVAILABLE, message, route).to_wire())
+        )
 
     def _on_scan(self, message: dict[str, Any], out: list[Publish]) -> None:
         try:
-            wire.check_scan(message)
-            if not _reply_address(message["reply_to"]):
+            scan = wire.Scan.from_wire(message)
+            if not _reply_address(scan.reply_to):
                 raise ValueError("reply_to must be an MQTT topic name without wildcards")
         except ValueError as exc:
             self._refuse(message, str(exc), out)
             return
-        job = Job(message, {"op": "scan", "limit": message["limit"]}, self.now)
-        scan = self.holding.scan(job, message["after"], message["limit"], self._serves(), self.now)
-        self._sends(scan, out)
+        job = Job(scan, {"op": "scan", "limit": scan.limit}, self.now)
+        sends = self.holding.scan(job, scan.after, scan.limit, self._serves(), self.now)
+        self._sends(sends, out)
 
     # ---- ownership ------------------------------------------------------------------
 
@@ -666,19 +667,19 @@ class CacheNode:
 
     def _on_handover(self, message: dict[str, Any], out: list[Publish]) -> None:
         try:
-            wire.check_handover(message)
+            handover = wire.Handover.from_wire(message)
         except ValueError as exc:
             self.drops.bad("handover", exc)
             return
-        self._sends(self.holding.handover(message, self.now), out)
+        self._sends(self.holding.handover(handover, self.now), out)
 
     def _on_handover_ack(self, message: dict[str, Any]) -> None:
         try:
-            wire.check_handover_ack(message)
+            ack = wire.HandoverAck.from_wire(message)
         except ValueError as exc:
             self.drops.bad("handover_ack", exc)
             return
-        self.holding.handover_acked(message["id"])
+        self.holding.handover_acked(ack.id)
 
 
 # ---- helpers ------------------------------------------------------------------------
@@ -711,11 +712,11 @@ def coalesce(publishes: list[Publish]) -> list[Publish]:
     out: list[Publish] = []
     for topic, items in by_topic.items():
         if len(items) == 1 or not topic.startswith(_BATCHED_TOPICS):
-            out.extend(items)
+            out.extend(items)  # each with its own QoS
             continue
-        for start in range(0, len(items), wire.MAX_BATCH):
-            chunk = [item.message for item in items[start : start + wire.MAX_BATCH]]
-            out.append(Publish(topic, wire.batch(chunk), max(i.qos for i in items)))
+        qos = max(i.qos for i in items)
+        batches = wire.batched({topic: [item.message for item in items]})
+        out.extend(Publish(topic, message, qos) for topic, message in batches)
     return out
 
 
@@ -731,13 +732,13 @@ def event_publishes(host: str, event: dict[str, Any]) -> list[Publish]:
     return out
 
 
-def _usable_text(value: object) -> bool:
+def _usable_text(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and 0 < len(value) <= 512
 
 
-def _reply_address(value: object) -> bool:
+def _reply_address(value: object) -> TypeGuard[str]:
     """A topic a reply can be published to: MQTT forbids wildcards and NUL in one."""
-    return _usable_text(value) and not any(c in value for c in "+#\0")  # type: ignore[union-attr]
+    return isinstance(value, str) and _usable_text(value) and not any(c in value for c in "+#\0")
 
 
 def _hex_peer(pair: list[Any] | None) -> list[str] | None:

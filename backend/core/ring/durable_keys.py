@@ -52,6 +52,7 @@ from backend.core.replica.state_machine import (
     op_ok,
     outcome_of,
 )
+from backend.core.ring.jobs import Finished, Job
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +71,6 @@ MOVED = "not applied: the key moved to another cache node; safe to retry"
 
 COLD, CLAIMING, WAITING, READY = "cold", "claiming", "waiting", "ready"
 IN_DOUBT = 1 << 62  # a log index above any claim's
-
-
-@dataclass(slots=True)
-class Job:
-    """One request to answer: `context` is the caller's, handed back in Finished."""
-
-    context: Any
-    op: Operation
-    since: float
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    job: Job
-    result: OpResult  # state_machine's op result: {"ok", "result", "events"} or {"ok", "error"}
-    group: str
 
 
 @dataclass(slots=True)

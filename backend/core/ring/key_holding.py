@@ -35,7 +35,8 @@ from backend.core.replica import wire as group_wire
 from backend.core.replica.core import Send
 from backend.core.replica.state_machine import apply_op, op_error, outcome_of
 from backend.core.ring import wire
-from backend.core.ring.durable_keys import DurableKeys, Finished, Job
+from backend.core.ring.durable_keys import DurableKeys
+from backend.core.ring.jobs import Finished, Job
 from backend.core.ring.key_moves import KeyMoves, import_keys
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,8 @@ class KeyHolding(Protocol):
     def sweep(self, owns: Callable[[int], bool], now: float) -> list[Lookup]:
         """Deal with the keys held here that no position here owns."""
 
-    def handover(self, message: dict[str, Any], now: float) -> list[Send]:
-        """A well-formed handover of keys to this node."""
+    def handover(self, handover: wire.Handover, now: float) -> list[Send]:
+        """A handover of keys to this node (its keys are checked as they are imported)."""
 
     def handover_acked(self, hid: str) -> None: ...
 
@@ -213,12 +214,12 @@ class MemoryKeys:
     def scan(
         self, job: Job, after: int, limit: int, serves: Callable[[int], bool], now: float
     ) -> list[Send]:
-        message = job.context
+        scan: wire.Scan = job.context
         records = self.state.clients_after(after, len(self.state.keys))
         clients = [record_to_wire(r) for r in records if serves(r.cid)][:limit]
         result = {"clients": clients, "host": self.host_id}
-        reply = wire.reply_ok(message["corr"], result, [self.host_id], self.host_id, 0)
-        return [Send(message["reply_to"], reply)]
+        reply = wire.Reply.success(scan.corr, result, [self.host_id], self.host_id, 0)
+        return [Send(scan.reply_to, reply.to_wire())]
 
     # ---- ownership changes --------------------------------------------------------
 
@@ -242,20 +243,20 @@ class MemoryKeys:
         lookups = []
         for cid in strays:
             hid, keys = self.moves.send_away(self.state, [cid], "", now)
-            payload = wire.handover(self.host_id, keys, hid)
+            payload = wire.Handover(self.host_id, keys, hid).to_wire()
             lookups.append(Lookup(cid, HANDOVER_TOKEN + hid, payload))
         return lookups
 
-    def handover(self, message: dict[str, Any], now: float) -> list[Send]:
-        hid, sender = message["id"], message["from"]
+    def handover(self, handover: wire.Handover, now: float) -> list[Send]:
+        hid, sender = handover.id, handover.from_host
         if sender == self.host_id:
             self.moves.acknowledged(hid)  # our own stray came back to us: we own it
-            self._import(message["keys"])
+            self._import(handover.keys)
             return []
         if self.moves.first_time(hid):
-            self._import(message["keys"])
-            self.moves.covered(message.get("arcs", []), now)
-        return [Send(topics.ring_host(sender), wire.handover_ack(self.host_id, hid))]
+            self._import(handover.keys)
+            self.moves.covered(handover.arcs, now)
+        return [Send(topics.ring_host(sender), wire.HandoverAck(self.host_id, hid).to_wire())]
 
     def handover_acked(self, hid: str) -> None:
         self.moves.acknowledged(hid)
@@ -287,7 +288,7 @@ class MemoryKeys:
         for i, batch in enumerate(batches or [[]]):
             hid, keys = self.moves.send_away(self.state, batch, to, now)
             last = i == max(len(batches), 1) - 1
-            message = wire.handover(self.host_id, keys, hid, arcs if last else [])
+            message = wire.Handover(self.host_id, keys, hid, arcs if last else []).to_wire()
             sends.append(Send(topics.ring_host(to), message))
         return sends
 
@@ -426,14 +427,15 @@ class ReplicatedKeys:
             log.info("cache node %s dropped %d keys it no longer owns", self.host_id, dropped)
         return []
 
-    def handover(self, message: dict[str, Any], now: float) -> list[Send]:
+    def handover(self, handover: wire.Handover, now: float) -> list[Send]:
         """Only a memory-only node hands keys over; memory here holds only claimed keys,
         so the keys are not taken, and the handover is acknowledged so its sender stops
         waiting."""
-        sender = message["from"]
+        sender = handover.from_host
         if sender == self.host_id:
             return []
-        return [Send(topics.ring_host(sender), wire.handover_ack(self.host_id, message["id"]))]
+        ack = wire.HandoverAck(self.host_id, handover.id)
+        return [Send(topics.ring_host(sender), ack.to_wire())]
 
     def handover_acked(self, hid: str) -> None:
         pass

@@ -161,7 +161,7 @@ class PortalCore:
         self._calls[call_id] = _Scan(host, corr, now + self.request_timeout)
         self._waiting[corr] = call_id
         self._due_at(call_id, now + self.request_timeout)
-        self._send(host, wire.scan(corr, self.reply_topic, after, limit))
+        self._send(host, wire.Scan(corr, self.reply_topic, after, limit).to_wire())
         return call_id
 
     def cancel(self, call_id: CallId) -> None:
@@ -245,11 +245,11 @@ class PortalCore:
             self._on_host_gone(message, now)
             return
         try:
-            wire.check_announce(message)
+            announce = wire.Announce.from_wire(message)
         except ValueError as exc:
             self.drops.bad("announcement", exc)
             return
-        host, incarnation = message["host"], message["incarnation"]
+        host, incarnation = announce.host, announce.incarnation
         gone = self._gone.pop(host, None)
         if gone is not None and gone[0] == incarnation and now - gone[1] < HOST_FRESHNESS:
             # Sent before it died, arriving after its will. Only for a while: a node whose
@@ -257,11 +257,7 @@ class PortalCore:
             self._gone[host] = gone
             return
         self.hosts[host] = HostInfo(
-            list(message["positions"]),
-            message.get("member") is True,
-            now,
-            message.get("durable") is True,
-            incarnation,
+            list(announce.positions), announce.member, now, announce.durable is True, incarnation
         )
 
     def on_reply(self, message: Message, now: float) -> None:
@@ -270,15 +266,15 @@ class PortalCore:
         except ValueError as exc:
             self.drops.bad("batch of replies", exc)
             return
-        for reply in replies:
+        for message in replies:
             try:
-                wire.check_reply(reply)
+                reply = wire.Reply.from_wire(message)
             except ValueError as exc:
                 self.drops.bad("reply", exc)
                 continue
-            call_id = self._waiting.get(reply["corr"])
+            call_id = self._waiting.get(reply.corr)
             if call_id is not None:  # else a repeat, or one nobody waits for any more
-                self._answered(call_id, self._calls[call_id], reply, now)
+                self._answered(call_id, self._calls[call_id], reply, message, now)
 
     def _on_host_gone(self, message: Message, now: float) -> None:
         """A cache node died (the broker published its will) or shut down: drop it, and
@@ -286,11 +282,11 @@ class PortalCore:
         it, as its entry or as its key's owner. A will of an incarnation other than the
         latest announced is an earlier run's, and changes nothing."""
         try:
-            wire.check_host_gone(message)
+            gone = wire.HostGone.from_wire(message)
         except ValueError as exc:
             self.drops.bad("host_gone", exc)
             return
-        host, incarnation = message["host"], message["incarnation"]
+        host, incarnation = gone.host, gone.incarnation
         info = self.hosts.get(host)
         if info is None or info.incarnation != incarnation:
             return
@@ -364,8 +360,8 @@ class PortalCore:
         call.expires = now + (min(wait, ATTEMPT_WAIT) if call.repeatable else wait)
         self._due_at(call_id, call.expires)
         self._waiting[call.corr] = call_id
-        message = wire.request(call.corr, self.reply_topic, call.key, call.op, call.trace)
-        self._send(entry, message)
+        request = wire.Request(call.corr, self.reply_topic, call.key, call.op, call.trace)
+        self._send(entry, request.to_wire())
 
     def _unanswered(self, call_id: CallId, call: _Request, why: str, now: float) -> None:
         """No answer in time, or none will come: try again at once."""
@@ -376,21 +372,27 @@ class PortalCore:
         self._try(call_id, call, now)
 
     def _answered(
-        self, call_id: CallId, call: _Request | _Scan, reply: Message, now: float
+        self,
+        call_id: CallId,
+        call: _Request | _Scan,
+        reply: wire.Reply,
+        message: Message,
+        now: float,
     ) -> None:
+        """`reply` decoded from `message`, the map Completed carries for tracing."""
         if isinstance(call, _Scan):
             self._waiting.pop(call.corr, None)
-            self._finish(call_id, _result(reply), reply, str(reply.get("owner", "")))
+            self._finish(call_id, _result(reply), message, reply.owner)
             return
         self._end_attempt(call)
-        call.last_reply = reply
+        call.last_reply = message
         result = _result(reply)
         if isinstance(result, OpError) and result.code == UNAVAILABLE:
             call.last_problem = result.message
             self._outputs.append(AttemptFailed(call_id, REFUSED, result.message))
             self._pause(call_id, call, now)
             return
-        self._finish(call_id, result, reply, str(reply.get("owner", "")))
+        self._finish(call_id, result, message, reply.owner)
 
     def _end_attempt(self, call: _Request) -> None:
         if call.corr is not None:
@@ -444,11 +446,8 @@ class PortalCore:
         return call.resume == at
 
 
-def _result(reply: Message) -> dict[str, Any] | OpError:
-    """A well-formed reply's result map, or its error."""
-    if reply.get("ok"):
-        result = reply.get("result")
-        return result if isinstance(result, dict) else {}
-    error = reply.get("error") or {}
-    code = error.get("code")
-    return OpError(code if code in CODES else INTERNAL, str(error.get("message", "")))
+def _result(reply: wire.Reply) -> dict[str, Any] | OpError:
+    """A reply's result map, or its error."""
+    if reply.ok:
+        return reply.result if reply.result is not None else {}
+    return OpError(reply.code if reply.code in CODES else INTERNAL, reply.text)

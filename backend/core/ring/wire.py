@@ -1,5 +1,8 @@
 """Messages between portals and cache nodes, and between cache nodes beyond Chord's own.
 
+One frozen dataclass per kind: `to_wire()` gives the map below, and `from_wire(map)`
+is its one total decoder, raising ValueError naming the first malformed field.
+
 Every message is a msgpack map with a type field `t`. Chord's maintenance and
 routing messages (backend/core/chord/messages.py) travel on the same per-host topic;
 the types below never collide with Chord's.
@@ -54,6 +57,7 @@ others, ending the watches granted to the old token before any later event
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from backend.core.chord.ids import is_position
@@ -73,66 +77,255 @@ MAX_SCAN_LIMIT = 10_000
 MAX_BATCH = 1024
 
 
-def request(corr: str, reply_to: str, key: int, op: dict[str, Any], trace: bool) -> dict[str, Any]:
-    return {"t": REQUEST, "corr": corr, "reply_to": reply_to, "key": key, "op": op, "trace": trace}
+@dataclass(frozen=True, slots=True)
+class Request:
+    corr: str
+    reply_to: str
+    key: int
+    op: dict[str, Any]
+    trace: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": REQUEST,
+            "corr": self.corr,
+            "reply_to": self.reply_to,
+            "key": self.key,
+            "op": self.op,
+            "trace": self.trace,
+        }
+
+    @classmethod
+    def from_wire(cls, message: dict[str, Any]) -> Request:
+        corr = _text(message, "corr")
+        reply_to = _text(message, "reply_to")
+        key = message.get("key")
+        if not is_position(key):
+            raise ValueError("request key must be a ring position")
+        op = message.get("op")
+        if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+            raise ValueError("request op must be a map naming an operation")
+        return cls(corr, reply_to, key, op, message.get("trace") is True)
 
 
-def reply_ok(
-    corr: str, result: dict[str, Any], route: list[str], owner: str, hops: int
-) -> dict[str, Any]:
-    return {
-        "t": REPLY,
-        "corr": corr,
-        "ok": True,
-        "result": result,
-        "error": None,
-        "route": route,
-        "owner": owner,
-        "hops": hops,
-    }
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """`ok` with a result map, or not with an error (`code`, `text`)."""
+
+    corr: str
+    ok: bool
+    result: dict[str, Any] | None = None
+    code: str = ""
+    text: str = ""
+    route: list[str] = field(default_factory=list)
+    owner: str = ""
+    hops: int = 0
+    group: str = ""  # the replica group that applied it (durable mode); omitted if none
+
+    @classmethod
+    def success(
+        cls,
+        corr: str,
+        result: dict[str, Any],
+        route: list[str],
+        owner: str,
+        hops: int,
+        group: str = "",
+    ) -> Reply:
+        return cls(corr, True, result, route=route, owner=owner, hops=hops, group=group)
+
+    @classmethod
+    def failure(
+        cls,
+        corr: str,
+        code: str,
+        text: str,
+        route: list[str] | None = None,
+        owner: str = "",
+        hops: int = 0,
+        group: str = "",
+    ) -> Reply:
+        return cls(corr, False, None, code, text, route or [], owner, hops, group)
+
+    def to_wire(self) -> dict[str, Any]:
+        message = {
+            "t": REPLY,
+            "corr": self.corr,
+            "ok": self.ok,
+            "result": self.result,
+            "error": None if self.ok else {"code": self.code, "message": self.text},
+            "route": self.route,
+            "owner": self.owner,
+            "hops": self.hops,
+        }
+        if self.group:
+            message["group"] = self.group
+        return message
+
+    @classmethod
+    def from_wire(cls, message: dict[str, Any]) -> Reply:
+        corr = _text(message, "corr")
+        ok = message.get("ok")
+        if not isinstance(ok, bool):
+            raise ValueError("reply ok must be a boolean")
+        result = message.get("result")
+        if ok and not isinstance(result, dict):
+            raise ValueError("a reply with ok must carry a result map")
+        code = text = ""
+        if not ok:
+            error = message.get("error")
+            if not (
+                isinstance(error, dict)
+                and isinstance(error.get("code"), str)
+                and isinstance(error.get("message"), str)
+            ):
+                raise ValueError("a reply without ok must carry an error map of code and message")
+            code, text = error["code"], error["message"]
+        route = message.get("route", [])
+        if not isinstance(route, list) or not all(isinstance(h, str) for h in route):
+            raise ValueError("reply route must be a list of host ids")
+        owner = message.get("owner", "")
+        if not isinstance(owner, str):
+            raise ValueError("reply owner must be a host id")
+        # Neither is checked: only traces and logs read them.
+        hops, group = message.get("hops"), message.get("group")
+        return cls(
+            corr,
+            ok,
+            result if ok else None,
+            code,
+            text,
+            route,
+            owner,
+            hops if isinstance(hops, int) else 0,
+            group if isinstance(group, str) else "",
+        )
 
 
-def reply_error(
-    corr: str, code: str, message: str, route: list[str] | None = None, owner: str = ""
-) -> dict[str, Any]:
-    return {
-        "t": REPLY,
-        "corr": corr,
-        "ok": False,
-        "result": None,
-        "error": {"code": code, "message": message},
-        "route": route or [],
-        "owner": owner,
-        "hops": 0,
-    }
+@dataclass(frozen=True, slots=True)
+class Scan:
+    corr: str
+    reply_to: str
+    after: int
+    limit: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": SCAN,
+            "corr": self.corr,
+            "reply_to": self.reply_to,
+            "after": self.after,
+            "limit": self.limit,
+        }
+
+    @classmethod
+    def from_wire(cls, message: dict[str, Any]) -> Scan:
+        corr = _text(message, "corr")
+        reply_to = _text(message, "reply_to")
+        after, limit = message.get("after"), message.get("limit")
+        if not isinstance(after, int) or after < -1 or after >= 1 << 64:
+            raise ValueError("scan after must be -1 or a CID")
+        if not isinstance(limit, int) or not 0 < limit <= MAX_SCAN_LIMIT:
+            raise ValueError(f"scan limit must be 1 to {MAX_SCAN_LIMIT}")
+        return cls(corr, reply_to, after, limit)
 
 
-def scan(corr: str, reply_to: str, after: int, limit: int) -> dict[str, Any]:
-    return {"t": SCAN, "corr": corr, "reply_to": reply_to, "after": after, "limit": limit}
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """`keys` are checked one by one as they are imported."""
+
+    from_host: str
+    keys: list[Any]
+    id: str = ""
+    arcs: list[list[int]] = field(default_factory=list)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": HANDOVER,
+            "from": self.from_host,
+            "keys": self.keys,
+            "id": self.id,
+            "arcs": self.arcs,
+        }
+
+    @classmethod
+    def from_wire(cls, message: dict[str, Any]) -> Handover:
+        from_host = _text(message, "from")
+        hid = _text(message, "id")
+        keys = message.get("keys")
+        if not isinstance(keys, list):
+            raise ValueError("handover keys must be a list")
+        arcs = message.get("arcs", [])
+        if not isinstance(arcs, list) or not all(
+            isinstance(a, list) and len(a) == 2 and all(is_position(p) for p in a) for a in arcs
+        ):
+            raise ValueError("handover arcs must be a list of [start, end] ring positions")
+        return cls(from_host, keys, hid, arcs)
 
 
-def handover(
-    from_host: str, keys: list[Any], hid: str = "", arcs: list[list[int]] | None = None
-) -> dict[str, Any]:
-    return {"t": HANDOVER, "from": from_host, "keys": keys, "id": hid, "arcs": arcs or []}
+@dataclass(frozen=True, slots=True)
+class HandoverAck:
+    from_host: str
+    id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": HANDOVER_ACK, "from": self.from_host, "id": self.id}
+
+    @classmethod
+    def from_wire(cls, message: dict[str, Any]) -> HandoverAck:
+        return cls(_text(message, "from"), _text(message, "id"))
 
 
-def handover_ack(from_host: str, hid: str) -> dict[str, Any]:
-    return {"t": HANDOVER_ACK, "from": from_host, "id": hid}
+@dataclass(frozen=True, slots=True)
+class Announce:
+    host: str
+    incarnation: str
+    member: bool
+    positions: list[int]
+    durable: bool | None = None  # None: not said (omitted from the map)
+
+    def to_wire(self) -> dict[str, Any]:
+        message = {
+            "t": ANNOUNCE,
+            "host": self.host,
+            "incarnation": self.incarnation,
+            "member": self.member,
+            "positions": self.positions,
+        }
+        if self.durable is not None:
+            message["durable"] = self.durable
+        return message
+
+    @classmethod
+    def from_wire(cls, message: dict[str, Any]) -> Announce:
+        host = _text(message, "host")
+        incarnation = _text(message, "incarnation")
+        positions = message.get("positions")
+        if not isinstance(positions, list) or not all(is_position(p) for p in positions):
+            raise ValueError("announce positions must be a list of ring positions")
+        return cls(
+            host,
+            incarnation,
+            message.get("member") is True,
+            positions,
+            message.get("durable") is True,
+        )
 
 
-def announce(host: str, incarnation: str, member: bool, positions: list[int]) -> dict[str, Any]:
-    return {
-        "t": ANNOUNCE,
-        "host": host,
-        "incarnation": incarnation,
-        "member": member,
-        "positions": positions,
-    }
+@dataclass(frozen=True, slots=True)
+class HostGone:
+    host: str
+    incarnation: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": HOST_GONE, "host": self.host, "incarnation": self.incarnation}
+
+    @classmethod
+    def from_wire(cls, message: dict[str, Any]) -> HostGone:
+        return cls(_text(message, "host"), _text(message, "incarnation"))
 
 
-def host_gone(host: str, incarnation: str) -> dict[str, Any]:
-    return {"t": HOST_GONE, "host": host, "incarnation": incarnation}
+# ---- batches ------------------------------------------------------------------------------
 
 
 def batch(messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -162,82 +355,6 @@ def unbatch(message: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(item, dict) or item.get("t") == BATCH:
             raise ValueError("a batch holds message maps, and no batches")
     return inner
-
-
-# ---- checks on what arrives -------------------------------------------------------------
-
-
-def check_request(message: dict[str, Any]) -> None:
-    """Raise ValueError naming the first malformed field of a request."""
-    _text(message, "corr")
-    _text(message, "reply_to")
-    if not is_position(message.get("key")):
-        raise ValueError("request key must be a ring position")
-    if not isinstance(message.get("op"), dict) or not isinstance(message["op"].get("op"), str):
-        raise ValueError("request op must be a map naming an operation")
-
-
-def check_scan(message: dict[str, Any]) -> None:
-    _text(message, "corr")
-    _text(message, "reply_to")
-    after, limit = message.get("after"), message.get("limit")
-    if not isinstance(after, int) or after < -1 or after >= 1 << 64:
-        raise ValueError("scan after must be -1 or a CID")
-    if not isinstance(limit, int) or not 0 < limit <= MAX_SCAN_LIMIT:
-        raise ValueError(f"scan limit must be 1 to {MAX_SCAN_LIMIT}")
-
-
-def check_announce(message: dict[str, Any]) -> None:
-    _text(message, "host")
-    _text(message, "incarnation")
-    positions = message.get("positions")
-    if not isinstance(positions, list) or not all(is_position(p) for p in positions):
-        raise ValueError("announce positions must be a list of ring positions")
-
-
-def check_host_gone(message: dict[str, Any]) -> None:
-    _text(message, "host")
-    _text(message, "incarnation")
-
-
-def check_handover(message: dict[str, Any]) -> None:
-    """Raise ValueError naming the first malformed field of a handover (keys are checked
-    one by one as they are imported)."""
-    _text(message, "from")
-    _text(message, "id")
-    if not isinstance(message.get("keys"), list):
-        raise ValueError("handover keys must be a list")
-    arcs = message.get("arcs", [])
-    if not isinstance(arcs, list) or not all(
-        isinstance(a, list) and len(a) == 2 and all(is_position(p) for p in a) for a in arcs
-    ):
-        raise ValueError("handover arcs must be a list of [start, end] ring positions")
-
-
-def check_handover_ack(message: dict[str, Any]) -> None:
-    _text(message, "from")
-    _text(message, "id")
-
-
-def check_reply(message: dict[str, Any]) -> None:
-    _text(message, "corr")
-    ok = message.get("ok")
-    if not isinstance(ok, bool):
-        raise ValueError("reply ok must be a boolean")
-    if ok and not isinstance(message.get("result"), dict):
-        raise ValueError("a reply with ok must carry a result map")
-    error = message.get("error")
-    if not ok and not (
-        isinstance(error, dict)
-        and isinstance(error.get("code"), str)
-        and isinstance(error.get("message"), str)
-    ):
-        raise ValueError("a reply without ok must carry an error map of code and message")
-    route = message.get("route", [])
-    if not isinstance(route, list) or not all(isinstance(h, str) for h in route):
-        raise ValueError("reply route must be a list of host ids")
-    if not isinstance(message.get("owner", ""), str):
-        raise ValueError("reply owner must be a host id")
 
 
 def _text(message: dict[str, Any], name: str) -> str:

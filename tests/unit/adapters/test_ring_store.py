@@ -36,7 +36,9 @@ class StandInOwner:
         bus.subscribe(topics.ring_host(host), self.on_message)
 
     async def announce(self) -> None:
-        await self.bus.publish(topics.RING_ANNOUNCE, wire.announce(self.host, "1", True, [0]))
+        await self.bus.publish(
+            topics.RING_ANNOUNCE, wire.Announce(self.host, "1", True, [0]).to_wire()
+        )
 
     async def on_message(self, _topic: str, message: dict) -> None:
         self.requests += 1
@@ -45,15 +47,17 @@ class StandInOwner:
         if message["t"] == wire.SCAN:
             clients = self.state.clients_after(message["after"], message["limit"])
             result = {"clients": [record_to_wire(c) for c in clients], "host": self.host}
-            reply = wire.reply_ok(message["corr"], result, [self.host], self.host, 0)
+            reply = wire.Reply.success(message["corr"], result, [self.host], self.host, 0).to_wire()
         elif self.mode == "unavailable":
-            reply = wire.reply_error(message["corr"], UNAVAILABLE, "no route")
+            reply = wire.Reply.failure(message["corr"], UNAVAILABLE, "no route").to_wire()
         else:
             try:
                 result, events = self.state.apply(message["op"])
-                reply = wire.reply_ok(message["corr"], result, ["entry", self.host], self.host, 1)
+                reply = wire.Reply.success(
+                    message["corr"], result, ["entry", self.host], self.host, 1
+                ).to_wire()
             except OpError as exc:
-                reply = wire.reply_error(message["corr"], exc.code, exc.message)
+                reply = wire.Reply.failure(message["corr"], exc.code, exc.message).to_wire()
                 events = []
             for event in events:
                 for publish in event_publishes(self.host, event.to_wire()):

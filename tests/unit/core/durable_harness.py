@@ -19,7 +19,8 @@ from backend.core.model.kv import KeyValueState
 from backend.core.replica import wire
 from backend.core.replica.core import Send
 from backend.core.replica.state_machine import Outcome, ReplicaStateMachine, encode_batch
-from backend.core.ring.durable_keys import DurableKeys, Job
+from backend.core.ring.durable_keys import DurableKeys
+from backend.core.ring.jobs import Job
 
 MEMBER = 1
 

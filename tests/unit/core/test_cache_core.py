@@ -150,7 +150,7 @@ class Cluster:
         if corr is None:
             self._corr += 1
             corr = f"c{self._corr}"
-        message = wire.request(corr, REPLY_TO, key, op, True)
+        message = wire.Request(corr, REPLY_TO, key, op, True).to_wire()
         self.emit("test", [Publish(topics.ring_host(entry), message)])
         self.pump()
         return corr
@@ -266,11 +266,11 @@ def test_malformed_requests_get_bad_request_or_are_dropped(ring: Cluster) -> Non
     bad = [
         {"t": "request", "corr": "b1", "reply_to": REPLY_TO, "key": -1, "op": list_tasks(cid)},
         {"t": "request", "corr": "b2", "reply_to": REPLY_TO, "key": cid, "op": "list"},
-        wire.request("b3", REPLY_TO, cid + 1, list_tasks(cid), False),  # key != cid
-        wire.request("b4", REPLY_TO, cid, {"op": "create_client", "cid": cid}, False),
-        wire.request("b5", REPLY_TO, cid, {"op": "drop_tables", "cid": cid}, False),
+        wire.Request("b3", REPLY_TO, cid + 1, list_tasks(cid), False).to_wire(),  # key != cid
+        wire.Request("b4", REPLY_TO, cid, {"op": "create_client", "cid": cid}, False).to_wire(),
+        wire.Request("b5", REPLY_TO, cid, {"op": "drop_tables", "cid": cid}, False).to_wire(),
         {"t": "request", "corr": "b6", "key": cid},  # no reply address: dropped
-        wire.request("b8", "taskring/+/reply", cid, list_tasks(cid), False),  # dropped
+        wire.Request("b8", "taskring/+/reply", cid, list_tasks(cid), False).to_wire(),  # dropped
         {"t": "scan", "corr": "b7", "reply_to": REPLY_TO, "after": -1, "limit": 0},
         {"t": "handover", "from": "x"},
         {"t": "stabilize", "dst": "nowhere"},
@@ -394,7 +394,7 @@ def test_keys_held_by_a_node_that_does_not_own_them_find_their_owner(ring: Clust
         keys += node.state.export_keys([c for c in stray if c in node.state.keys])
         for cid in stray:
             node.state.keys.pop(cid, None)
-    ring.emit("test", [Publish(topics.ring_host("n1"), wire.handover("x", keys, "x/1"))])
+    ring.emit("test", [Publish(topics.ring_host("n1"), wire.Handover("x", keys, "x/1").to_wire())])
     ring.pump()
     assert all(c in ring.nodes["n1"].state.keys for c in stray)
     ring.run(3.0)
@@ -503,7 +503,7 @@ def test_scan_lists_only_the_clients_a_node_owns_in_cid_order(ring: Cluster) -> 
     names = fill(ring, 30)
     seen: list[int] = []
     for node_id in sorted(ring.nodes):
-        message = wire.scan(f"s-{node_id}", REPLY_TO, -1, 1000)
+        message = wire.Scan(f"s-{node_id}", REPLY_TO, -1, 1000).to_wire()
         ring.emit("test", [Publish(topics.ring_host(node_id), message)])
         ring.pump()
         result = ring.replies[f"s-{node_id}"]["result"]
@@ -513,7 +513,7 @@ def test_scan_lists_only_the_clients_a_node_owns_in_cid_order(ring: Cluster) -> 
         seen += cids
     assert sorted(seen) == sorted(names)
     first = sorted(names)[0]
-    message = wire.scan("page", REPLY_TO, first, 2)
+    message = wire.Scan("page", REPLY_TO, first, 2).to_wire()
     ring.emit("test", [Publish(topics.ring_host(ring.true_owner(first)), message)])
     ring.pump()
     page = [c["cid"] for c in ring.replies["page"]["result"]["clients"]]
@@ -634,7 +634,7 @@ class DurableNode:
         self.route([Publish(topics.ring_host(self.node.id), m) for m in messages])
 
     def call(self, cid: int, op: dict[str, Any], corr: str) -> dict[str, Any]:
-        self.send(wire.request(corr, REPLY_TO, cid, op, True))
+        self.send(wire.Request(corr, REPLY_TO, cid, op, True).to_wire())
         for _ in range(20):
             if corr in self.replies:
                 return self.replies.pop(corr)
@@ -684,7 +684,7 @@ def test_a_durable_scan_reads_every_group_not_memory(durable_node: DurableNode) 
         index = machine.applied_index + 1
         machine.apply_entry(index, encode_batch([Proposal("seed", index, 1, (create(cid, name),))]))
     assert durable_node.node.state.keys == {}
-    durable_node.send(wire.scan("s1", REPLY_TO, -1, 4))
+    durable_node.send(wire.Scan("s1", REPLY_TO, -1, 4).to_wire())
     result = durable_node.replies["s1"]["result"]
     assert [c["cid"] for c in result["clients"]] == sorted(names)[:4]
     assert result["host"] == "d1" and result["complete"] is True
@@ -711,8 +711,8 @@ def test_a_malformed_write_to_a_durable_node_fails_alone(durable_node: DurableNo
     for cid, corr in ((good, "c1"), (bad, "c2")):
         durable_node.call(cid, create(cid, corr), corr)
     durable_node.send(
-        wire.request("w1", REPLY_TO, good, insert(good, "fine"), True),
-        wire.request("w2", REPLY_TO, bad, {"op": "insert_task", "cid": bad}, True),
+        wire.Request("w1", REPLY_TO, good, insert(good, "fine"), True).to_wire(),
+        wire.Request("w2", REPLY_TO, bad, {"op": "insert_task", "cid": bad}, True).to_wire(),
     )
     durable_node.run(0.5)
     assert durable_node.replies["w2"]["error"]["code"] == "bad_request"

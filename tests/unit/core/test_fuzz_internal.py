@@ -177,7 +177,7 @@ RECORD = ClientRecord(CID, "alice", "", 1, b"salt", b"hash")
 
 
 def chord_messages(dst: int) -> list[dict[str, Any]]:
-    request = wire.request("fz0", REPLY_TO, CID, insert(CID, "t"), False)
+    request = wire.Request("fz0", REPLY_TO, CID, insert(CID, "t"), False).to_wire()
     lookup = Lookup(dst, PEER, CID, "l1", f"r{len(REPLY_TO)}:{REPLY_TO}fz0", None, 1, (PEER,), True)
     return [
         m.to_wire()
@@ -202,25 +202,29 @@ def _fields(message: Any) -> dict[str, Any]:
 
 
 def ring_messages(dst: int) -> list[dict[str, Any]]:
-    request = wire.request("fz1", REPLY_TO, CID, _create(CID), True)
-    handover = wire.handover("n9", [key_to_wire(CID, Key(RECORD, {"a": "b"}))], "h1", [[1, 2]])
+    request = wire.Request("fz1", REPLY_TO, CID, _create(CID), True).to_wire()
+    handover = wire.Handover(
+        "n9", [key_to_wire(CID, Key(RECORD, {"a": "b"}))], "h1", [[1, 2]]
+    ).to_wire()
     return [
         request,
-        wire.scan("fz2", REPLY_TO, -1, 10),
+        wire.Scan("fz2", REPLY_TO, -1, 10).to_wire(),
         handover,
-        wire.handover_ack("n9", "h1"),
-        wire.batch([request, wire.request("fz3", REPLY_TO, CID, insert(CID, "x"), False)]),
+        wire.HandoverAck("n9", "h1").to_wire(),
+        wire.batch(
+            [request, wire.Request("fz3", REPLY_TO, CID, insert(CID, "x"), False).to_wire()]
+        ),
         *chord_messages(dst),
     ]
 
 
 def announcements() -> list[dict[str, Any]]:
-    return [wire.announce("n9", "i9", True, [5, 9]), wire.host_gone("n9", "i9")]
+    return [wire.Announce("n9", "i9", True, [5, 9]).to_wire(), wire.HostGone("n9", "i9").to_wire()]
 
 
 def replies() -> list[dict[str, Any]]:
-    ok = wire.reply_ok("c1", {"client": {"cid": CID}}, ["n1"], "n1", 0)
-    error = wire.reply_error("c2", "exists", "it exists", ["n1"], "n1")
+    ok = wire.Reply.success("c1", {"client": {"cid": CID}}, ["n1"], "n1", 0).to_wire()
+    error = wire.Reply.failure("c2", "exists", "it exists", ["n1"], "n1").to_wire()
     return [ok, error, wire.batch([ok, error])]
 
 
@@ -452,13 +456,15 @@ def test_the_ring_store_handlers_survive_anything(data: st.DataObject) -> None:
             for handler, _ in handlers.values():
                 await handler("topic", message)
         # Still works: a valid announcement, reply and event each do what they should.
-        await store._on_announce("topic", wire.announce("n1", "i1", True, [7]))
+        await store._on_announce("topic", wire.Announce("n1", "i1", True, [7]).to_wire())
         assert store.hosts["n1"].positions == [7]
         listing = asyncio.create_task(store._scan("n1", -1, 10))
         await asyncio.sleep(0)  # the scan is sent; the reply comes before the bus fails it
         [scan] = store.core.flush()
         corr = scan[1]["corr"]
-        await store._on_reply("topic", wire.reply_ok(corr, {"clients": []}, ["n1"], "n1", 0))
+        await store._on_reply(
+            "topic", wire.Reply.success(corr, {"clients": []}, ["n1"], "n1", 0).to_wire()
+        )
         assert await listing == []
         seen: list[Event] = []
         unwatch = await store.watch(CID, seen.append)

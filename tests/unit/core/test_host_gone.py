@@ -28,7 +28,7 @@ CID = 0x8000_0000_0000_0000
 
 
 def will(host: str, incarnation: str) -> Publish:
-    return Publish(topics.RING_ANNOUNCE, wire.host_gone(host, incarnation))
+    return Publish(topics.RING_ANNOUNCE, wire.HostGone(host, incarnation).to_wire())
 
 
 def mentions(cluster: Cluster, host: str) -> list[str]:
@@ -94,7 +94,7 @@ class StandIn:
         bus.subscribe(topics.ring_host(host), self.on_message)
 
     async def announce(self, incarnation: str = "1") -> None:
-        message = wire.announce(self.host, incarnation, True, [self.position])
+        message = wire.Announce(self.host, incarnation, True, [self.position]).to_wire()
         message["durable"] = self.durable
         await self.bus.publish(topics.RING_ANNOUNCE, message)
 
@@ -106,14 +106,14 @@ class StandIn:
         if message["t"] == wire.SCAN:
             clients = [record_to_wire(c) for c in self.state.clients_after(-1, 100)]
             result = {"clients": clients, "host": self.host}
-            reply = wire.reply_ok(message["corr"], result, [self.host], self.host, 0)
+            reply = wire.Reply.success(message["corr"], result, [self.host], self.host, 0).to_wire()
             await self.bus.publish(message["reply_to"], reply)
             return
         try:
             result, _events = self.state.apply(message["op"])
-            reply = wire.reply_ok(message["corr"], result, [self.host], self.host, 0)
+            reply = wire.Reply.success(message["corr"], result, [self.host], self.host, 0).to_wire()
         except OpError as exc:
-            reply = wire.reply_error(message["corr"], exc.code, exc.message)
+            reply = wire.Reply.failure(message["corr"], exc.code, exc.message).to_wire()
         await self.bus.publish(message["reply_to"], reply)
 
 
@@ -138,7 +138,7 @@ async def test_a_read_waiting_on_a_dead_node_goes_elsewhere_at_once() -> None:
     other.state.apply(create(CID, "alice"))
     call = asyncio.create_task(store.list_tasks(CID))
     await asyncio.wait_for(owner.asked.wait(), 1.0)
-    await owner.bus.publish(topics.RING_ANNOUNCE, wire.host_gone("cache-1", "1"))
+    await owner.bus.publish(topics.RING_ANNOUNCE, wire.HostGone("cache-1", "1").to_wire())
     async with asyncio.timeout(ATTEMPT_WAIT / 2):  # well before the ordinary retry
         assert await call == []
     assert "cache-1" not in store.hosts and len(other.requests) == 1
@@ -151,7 +151,7 @@ async def test_a_listing_waiting_on_a_dead_node_asks_another_at_once(monkeypatch
     monkeypatch.setattr(ring_store.random, "sample", lambda hosts, n: sorted(hosts)[:n])
     call = asyncio.create_task(store.list_clients(None, 10))
     await asyncio.wait_for(owner.asked.wait(), 1.0)
-    await owner.bus.publish(topics.RING_ANNOUNCE, wire.host_gone("cache-1", "1"))
+    await owner.bus.publish(topics.RING_ANNOUNCE, wire.HostGone("cache-1", "1").to_wire())
     async with asyncio.timeout(1.0):  # not the 5 s a silent node would cost
         assert [c.name for c in await call] == ["alice"]
 
@@ -161,7 +161,7 @@ async def test_a_durable_write_is_sent_again_with_its_request_id() -> None:
     owner.silent = True
     call = asyncio.create_task(store.create_client(CID, "alice", "", "secret"))
     await asyncio.wait_for(owner.asked.wait(), 1.0)
-    await owner.bus.publish(topics.RING_ANNOUNCE, wire.host_gone("cache-1", "1"))
+    await owner.bus.publish(topics.RING_ANNOUNCE, wire.HostGone("cache-1", "1").to_wire())
     async with asyncio.timeout(ATTEMPT_WAIT / 2):
         record = await call
     assert record.cid == CID
@@ -174,7 +174,7 @@ async def test_a_memory_only_write_is_not_repeated_and_times_out_honestly() -> N
     owner.silent = True
     call = asyncio.create_task(store.create_client(CID, "alice", "", "secret"))
     await asyncio.wait_for(owner.asked.wait(), 1.0)
-    await owner.bus.publish(topics.RING_ANNOUNCE, wire.host_gone("cache-1", "1"))
+    await owner.bus.publish(topics.RING_ANNOUNCE, wire.HostGone("cache-1", "1").to_wire())
     with pytest.raises(OpError) as outcome:
         await call
     assert outcome.value.code == TIMEOUT  # it may have been applied before the node died
@@ -184,9 +184,9 @@ async def test_a_memory_only_write_is_not_repeated_and_times_out_honestly() -> N
 async def test_a_will_of_another_incarnation_or_late_news_of_a_dead_one_is_ignored() -> None:
     store, owner, _other = await portal(durable=True)
     await owner.announce("2")
-    await owner.bus.publish(topics.RING_ANNOUNCE, wire.host_gone("cache-1", "1"))
+    await owner.bus.publish(topics.RING_ANNOUNCE, wire.HostGone("cache-1", "1").to_wire())
     assert store.hosts["cache-1"].incarnation == "2"
-    await owner.bus.publish(topics.RING_ANNOUNCE, wire.host_gone("cache-1", "2"))
+    await owner.bus.publish(topics.RING_ANNOUNCE, wire.HostGone("cache-1", "2").to_wire())
     assert "cache-1" not in store.hosts
     await owner.announce("2")  # sent before it died, arriving after its will
     assert "cache-1" not in store.hosts
@@ -203,7 +203,7 @@ async def test_a_node_whose_connection_dropped_is_heard_again_once_it_reconnects
         assert isinstance(bus, MemoryBus)
         await bus.connect()
     await owner.announce("1")
-    await owner.bus.publish(topics.RING_ANNOUNCE, wire.host_gone("cache-1", "1"))
+    await owner.bus.publish(topics.RING_ANNOUNCE, wire.HostGone("cache-1", "1").to_wire())
     now[0] += HOST_FRESHNESS  # the same incarnation, announcing after it reconnected
     await owner.announce("1")
     assert store._member_hosts() == ["cache-1"]

@@ -11,7 +11,7 @@ from backend.core.drops import Drops
 from backend.core.errors import BAD_REQUEST
 from backend.core.model.kv import KeyValueState
 from backend.core.ring import wire
-from backend.core.ring.durable_keys import Job
+from backend.core.ring.jobs import Job
 from backend.core.ring.key_holding import HANDOVER_TOKEN, KeyHolding, MemoryKeys, ReplicatedKeys
 from tests.unit.core.durable_harness import Groups
 from tests.unit.core.test_cache_core import create, insert
@@ -75,8 +75,8 @@ def test_memory_takes_a_handover_once_and_acknowledges_every_copy() -> None:
     giver.submit(CID, job(create(CID, "alice")))
     handed = giver.state.export_keys([CID])
     keys = memory()
-    message = wire.handover("n2", handed, "n2/x/1", [[1, 2]])
-    ack = [(topics.ring_host("n2"), wire.handover_ack("n1", "n2/x/1"))]
+    message = wire.Handover("n2", handed, "n2/x/1", [[1, 2]])
+    ack = [(topics.ring_host("n2"), wire.HandoverAck("n1", "n2/x/1").to_wire())]
     assert [(s.topic, s.message) for s in keys.handover(message, 0.0)] == ack
     del keys.state.keys[CID]
     assert [(s.topic, s.message) for s in keys.handover(message, 0.0)] == ack
@@ -92,10 +92,10 @@ def test_replica_groups_answer_later_and_move_nothing() -> None:
     assert not keys.must_wait(CID, position=0, now=0.0)
     giver = memory()
     giver.submit(CID, job(create(CID, "alice")))
-    message = wire.handover("n2", giver.state.export_keys([CID]), "n2/x/1")
+    message = wire.Handover("n2", giver.state.export_keys([CID]), "n2/x/1")
     sends = keys.handover(message, 0.0)
     assert [(s.topic, s.message) for s in sends] == [
-        (topics.ring_host("n2"), wire.handover_ack("n1", "n2/x/1"))
+        (topics.ring_host("n2"), wire.HandoverAck("n1", "n2/x/1").to_wire())
     ]
     assert CID not in keys.durable_keys.state.keys, "memory holds only claimed keys"
     assert keys.arc_lost(1, 2, "n2", 0.0) == [] and keys.sweep(lambda _c: False, 0.0) == []

@@ -31,7 +31,7 @@ WRITE = {"op": "insert_task", "cid": 100, "title": "t", "description": "d"}
 
 
 def announce(core: PortalCore, host: str, position: int, now: float = 0.0, **extra: Any) -> None:
-    message = wire.announce(host, extra.pop("incarnation", "i1"), True, [position])
+    message = wire.Announce(host, extra.pop("incarnation", "i1"), True, [position]).to_wire()
     core.on_announce({**message, **extra}, now)
 
 
@@ -74,7 +74,7 @@ def test_a_request_goes_to_the_first_position_at_or_after_its_key_wrapping() -> 
 
 def test_silent_and_non_member_nodes_are_not_asked() -> None:
     core = ring()
-    core.on_announce(wire.announce("c", "i1", False, [150]), 1.0)
+    core.on_announce(wire.Announce("c", "i1", False, [150]).to_wire(), 1.0)
     assert core.entry_for(100, set(), 1.0) == "a"
     announce(core, "b", 300, now=1.0)
     assert core.member_hosts(HOST_FRESHNESS + 0.5) == ["b"]  # a fell silent
@@ -98,7 +98,7 @@ def test_a_reply_completes_the_call_with_its_result_and_owner() -> None:
     core = ring()
     call = core.call(100, READ, 0.0)
     [(_, request)] = sent(core)
-    reply = wire.reply_ok(request["corr"], {"tasks": []}, ["a"], "a", 0)
+    reply = wire.Reply.success(request["corr"], {"tasks": []}, ["a"], "a", 0).to_wire()
     core.on_reply(reply, 0.1)
     assert completed(core) == [Completed(call, {"tasks": []}, reply, "a")]
     assert core.next_tick() is None
@@ -111,8 +111,8 @@ def test_an_error_reply_ends_the_call_and_an_unknown_code_is_internal() -> None:
     core.call(100, WRITE, 0.0)
     core.call(100, READ, 0.0)
     [(_, write), (_, read)] = sent(core)
-    core.on_reply(wire.reply_error(write["corr"], EXISTS, "there"), 0.1)
-    core.on_reply(wire.reply_error(read["corr"], "strange", "?"), 0.1)
+    core.on_reply(wire.Reply.failure(write["corr"], EXISTS, "there").to_wire(), 0.1)
+    core.on_reply(wire.Reply.failure(read["corr"], "strange", "?").to_wire(), 0.1)
     assert [error_code(d) for d in completed(core)] == [EXISTS, INTERNAL]
 
 
@@ -123,7 +123,9 @@ def test_unavailable_is_retried_through_another_node_until_the_deadline() -> Non
     while True:
         for host, request in sent(core):
             entries.append(host)
-            core.on_reply(wire.reply_error(request["corr"], UNAVAILABLE, "no route"), now)
+            core.on_reply(
+                wire.Reply.failure(request["corr"], UNAVAILABLE, "no route").to_wire(), now
+            )
         outputs = core.take()
         if any(isinstance(o, Completed) for o in outputs):
             break
@@ -150,7 +152,8 @@ def test_an_unanswered_memory_only_write_waits_out_the_deadline_and_is_a_timeout
     assert core.take() == [] and sent(core) == []
     core.tick(REQUEST_TIMEOUT)
     [_, done] = core.take()
-    assert error_code(done) == TIMEOUT  # type: ignore[arg-type]
+    assert isinstance(done, Completed)
+    assert error_code(done) == TIMEOUT
     assert sent(core) == []
 
 
@@ -220,7 +223,7 @@ def test_a_cancelled_call_sends_nothing_more_and_ignores_its_reply() -> None:
     [(_, request)] = sent(core)
     core.cancel(call)
     assert core.next_tick() is None
-    core.on_reply(wire.reply_ok(request["corr"], {}, [], "a", 0), 0.1)
+    core.on_reply(wire.Reply.success(request["corr"], {}, [], "a", 0).to_wire(), 0.1)
     assert core.take() == []
 
 
@@ -231,7 +234,7 @@ def test_a_will_sends_a_repeatable_attempt_elsewhere_at_once() -> None:
     core = ring(durable=True)
     call = core.call(100, WRITE, 0.0)
     [(_, first)] = sent(core)
-    core.on_announce(wire.host_gone("a", "i1"), 0.1)
+    core.on_announce(wire.HostGone("a", "i1").to_wire(), 0.1)
     assert core.take() == [AttemptFailed(call, WILL)]
     [(host, again)] = sent(core)
     assert host == "b" and again["op"]["req"] == first["op"]["req"]
@@ -244,7 +247,7 @@ def test_a_will_of_the_keys_owner_moves_an_attempt_sent_through_another_entry() 
     core.tick(ATTEMPT_WAIT)  # the owner `a` is silent: now through `b`
     assert [h for h, _ in sent(core)] == ["a", "b"]
     assert core.take() == [AttemptFailed(call, SILENCE)]
-    core.on_announce(wire.host_gone("a", "i1"), ATTEMPT_WAIT + 0.1)
+    core.on_announce(wire.HostGone("a", "i1").to_wire(), ATTEMPT_WAIT + 0.1)
     assert core.take() == [AttemptFailed(call, WILL)]
 
 
@@ -252,16 +255,16 @@ def test_a_will_leaves_a_memory_only_write_waiting() -> None:
     core = ring()
     core.call(100, WRITE, 0.0)
     sent(core)
-    core.on_announce(wire.host_gone("a", "i1"), 0.1)
+    core.on_announce(wire.HostGone("a", "i1").to_wire(), 0.1)
     assert core.take() == [] and sent(core) == []
     assert core.next_tick() == REQUEST_TIMEOUT
 
 
 def test_a_will_of_another_incarnation_changes_nothing_and_late_news_is_ignored() -> None:
     core = ring()
-    core.on_announce(wire.host_gone("a", "old"), 0.1)
+    core.on_announce(wire.HostGone("a", "old").to_wire(), 0.1)
     assert "a" in core.hosts
-    core.on_announce(wire.host_gone("a", "i1"), 0.2)
+    core.on_announce(wire.HostGone("a", "i1").to_wire(), 0.2)
     announce(core, "a", 200, 0.3)  # sent before it died
     assert "a" not in core.hosts
     announce(core, "a", 200, 0.2 + HOST_FRESHNESS)  # it reconnected
@@ -277,13 +280,13 @@ def test_a_scan_is_answered_or_fails_unavailable_on_silence_or_a_will() -> None:
     silent = core.scan("b", -1, 10, 0.0)
     [(_, first), (_, second)] = sent(core)
     assert first["t"] == wire.SCAN and (first["after"], first["limit"]) == (-1, 10)
-    core.on_reply(wire.reply_ok(first["corr"], {"clients": []}, ["a"], "a", 0), 0.1)
+    core.on_reply(wire.Reply.success(first["corr"], {"clients": []}, ["a"], "a", 0).to_wire(), 0.1)
     assert [(d.call, d.result) for d in completed(core)] == [(answered, {"clients": []})]
     core.tick(REQUEST_TIMEOUT)
     [done] = completed(core)
     assert done.call == silent and "did not answer a scan" in str(done.result)
     dying = core.scan("a", -1, 10, REQUEST_TIMEOUT)
-    core.on_announce(wire.host_gone("a", "i1"), REQUEST_TIMEOUT)
+    core.on_announce(wire.HostGone("a", "i1").to_wire(), REQUEST_TIMEOUT)
     [done] = completed(core)
     assert done.call == dying and "died during a scan" in str(done.result)
     assert second["corr"] != first["corr"]
