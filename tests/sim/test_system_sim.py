@@ -119,11 +119,13 @@ EXERCISED = (
     "cache node kills",
     "partitions",
     "snapshots installed",
+    "snapshots read for a follower",
     "proposals in the log again",
     "fenced or moved",
     "broker: duplicated",
     "broker: lost",
     "insert_task timeout",
+    "attempts retried on a will",
 )
 
 
