@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 
 from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.random_secrets import new_salt
 from backend.adapters.settings import BrokerAddress
 from backend.core import topics
-from backend.core.model.identity import cid_for_name, hash_token, new_salt
+from backend.core.model.identity import cid_for_name, hash_token
 from backend.core.replica import wire
 from backend.core.replica.proposer import Done, GroupProposer
 from tests.conftest import TASKRING, Processes

@@ -25,7 +25,8 @@ keeps serving. When the file is durable, `snapshot_saved` compacts the log
 through the job's index, by then older than the applied index; the bytes stay
 on disk. If a follower later needs the snapshot, `snapshot_wanted()` names
 its index and the adapter reads the file and hands it to `snapshot_loaded`.
-`maybe_compact` does all of it in line (the simulators and tests use it).
+ReplicaDriver (driver.py) runs this cycle for the process, the simulators and
+the tests; a simulator encodes the job at once instead of forking.
 
 Batching (group commit). Proposals that arrive while a Ready is being made
 durable wait in a buffer; the next `flush` puts all of them into as few log
@@ -329,16 +330,6 @@ class ReplicaCore:
     def snapshot_loaded(self, snapshot: Snapshot) -> None:
         """The bytes `snapshot_wanted` asked for (ignored if a newer snapshot came since)."""
         self.node.snapshot_data(snapshot)
-
-    def maybe_compact(self) -> Snapshot | None:
-        """All of a snapshot in line: if one is due, encode it and compact the log; the
-        caller saves what this returns."""
-        if not self.snapshot_due():
-            return None
-        job = self.start_snapshot()
-        snapshot = job.encode()
-        self.snapshot_saved(job, snapshot)
-        return snapshot
 
     # ---- what others may look at ----------------------------------------------------------
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from backend.core.model.identity import hash_token, new_salt
+from backend.adapters.random_secrets import new_salt
+from backend.core.model.identity import hash_token
 from backend.core.raft import RaftOptions, bootstrap_state
 from backend.core.replica import wire
 from backend.core.replica.core import ReplicaCore, Send

@@ -8,7 +8,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from backend.core.model.identity import hash_token, new_salt, token_matches
+from backend.adapters.random_secrets import new_salt
+from backend.core.model.identity import hash_token, token_matches
 from backend.core.replica import wire
 from backend.core.replica.state_machine import (
     Outcome,

@@ -9,7 +9,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from backend.core.model.identity import hash_token, new_salt
+from backend.adapters.random_secrets import new_salt
+from backend.core.model.identity import hash_token
 from backend.core.model.kv import key_to_wire
 from backend.core.replica import state_machine, wire
 from backend.core.replica.state_machine import Proposal, ReplicaStateMachine, encode_batch
