@@ -237,9 +237,9 @@ async def test_a_group_keeps_every_acknowledged_write_through_crashes(
 
         # a duplicate (same client id and request id) is applied once: two copies in flight
         # together both reach the log, a later copy is answered from the answer table
-        message = wire.propose(
-            "dup-1", topics.raft_reply(GROUP, user.client_id, "1"), "dup", 1, [insert_op("dup")], 1
-        )
+        message = wire.Propose(
+            "dup-1", topics.raft_reply(GROUP, user.client_id, "1"), "dup", 1, 1, [insert_op("dup")]
+        ).to_wire()
         copies = await asyncio.gather(
             user.send_raw(first, message), user.send_raw(first, {**message, "corr": "dup-2"})
         )

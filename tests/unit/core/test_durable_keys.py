@@ -864,8 +864,12 @@ def test_the_stand_in_group_answers_a_repeated_proposal_as_a_replica_core_does()
         core.tick(now)
         _run_ready(core, now)
     stand_in = Groups([G1])
-    first = wire.propose("c1", "reply", "x", 1, [{"op": "claim", "cid": K, "owner": "a/1"}], 1)
-    other = wire.propose("c2", "reply", "y", 1, [{"op": "renew", "cid": 0, "owner": "b/1"}], 1)
+    first = wire.Propose(
+        "c1", "reply", "x", 1, 1, [{"op": "claim", "cid": K, "owner": "a/1"}]
+    ).to_wire()
+    other = wire.Propose(
+        "c2", "reply", "y", 1, 1, [{"op": "renew", "cid": 0, "owner": "b/1"}]
+    ).to_wire()
     retry = {**first, "corr": "c3"}
     real = [_real_answer(core, m, now) for m in (first, other, retry)]
     fake = [stand_in.commit(Send("taskring/v1/raft/g1/1", m)) for m in (first, other, retry)]
