@@ -145,9 +145,7 @@ class GroupProposer:
         if request is None or (kind != wire.PROPOSED and kind != wire.READ_RESULT):
             return [], []  # an answer to a finished request, or a repeat
         try:
-            answer = wire.answer_from_wire(message)
-            if isinstance(answer, wire.AnswerOk):
-                answer.check_count(len(request.ops))
+            answer = wire.answer_from_wire(message, len(request.ops))
         except ValueError as exc:
             # Not an answer: the request waits on for a real one (or its deadline).
             self.drops.bad(str(kind), exc)

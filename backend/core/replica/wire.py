@@ -5,13 +5,14 @@ member's inbox `topics.raft_member(group, member)`. Raft's own messages
 (backend/core/raft/messages.py) share the inbox.
 
     raft       member -> member: {"t": "raft", "group", "msgs": [raft message map, ...]}
-               every Raft message one Ready has for that member, in order
+               every Raft message one Ready has for that member, in order   RaftBatch
 
     propose    user -> a member: apply `ops` once, in order, after they are durable
                {"t": "propose", "corr": text, "reply_to": topic, "client": text,
                 "request": int >= 1, "acked": int >= 0, "ops": [op, ...]}
                op i has request id `request + i`; `acked` (at most `request`): the user
                holds the answer of every request id below it. See state_machine.py.
+                                                                                Propose
     proposed   member -> reply_to
                {"t": "proposed", "corr", "group", "member", "ok": true,
                 "index": log index, "results": [op result, ...]}   one per op, in order
@@ -22,7 +23,7 @@ member's inbox `topics.raft_member(group, member)`. Raft's own messages
                "timeout": it may or may not have been applied; "bad_request": malformed.
 
     read       user -> the leader: linearizable reads (ReadIndex, Raft dissertation §6.4)
-               {"t": "read", "corr", "reply_to", "ops": [read op, ...]}
+               {"t": "read", "corr", "reply_to", "ops": [read op, ...]}        Read
     read_result  member -> reply_to
                {"t": "read_result", "corr", "group", "member", "ok": true,
                 "index": applied index read at, "results": [op result, ...]}
@@ -37,6 +38,15 @@ Writes may name an `owner`; `claim` and `renew` must (state_machine.py,
 backend/core/model/kv.py operations; reads may also be state_machine.EXTRA_READ_OPS.
 `reply_to` must lie under taskring/v1/raft/ (topics.raft_reply), the only
 subtree the broker lets replicas publish on.
+
+Each kind is a frozen dataclass: RaftBatch, Propose, Read, and for both answers
+AnswerOk and AnswerError (`kind` is "proposed" or "read_result"). `to_wire` gives
+the map above; `from_wire` is the one check of an arriving map (answer_from_wire
+for either answer), raising ValueError naming the first bad field. A propose or
+read with a usable address raises BadRequest instead, so that it can be answered.
+The Raft messages in a batch and the ops stay maps: each Raft message is decoded
+on its own by the member (a bad one costs only itself), and ops go to kv.py as
+maps, checked here by check_write_or_read_op and check_read_op.
 """
 
 from __future__ import annotations
@@ -187,16 +197,12 @@ class AnswerOk:
         }
 
     @classmethod
-    def from_wire(cls, message: Mapping[str, Any]) -> AnswerOk:
-        answer = answer_from_wire(message)
+    def from_wire(cls, message: Mapping[str, Any], ops: int | None = None) -> AnswerOk:
+        """As answer_from_wire, and ValueError for a refusal."""
+        answer = answer_from_wire(message, ops)
         if not isinstance(answer, AnswerOk):
             raise ValueError("ok must be true")
         return answer
-
-    def check_count(self, ops: int) -> None:
-        """ValueError unless there is one result for each of `ops` operations."""
-        if len(self.results) != ops:
-            raise ValueError(f"results must be a list of {ops} op results")
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +230,7 @@ class AnswerError:
 
     @classmethod
     def from_wire(cls, message: Mapping[str, Any]) -> AnswerError:
+        """As answer_from_wire, and ValueError for an ok answer."""
         answer = answer_from_wire(message)
         if not isinstance(answer, AnswerError):
             raise ValueError("ok must be false")
@@ -233,9 +240,11 @@ class AnswerError:
 Answer = AnswerOk | AnswerError
 
 
-def answer_from_wire(message: Mapping[str, Any]) -> Answer:
-    """A proposed/read_result in the form above; ValueError naming the first bad field
-    (what a result's `result` holds is checked by whoever reads it)."""
+def answer_from_wire(message: Mapping[str, Any], ops: int | None = None) -> Answer:
+    """A proposed/read_result in the form above, answering a request of `ops`
+    operations if given (then an ok answer must hold that many results); ValueError
+    naming the first bad field (what a result's `result` holds is checked by whoever
+    reads it)."""
     kind = message.get("t")
     if kind != PROPOSED and kind != READ_RESULT:
         raise ValueError(f"t must be {PROPOSED!r} or {READ_RESULT!r}")
@@ -255,8 +264,9 @@ def answer_from_wire(message: Mapping[str, Any]) -> Answer:
             raise ValueError("error must be a map of code and message texts")
         return AnswerError(kind, corr, group, member, error["code"], error["message"], leader)
     results = message.get("results")
-    if not isinstance(results, list):
-        raise ValueError("results must be a list of op results")
+    if not isinstance(results, list) or (ops is not None and len(results) != ops):
+        counted = "op results" if ops is None else f"{ops} op results"
+        raise ValueError(f"results must be a list of {counted}")
     for result in results:
         if not isinstance(result, Mapping) or not isinstance(result.get("ok"), bool):
             raise ValueError("an op result must be a map with ok")
