@@ -133,7 +133,8 @@ def _derive(spec: DataSpec, label: str, size: int) -> bytes:
 
 
 def token_for(spec: DataSpec, name: str) -> str:
-    """A token of the shape `new_token` gives (43 URL-safe characters), from the seed."""
+    """A token of the shape `random_secrets.new_token` gives (43 URL-safe characters),
+    from the seed."""
     return base64.urlsafe_b64encode(_derive(spec, f"token:{name}", 32)).rstrip(b"=").decode()
 
 
