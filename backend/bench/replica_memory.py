@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from backend.adapters.collector import collector_paused
 from backend.adapters.disk import DurableRaftStorage
 from backend.core.raft import RaftOptions
 from backend.core.replica.core import ReplicaCore
@@ -50,9 +51,10 @@ def measure(directory: Path) -> dict[str, Any]:
     started = time.perf_counter()
     storage = DurableRaftStorage(directory)
     opened = time.perf_counter()
-    core = ReplicaCore(
-        group, int(member), storage.state, lambda m: f"m/{m}", random.Random(0), RaftOptions()
-    )
+    with collector_paused():  # as the replica process restores
+        core = ReplicaCore(
+            group, int(member), storage.state, lambda m: f"m/{m}", random.Random(0), RaftOptions()
+        )
     restored = time.perf_counter()
     ready = core.next_ready()
     if ready is not None:

@@ -16,8 +16,8 @@ deployment would have committed and writes them with the replica's own code:
   of each, as a leader's group commit does;
 - the state: every entry is applied through ReplicaStateMachine.apply_entry;
 - the disk: DurableRaftStorage writes the entries, the hard state and the
-  snapshots (one every `snapshot_every` entries, as ReplicaCore.maybe_compact
-  takes them) for every member of every group.
+  snapshots (one every `snapshot_every` entries, as ReplicaDriver
+  starts them) for every member of every group.
 
 The Raft history is the same on every member: entry 1 is the founding
 configuration (term 1, as `bootstrap` writes it); member 1 won the election of
@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.adapters.collector import collector_paused
 from backend.adapters.disk import DurableRaftStorage
 from backend.bench.workload import WorkloadSpec, client_name, initial_description, task_title
 from backend.core.chord.ids import vnode_position
@@ -132,7 +133,8 @@ def _derive(spec: DataSpec, label: str, size: int) -> bytes:
 
 
 def token_for(spec: DataSpec, name: str) -> str:
-    """A token of the shape `new_token` gives (43 URL-safe characters), from the seed."""
+    """A token of the shape `random_secrets.new_token` gives (43 URL-safe characters),
+    from the seed."""
     return base64.urlsafe_b64encode(_derive(spec, f"token:{name}", 32)).rstrip(b"=").decode()
 
 
@@ -279,7 +281,7 @@ class GroupSummary:
 
 def snapshot_points(spec: DataSpec, last_index: int) -> set[int]:
     """Where the replicas' snapshots are: every `snapshot_every` applied entries
-    (ReplicaCore.maybe_compact); only the newest ones survive pruning."""
+    (ReplicaDriver.snapshot_to_start); only the newest ones survive pruning."""
     points = range(spec.snapshot_every, last_index + 1, spec.snapshot_every)
     return set(points[-KEEP_SNAPSHOTS:])
 
@@ -318,7 +320,8 @@ def write_group(
                 storage.save(_ready(pending))
             pending = []
         if index in snapshots:
-            snapshot = Snapshot(index, TERM, config, machine.snapshot())
+            with collector_paused():  # many objects, none of them garbage
+                snapshot = Snapshot(index, TERM, config, machine.snapshot())
             for storage in storages:
                 storage.sync()
                 storage.save_snapshot(snapshot)

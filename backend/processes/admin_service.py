@@ -16,6 +16,7 @@ import unicodedata
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from backend.adapters.random_secrets import new_token
 from backend.adapters.store.interface import Store
 from backend.admin_pb import admin_pb2, admin_pb2_grpc
 from backend.core.errors import BAD_REQUEST, NOT_FOUND, OpError
@@ -24,7 +25,6 @@ from backend.core.model.identity import (
     MAX_NAME_BYTES,
     cid_for_name,
     format_cid,
-    new_token,
     normalize_name,
     parse_cid,
 )

@@ -69,6 +69,7 @@ from backend.adapters.bus.mqtt import MqttBus
 from backend.adapters.bus.publisher import Publisher
 from backend.adapters.bus.transport import BusUnavailable, Message
 from backend.adapters.child_processes import die_with_parent
+from backend.adapters.collector import collector_paused
 from backend.adapters.critical_tasks import critical_task
 from backend.adapters.disk import DurableRaftStorage, StorageCorruptError
 from backend.adapters.heartbeats import HEARTBEAT_INTERVAL, heartbeat_message
@@ -139,7 +140,10 @@ class Replica:
                 # CPU than the write and fsync; what arrives meanwhile waits in the socket
                 # and is taken in one go afterwards.
                 self.driver.persist(cycle)
-                self.driver.persisted(cycle, self.loop.time())
+                # a snapshot from the leader is restored while applying: a bulk load
+                restoring = collector_paused() if cycle.ready.snapshot else contextlib.nullcontext()
+                with restoring:
+                    self.driver.persisted(cycle, self.loop.time())
 
     # ---- snapshots in the background ------------------------------------------------------
 
@@ -290,7 +294,12 @@ async def wait_for_exit(pid: int) -> int:
         _pid, status = await asyncio.to_thread(os.waitpid, pid, 0)
         return os.waitstatus_to_exitcode(status)
     exited: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
     try:
         await exited
     finally:
@@ -363,15 +372,16 @@ async def run_replica(
     try:
         lock = lock_directory(directory)
         storage = open_storage(directory, member, members)
-        core = ReplicaCore(
-            group,
-            member,
-            storage.state,
-            partial(topics.raft_member, group),
-            random.Random(),
-            options,
-            snapshot_every=staggered(snapshot_every, member, members),
-        )
+        with collector_paused():  # the core restores the newest snapshot: a bulk load
+            core = ReplicaCore(
+                group,
+                member,
+                storage.state,
+                partial(topics.raft_member, group),
+                random.Random(),
+                options,
+                snapshot_every=staggered(snapshot_every, member, members),
+            )
     except (OSError, StorageCorruptError, LogCorruptedError, ValueError) as exc:
         log.error("replica %s-%s cannot use %s: %s", group, member, directory, exc)
         return EXIT_FAILED

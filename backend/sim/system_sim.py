@@ -821,7 +821,8 @@ class SystemSim:
         self.workload = False
         self.heal()
         self.broker.config = replace(self.broker.config, loss=0.0, duplicate=0.0, stall=0.0)
-        for process in [*self.replicas, *self.caches]:
+        restartable: list[ReplicaProcess | CacheProcess] = [*self.replicas, *self.caches]
+        for process in restartable:
             if not process.alive:
                 process.start()
         self.trace("faults stop; every process is up")
@@ -841,8 +842,12 @@ class SystemSim:
 
     def check(self) -> None:
         for group, safety in self.safety.items():
-            members = [r for r in self.replicas if r.group == group and r.core is not None]
-            safety.check_log_matching((r.member, r.core.node) for r in members)  # type: ignore[union-attr]
+            nodes = [
+                (r.member, r.core.node)
+                for r in self.replicas
+                if r.group == group and r.core is not None
+            ]
+            safety.check_log_matching(nodes)
         result = linearizability.check(self.history, TaskBagModel(), timeout_s=CHECK_TIMEOUT)
         if not result.ok:
             self.fail(result.explain())
@@ -921,14 +926,19 @@ class SystemSim:
 
     def _partition(self) -> None:
         rng = self.rng
-        names = sorted(p.name for p in [*self.replicas, *self.caches, *self.portals])
+        everyone: list[ReplicaProcess | CacheProcess | PortalProcess] = [
+            *self.replicas,
+            *self.caches,
+            *self.portals,
+        ]
+        names = sorted(p.name for p in everyone)
         bridged = False
         kind = rng.random()
         if kind < 0.25:  # two halves, as a broken bridge between two brokers would make
             sides = [[n for n in names if rng.random() < 0.5]]
             lasting = rng.uniform(0.2, 6.0)
         elif kind < 0.45:  # the ring and the portals split in two; the replicas reach both
-            front = sorted(p.name for p in [*self.caches, *self.portals])
+            front = sorted(p.name for p in everyone if not isinstance(p, ReplicaProcess))
             half = [n for n in front if rng.random() < 0.5]
             sides, bridged = [half, [n for n in front if n not in half]], True
             lasting = rng.uniform(0.5, 6.0)
@@ -963,11 +973,11 @@ class SystemSim:
 
     def leader(self, group: str) -> ReplicaProcess | None:
         leaders = [
-            r
+            (r.core.node.term, r)
             for r in self.replicas
             if r.group == group and r.core is not None and r.core.node.is_leader
         ]
-        return max(leaders, key=lambda r: r.core.node.term, default=None)  # type: ignore[union-attr]
+        return max(leaders, key=lambda pair: pair[0], default=(0, None))[1]
 
     def replica(self, group: str, member: int) -> ReplicaProcess:
         return next(r for r in self.replicas if r.group == group and r.member == member)

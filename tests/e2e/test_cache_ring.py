@@ -21,10 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.random_secrets import new_salt
 from backend.adapters.settings import BrokerAddress
 from backend.core import topics
 from backend.core.chord import owner_index
-from backend.core.model.identity import cid_for_name, hash_token, new_salt
+from backend.core.model.identity import cid_for_name, hash_token
 from backend.core.ring import wire
 from tests.conftest import TASKRING, Processes
 from tests.support.waiting import eventually, log_text

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 
 from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.random_secrets import new_salt
 from backend.adapters.settings import BrokerAddress
 from backend.core import topics
-from backend.core.model.identity import cid_for_name, hash_token, new_salt
+from backend.core.model.identity import cid_for_name, hash_token
 from backend.core.replica import wire
 from backend.core.replica.proposer import Done, GroupProposer
 from tests.conftest import TASKRING, Processes
@@ -236,9 +237,9 @@ async def test_a_group_keeps_every_acknowledged_write_through_crashes(
 
         # a duplicate (same client id and request id) is applied once: two copies in flight
         # together both reach the log, a later copy is answered from the answer table
-        message = wire.propose(
-            "dup-1", topics.raft_reply(GROUP, user.client_id, "1"), "dup", 1, [insert_op("dup")], 1
-        )
+        message = wire.Propose(
+            "dup-1", topics.raft_reply(GROUP, user.client_id, "1"), "dup", 1, 1, [insert_op("dup")]
+        ).to_wire()
         copies = await asyncio.gather(
             user.send_raw(first, message), user.send_raw(first, {**message, "corr": "dup-2"})
         )

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from backend.adapters.bus.transport import Bus, BusUnavailable, Message
+from backend.adapters.random_secrets import new_salt
 from backend.adapters.store.interface import EventSink, Unwatch
 from backend.adapters.store.watchers import Watchers
 from backend.core import topics
 from backend.core.drops import Drops
 from backend.core.model.hlc import HybridClock
-from backend.core.model.identity import hash_token, new_salt, token_matches
+from backend.core.model.identity import hash_token, token_matches
 from backend.core.model.lww_tables import Entry, LwwTables, entry_from_wire, entry_to_wire
 from backend.core.model.records import ClientRecord, Task
 

@@ -29,12 +29,13 @@ from collections.abc import Callable
 from typing import Any
 
 from backend.adapters.bus.transport import Bus, BusUnavailable, Message
+from backend.adapters.random_secrets import new_salt
 from backend.adapters.store.interface import TRACE, EventSink, Unwatch
 from backend.adapters.store.watchers import Watchers
 from backend.core import topics
 from backend.core.drops import Drops
 from backend.core.errors import INTERNAL, NOT_FOUND, UNAVAILABLE, OpError
-from backend.core.model.identity import hash_token, new_salt, token_matches
+from backend.core.model.identity import hash_token, token_matches
 from backend.core.model.kv import record_from_wire
 from backend.core.model.records import TOKEN_ROTATED, ClientRecord, Event, Task
 from backend.core.ring import wire

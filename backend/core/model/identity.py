@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import secrets
 import unicodedata
 
 CID_PATTERN = re.compile(r"[0-9a-f]{16}")
 MAX_NAME_BYTES = 256
 MAX_DATA_BYTES = 16_384
 TOKEN_BYTES = 32  # 256 random bits; token_urlsafe gives 43 characters
+SALT_BYTES = 16  # made by backend/adapters/random_secrets.py, as the tokens
 
 
 def normalize_name(name: str) -> str:
@@ -34,14 +34,6 @@ def parse_cid(text: object) -> int | None:
     if not isinstance(text, str) or not CID_PATTERN.fullmatch(text):
         return None
     return int(text, 16)
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
-
-
-def new_salt() -> bytes:
-    return secrets.token_bytes(16)
 
 
 def hash_token(token: str, salt: bytes) -> bytes:

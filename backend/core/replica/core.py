@@ -25,7 +25,8 @@ keeps serving. When the file is durable, `snapshot_saved` compacts the log
 through the job's index, by then older than the applied index; the bytes stay
 on disk. If a follower later needs the snapshot, `snapshot_wanted()` names
 its index and the adapter reads the file and hands it to `snapshot_loaded`.
-`maybe_compact` does all of it in line (the simulators and tests use it).
+ReplicaDriver (driver.py) runs this cycle for the process, the simulators and
+the tests; a simulator encodes the job at once instead of forking.
 
 Batching (group commit). Proposals that arrive while a Ready is being made
 durable wait in a buffer; the next `flush` puts all of them into as few log
@@ -207,15 +208,23 @@ class ReplicaCore:
         if kind == wire.RAFT:
             self._step(message)
             return []
-        if kind in (wire.PROPOSE, wire.READ):
+        if kind == wire.PROPOSE or kind == wire.READ:
+            answer_kind = wire.PROPOSED if kind == wire.PROPOSE else wire.READ_RESULT
             try:
-                corr, reply_to = wire.check_address(message)
+                request = (
+                    wire.Propose.from_wire(message)
+                    if kind == wire.PROPOSE
+                    else wire.Read.from_wire(message)
+                )
+            except wire.BadRequest as exc:
+                waiter = _Waiter(exc.corr, exc.reply_to, now)
+                return [self._error(answer_kind, waiter, BAD_REQUEST, str(exc), ops=())]
             except ValueError as exc:
                 self.drops.bad(f"{kind} without a reply address", exc)
                 return []
-            if kind == wire.PROPOSE:
-                return self._on_propose(message, _Waiter(corr, reply_to, now))
-            return self._on_read(message, _Waiter(corr, reply_to, now))
+            if isinstance(request, wire.Propose):
+                return self._on_propose(request, now)
+            return self._on_read(request, now)
         self.drops.drop("message", "unknown type", f"{kind!r:.80}")
         return []
 
@@ -330,16 +339,6 @@ class ReplicaCore:
         """The bytes `snapshot_wanted` asked for (ignored if a newer snapshot came since)."""
         self.node.snapshot_data(snapshot)
 
-    def maybe_compact(self) -> Snapshot | None:
-        """All of a snapshot in line: if one is due, encode it and compact the log; the
-        caller saves what this returns."""
-        if not self.snapshot_due():
-            return None
-        job = self.start_snapshot()
-        snapshot = job.encode()
-        self.snapshot_saved(job, snapshot)
-        return snapshot
-
     # ---- what others may look at ----------------------------------------------------------
 
     def readiness(self) -> str | None:
@@ -367,14 +366,15 @@ class ReplicaCore:
     # ---- Raft messages ---------------------------------------------------------------------
 
     def _step(self, message: dict[str, Any]) -> None:
-        if message.get("group") != self.group:
-            self.drops.drop("raft", "another group's", f"{message.get('group')!r:.80}")
+        try:
+            batch = wire.RaftBatch.from_wire(message)
+        except ValueError as exc:
+            self.drops.bad("raft", exc)
             return
-        batch = message.get("msgs")
-        if not isinstance(batch, list):
-            self.drops.drop("raft", "msgs is not a list")
+        if batch.group != self.group:
+            self.drops.drop("raft", "another group's", f"{batch.group!r:.80}")
             return
-        for item in batch:
+        for item in batch.messages:
             try:
                 raft_message = message_from_wire(item)
             except ValueError as exc:
@@ -390,22 +390,18 @@ class ReplicaCore:
         for message in ready.messages:
             by_member.setdefault(message.dst, []).append(message_to_wire(message))
         return [
-            Send(self.topic_for(member), wire.raft(self.group, batch))
+            Send(self.topic_for(member), wire.RaftBatch(self.group, batch).to_wire())
             for member, batch in by_member.items()
         ]
 
     # ---- proposals --------------------------------------------------------------------------
 
-    def _on_propose(self, message: dict[str, Any], waiter: _Waiter) -> list[Send]:
-        try:
-            waiter.proposal = wire.check_propose(message)
-        except ValueError as exc:
-            return [self._error(wire.PROPOSED, waiter, BAD_REQUEST, str(exc), ops=())]
+    def _on_propose(self, propose: wire.Propose, now: float) -> list[Send]:
+        proposal = propose.proposal()
+        waiter = _Waiter(propose.corr, propose.reply_to, now, proposal)
         if not self.node.is_leader:
             return [self._not_leader(wire.PROPOSED, waiter)]
-        known = [
-            self.machine.lookup(waiter.proposal.client, rid) for rid in waiter.proposal.request_ids
-        ]
+        known = [self.machine.lookup(proposal.client, rid) for rid in proposal.request_ids]
         if all(outcome == Outcome.APPLIED for outcome, _ in known):
             results = [result for _, result in known if result is not None]
             return [self._answer(waiter, self.machine.applied_index, results, waiter.received)]
@@ -525,11 +521,8 @@ class ReplicaCore:
 
     # ---- reads --------------------------------------------------------------------------------
 
-    def _on_read(self, message: dict[str, Any], waiter: _Waiter) -> list[Send]:
-        try:
-            waiter.ops = wire.check_read(message)
-        except ValueError as exc:
-            return [self._error(wire.READ_RESULT, waiter, BAD_REQUEST, str(exc), ops=())]
+    def _on_read(self, read: wire.Read, now: float) -> list[Send]:
+        waiter = _Waiter(read.corr, read.reply_to, now, ops=read.ops)
         if not self.node.is_leader:
             return [self._not_leader(wire.READ_RESULT, waiter)]
         self._read_batch.append(waiter)
@@ -593,8 +586,8 @@ class ReplicaCore:
         for op, result in zip(ops, results, strict=False):
             outcome = outcome_of(result)
             self.metrics.observe(str(op.get("op")), outcome, max(0.0, now - waiter.received))
-        message = wire.answer_ok(kind, waiter.corr, self.group, self.member, index, results)
-        return Send(waiter.reply_to, message)
+        answer = wire.AnswerOk(kind, waiter.corr, self.group, self.member, index, results)
+        return Send(waiter.reply_to, answer.to_wire())
 
     def _error(
         self,
@@ -612,10 +605,10 @@ class ReplicaCore:
             self.metrics.observe(str(op.get("op")), code, seconds)
         if not ops and code == BAD_REQUEST:
             self.metrics.observe(kind, code, seconds)
-        message = wire.answer_error(
+        answer = wire.AnswerError(
             kind, waiter.corr, self.group, self.member, code, text, self.node.leader
         )
-        return Send(waiter.reply_to, message)
+        return Send(waiter.reply_to, answer.to_wire())
 
     def _not_leader(self, kind: str, waiter: _Waiter, now: float | None = None) -> Send:
         leader = self.node.leader

@@ -141,38 +141,42 @@ class GroupProposer:
     def receive(self, message: dict[str, Any], now: float) -> tuple[list[Done], list[Send]]:
         corr = message.get("corr")
         request = self._by_corr.get(corr) if isinstance(corr, str) else None
-        if request is None or message.get("t") not in (wire.PROPOSED, wire.READ_RESULT):
+        kind = message.get("t")
+        if request is None or (kind != wire.PROPOSED and kind != wire.READ_RESULT):
             return [], []  # an answer to a finished request, or a repeat
         try:
-            wire.check_answer(message, len(request.ops))
+            answer = wire.answer_from_wire(message, len(request.ops))
         except ValueError as exc:
             # Not an answer: the request waits on for a real one (or its deadline).
-            self.drops.bad(str(message.get("t")), exc)
+            self.drops.bad(str(kind), exc)
             return [], []
-        if message.get("ok") is True:
-            self.leader_hint(request.group, message.get("member"))
-            results = message["results"]
-            if request.kind == wire.PROPOSE and request.client == self.client_id:
-                self._on_applied(request.group, results)
-            index = message.get("index")
-            index = index if isinstance(index, int) else 0
-            return [self._finish(request, Done(request.handle, True, results, index=index))], []
-        error = message.get("error") or {}
-        code, text = error.get("code", UNAVAILABLE), error.get("message", "")
-        if code == BAD_REQUEST:
-            return [self._finish(request, Done(request.handle, False, [], code, text))], []
-        current = message.get("corr") == request.corr
+        if isinstance(answer, wire.AnswerOk):
+            return [self._on_ok(request, answer)], []
+        if answer.code == BAD_REQUEST:
+            done = Done(request.handle, False, [], answer.code, answer.message)
+            return [self._finish(request, done)], []
+        return [], self._on_error(request, answer, now)
+
+    def _on_ok(self, request: _Request, answer: wire.AnswerOk) -> Done:
+        self.leader_hint(request.group, answer.member)
+        if request.kind == wire.PROPOSE and request.client == self.client_id:
+            self._on_applied(request.group, answer.results)
+        index = answer.index or 0
+        return self._finish(request, Done(request.handle, True, answer.results, index=index))
+
+    def _on_error(self, request: _Request, answer: wire.AnswerError, now: float) -> list[Send]:
+        """A refusal other than bad_request: retry, at once or after `retry_delay`."""
+        code, text = answer.code, answer.message
         if code != UNAVAILABLE:
             request.maybe_applied = True  # a `timeout` from the group: it may yet apply
         request.last_error = (code, text)
-        leader = message.get("leader")
-        self.leader_hint(request.group, leader)
-        if not current or request.retry_at is not None:
-            return [], []
-        if leader is not None and leader != message.get("member"):
-            return [], [self._send_attempt(request, now)]
+        self.leader_hint(request.group, answer.leader)
+        if answer.corr != request.corr or request.retry_at is not None:
+            return []
+        if answer.leader is not None and answer.leader != answer.member:
+            return [self._send_attempt(request, now)]
         self._retry_later(request, now)
-        return [], []
+        return []
 
     def tick(self, now: float) -> tuple[list[Done], list[Send]]:
         done: list[Done] = []
@@ -232,18 +236,19 @@ class GroupProposer:
         request.sent_at = now
         request.retry_at = None
         reply_to = self.reply_topic(request.group)
+        message: wire.Propose | wire.Read
         if request.kind == wire.PROPOSE:
-            message = wire.propose(
+            message = wire.Propose(
                 request.corr,
                 reply_to,
                 request.client,
                 request.request,
-                request.ops,
                 self.acked(request.group),
+                request.ops,
             )
         else:
-            message = wire.read(request.corr, reply_to, request.ops)
-        return Send(self.inbox(request.group, request.member), message)
+            message = wire.Read(request.corr, reply_to, request.ops)
+        return Send(self.inbox(request.group, request.member), message.to_wire())
 
     def _target(self, request: _Request) -> int:
         """The believed leader; without one, the members in turn."""

@@ -5,13 +5,14 @@ member's inbox `topics.raft_member(group, member)`. Raft's own messages
 (backend/core/raft/messages.py) share the inbox.
 
     raft       member -> member: {"t": "raft", "group", "msgs": [raft message map, ...]}
-               every Raft message one Ready has for that member, in order
+               every Raft message one Ready has for that member, in order   RaftBatch
 
     propose    user -> a member: apply `ops` once, in order, after they are durable
                {"t": "propose", "corr": text, "reply_to": topic, "client": text,
                 "request": int >= 1, "acked": int >= 0, "ops": [op, ...]}
                op i has request id `request + i`; `acked` (at most `request`): the user
                holds the answer of every request id below it. See state_machine.py.
+                                                                                Propose
     proposed   member -> reply_to
                {"t": "proposed", "corr", "group", "member", "ok": true,
                 "index": log index, "results": [op result, ...]}   one per op, in order
@@ -22,7 +23,7 @@ member's inbox `topics.raft_member(group, member)`. Raft's own messages
                "timeout": it may or may not have been applied; "bad_request": malformed.
 
     read       user -> the leader: linearizable reads (ReadIndex, Raft dissertation §6.4)
-               {"t": "read", "corr", "reply_to", "ops": [read op, ...]}
+               {"t": "read", "corr", "reply_to", "ops": [read op, ...]}        Read
     read_result  member -> reply_to
                {"t": "read_result", "corr", "group", "member", "ok": true,
                 "index": applied index read at, "results": [op result, ...]}
@@ -37,15 +38,25 @@ Writes may name an `owner`; `claim` and `renew` must (state_machine.py,
 backend/core/model/kv.py operations; reads may also be state_machine.EXTRA_READ_OPS.
 `reply_to` must lie under taskring/v1/raft/ (topics.raft_reply), the only
 subtree the broker lets replicas publish on.
+
+Each kind is a frozen dataclass: RaftBatch, Propose, Read, and for both answers
+AnswerOk and AnswerError (`kind` is "proposed" or "read_result"). `to_wire` gives
+the map above; `from_wire` is the one check of an arriving map (answer_from_wire
+for either answer), raising ValueError naming the first bad field. A propose or
+read with a usable address raises BadRequest instead, so that it can be answered.
+The Raft messages in a batch and the ops stay maps: each Raft message is decoded
+on its own by the member (a bad one costs only itself), and ops go to kv.py as
+maps, checked here by check_write_or_read_op and check_read_op.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 from backend.core.model.kv import READ_OPS, WRITE_OPS
-from backend.core.replica.state_machine import OWNER_OPS, OpResult, Proposal
+from backend.core.replica.state_machine import OWNER_OPS, Operation, OpResult, Proposal
 
 RAFT = "raft"
 PROPOSE = "propose"
@@ -59,97 +70,203 @@ MAX_U64 = (1 << 64) - 1
 MAX_ID = (1 << 63) - 1
 
 
-# ---- building ---------------------------------------------------------------------------
+# ---- the messages ----------------------------------------------------------------------
+#
+# One frozen dataclass per kind. `to_wire` gives the map above, key for key (the
+# bytes on the wire are the same as ever); `from_wire` is the one check of what
+# arrives: ValueError naming the first bad field. The ops inside stay maps (a
+# KeyValueState operation is a map all the way to kv.py), checked by the
+# functions at the end.
 
 
-def raft(group: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"t": RAFT, "group": group, "msgs": messages}
+class BadRequest(ValueError):
+    """A propose or read with a good address but a bad body: answered `bad_request`
+    at `reply_to`, where one without an address can only be dropped."""
+
+    def __init__(self, corr: str, reply_to: str, problem: str) -> None:
+        super().__init__(problem)
+        self.corr = corr
+        self.reply_to = reply_to
 
 
-def propose(
-    corr: str, reply_to: str, client: str, request: int, ops: list[dict[str, Any]], acked: int
-) -> dict[str, Any]:
-    return {
-        "t": PROPOSE,
-        "corr": corr,
-        "reply_to": reply_to,
-        "client": client,
-        "request": request,
-        "acked": acked,
-        "ops": ops,
-    }
+@dataclass(frozen=True, slots=True)
+class RaftBatch:
+    """Every Raft message one Ready has for a member, in order. The messages stay
+    maps here: the member decodes each on its own, so one bad message does not
+    cost the others (backend/core/raft/messages.py)."""
+
+    group: str
+    messages: list[dict[str, Any]]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": RAFT, "group": self.group, "msgs": self.messages}
+
+    @classmethod
+    def from_wire(cls, message: Mapping[str, Any]) -> RaftBatch:
+        group = message.get("group")
+        if not isinstance(group, str):
+            raise ValueError("group must be text")
+        messages = message.get("msgs")
+        if not isinstance(messages, list):
+            raise ValueError("msgs is not a list")
+        return cls(group, messages)
 
 
-def read(corr: str, reply_to: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"t": READ, "corr": corr, "reply_to": reply_to, "ops": ops}
+@dataclass(frozen=True, slots=True)
+class Propose:
+    corr: str
+    reply_to: str
+    client: str
+    request: int
+    acked: int
+    ops: list[Operation]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": PROPOSE,
+            "corr": self.corr,
+            "reply_to": self.reply_to,
+            "client": self.client,
+            "request": self.request,
+            "acked": self.acked,
+            "ops": self.ops,
+        }
+
+    @classmethod
+    def from_wire(cls, message: Mapping[str, Any]) -> Propose:
+        """ValueError if there is nowhere to answer; BadRequest (a ValueError) if there
+        is, naming the first bad field."""
+        corr, reply_to = _address(message)
+        try:
+            client = _text(message, "client")
+            request = _int(message.get("request"), "request", 1, MAX_ID)
+            acked = _int(message.get("acked", 0), "acked", 0, request)
+            ops = _ops(message, check_write_or_read_op)
+            if request + len(ops) - 1 > MAX_ID:
+                raise ValueError("request ids run past 2**63 - 1")
+        except ValueError as exc:
+            raise BadRequest(corr, reply_to, str(exc)) from exc
+        return cls(corr, reply_to, client, request, acked, ops)
+
+    def proposal(self) -> Proposal:
+        return Proposal(self.client, self.request, self.acked, tuple(self.ops))
 
 
-def answer_ok(
-    kind: str, corr: str, group: str, member: int, index: int, results: list[OpResult]
-) -> dict[str, Any]:
-    return {
-        "t": kind,
-        "corr": corr,
-        "group": group,
-        "member": member,
-        "ok": True,
-        "index": index,
-        "results": results,
-    }
+@dataclass(frozen=True, slots=True)
+class Read:
+    corr: str
+    reply_to: str
+    ops: list[Operation]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": READ, "corr": self.corr, "reply_to": self.reply_to, "ops": self.ops}
+
+    @classmethod
+    def from_wire(cls, message: Mapping[str, Any]) -> Read:
+        """As Propose.from_wire: ValueError without an address, BadRequest with one."""
+        corr, reply_to = _address(message)
+        try:
+            ops = _ops(message, check_read_op)
+        except ValueError as exc:
+            raise BadRequest(corr, reply_to, str(exc)) from exc
+        return cls(corr, reply_to, ops)
 
 
-def answer_error(
-    kind: str, corr: str, group: str, member: int, code: str, message: str, leader: int | None
-) -> dict[str, Any]:
-    return {
-        "t": kind,
-        "corr": corr,
-        "group": group,
-        "member": member,
-        "ok": False,
-        "error": {"code": code, "message": message},
-        "leader": leader,
-    }
+@dataclass(frozen=True, slots=True)
+class AnswerOk:
+    """A proposal applied (`kind` PROPOSED) or reads served (READ_RESULT) at `index`,
+    one result per op. `group`, `member` and `index` are None only in an answer
+    that left them out, which users accept."""
+
+    kind: str
+    corr: str
+    group: str | None
+    member: int | None
+    index: int | None
+    results: list[OpResult]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": self.kind,
+            "corr": self.corr,
+            "group": self.group,
+            "member": self.member,
+            "ok": True,
+            "index": self.index,
+            "results": self.results,
+        }
+
+    @classmethod
+    def from_wire(cls, message: Mapping[str, Any], ops: int | None = None) -> AnswerOk:
+        """As answer_from_wire, and ValueError for a refusal."""
+        answer = answer_from_wire(message, ops)
+        if not isinstance(answer, AnswerOk):
+            raise ValueError("ok must be true")
+        return answer
 
 
-# ---- checking ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AnswerError:
+    """A proposal or read refused: `code` (see above), and the leader if known."""
+
+    kind: str
+    corr: str
+    group: str | None
+    member: int | None
+    code: str
+    message: str
+    leader: int | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "t": self.kind,
+            "corr": self.corr,
+            "group": self.group,
+            "member": self.member,
+            "ok": False,
+            "error": {"code": self.code, "message": self.message},
+            "leader": self.leader,
+        }
+
+    @classmethod
+    def from_wire(cls, message: Mapping[str, Any]) -> AnswerError:
+        """As answer_from_wire, and ValueError for an ok answer."""
+        answer = answer_from_wire(message)
+        if not isinstance(answer, AnswerError):
+            raise ValueError("ok must be false")
+        return answer
 
 
-def check_address(message: Mapping[str, Any]) -> tuple[str, str]:
-    """The (corr, reply_to) of a propose or read; ValueError if there is nowhere to answer."""
-    return _text(message, "corr"), _text(message, "reply_to")
+Answer = AnswerOk | AnswerError
 
 
-def check_propose(message: Mapping[str, Any]) -> Proposal:
-    """The proposal a propose message carries; ValueError naming the first bad field."""
-    client = _text(message, "client")
-    request = _int(message.get("request"), "request", 1, MAX_ID)
-    acked = _int(message.get("acked", 0), "acked", 0, request)
-    ops = _ops(message, check_write_or_read_op)
-    if request + len(ops) - 1 > MAX_ID:
-        raise ValueError("request ids run past 2**63 - 1")
-    return Proposal(client, request, acked, tuple(ops))
-
-
-def check_answer(message: Mapping[str, Any], ops: int) -> None:
-    """A proposed/read_result answering a request of `ops` operations, in the form above;
-    ValueError naming the first bad field (what a result's `result` holds is checked
-    by whoever reads it)."""
-    _text(message, "corr")
+def answer_from_wire(message: Mapping[str, Any], ops: int | None = None) -> Answer:
+    """A proposed/read_result in the form above, answering a request of `ops`
+    operations if given (then an ok answer must hold that many results); ValueError
+    naming the first bad field (what a result's `result` holds is checked by whoever
+    reads it)."""
+    kind = message.get("t")
+    if kind != PROPOSED and kind != READ_RESULT:
+        raise ValueError(f"t must be {PROPOSED!r} or {READ_RESULT!r}")
+    corr = _text(message, "corr")
+    group = message.get("group")
+    if group is not None and not isinstance(group, str):
+        raise ValueError("group must be text")
     ok = message.get("ok")
     if not isinstance(ok, bool):
         raise ValueError("ok must be true or false")
-    for name in ("member", "leader", "index"):
-        value = message.get(name)
-        if value is not None:
-            _int(value, name, 0, MAX_U64)
+    member = _optional_u64(message, "member")
+    leader = _optional_u64(message, "leader")
+    index = _optional_u64(message, "index")
     if not ok:
-        if not _is_error(message.get("error")):
+        error = message.get("error")
+        if not _is_error(error):
             raise ValueError("error must be a map of code and message texts")
-        return
+        return AnswerError(kind, corr, group, member, error["code"], error["message"], leader)
     results = message.get("results")
-    if not isinstance(results, list) or len(results) != ops:
-        raise ValueError(f"results must be a list of {ops} op results")
+    if not isinstance(results, list) or (ops is not None and len(results) != ops):
+        counted = "op results" if ops is None else f"{ops} op results"
+        raise ValueError(f"results must be a list of {counted}")
     for result in results:
         if not isinstance(result, Mapping) or not isinstance(result.get("ok"), bool):
             raise ValueError("an op result must be a map with ok")
@@ -157,18 +274,25 @@ def check_answer(message: Mapping[str, Any], ops: int) -> None:
             raise ValueError("an ok op result must carry a result map")
         if not result["ok"] and not _is_error(result.get("error")):
             raise ValueError("a failed op result must carry an error map")
+    return AnswerOk(kind, corr, group, member, index, results)
 
 
-def _is_error(error: Any) -> bool:
+def _address(message: Mapping[str, Any]) -> tuple[str, str]:
+    """The (corr, reply_to) of a propose or read; ValueError if there is nowhere to answer."""
+    return _text(message, "corr"), _text(message, "reply_to")
+
+
+def _optional_u64(message: Mapping[str, Any], name: str) -> int | None:
+    value = message.get(name)
+    return None if value is None else _int(value, name, 0, MAX_U64)
+
+
+def _is_error(error: Any) -> TypeGuard[Mapping[str, Any]]:
     return (
         isinstance(error, Mapping)
         and isinstance(error.get("code"), str)
         and isinstance(error.get("message"), str)
     )
-
-
-def check_read(message: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return _ops(message, check_read_op)
 
 
 def _ops(message: Mapping[str, Any], check: Callable[[Any], None]) -> list[dict[str, Any]]:

@@ -12,11 +12,12 @@ import pytest
 from backend.adapters import broker_logins
 from backend.adapters.bus.memory import MemoryHub
 from backend.adapters.bus.probe import connect_packet, parse_connack
+from backend.adapters.random_secrets import new_salt
 from backend.adapters.settings import BrokerAddress, ConfigError
 from backend.adapters.store.local_store import LocalStore
 from backend.adapters.store.ring_store import RingStore
 from backend.core import topics
-from backend.core.model.identity import hash_token, new_salt
+from backend.core.model.identity import hash_token
 from backend.core.ring.cache_core import CacheNode, Publish
 from backend.processes.broker import MosquittoSettings, mosquitto_conf
 from tests.unit.core.test_cache_core import Cluster

@@ -12,11 +12,11 @@ import asyncio
 import pytest
 
 from backend.adapters.bus.memory import MemoryBus, MemoryHub
+from backend.adapters.random_secrets import new_token
 from backend.adapters.store.interface import TRACE
 from backend.adapters.store.ring_store import RingStore
 from backend.core import topics
 from backend.core.errors import EXISTS, TIMEOUT, UNAVAILABLE, OpError
-from backend.core.model.identity import new_token
 from backend.core.model.kv import KeyValueState, record_to_wire
 from backend.core.model.records import Event, Task
 from backend.core.ring import wire

@@ -67,14 +67,14 @@ def replayed_by_a_group(spec: DataSpec, group: str) -> ReplicaStateMachine:
     leader = cores.elect()
     for number, proposals in enumerate(group_entries(spec, group, clients(spec))):
         for position, proposal in enumerate(proposals):
-            message = wire.propose(
+            message = wire.Propose(
                 f"c{number}.{position}",
                 REPLY,
                 proposal.client,
                 proposal.request,
-                list(proposal.ops),
                 proposal.acked,
-            )
+                list(proposal.ops),
+            ).to_wire()
             cores.deliver(leader, message)
         cores.settle()
         assert cores.leader() == leader

@@ -55,29 +55,33 @@ class Groups:
         corr = message["corr"]
         machine = self.machines[group]
         if message["t"] == wire.READ:
-            ops = wire.check_read(message)
-            results = [machine.read(op) for op in ops]
-            return wire.answer_ok(
+            read = wire.Read.from_wire(message)
+            results = [machine.read(op) for op in read.ops]
+            answer = wire.AnswerOk(
                 wire.READ_RESULT, corr, group, member, machine.applied_index, results
             )
+            return answer.to_wire()
         try:
-            proposal = wire.check_propose(message)
+            proposal = wire.Propose.from_wire(message).proposal()
         except ValueError as exc:
-            return wire.answer_error(wire.PROPOSED, corr, group, member, BAD_REQUEST, str(exc), 1)
+            refusal = wire.AnswerError(wire.PROPOSED, corr, group, member, BAD_REQUEST, str(exc), 1)
+            return refusal.to_wire()
         known = [machine.lookup(proposal.client, rid) for rid in proposal.request_ids]
         if all(outcome == Outcome.APPLIED for outcome, _ in known):
             results = [result for _, result in known if result is not None]
-            return wire.answer_ok(
+            answer = wire.AnswerOk(
                 wire.PROPOSED, corr, group, member, machine.applied_index, results
             )
+            return answer.to_wire()
         index = machine.applied_index + 1
         [results] = machine.apply_entry(index, encode_batch([proposal]))
-        return wire.answer_ok(wire.PROPOSED, corr, group, member, index, results)
+        return wire.AnswerOk(wire.PROPOSED, corr, group, member, index, results).to_wire()
 
     def refuse(self, send: Send, code: str, text: str = "refused") -> dict[str, Any]:
         group, member = where(send)
         kind = wire.READ_RESULT if send.message["t"] == wire.READ else wire.PROPOSED
-        return wire.answer_error(kind, send.message["corr"], group, member, code, text, MEMBER)
+        corr = send.message["corr"]
+        return wire.AnswerError(kind, corr, group, member, code, text, MEMBER).to_wire()
 
 
 class Node:

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
+from backend.adapters.random_secrets import new_salt
 from backend.core import topics
 from backend.core.chord import owner_index
 from backend.core.codec import pack, unpack
-from backend.core.model.identity import cid_for_name, hash_token, new_salt
+from backend.core.model.identity import cid_for_name, hash_token
 from backend.core.replica import wire as group_wire
 from backend.core.replica.core import Send
 from backend.core.replica.group import group_for

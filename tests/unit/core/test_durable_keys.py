@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from backend.core.model.identity import hash_token, new_salt
+from backend.adapters.random_secrets import new_salt
+from backend.core.model.identity import hash_token
 from backend.core.raft import RaftOptions, bootstrap_state
 from backend.core.replica import wire
 from backend.core.replica.core import ReplicaCore, Send
@@ -863,8 +864,12 @@ def test_the_stand_in_group_answers_a_repeated_proposal_as_a_replica_core_does()
         core.tick(now)
         _run_ready(core, now)
     stand_in = Groups([G1])
-    first = wire.propose("c1", "reply", "x", 1, [{"op": "claim", "cid": K, "owner": "a/1"}], 1)
-    other = wire.propose("c2", "reply", "y", 1, [{"op": "renew", "cid": 0, "owner": "b/1"}], 1)
+    first = wire.Propose(
+        "c1", "reply", "x", 1, 1, [{"op": "claim", "cid": K, "owner": "a/1"}]
+    ).to_wire()
+    other = wire.Propose(
+        "c2", "reply", "y", 1, 1, [{"op": "renew", "cid": 0, "owner": "b/1"}]
+    ).to_wire()
     retry = {**first, "corr": "c3"}
     real = [_real_answer(core, m, now) for m in (first, other, retry)]
     fake = [stand_in.commit(Send("taskring/v1/raft/g1/1", m)) for m in (first, other, retry)]

@@ -337,8 +337,12 @@ class _FuzzedAnswers(DurableNode):
 @given(st.data())
 def test_a_durable_cache_node_survives_anything_and_still_serves(data: st.DataObject) -> None:
     answers = [
-        group_wire.answer_ok(group_wire.PROPOSED, "x", "g1", 1, 3, [{"ok": True, "result": {}}]),
-        group_wire.answer_error(group_wire.READ_RESULT, "x", "g1", 1, "unavailable", "no", 1),
+        group_wire.AnswerOk(
+            group_wire.PROPOSED, "x", "g1", 1, 3, [{"ok": True, "result": {}}]
+        ).to_wire(),
+        group_wire.AnswerError(
+            group_wire.READ_RESULT, "x", "g1", 1, "unavailable", "no", 1
+        ).to_wire(),
     ]
     fakes = data.draw(st.lists(arriving(answers), max_size=3))
     remaining = list(fakes)
@@ -396,8 +400,8 @@ def _replica_messages(group: _RecordingGroup) -> list[dict[str, Any]]:
     op = {"op": "insert_task", "cid": 42, "title": "t", "description": ""}
     return [
         *group.raft_seen,
-        group_wire.propose("p", REPLY, "fuzz", 1, [op], 1),
-        group_wire.read("r", REPLY, [{"op": "list_tasks", "cid": 42}]),
+        group_wire.Propose("p", REPLY, "fuzz", 1, 1, [op]).to_wire(),
+        group_wire.Read("r", REPLY, [{"op": "list_tasks", "cid": 42}]).to_wire(),
     ]
 
 
@@ -407,14 +411,16 @@ def _replica_messages(group: _RecordingGroup) -> list[dict[str, Any]]:
 def test_a_replica_survives_anything_and_the_group_still_commits(data: st.DataObject) -> None:
     group = _RecordingGroup()
     leader = group.elect()
-    group.deliver(leader, group_wire.propose("p0", REPLY, "c0", 1, [_create(7)], 1))
+    group.deliver(leader, group_wire.Propose("p0", REPLY, "c0", 1, 1, [_create(7)]).to_wire())
     group.settle()
     for message in data.draw(arriving(_replica_messages(group))):
         for member in group.ids:
             group.deliver(member, message)
     group.step(40)
     leader = group.elect()
-    group.deliver(leader, group_wire.propose("after", REPLY, "c-after", 1, [_create(42)], 1))
+    group.deliver(
+        leader, group_wire.Propose("after", REPLY, "c-after", 1, 1, [_create(42)]).to_wire()
+    )
     group.settle()
     group.step(20)
     answer = group.answer("after")

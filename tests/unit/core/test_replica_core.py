@@ -39,7 +39,7 @@ def insert(title: str) -> dict[str, Any]:
 
 
 def propose(corr: str, request: int, *ops: dict[str, Any], client: str = "c1") -> dict:
-    return wire.propose(corr, REPLY, client, request, list(ops), 1)
+    return wire.Propose(corr, REPLY, client, request, 1, list(ops)).to_wire()
 
 
 def titles(group: Group, member: int) -> list[str]:
@@ -178,14 +178,14 @@ def test_reads_are_linearizable_and_served_by_the_leader_only() -> None:
     leader = group.elect()
     group.deliver(leader, propose("p1", 1, create(), insert("a")))
     group.settle()
-    group.deliver(leader, wire.read("r1", REPLY, [{"op": "list_tasks", "cid": CID}]))
+    group.deliver(leader, wire.Read("r1", REPLY, [{"op": "list_tasks", "cid": CID}]).to_wire())
     assert group.answer("r1") is None  # waits for a heartbeat round to confirm leadership
     group.settle()
     read = group.answer("r1")
     assert read is not None and read["ok"] is True
     assert read["results"][0]["result"]["tasks"] == [{"title": "a", "description": ""}]
     follower = next(m for m in group.ids if m != leader)
-    group.deliver(follower, wire.read("r2", REPLY, [{"op": "list_tasks", "cid": CID}]))
+    group.deliver(follower, wire.Read("r2", REPLY, [{"op": "list_tasks", "cid": CID}]).to_wire())
     assert answered(group, "r2")["error"]["code"] == "unavailable"
 
 
@@ -193,7 +193,7 @@ def test_a_read_on_a_deposed_leader_is_never_served() -> None:
     group = Group()
     old = group.elect()
     group.isolate(old)
-    group.deliver(old, wire.read("r1", REPLY, [{"op": "list_tasks", "cid": CID}]))
+    group.deliver(old, wire.Read("r1", REPLY, [{"op": "list_tasks", "cid": CID}]).to_wire())
     group.run_until(lambda: group.answer("r1") is not None)
     assert answered(group, "r1")["error"]["code"] == "unavailable"
 

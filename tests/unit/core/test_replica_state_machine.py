@@ -8,7 +8,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from backend.core.model.identity import hash_token, new_salt, token_matches
+from backend.adapters.random_secrets import new_salt
+from backend.core.model.identity import hash_token, token_matches
 from backend.core.replica import wire
 from backend.core.replica.state_machine import (
     Outcome,
@@ -218,14 +219,18 @@ def test_batches_round_trip() -> None:
 
 
 def propose(**changes: Any) -> dict[str, Any]:
-    message = wire.propose("corr-1", "taskring/v1/raft/g1/reply/x", "c1", 5, [insert("a")], 2)
+    message = wire.Propose(
+        "corr-1", "taskring/v1/raft/g1/reply/x", "c1", 5, 2, [insert("a")]
+    ).to_wire()
     message.update(changes)
     return message
 
 
 def test_a_well_formed_proposal_is_accepted() -> None:
-    assert wire.check_propose(propose()) == Proposal("c1", 5, 2, (insert("a"),))
-    assert wire.check_address(propose()) == ("corr-1", "taskring/v1/raft/g1/reply/x")
+    decoded = wire.Propose.from_wire(propose())
+    assert decoded.proposal() == Proposal("c1", 5, 2, (insert("a"),))
+    assert (decoded.corr, decoded.reply_to) == ("corr-1", "taskring/v1/raft/g1/reply/x")
+    assert decoded.to_wire() == propose()
 
 
 @pytest.mark.parametrize(
@@ -250,23 +255,27 @@ def test_a_well_formed_proposal_is_accepted() -> None:
 def test_a_malformed_proposal_is_refused_naming_the_field(
     changes: dict[str, Any], complaint: str
 ) -> None:
-    with pytest.raises(ValueError, match=complaint):
-        wire.check_propose(propose(**changes))
+    with pytest.raises(wire.BadRequest, match=complaint) as raised:
+        wire.Propose.from_wire(propose(**changes))
+    assert (raised.value.corr, raised.value.reply_to) == ("corr-1", "taskring/v1/raft/g1/reply/x")
 
 
 @pytest.mark.parametrize("changes", [{"corr": ""}, {"reply_to": None}, {"corr": "x" * 300}])
 def test_a_request_with_nowhere_to_answer_is_refused(changes: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
-        wire.check_address(propose(**changes))
+    with pytest.raises(ValueError) as raised:
+        wire.Propose.from_wire(propose(**changes))
+    assert not isinstance(raised.value, wire.BadRequest)
 
 
 def test_reads_accept_only_read_operations() -> None:
-    ok = wire.read("r", "t", [{"op": "list_tasks", "cid": 1}, {"op": "load_keys", "cids": [1]}])
-    assert len(wire.check_read(ok)) == 2
+    ok = wire.Read(
+        "r", "t", [{"op": "list_tasks", "cid": 1}, {"op": "load_keys", "cids": [1]}]
+    ).to_wire()
+    assert len(wire.Read.from_wire(ok).ops) == 2
     for bad in (
         [insert("a")],
         [{"op": "clients_after", "after": -2, "limit": 5}],
         [{"op": "load_keys", "cids": ["x"]}],
     ):
         with pytest.raises(ValueError):
-            wire.check_read(wire.read("r", "t", bad))
+            wire.Read.from_wire(wire.Read("r", "t", bad).to_wire())

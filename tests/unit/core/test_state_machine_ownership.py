@@ -9,7 +9,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from backend.core.model.identity import hash_token, new_salt
+from backend.adapters.random_secrets import new_salt
+from backend.core.model.identity import hash_token
 from backend.core.model.kv import key_to_wire
 from backend.core.replica import state_machine, wire
 from backend.core.replica.state_machine import Proposal, ReplicaStateMachine, encode_batch
@@ -364,11 +365,11 @@ def test_a_snapshot_of_an_unknown_version_is_refused_with_a_clear_error() -> Non
 
 
 def propose(*ops: dict[str, Any]) -> dict[str, Any]:
-    return wire.propose("c1", "taskring/v1/raft/g1/reply/x", "x", 1, list(ops), 1)
+    return wire.Propose("c1", "taskring/v1/raft/g1/reply/x", "x", 1, 1, list(ops)).to_wire()
 
 
 def test_claim_renew_and_owned_writes_pass_the_wire_check() -> None:
-    proposal = wire.check_propose(propose(claim("a/1"), renew("a/1"), insert("t", owner="a/1")))
+    proposal = wire.Propose.from_wire(propose(claim("a/1"), renew("a/1"), insert("t", owner="a/1")))
     assert [op["op"] for op in proposal.ops] == ["claim", "renew", "insert_task"]
 
 
@@ -391,26 +392,26 @@ def test_claim_renew_and_owned_writes_pass_the_wire_check() -> None:
 )
 def test_bad_owner_fields_are_refused_naming_the_field(op: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
-        wire.check_propose(propose(op))
+        wire.Propose.from_wire(propose(op))
 
 
 def test_a_write_whose_owner_is_null_is_refused() -> None:
     # `owner: null` is neither an owner (it would pass the fence of a key nobody
     # owns) nor no owner (it is fenced on a key somebody owns).
     with pytest.raises(ValueError, match="owner"):
-        wire.check_propose(propose({**insert("t"), "owner": None}))
+        wire.Propose.from_wire(propose({**insert("t"), "owner": None}))
 
 
 def test_claim_and_renew_are_not_reads() -> None:
     for op in (claim("a/1"), renew("a/1")):
         with pytest.raises(ValueError, match="not a read operation"):
-            wire.check_read(wire.read("c1", "taskring/v1/raft/g1/reply/x", [op]))
+            wire.Read.from_wire(wire.Read("c1", "taskring/v1/raft/g1/reply/x", [op]).to_wire())
 
 
 def test_a_read_naming_an_owner_is_refused_as_a_read() -> None:
     op = {"op": "get_client", "cid": CID, "owner": "a/1"}
     with pytest.raises(ValueError, match="not a read operation"):
-        wire.check_read(wire.read("c1", "taskring/v1/raft/g1/reply/x", [op]))
+        wire.Read.from_wire(wire.Read("c1", "taskring/v1/raft/g1/reply/x", [op]).to_wire())
 
 
 # ---- writes a portal retried through another cache node --------------------------------
