@@ -3,31 +3,12 @@ ring had stored them through its portals.
 
 Storing a million tasks through the portals takes many minutes; measuring a full
 restart needs them on disk in seconds. So this module makes the operations a real
-deployment would have committed and writes them with the replica's own code:
-
-- the operations: for each client, the owning cache node's `claim`, the admin
-  portal's `create_client` (token salt and hash as backend/adapters/store/ring_store.py makes
-  them) and the client portal's `insert_task`s, each write naming its owner and
-  carrying a portal request id (`req`), plus every cache node's lease renewal
-  now and then. Each client's group is `group_for(cid, groups)` and its owner
-  the cache node whose ring position follows the CID, as in the running system;
-- the log: every cache node (one proposer client per incarnation) sends
-  proposals of `ops_per_proposal` operations; a log entry holds one proposal
-  of each, as a leader's group commit does;
-- the state: every entry is applied through ReplicaStateMachine.apply_entry;
-- the disk: DurableRaftStorage writes the entries, the hard state and the
-  snapshots (one every `snapshot_every` entries, as ReplicaDriver
-  starts them) for every member of every group.
-
-The Raft history is the same on every member: entry 1 is the founding
-configuration (term 1, as `bootstrap` writes it); member 1 won the election of
-term 2 with every vote and appended its no-op at index 2; the data entries
-follow in term 2, all committed. A replica started on this directory finds
-exactly what it would have written itself.
-
-Everything random (tokens, salts, incarnations) is derived from the seed, so
-the same spec gives the same bytes and the caller can recompute each client's
-token and expected tasks (`clients`, `expected_tasks`).
+deployment would have committed (claims, `create_client`, `insert_task`s, lease
+renewals), applies them through ReplicaStateMachine and writes every member's log
+and snapshots with DurableRaftStorage, so a replica started there finds exactly
+what it would have written itself. Everything random derives from the seed, so
+the caller can recompute each client's token and tasks (`clients`,
+`expected_tasks`). How the data is laid out: docs/operating.md, Measuring.
 """
 
 from __future__ import annotations

@@ -1,54 +1,19 @@
 """`taskring cache-node`: one cache node of the Chord ring, as its own process.
 
 A thin asyncio adapter around backend/core/ring/cache_core.py's CacheNode: it moves
-msgpack maps between the MQTT broker and the core, ticks the core every
-cache_core.TICK_INTERVAL (0.1 s), publishes what the core returns in order, and
-sends a heartbeat every second.
+msgpack maps between the MQTT broker and the core, ticks it every TICK_INTERVAL,
+publishes what it returns in order, and sends a heartbeat every second (its
+"ring" map: docs/architecture.md, Heartbeats). Its MQTT last will is a
+`host_gone` of its incarnation (docs/architecture.md, "Dead cache nodes").
 
     taskring cache-node [--id cache-node-1] [--broker URL] [--vnodes 8]
                         [--bootstrap] [--join-wait 2.0]
                         [--replica-groups 0] [--replicas 3]
 
-With --replica-groups G > 0 the node is durable: keys live in replica groups
-g1..gG of members 1..R (`taskring replica`), and memory is their cache
-(backend/core/ring/durable_keys.py). With 0 keys live in memory only.
-
-Without --bootstrap the node waits (as long as it takes, saying so every 5 s)
-for a ring member to announce itself and joins through it. With --bootstrap it
-starts a new ring when no member has announced itself within --join-wait
-seconds. SIGTERM or SIGINT: hand every key to its next owner, leave the ring,
-let the handovers be acknowledged (briefly), exit 0.
-
-Subscriptions: topics.ring_host(id) (Chord messages, request, scan, handover,
-handover_ack), topics.RING_ANNOUNCE and, durable, the groups' answers
-(topics.raft_replies of the node's id and this run's incarnation). Publishes: Chord
-messages and handovers to other nodes' host topics, replies to each request's reply_to,
-change events on topics.ring_events(id) (token rotations and deletions also on
-topics.RING_CLIENT_CHANGES), an announcement twice a second. The node's MQTT last
-will is a `host_gone` of its incarnation on topics.RING_ANNOUNCE (wire.py), which
-the broker publishes the moment the process dies; a clean shutdown publishes the
-same itself, last.
-
-Heartbeat on topics.heartbeat("cache-node", id): telemetry.heartbeat_message's
-fields (address "", ready while a ring member, problem "not yet in the ring"
-otherwise; metrics count the operations this node applied as owner, by op and
-outcome) plus a "ring" map. Ring positions are 16 lowercase hex digits, a peer
-is [host id, position]:
-
-    "ring": {
-      "member":       bool, some position is in the ring (and the node is not leaving)
-      "positions":    [position, ...] of this node, ascending
-      "predecessors": [peer | None, ...] one per position, same order
-      "successors":   [peer, ...] successor list of the first (lowest) position
-      "fingers":      [peer, ...] that position's distinct fingers, nearest first
-      "keys":         int, keys (CIDs) held in memory
-      "moving":       int, keys handed to another node and not yet acknowledged
-      "vnodes":       [{"position", "state": "idle"|"joining"|"member"|"lost"|"left",
-                        "predecessor": peer | None, "successors": [peer...],
-                        "fingers": [peer...]}, ...] every position in full, same order
-      "durable":      bool, keys live in replica groups
-      "groups":       [group id, ...] those groups (/readyz waits for a leader in each)
-    }
+--replica-groups G > 0 keeps keys in groups g1..gG of members 1..R, else in
+memory only. Without --bootstrap the node waits for a ring member to announce
+itself and joins through it; with it, it starts a new ring when none has
+within --join-wait seconds. SIGTERM or SIGINT: hand keys on, leave, exit 0.
 """
 
 from __future__ import annotations

@@ -1,49 +1,19 @@
 """`taskring replica`: one replica of a replica group, as its own process.
 
-A thin asyncio adapter around backend/core/replica/core.py's ReplicaCore, driven by
-backend/core/replica/driver.py's ReplicaDriver (which the simulator and the unit
-tests run too): it feeds the core what arrives on this replica's inbox, ticks
-it, and runs the Ready cycle in the order Raft requires: persist (one fsync
-per Ready), send, apply, advance; then a snapshot when one is due. This module
-does the I/O the driver asks for.
-
-Snapshots are taken the way Redis's BGSAVE does: the replica forks, and the
-child encodes the state as of the fork (the pages are shared copy-on-write)
-and writes the snapshot file, then exits; the replica keeps serving
-meanwhile, and once the child has exited successfully (a pidfd tells the
-event loop) compacts its log through the snapshot's index. One child at a
-time; a failed one is logged and retried after SNAPSHOT_RETRY seconds; on
-stop the child is killed and its temporary file removed. The child touches
-nothing but its own file: no logging (another thread may hold a handler's
-lock at the fork), no event loop, no broker connection; it closes the
-descriptors it inherited and leaves with os._exit, so no atexit handler or
-buffered output of the parent runs twice. It dies with the replica
-(PR_SET_PDEATHSIG). After such a snapshot the bytes are on disk only; when a
-lagging follower needs them the replica reads the file in a worker thread.
+A thin asyncio adapter around backend/core/replica/core.py's ReplicaCore, run by
+backend/core/replica/driver.py's ReplicaDriver: this module does the I/O the
+driver asks for (the MQTT inbox, the disk, a heartbeat every second with a "raft"
+map) and takes snapshots in a forked child, as Redis's BGSAVE does
+(docs/architecture.md, "Snapshots" and "Heartbeats").
 
     taskring replica --group g1 --member 2 [--members 1,2,3] [--data-dir DIR]
                      [--broker URL] [--tick 0.05] [--election-ticks 10]
                      [--snapshot-every 10000]    (or TASKRING_SNAPSHOT_EVERY)
 
-Files: DIR/replicas/<group>-<member>/ (wal/ and snap/, see backend/adapters/disk;
-LOCK keeps a second process off the same files).
-On an empty directory the replica founds the group with --members as its
-voters; later starts recover from the log and snapshot, and --members is
-ignored (the membership lives in the log).
-
-Subscriptions: topics.raft_member(group, member): Raft messages from the other
-members, proposals and reads (formats in backend/core/replica/wire.py). Publishes:
-Raft messages to the other members' inboxes, answers to each request's
-reply_to, and a heartbeat every second on topics.heartbeat("replica",
-"<group>-<member>"): telemetry.heartbeat_message's fields (ready while the
-group has a leader; metrics count the operations this replica answered) plus
-
-    "raft": {"group", "member", "role", "term", "leader" (member id or None),
-             "commit_index", "applied_index", "last_index", "snapshot_index",
-             "voters": [member ids], "keys": keys held, "waiting": proposals
-             not yet answered}
-
-SIGTERM or SIGINT: finish the write in progress, close the log, exit 0.
+Files: DIR/replicas/<group>-<member>/ (wal/, snap/, and LOCK against a second
+process). An empty directory founds the group with --members as its voters;
+later starts recover from the log and ignore --members. SIGTERM or SIGINT:
+finish the write in progress, close the log, exit 0.
 """
 
 from __future__ import annotations

@@ -2,67 +2,14 @@
 portals and their clients, under faults, checking Raft's safety and that every client
 history is linearizable.
 
-One seed fixes everything: the deployment's shape (cache nodes, ring positions,
-replica groups and members, portals, clients and their keys), the fault rates,
-the broker's delays, losses and duplicates (broker.py), every crash, restart,
-partition and heal, every client operation and every node's random choices.
-Time is virtual (network.Scheduler), so a failing seed replays exactly:
+It runs production's own cores (CacheNode, ReplicaCore through ReplicaDriver,
+PortalCore) the way their processes drive them, over the simulated broker, with
+virtual time; one seed fixes everything, so a failing seed replays exactly:
 
     TASKRING_SIM_SEED=1234 .venv/bin/pytest -q tests/sim/test_system_sim.py -k replay
     .venv/bin/python -m backend.sim.system_sim --seed 1234 --trace
 
-What runs is the product's own pure cores, driven the way their processes drive
-them:
-
-- cache nodes: `CacheNode(..., groups=...)` (backend/core/ring/cache_core.py): `receive`
-  per message, `flush` shortly after each burst with what the burst produced sent
-  as one batch per topic (`coalesce`), `tick` every 0.1 s, as
-  backend/processes/cache_node.py does; each node's clock runs at its own slightly
-  wrong rate. A killed cache node is gone with its memory, and the broker
-  publishes its last will (a `host_gone`, as Mosquitto does for the real one); it
-  comes back later as a new incarnation that joins the ring.
-- replicas: `ReplicaCore` (backend/core/replica/core.py) ticked every 0.05 s, run by
-  backend/core/replica/driver.py's ReplicaDriver as backend/processes/replica.py runs it
-  (a leader's entries sent before its persist, the rest after; apply, advance)
-  over raft_sim's simulated disk: the write and the fsync are separate events,
-  and a crash loses what was not yet fsynced. Snapshots are taken as the
-  process takes them: the state frozen when one is due, saved by a background
-  writer a seeded while later (a crash before then loses it), the log compacted
-  and its records freed only then, and the file read back when a lagging
-  follower needs its bytes.
-- portals: `PortalCore` (backend/core/ring/portal_core.py), the core RingStore
-  (backend/adapters/store/ring_store.py) drives: a `request` to the cache node whose announced
-  position follows the key; `unavailable` retried through another node until the
-  5 s deadline; no answer within a second retried through another node too (a
-  write carries the portal's request id `req`, which the groups apply once), and
-  at once when the entry or the key's owner dies (its will); a write with no
-  answer by the deadline is `timeout`. What a burst sends leaves as one batch per
-  topic shortly after, the core is ticked when it asks to be.
-- clients: sequential users, several per key, who first create their client and
-  then insert, update and delete tasks of a few colliding titles, list them, and
-  clear them.
-
-Faults, at seeded rates during the run: replica crashes and leader kills (both
-losing unsynced writes; restarts after a while), cache node kills (some leave the
-ring gracefully first; a fresh incarnation joins later), and partitions that
-heal: two random halves; the cache nodes and portals split in two with the
-replica groups reaching both; one cache node left with some portals and nothing
-else; single processes cut off; blips of a few milliseconds. Throughout: delays
-and reordering, lost messages (everything travels at QoS 0), duplicated ones,
-stalls of up to a second.
-
-At the end the faults stop: partitions heal, every process comes back, the
-system settles, and one more list per key must succeed (liveness). Then:
-
-- every client history is linearizable per key (linearizability.check with
-  TaskBagModel: `unavailable` means not applied, `timeout` means unknown);
-- per group, Raft's safety (raft_safety.py): election safety, leader
-  completeness and state machine safety as the run goes, log matching at the end;
-  members apply in index order without gaps, and members at the same index hold
-  byte-identical state machines.
-
-Any failure raises SystemFailure with `TASKRING_SIM_SEED=<seed>` in its message.
-Not modelled: portal crashes, and the admin listing (scans).
+What runs, the faults and the checks: docs/architecture.md, "The system simulator".
 """
 
 from __future__ import annotations

@@ -1,21 +1,14 @@
 """The `ring` storage mode, portal side: every key lives on its owner in the Chord cache ring.
 
-A portal sends each operation as a `request` (backend/core/ring/wire.py) to the
-cache node it believes owns the key; the owner applies it and replies to this
-portal's reply topic. Owners publish change events, which this store hands to
-watchers (it subscribes to the ring's events only while someone here watches a
-client).
-
-Which node to ask, when to try another, and what an outcome honestly is
-(`unavailable`: not applied; `timeout`: maybe applied) is decided by the pure
-PortalCore (backend/core/ring/portal_core.py), which the system simulator runs too.
-This class is its asyncio adapter: it feeds the core what the bus delivers,
-publishes what the core sends (all of one event-loop turn together, one batch per
-topic), wakes the core when it asked to be, and resolves each caller's future
-with its call's outcome.
-
-Every handler of what arrives is total: a message that is not well formed is
-dropped and counted (`drops`, logged rate-limited), never raised.
+Each operation goes as a `request` (backend/core/ring/wire.py) to the cache node
+believed to own the key, which replies to this portal's reply topic; change
+events are handed to watchers (the ring's events are subscribed to only while
+someone here watches a client). Routing, retries and honest outcomes are the
+pure PortalCore's (backend/core/ring/portal_core.py); this class is its asyncio
+adapter: it feeds the core what the bus delivers, publishes what it sends (one
+batch per topic per event-loop turn), wakes it when asked, and resolves each
+caller's future. Every handler is total: a malformed message is dropped and
+counted (`drops`), never raised.
 """
 
 from __future__ import annotations

@@ -1,66 +1,14 @@
 """One replica of a replica group as a pure state machine: messages and ticks in,
-messages to publish out. The `taskring replica` process (backend/processes/replica.py)
-only moves bytes between this core, the MQTT broker and the disk.
+messages to publish out.
 
-It joins a RaftNode (backend/core/raft) to the ReplicaStateMachine and keeps track
-of who waits for what. The adapter's cycle, in the order Raft requires
-(backend/core/raft/ready.py):
-
-    sends = core.receive(message, now)        a Raft message, a proposal or a read
-    sends = core.tick(now)                    every tick: Raft timers, deadlines
-    loop:
-        sends = core.flush(now)               buffered proposals -> log entries, reads -> ReadIndex
-        ready = core.next_ready()             None: nothing to do
-        sends = core.sends_before_persist(ready)   a leader's entries, to followers at once
-        storage.save(ready)                   persist: one fsync for the whole Ready
-        sends = core.after_persist(ready, now)   Raft messages, then apply, answers, advance
-        if core.snapshot_due():               every `snapshot_every` applied entries
-            job = core.start_snapshot()       then, in a forked child: job.encode(), save
-            ...                               the child is done: core.snapshot_saved(job)
-
-Snapshots in the background. Encoding the whole state takes long (about half
-a second at a million tasks), so the adapter forks: the child encodes the
-state as of the fork (copy-on-write) and writes the file while this process
-keeps serving. When the file is durable, `snapshot_saved` compacts the log
-through the job's index, by then older than the applied index; the bytes stay
-on disk. If a follower later needs the snapshot, `snapshot_wanted()` names
-its index and the adapter reads the file and hands it to `snapshot_loaded`.
-ReplicaDriver (driver.py) runs this cycle for the process, the simulators and
-the tests; a simulator encodes the job at once instead of forking.
-
-Batching (group commit). Proposals that arrive while a Ready is being made
-durable wait in a buffer; the next `flush` puts all of them into as few log
-entries as fit `max_entry_bytes`, and the next Ready carries them under one
-fsync. Under load every fsync covers everything that arrived during the one
-before; idle, a proposal waits for no timer.
-
-Honest answers. A proposal is answered only once its outcome is known:
-
-- applied: its entry committed and this replica applied it -> the results;
-- not applied, for certain -> `unavailable`: this member is not the leader,
-  or Raft refused it, or the committed entry at its index has another term
-  (Raft's Log Matching: an entry lives only at the index it was appended at,
-  so ours can never commit);
-- unknown -> `timeout`: nothing decided within `proposal_timeout`; the entry
-  may still commit later.
-
-A leader that loses leadership keeps its waiting proposals and answers them
-as the log settles, like any follower. Before answering "not applied" the
-core looks in the state machine's answer table: a retry of the same request
-may have been applied through another entry, and then that result is the
-answer. A proposal whose every operation is already in the table is
-answered at once, without a log entry.
-
-Reads (Raft dissertation §6.4): the leader asks RaftNode.read_index once for
-every read that arrived since the last flush, and answers them from the
-state machine once it has applied through the confirmed read index. A read
-changes nothing, so losing leadership or missing its deadline answers
-`unavailable` (safe to retry).
-
-`receive` is total: a message of any shape either is handled or, if it
-cannot be answered (no reply address, an undecodable Raft message, one for
-another group or member), dropped and counted in `drops` (logged
-rate-limited, reported in heartbeats); it never raises.
+It joins a RaftNode (backend/core/raft) to the ReplicaStateMachine, batches
+proposals into log entries (group commit), answers reads by ReadIndex, and
+gives each proposal one honest answer (results, `unavailable` or `timeout`).
+ReplicaDriver (driver.py) runs its Ready cycle (`flush`, `next_ready`,
+`sends_before_persist`, `after_persist`) and its background snapshots for the
+process, the simulator and the tests. `receive` is total: what cannot be
+answered is dropped and counted in `drops`, never raised. The rules:
+docs/architecture.md, "Replica groups" and "Snapshots".
 """
 
 from __future__ import annotations

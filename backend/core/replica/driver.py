@@ -1,27 +1,18 @@
 """The Ready cycle around a ReplicaCore, once for every adapter that drives one.
 
-The `taskring replica` process (backend/processes/replica.py), the whole-system
-simulator (backend/sim/system_sim.py) and the unit tests' group
-(tests/unit/core/replica_harness.py) all run a replica through this driver, so what
-the simulator checks is the order production follows. The driver does no I/O
-of its own that could block: it calls the adapter's storage to write a Ready
-and hands messages to the adapter's `publish`; whatever takes time (an fsync,
-a snapshot written by a forked child, a snapshot file read in a thread) the
-adapter performs and reports back. One cycle, in Raft's order
-(backend/core/raft/ready.py):
+The replica process, the system simulator and the unit tests' group all run a
+replica through this driver, so what the simulator checks is the order
+production follows (docs/architecture.md, "Code shape"). It does no blocking
+I/O: it calls the adapter's storage and `publish`, and the adapter performs
+what takes time (fsync, a forked snapshot writer, a file read) and reports back.
 
-    cycle = driver.next_cycle(now)     flush; take a Ready; publish what may go
-                                       before it is durable (a leader's entries)
+    cycle = driver.next_cycle(now)     flush; take a Ready; publish a leader's entries
     driver.persist(cycle)              storage.save: written, fsynced if it must be
     driver.persisted(cycle, now)       once durable: the other messages, apply, advance
 
-Snapshots, between cycles: `snapshot_to_start` hands out a job when one is
-due (its state frozen as of now: the adapter forks, or encodes at once); the
-adapter saves it in the background and reports `snapshot_written` (the log is
-compacted only then) or `snapshot_failed` (retried after `snapshot_retry`
-seconds). `snapshot_to_load` names a saved snapshot a lagging follower needs
-the bytes of; the adapter reads it from storage and reports `snapshot_loaded`
-or `snapshot_load_failed` (retried after `load_retry` seconds).
+Between cycles: `snapshot_to_start` -> `snapshot_written` / `snapshot_failed`
+(the log is compacted only once written); `snapshot_to_load` ->
+`snapshot_loaded` / `snapshot_load_failed` (each failure retried later).
 """
 
 from __future__ import annotations

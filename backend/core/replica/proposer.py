@@ -1,44 +1,18 @@
 """The user's side of replica groups, as a pure state machine: send proposals and
 reads, find the leader, retry, and give each request one honest outcome.
 
-A cache node (or a test) holds one `GroupProposer` per process incarnation;
-its `client_id` must be new for every incarnation, since the groups remember
-answers by (client id, request id). The caller moves messages:
+A cache node (or a test) holds one `GroupProposer` per process incarnation, with
+a `client_id` new for each, since groups remember answers by (client id,
+request id). The caller moves messages and publishes `sends` (core.py's Send):
 
     handle, sends = proposer.propose(group, ops, now)   or .read(group, ops, now)
     done, sends = proposer.receive(message, now)        a "proposed"/"read_result" reply
     done, sends = proposer.tick(now)                    every ~50 ms: retries, deadlines
     proposer.leader_hint(group, member)                 e.g. from replica heartbeats
 
-and publishes `sends` (backend/core/replica/core.py's Send). Each `Done(handle, ok,
-results, error)` arrives exactly once per handle. An answer not in
-backend/core/replica/wire.py's form is dropped and counted (`drops`), and the
-request waits on as if it had not come.
-
-Retrying. Every attempt of a proposal carries the same request ids, so the
-group applies it at most once however many attempts reach the log
-(state_machine.py). An attempt goes to the member believed to lead; an
-`unavailable` answer names the leader, if known, and the next attempt goes
-there (at once if that is a different member, after `retry_delay`
-otherwise). An attempt unanswered after `attempt_timeout`, or answered
-`timeout`, may yet be applied: the proposal retries, and is remembered as
-possibly applied.
-
-Outcomes, as the contract defines them:
-- `ok` with one result per operation (an operation's own error, such as
-  `exists`, is inside its result);
-- `unavailable` (not applied; safe to retry) only if every attempt was
-  answered `unavailable`: nothing of it can ever be applied;
-- `timeout` (outcome unknown) when the deadline passes and some attempt may
-  have been applied;
-- `bad_request` for operations the group refuses to parse.
-Reads change nothing, so a read that runs out of time is `unavailable`.
-
-`unavailable` relies on each attempt reaching the group at most once, which
-MqttBus gives (a fresh MQTT client per connection, clean sessions: nothing
-is redelivered after a reconnect). Should a stray copy of a refused attempt
-still arrive later, the group ignores it as soon as any later proposal of
-this client has been applied, since that one's `acked` lies above it.
+Each `Done(handle, ok, results, error)` arrives exactly once per handle; an
+answer not in wire.py's form is dropped and counted (`drops`). Retries and
+outcomes: docs/architecture.md, "Replica groups".
 """
 
 from __future__ import annotations

@@ -1,76 +1,13 @@
 """What every replica of a group applies in log order: the key-value state plus a
 table of answered requests, so a retried request is never applied twice.
 
-The Raft log (backend/core/raft) orders opaque entries; this module gives them
-meaning. Each entry holds a batch of proposals (`encode_batch`), each
-proposal a run of operations from one client:
-
-    Proposal(client, request, acked, ops)
-
-`client` names one incarnation of one user of the group (a cache node that
-restarts takes a new id); operation i of the proposal has request id
-`request + i`, and a client numbers its operations 1, 2, 3, ... without
-reuse. `acked` says the client holds the answer of every request id below
-it, so the group may forget those answers.
-
-Exactly once (Raft dissertation §6.3). A proposal reaches the log more than
-once when a client retries after a timeout, or when MQTT QoS 1 delivers a
-proposal twice. The state machine keeps, per client, the result of every
-request id at or above the client's `floor` and applies an operation only
-if its id is new:
-
-    id in the table                 -> the stored result, nothing applied
-    id >= floor, not in the table   -> apply it, store the result
-    id <  floor                     -> nothing applied; the outcome is unknown
-                                       (`timeout`): the answer was forgotten
-
-Bounds, both deterministic so every replica forgets the same things:
-- per client: the floor rises to the client's `acked`, and to the lowest id
-  kept once more than `max_results` answers are held (a client that never
-  acknowledges still costs at most that many);
-- clients: at most `max_clients` are remembered; the one whose last request
-  is oldest in the log is forgotten first. An unknown client whose proposal
-  says `acked > 1` was forgotten (it had answers already), so its requests
-  are not applied and answer `timeout` with `"expired": true`: the client
-  must start over under a new id. So a client sends `acked` = 1 until the
-  group has answered one of its proposals `ok` (only then does the group
-  know it).
-
-Results are per operation: `{"ok": true, "result": {...}, "events": [event
-map, ...]}` or `{"ok": false, "error": {"code", "message"}}`, with the
-contract's codes (KeyValueState's OpError). Events ride along so the
-caller can publish them even when it learns the result from a retry.
-
-Portal retries. A portal that hears nothing from a cache node retries the
-write through another one, which proposes it as a new request of its own.
-Writes carry the portal's request id `req`; the first result of each `req`
-is kept (the latest MAX_REQUESTS, forgotten oldest first in log order) and a
-repeat gets it back, marked `"repeat": true`, without applying anything.
-
-Ownership (fencing the cache ring; the rules are docs/architecture.md,
-Leases). The cache node that owns a key in the ring claims it through the
-group before serving it, and every write it proposes names it as `owner`:
-
-    {"op": "claim", "cid", "owner"}  -> {"key": kv.key_to_wire(...) | None,
-                                          "previous": owner | None, "index": log index}
-    {"op": "renew", "cid": 0, "owner"} -> {"revoked": [cid, ...] | None, "index": log index}
-    a write with "owner"             -> refused unless `owner` holds the key:
-                                          {"ok": false, "fenced": true,
-                                           "error": {"code": "unavailable", ...}}
-
-A claim hands the key to its caller whoever held it before, and the key
-goes on the previous owner's `revoked` list. `renew` answers and empties
-that list: the keys taken from the caller since its last renewal, or None
-for "all of them" when the group does not know the caller (it never renewed
-here, or was forgotten, or too many keys were taken from it to list). The
-lease an owner builds on these answers is backend/core/ring/durable_keys.py's. Writes
-need no lease: a stale owner's write is refused here, in log order.
-
-`snapshot()` and `restore()` give the whole state (keys, owners, the answer
-table and the last applied index) as msgpack bytes for Raft snapshots (§7).
-Both make millions of objects at a million tasks, none of them garbage: the
-process holds Python's cyclic collector off around them
-(backend/adapters/collector.py), a concern of the process, not of this state.
+Each Raft log entry holds a batch of proposals (`encode_batch`), each a run of
+operations from one client, `Proposal(client, request, acked, ops)`. The table
+keeps each client's answers above its floor and each portal request id's first
+result; claims, renewals and the owner check on writes fence the cache ring.
+`snapshot()` and `restore()` give the whole state as msgpack bytes. The rules
+(exactly once, its bounds, ownership) are docs/architecture.md, "Replica
+groups" and "Leases".
 """
 
 from __future__ import annotations

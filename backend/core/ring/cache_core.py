@@ -1,11 +1,8 @@
 """One cache node of the ring, pure: Chord routing plus the keys this node holds.
 
-`CacheNode` wraps a ChordHost (ring membership and routing) and a KeyHolding
-(key_holding.py: the keys it owns, in memory only or in replica groups). It
-takes decoded messages and ticks, each with the caller's clock reading, and
-returns `Publish`es (topic, message, QoS) for the caller to send in order; it
-does no I/O and reads no clock. The message formats are backend/core/ring/wire.py's
-and Chord's own.
+`CacheNode` wraps a ChordHost (membership and routing) and a KeyHolding
+(key_holding.py: MemoryKeys or ReplicatedKeys). It takes decoded messages and
+ticks with the caller's clock reading and returns `Publish`es to send in order:
 
     node = CacheNode("cache-node-1", incarnation=<random text>, seed=<random int>,
                      bootstrap=True, now=t)
@@ -13,44 +10,10 @@ and Chord's own.
     publishes = node.tick(now)                      # every TICK_INTERVAL or so
     publishes = node.leave(now)                     # on SIGTERM; then wait for handovers_pending
 
-Requests enter at any node and ride a Chord lookup to the owner of their key,
-which applies the operation and replies (Owned may repeat for one request, so
-replies are remembered by correlation id and re-sent, never applied twice). A
-lookup that cannot be routed is answered `unavailable` (not applied). The reply
-address and correlation id ride in the lookup's token (so together they must
-fit in its 512 characters), so whichever node gives up on a request can answer it.
-
-Memory-only mode (no `groups`; MemoryKeys): keys move when ownership does, so a
-graceful join or leave loses nothing:
-
-- An arc lost to a new predecessor on another node (it joined in front of us) is
-  handed to it directly, with the arc itself, so it knows the handover is complete.
-- Keys held here that no position here owns any more are swept (each second, when
-  the ring view changed) to their owner by a Chord lookup carrying them.
-- A handover is acknowledged; until then the sender keeps the keys aside, serving
-  nothing from them (requests for them wait), and takes them back if no
-  acknowledgement comes or the receiver stops answering Chord's probes.
-- A position that just gained an arc parks requests for keys in it that it does
-  not hold, for up to COLD_WAIT seconds or until a handover covering them arrives,
-  instead of answering not_found (or creating a client) before the keys arrive.
-- Leaving, every key goes to the successor (on another node) of the position
-  that owns it, before Chord's leave messages.
-
-Durable mode (`groups` given; ReplicatedKeys): the keys live in replica groups
-and memory is only their cache, so none of the moving above happens. An owner
-claims each key from its group before serving it, commits every write through
-the group before it touches memory, and answers reads under a lease
-(durable_keys.py). Keys a node no longer owns simply leave its memory; a crashed
-node's keys are claimed, with their committed state, by whichever node owns
-them next. Scans read every group instead of memory.
-
-Memory-only mode (no groups): a crashed node's keys are lost; the ring heals
-around it and its keys answer not_found.
-
-`receive` is total: a message that is not well formed (of any type, from
-anyone) is answered bad_request when it names where to, or else dropped and
-counted in `drops` (logged rate-limited, reported in heartbeats); it never
-raises and never changes state before it is checked.
+Replies are remembered by correlation id, so a request is never applied twice;
+`receive` is total (bad_request or dropped and counted, never raised). Formats:
+wire.py. Rules: docs/architecture.md, "A write, end to end", "Leases" and "The
+ring without replica groups".
 """
 
 from __future__ import annotations

@@ -2,30 +2,14 @@
 durable and linearizable.
 
 `DurableKeys` sits between the ring's owner logic (cache_core.py, through
-key_holding.ReplicatedKeys) and the replica groups (backend/core/replica). The cache
-node hands it each request that reached this node as the key's owner
-(`submit`), moves the groups' answers in (`receive`), ticks it, and calls
-`flush` after a burst of messages; it returns messages to publish, and collects
-answers in `finished` for the node to send.
-
-Per key, requests run strictly one after another in arrival order. A key not
-in memory is claimed from its group first; writes are proposed to the group
-naming this node as owner, and memory changes only once the group has applied
-them; reads are answered from memory under the node's lease on the group.
-The rules of claims and leases, and the constants below (LEASE,
-RENEW_INTERVAL, LEASE_KEEP, LEASE_MARGIN), are written out once in
-docs/architecture.md, Leases.
-
-Batching: consecutive writes of one key share one proposal, and every key's
-proposals to a group share one message (and so one log entry and one fsync at
-the leader): while MAX_IN_FLIGHT proposals to a group await their answers,
-what arrives waits and goes out together after, so batches grow with the
-load. Lease renewals go alone, outside that limit.
-
-Outcomes stay honest: a write refused by the fence (another node claimed the
-key) or never proposed answers `unavailable`; one whose fate the group could
-not tell answers `timeout`, and the key is claimed again before its next use,
-a barrier behind which memory equals the group's state again.
+key_holding.ReplicatedKeys) and the replica groups. The node hands it each
+request it owns (`submit`), moves the groups' answers in (`receive`), ticks it
+and calls `flush` after a burst; it returns messages to publish and collects
+answers in `finished`. Per key, requests run one after another: a cold key is
+claimed first, writes are proposed naming this node as owner (memory changes
+only once the group applied them), reads are answered under the lease. The
+rules, LEASE and the other constants: docs/architecture.md, "Leases"; batching
+(MAX_IN_FLIGHT): "A write, end to end".
 """
 
 from __future__ import annotations

@@ -3,20 +3,13 @@
 The cache core (cache_core.py) routes requests to their owner and tracks the
 ring; everything that depends on where keys live goes through `KeyHolding`:
 applying a request, answering a scan, what a change of ownership does to the
-keys, ticks and flushes, and the mode's part of the status.
-
-- `MemoryKeys`: the keys live in this node's memory only. They move with
-  ownership: an arc lost to a new predecessor is handed to it, keys no position
-  here owns are swept to their owner by a Chord lookup, and a leaving node hands
-  everything over (key_moves.py keeps the books). A newly gained arc makes
-  requests for keys not held yet wait for their handover.
-- `ReplicatedKeys`: the keys live in replica groups, owned under claims and
-  leases (durable_keys.py; the rules are docs/architecture.md, Leases), and memory is
-  their cache. Nothing moves: a new owner claims a key from its group, and a node
-  simply forgets the keys it no longer owns.
-
-Both are pure: times are the caller's clock readings, messages to send are
-returned (replica.core.Send), and answers that come later wait in `finished`.
+keys, ticks and flushes, and the mode's part of the status. `MemoryKeys` keeps
+keys in memory only and moves them with ownership (key_moves.py keeps the
+books); `ReplicatedKeys` keeps them in replica groups under claims and leases
+(durable_keys.py), memory being their cache. Both are pure: times are the
+caller's readings, messages to send are returned (replica.core.Send), and later
+answers wait in `finished`. The rules: docs/architecture.md, "The ring without
+replica groups" and "Leases".
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """Keys on their way between cache nodes: the bookkeeping of both ends of a handover.
 
-Sender: keys handed away leave the key-value state at once (so this node serves
-nothing from them) and wait here, under the handover's id, for the receiver's
-acknowledgement; without one by the deadline the sender takes them back.
-
-Receiver: an arc a position has just gained is "cold" for a while: a request for
-a key in it that the node does not hold may be early (its handover is still on
-the way), so it waits instead of being answered not_found. A handover names the
-arcs it completes ("covered"); a key in a covered arc that is not held really
-does not exist. A key already held is never overwritten by one handed over: the
-held copy is the newer (written here after the arc was gained).
-
-Pure: times are the caller's clock readings.
+Sender: keys handed away leave the key-value state at once and wait here, under
+the handover's id, for the acknowledgement, or are taken back at the deadline.
+Receiver: a newly gained arc is "cold" until a handover covering it arrives, so
+a request for a key not held waits instead of answering not_found; a key
+already held is never overwritten. Pure: times are the caller's clock readings.
+The rules: docs/architecture.md, "The ring without replica groups".
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """A portal's side of the `ring` storage mode as a pure core: routing, retries, batching.
 
-The asyncio store (backend/adapters/store/ring_store.py) and the system simulator
-(backend/sim/system_sim.py) both drive this one object, so the simulator's
-seeds check the code production runs. Nothing here reads a clock or touches the
-bus: time comes in with every input, and the driver takes what comes out.
+RingStore (backend/adapters/store/ring_store.py) and the system simulator both
+drive this one object, so the simulator's seeds check the code production runs.
+Time comes in with every input; the driver publishes what comes out.
 
     core = PortalCore(corr_prefix, reply_topic)
     call = core.call(key, op, now)          # an operation on the owner of `key`
@@ -15,12 +14,7 @@ bus: time comes in with every input, and the driver takes what comes out.
     core.flush() -> [(topic, message)]      # what to publish, batched per topic
     core.take() -> [Completed | AttemptFailed]
 
-Outcomes are honest: a reply of `unavailable` means "not applied", so it is
-retried through another entry node until the deadline; a write that gets no
-reply by the deadline is `timeout` (it may have been applied); a read, or a
-write to a durable ring (whose replica groups apply each request id `req`
-once), is retried through another entry after ATTEMPT_WAIT, and at once when
-its entry node or its key's owner dies (its will, `host_gone`).
+Retries and honest outcomes: docs/architecture.md, "Request ids and honest outcomes".
 """
 
 from __future__ import annotations
