@@ -90,8 +90,8 @@ class Heartbeat:
     sent: float
     interval: float
     metrics: Metrics
-    ring: dict[str, Any] | None = None  # a cache node's view of the ring (processes/cache_node.py)
-    raft: dict[str, Any] | None = None  # a replica's Raft state (processes/replica.py)
+    ring: dict[str, Any] | None = None  # a cache node's ring (docs/architecture.md, Heartbeats)
+    raft: dict[str, Any] | None = None  # a replica's Raft state (docs/architecture.md, Heartbeats)
 
     @property
     def uptime(self) -> float:

@@ -11,7 +11,8 @@ member's inbox `topics.raft_member(group, member)`. Raft's own messages
                {"t": "propose", "corr": text, "reply_to": topic, "client": text,
                 "request": int >= 1, "acked": int >= 0, "ops": [op, ...]}
                op i has request id `request + i`; `acked` (at most `request`): the user
-               holds the answer of every request id below it. See state_machine.py.
+               holds the answer of every request id below it (docs/architecture.md,
+               "Replica groups").
                                                                                 Propose
     proposed   member -> reply_to
                {"t": "proposed", "corr", "group", "member", "ok": true,
@@ -31,18 +32,19 @@ member's inbox `topics.raft_member(group, member)`. Raft's own messages
                 "error": {"code", "message"}, "leader": member id | None}
 
 An op result is `{"ok": true, "result": {...}, "events": [...]}` or
-`{"ok": false, "error": {"code", "message"}}` (state_machine.py; a write
-refused because its `owner` does not hold the key adds `"fenced": true`).
-Writes may name an `owner`; `claim` and `renew` must (state_machine.py,
-"Ownership"). Ops are
-backend/core/model/kv.py operations; reads may also be state_machine.EXTRA_READ_OPS.
+`{"ok": false, "error": {"code", "message"}}` (a write refused because its
+`owner` does not hold the key adds `"fenced": true`). Writes may name an
+`owner`; `claim` and `renew` must (docs/architecture.md, "Replica groups" and
+"Leases"). Ops are backend/core/model/kv.py operations; reads may also be
+state_machine.EXTRA_READ_OPS.
 `reply_to` must lie under taskring/v1/raft/ (topics.raft_reply), the only
 subtree the broker lets replicas publish on.
 
 Each kind is a frozen dataclass: RaftBatch, Propose, Read, and for both answers
 AnswerOk and AnswerError (`kind` is "proposed" or "read_result"). `to_wire` gives
 the map above; `from_wire` is the one check of an arriving map (answer_from_wire
-for either answer), raising ValueError naming the first bad field. A propose or
+for either answer; given the request's op count, it also requires one result per
+op), raising ValueError naming the first bad field. A propose or
 read with a usable address raises BadRequest instead, so that it can be answered.
 The Raft messages in a batch and the ops stay maps: each Raft message is decoded
 on its own by the member (a bad one costs only itself), and ops go to kv.py as

@@ -184,7 +184,7 @@ class CacheNode:
         return self.holding.handovers_pending
 
     def ring_status(self) -> dict[str, Any]:
-        """The heartbeat's "ring" field (layout in backend/processes/cache_node.py)."""
+        """The heartbeat's "ring" field (layout in docs/architecture.md, Heartbeats)."""
         vnodes = [_vnode_status(v) for v in self.host.describe()["vnodes"]]
         first = vnodes[0]
         return {

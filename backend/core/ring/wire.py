@@ -12,12 +12,13 @@ the types below never collide with Chord's.
               The op is a backend/core/model/kv.py operation whose "cid" equals `key`.
               The request rides inside a Chord lookup as its payload until it
               reaches the owner; corr and reply_to ride in the lookup's token, so
-              together they must stay under 500 characters (else bad_request).
+              together, with a short prefix, they must fit its 512 characters
+              (else bad_request).
               A node that cannot route it answers unavailable (not applied).
     reply     owner -> reply_to
               {"t": "reply", "corr", "ok": bool, "result": {...}|None,
                "error": {"code", "message"}|None, "route": [host ids], "owner": host id,
-               "hops": int}
+               "hops": int, "group": group id (durable mode only; else omitted)}
     scan      portal -> one cache node, directly: the clients it owns, in CID order
               {"t": "scan", "corr", "reply_to", "after": int (-1 for the start), "limit": int}
               answered by a reply whose result is {"clients": [record...], "host": id}
