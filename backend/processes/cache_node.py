@@ -13,7 +13,8 @@ publishes what it returns in order, and sends a heartbeat every second (its
 --replica-groups G > 0 keeps keys in groups g1..gG of members 1..R, else in
 memory only. Without --bootstrap the node waits for a ring member to announce
 itself and joins through it; with it, it starts a new ring when none has
-within --join-wait seconds. SIGTERM or SIGINT: hand keys on, leave, exit 0.
+within --join-wait seconds. SIGTERM or SIGINT: leave the ring (handing keys on
+when they live in memory only), exit 0.
 """
 
 from __future__ import annotations
