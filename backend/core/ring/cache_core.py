@@ -280,7 +280,8 @@ class CacheNode:
         return out
 
     def leave(self, now: float) -> list[Publish]:
-        """Hand every key to its next owner, then leave the ring (Chord's goodbye)."""
+        """Let the keys go (handed to their next owners, or in durable mode what is not
+        yet proposed answered unavailable), then leave the ring (Chord's goodbye)."""
         self._clock(now)
         out: list[Publish] = []
         if self.leaving:
