@@ -152,6 +152,8 @@ def publish(
 ) -> bytes:
     """A PUBLISH; QoS 1 needs a packet id, QoS 0 must have none."""
     _check_qos(qos)
+    if not topic or "+" in topic or "#" in topic:
+        raise ValueError(f"cannot publish to {topic!r}: a topic is not empty and has no wildcards")
     topic_bytes = topic.encode()
     if qos:
         if packet_id is None:
