@@ -300,3 +300,18 @@ async def test_lean_bus_bounds_its_buffer_when_the_broker_stops_reading(
         finally:
             os.kill(broker.pid, signal.SIGCONT)
         await asyncio.wait_for(publishing, 10)
+
+
+def test_the_bus_client_bench_prints_a_table():
+    done = subprocess.run(
+        [sys.executable, "-m", "backend.bench.bus_clients", "--count", "300", "--seconds", "0.3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows = done.stdout.splitlines()
+    assert rows[0].split()[0] == "client" and [r.split()[0] for r in rows[1:]] == [
+        "aiomqtt",
+        "lean",
+    ]

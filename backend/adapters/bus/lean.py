@@ -29,7 +29,7 @@ import collections
 import contextlib
 import logging
 import socket
-from typing import Any
+from typing import Any, cast
 
 from backend.adapters.bus.dispatch import SessionFailures, dispatch
 from backend.adapters.bus.transport import (
@@ -85,8 +85,8 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but quack like one.
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Without TCP_NODELAY a QoS-1 round trip stalls on Nagle's algorithm.
