@@ -58,10 +58,10 @@ async def connected(
 ) -> AsyncIterator[tuple[BrokerBus, Received]]:
     address = BrokerAddress.parse(f"mqtt://127.0.0.1:{port}")
     bus: BrokerBus
-    if options:  # LeanMqttBus's own
+    if "max_buffered" in options:  # LeanMqttBus's own
         bus = LeanMqttBus(address, client_id, **options)
     else:
-        bus = open_bus(address, client_id, client=client)
+        bus = open_bus(address, client_id, client=client, **options)
     received: Received = []
 
     async def collect(topic: str, message: dict[str, Any]) -> None:
@@ -300,6 +300,24 @@ async def test_lean_bus_bounds_its_buffer_when_the_broker_stops_reading(
         finally:
             os.kill(broker.pid, signal.SIGCONT)
         await asyncio.wait_for(publishing, 10)
+
+
+async def test_a_silent_broker_is_taken_for_dead_and_reconnected_to(
+    client: str, processes: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr("backend.adapters.bus.mqtt.RECONNECT_DELAYS", (0.1,))
+    monkeypatch.setattr("backend.adapters.bus.lean.RECONNECT_DELAYS", (0.1,))
+    number = free_port()
+    broker = start_broker(processes, tmp_path, number)
+    async with connected(client, number, "rx", "k/#", keepalive=1) as (bus, received):
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            await eventually(lambda: not bus.connected, "the keepalive to notice", 15)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        assert await bus.wait_connected(15), bus.last_error
+        await bus.publish("k/x", {"n": 1})
+        await eventually(lambda: received == [("k/x", {"n": 1})], "a message after it")
 
 
 def test_the_bus_client_bench_prints_a_table():
