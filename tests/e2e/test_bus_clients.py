@@ -320,6 +320,39 @@ async def test_a_silent_broker_is_taken_for_dead_and_reconnected_to(
         await eventually(lambda: received == [("k/x", {"n": 1})], "a message after it")
 
 
+async def test_mqtts_with_a_password_and_a_private_ca(
+    client: str, processes: Processes, tmp_path: Path
+):
+    from tests.e2e.test_broker_tls import hashed_password_file, make_certificate
+
+    key, cert = make_certificate(tmp_path)
+    passwords = hashed_password_file(tmp_path)
+    number = free_port()
+    conf = tmp_path / "tls.conf"
+    conf.write_text(
+        f"listener {number} 127.0.0.1\ncertfile {cert}\nkeyfile {key}\n"
+        f"allow_anonymous false\npassword_file {passwords}\nuser root\n"
+    )
+    processes.start([MOSQUITTO, "-c", str(conf)], "mosquitto-tls")
+    wait_until(lambda: port_open(number), "the TLS broker")
+    received: Received = []
+
+    async def collect(topic: str, message: dict[str, Any]) -> None:
+        received.append((topic, message))
+
+    url = f"mqtts://portal:s3cret@127.0.0.1:{number}?ca={cert}"
+    async with open_bus(BrokerAddress.parse(url), "tls", client=client) as bus:
+        bus.subscribe("tls/x", collect)
+        assert await bus.wait_connected(10), bus.last_error
+        await bus.subscribe_now("tls/x", collect)
+        await bus.publish("tls/x", {"over": "tls"})
+        await eventually(lambda: ("tls/x", {"over": "tls"}) in received, "the message")
+    wrong = f"mqtts://portal:wrong@127.0.0.1:{number}?ca={cert}"
+    async with open_bus(BrokerAddress.parse(wrong), "tls-wrong", client=client) as bus:
+        assert not await bus.wait_connected(2)
+        assert bus.last_error
+
+
 def test_the_bus_client_bench_prints_a_table():
     done = subprocess.run(
         [sys.executable, "-m", "backend.bench.bus_clients", "--count", "300", "--seconds", "0.3"],
