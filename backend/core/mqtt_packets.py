@@ -228,10 +228,15 @@ class PacketDecoder:
                 raise ProtocolError(
                     f"packet of {size} bytes is over the limit of {self.max_packet_size}"
                 )
-            if end - position < size:
+            end_at = position + size
+            if end_at > end:
                 break
-            packets.append(_decode(buffer[position], buffer[position + header : position + size]))
-            position += size
+            first = buffer[position]
+            if first >> 4 == 3:  # PUBLISH, nearly everything: parsed in place, one copy
+                packets.append(_decode_publish(first & 0x0F, buffer, position + header, end_at))
+            else:
+                packets.append(_decode(first, buffer[position + header : end_at]))
+            position = end_at
         self._rest = buffer[position:] if position < end else b""
         return packets
 
@@ -251,38 +256,36 @@ def _long_length(buffer: bytes, position: int) -> tuple[int, int] | None:
 
 
 def _decode(first: int, body: bytes) -> Packet:
-    kind = first >> 4
-    if kind == 3:
-        return _decode_publish(first & 0x0F, body)
     decoder = _DECODERS.get(first)
     if decoder is None:
-        raise ProtocolError(f"unexpected packet type {kind} with flags {first & 0x0F:#x}")
+        raise ProtocolError(f"unexpected packet type {first >> 4} with flags {first & 0x0F:#x}")
     return decoder(body)
 
 
-def _decode_publish(flags: int, body: bytes) -> Publish:
+def _decode_publish(flags: int, buffer: bytes, start: int, end: int) -> Publish:
+    """The PUBLISH whose body is buffer[start:end]."""
     qos = (flags >> 1) & 0x03
     if qos > 1:
         raise ProtocolError(f"PUBLISH at QoS {qos}: this client takes QoS 0 and 1 only")
     if qos == 0 and flags & 0x08:
         raise ProtocolError("PUBLISH at QoS 0 with the DUP flag")
-    if len(body) < 2:
+    if end - start < 2:
         raise ProtocolError("PUBLISH too short for its topic length")
-    topic_end = 2 + ((body[0] << 8) | body[1])
+    topic_end = start + 2 + ((buffer[start] << 8) | buffer[start + 1])
     payload_start = topic_end + 2 * qos
-    if len(body) < payload_start:
+    if payload_start > end:
         raise ProtocolError("PUBLISH shorter than its topic and packet id")
+    if topic_end == start + 2:
+        raise ProtocolError("PUBLISH with an empty topic")
     try:
-        topic = body[2:topic_end].decode()
+        topic = buffer[start + 2 : topic_end].decode()
     except UnicodeDecodeError as exc:
         raise ProtocolError("PUBLISH topic is not UTF-8") from exc
-    if not topic:
-        raise ProtocolError("PUBLISH with an empty topic")
     packet_id = None
     if qos:
-        packet_id = _packet_id(body[topic_end:payload_start], "PUBLISH")
+        packet_id = _packet_id(buffer[topic_end:payload_start], "PUBLISH")
     return Publish(
-        topic, body[payload_start:], qos, packet_id, bool(flags & 0x01), bool(flags & 0x08)
+        topic, buffer[payload_start:end], qos, packet_id, bool(flags & 0x01), bool(flags & 0x08)
     )
 
 

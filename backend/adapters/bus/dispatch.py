@@ -10,24 +10,33 @@ from backend.core.codec import DecodeError, unpack
 from backend.core.drops import Drops, rate_limited
 from backend.core.topics import matches
 
+Route = tuple[str, Handler]  # (topic filter, handler)
 
-async def dispatch(
-    handlers: list[tuple[str, Handler]], drops: Drops, topic: str, payload: bytes
-) -> None:
+
+def routes(handlers: list[Route], topic: str) -> tuple[Route, ...]:
+    """The handlers whose filter matches `topic`, in subscription order."""
+    return tuple(route for route in handlers if matches(route[0], topic))
+
+
+async def dispatch(handlers: list[Route], drops: Drops, topic: str, payload: bytes) -> None:
     """A payload that is not a msgpack map, or a handler that raises, is dropped and counted."""
+    await deliver(routes(handlers, topic), drops, topic, payload)
+
+
+async def deliver(matched: tuple[Route, ...], drops: Drops, topic: str, payload: bytes) -> None:
+    """`dispatch` to handlers already matched against `topic`."""
     try:
         decoded = unpack(payload)
     except (DecodeError, TypeError, ValueError) as exc:
         drops.drop("payload", "not a msgpack map", f"on {topic}: {exc}")
         return
-    for topic_filter, handler in list(handlers):
-        if matches(topic_filter, topic):
-            try:
-                await handler(topic, decoded)
-            except Exception as exc:
-                # One bad message must not stop the component from hearing the rest.
-                why = f"handler raised {type(exc).__name__}"
-                drops.drop(f"message on {topic_filter}", why, str(exc), exc)
+    for topic_filter, handler in matched:
+        try:
+            await handler(topic, decoded)
+        except Exception as exc:
+            # One bad message must not stop the component from hearing the rest.
+            why = f"handler raised {type(exc).__name__}"
+            drops.drop(f"message on {topic_filter}", why, str(exc), exc)
 
 
 class SessionFailures:

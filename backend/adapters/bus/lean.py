@@ -31,7 +31,7 @@ import logging
 import socket
 from typing import Any, cast
 
-from backend.adapters.bus.dispatch import SessionFailures, dispatch
+from backend.adapters.bus.dispatch import Route, SessionFailures, deliver, routes
 from backend.adapters.bus.transport import (
     BusUnavailable,
     ConnectHook,
@@ -54,6 +54,7 @@ ACK_TIMEOUT = 5.0  # a PUBACK, SUBACK or UNSUBACK
 MAX_BUFFERED = 8 * 1024 * 1024  # bytes held while the broker cannot keep up
 FILTERS_PER_SUBSCRIBE = 64
 FLUSH_POLL = 0.005
+MAX_ROUTES = 4096  # topics whose matching handlers are remembered
 
 
 class SessionEnded(ConnectionError):
@@ -278,6 +279,8 @@ class LeanMqttBus:
         self._connection: _Connection | None = None
         self._runner: asyncio.Task[None] | None = None
         self._connected_event = asyncio.Event()
+        # topic -> its matching handlers; forgotten whenever a subscription changes.
+        self._routes: dict[str, tuple[Route, ...]] = {}
 
     @property
     def connected(self) -> bool:
@@ -341,6 +344,7 @@ class LeanMqttBus:
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         self.handlers.append((topic_filter, handler))
+        self._routes.clear()
 
     async def subscribe_now(self, topic_filter: str, handler: Handler) -> None:
         self.subscribe(topic_filter, handler)
@@ -355,6 +359,7 @@ class LeanMqttBus:
         if (topic_filter, handler) not in self.handlers:
             return
         self.handlers.remove((topic_filter, handler))
+        self._routes.clear()
         connection = self._connection
         if connection is None or not connection.open or self._wanted(topic_filter):
             return
@@ -502,7 +507,16 @@ class LeanMqttBus:
             await connection.next_batch()
             while inbox:
                 packet = inbox.popleft()
-                await dispatch(self.handlers, self.drops, packet.topic, packet.payload)
+                topic = packet.topic
+                await deliver(self._routes_of(topic), self.drops, topic, packet.payload)
+
+    def _routes_of(self, topic: str) -> tuple[Route, ...]:
+        matched = self._routes.get(topic)
+        if matched is None:
+            if len(self._routes) >= MAX_ROUTES:
+                self._routes.clear()  # topics with ids in them must not grow this for good
+            matched = self._routes[topic] = routes(self.handlers, topic)
+        return matched
 
     async def _keep_alive(self, connection: _Connection) -> None:
         if self.keepalive <= 0:

@@ -150,6 +150,24 @@ def test_the_mqtt_loop_reconnects_after_any_error(
     assert len(sessions) == 3
 
 
+def test_the_lean_bus_remembers_each_topic_s_handlers_until_a_subscription_changes() -> None:
+    async def first(_topic: str, _message: dict[str, Any]) -> None:
+        pass
+
+    async def second(_topic: str, _message: dict[str, Any]) -> None:
+        pass
+
+    bus = _bus("lean")
+    assert isinstance(bus, LeanMqttBus)
+    bus.subscribe("a/#", first)
+    assert bus._routes_of("a/b") == (("a/#", first),)
+    assert bus._routes_of("b") == ()
+    bus.subscribe("+/b", second)
+    assert bus._routes_of("a/b") == (("a/#", first), ("+/b", second))
+    bus.unsubscribe("a/#", first)
+    assert bus._routes_of("a/b") == (("+/b", second),)
+
+
 def test_the_factory_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     address = BrokerAddress.parse("mqtt://127.0.0.1:1")
     monkeypatch.delenv("TASKRING_BUS_CLIENT", raising=False)
