@@ -20,7 +20,7 @@ import pytest
 
 from backend.adapters.bus import BUS_CLIENTS, BrokerBus, open_bus
 from backend.adapters.bus.lean import LeanMqttBus
-from backend.adapters.bus.transport import BusUnavailable
+from backend.adapters.bus.transport import BusUnavailable, LastWill
 from backend.adapters.settings import BrokerAddress
 from backend.core import mqtt_packets as mqtt
 from backend.core.codec import pack
@@ -234,6 +234,13 @@ async def test_the_last_will_arrives_when_the_process_is_killed(
     client: str, port: int, processes: Processes
 ):
     async with connected(client, port, "rx", "gone/#") as (_, received):
+        will = LastWill("gone/clean", {"gone": True})
+        clean = open_bus(
+            BrokerAddress.parse(f"mqtt://127.0.0.1:{port}"), "clean", will=will, client=client
+        )
+        async with clean:
+            assert await clean.wait_connected(10)
+        # A clean goodbye sends no will: had it, it would arrive before the other's.
         dying = processes.start(
             [sys.executable, "-c", WILL_SCRIPT, f"mqtt://127.0.0.1:{port}", client], "dying"
         )
