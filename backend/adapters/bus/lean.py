@@ -155,7 +155,7 @@ class _Connection(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_due = False
         transport = self.transport
-        if self._paused or transport is None or not self._out:
+        if self._paused or transport is None or transport.is_closing() or not self._out:
             return
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
@@ -195,6 +195,7 @@ class _Connection(asyncio.Protocol):
             return
         if goodbye and self.open:
             self._out.append(mqtt.DISCONNECT)
+            self._paused = False  # the transport buffers the rest: the goodbye must go out
             self._flush()
             transport.close()  # after what is buffered is written
         else:
