@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.bus import open_bus
 from backend.adapters.bus.transport import Bus
 from backend.adapters.critical_tasks import critical_task
 from backend.adapters.heartbeats import heartbeat_message, run_heartbeat
@@ -353,7 +353,7 @@ async def run_web(
         return EXIT_FAILED
     bound_host, bound_port = sock.getsockname()[:2]
     address = f"{bound_host}:{bound_port}"
-    bus = MqttBus(broker, web_id)
+    bus = open_bus(broker, web_id)
     context = WebContext(
         bus=bus,
         broker=broker.redacted(),

@@ -29,7 +29,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from backend.adapters.broker_logins import STATUS_LOGIN, local_broker_url
-from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.bus import open_bus
 from backend.adapters.settings import BrokerAddress, ConfigError
 from backend.adapters.settings import data_dir as config_data_dir
 from backend.core import topics
@@ -93,7 +93,7 @@ async def listen_to_heartbeats(address: BrokerAddress, wait: float) -> Snapshot:
     # Logged in, the broker takes the login as the client id anyway; anonymous, a
     # random one keeps two `taskring status` from disconnecting each other.
     client_id = address.username or f"taskring-status-{os.getpid()}-{secrets.token_hex(3)}"
-    bus = MqttBus(address, client_id)
+    bus = open_bus(address, client_id)
     bus.subscribe(topics.HEARTBEATS, on_heartbeat)
     async with bus:
         if not await bus.wait_connected(wait):

@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.bus import open_bus
 from backend.adapters.critical_tasks import critical_task
 from backend.adapters.settings import (
     DEFAULT_ADMIN_PORTS,
@@ -244,7 +244,7 @@ async def run_admin_portal(
     """Serve until SIGTERM or SIGINT; return the exit code."""
     stop = stop_on_signals()
     metrics = RequestMetrics(Drops(f"admin portal {portal_id}"))
-    bus = MqttBus(broker, portal_id, drops=metrics.drops)
+    bus = open_bus(broker, portal_id, drops=metrics.drops)
     store = make_store(storage, bus, portal_id, metrics.drops)
     async with bus:
         try:

@@ -29,7 +29,7 @@ import time
 import click
 
 from backend.adapters import settings
-from backend.adapters.bus.mqtt import LastWill, MqttBus
+from backend.adapters.bus import BrokerBus, LastWill, open_bus
 from backend.adapters.bus.publisher import Publisher
 from backend.adapters.bus.transport import BusUnavailable, Message
 from backend.adapters.critical_tasks import critical_task
@@ -73,7 +73,7 @@ async def run_cache_node(
     # Should the process die, the broker tells the ring and the portals at once.
     gone = LastWill(topics.RING_ANNOUNCE, wire.HostGone(node_id, incarnation).to_wire())
     metrics = RequestMetrics(Drops(f"cache node {node_id}"))
-    bus = MqttBus(broker, node_id, will=gone, drops=metrics.drops)
+    bus = open_bus(broker, node_id, will=gone, drops=metrics.drops)
     publisher = Publisher(bus)
     holder: list[CacheNode] = []
     handed_over = asyncio.Event()  # set once a leaving node's handovers are acknowledged
@@ -151,7 +151,7 @@ async def run_cache_node(
     return 0
 
 
-async def _connected(bus: MqttBus, stop: asyncio.Event, broker: BrokerAddress) -> bool:
+async def _connected(bus: BrokerBus, stop: asyncio.Event, broker: BrokerAddress) -> bool:
     """Wait for the broker (saying so now and then) or a stop; True once connected."""
     stopping = asyncio.create_task(stop.wait())
     try:
@@ -179,7 +179,7 @@ async def _tick(node: CacheNode, publisher: Publisher) -> None:
         await asyncio.sleep(TICK_INTERVAL)
 
 
-async def _heartbeat(bus: MqttBus, node: CacheNode, metrics: RequestMetrics) -> None:
+async def _heartbeat(bus: BrokerBus, node: CacheNode, metrics: RequestMetrics) -> None:
     started = time.time()
     topic = topics.heartbeat(KIND, node.id)
     while True:

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.bus import open_bus
 from backend.adapters.settings import DEFAULT_CLIENT_PORTS, DEFAULT_HOST, BrokerAddress
 from backend.adapters.store import make_store
 from backend.adapters.store.interface import Store
@@ -146,7 +146,7 @@ async def run_client_portal(
     """Serve until SIGTERM or SIGINT; return the exit code."""
     stop = stop_on_signals()
     metrics = RequestMetrics(Drops(f"client portal {portal_id}"))
-    bus = MqttBus(broker, portal_id, drops=metrics.drops)
+    bus = open_bus(broker, portal_id, drops=metrics.drops)
     store = make_store(storage, bus, portal_id, metrics.drops)
     async with bus:
         try:

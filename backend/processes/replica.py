@@ -35,7 +35,7 @@ from typing import IO, NoReturn
 
 import click
 
-from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.bus import BrokerBus, open_bus
 from backend.adapters.bus.publisher import Publisher
 from backend.adapters.bus.transport import BusUnavailable, Message
 from backend.adapters.child_processes import die_with_parent
@@ -68,7 +68,7 @@ class Replica:
     adapter does its I/O: the fsync in line, snapshot writers forked, snapshot files
     read in a worker thread."""
 
-    def __init__(self, core: ReplicaCore, storage: DurableRaftStorage, bus: MqttBus) -> None:
+    def __init__(self, core: ReplicaCore, storage: DurableRaftStorage, bus: BrokerBus) -> None:
         self.core = core
         self.storage = storage
         self.publisher = Publisher(bus)
@@ -356,7 +356,7 @@ async def run_replica(
         log.error("replica %s-%s cannot use %s: %s", group, member, directory, exc)
         return EXIT_FAILED
     gc.freeze()  # the restored state: as for the modules (process.run), and as large
-    bus = MqttBus(broker, f"replica-{group}-{member}", drops=core.drops)
+    bus = open_bus(broker, f"replica-{group}-{member}", drops=core.drops)
     replica = Replica(core, storage, bus)
     bus.subscribe(topics.raft_member(group, member), replica.on_message)
     async with bus:

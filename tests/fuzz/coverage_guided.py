@@ -3,10 +3,10 @@
 The seeded hypothesis tests in tests/unit run in `make test`; this one runs for
 as long as asked (FUZZ_SECONDS, default 60) and steers its inputs by coverage,
 so it reaches branches random inputs rarely do. Each input's first byte picks a
-target: the bus codec, the client-protocol parser, a cache node, a replica or
-the cluster view. Anything but the documented refusal (DecodeError,
-InvalidRequest, HeartbeatError) is a crash, and atheris saves the input that
-caused it; `python tests/fuzz/coverage_guided.py <file>` replays one.
+target: the bus codec, the client-protocol parser, a cache node, a replica,
+the cluster view or the MQTT packet decoder. Anything but the documented refusal
+(DecodeError, InvalidRequest, HeartbeatError, ProtocolError) is a crash, and
+atheris saves the input that caused it; `python tests/fuzz/coverage_guided.py <file>` replays one.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ with atheris.instrument_imports():
     from backend.core import topics
     from backend.core.cluster_view import ClusterView, HeartbeatError
     from backend.core.codec import DecodeError, unpack
+    from backend.core.mqtt_packets import PacketDecoder, ProtocolError
     from backend.core.protocol import InvalidRequest, parse_request
     from backend.core.raft import RaftOptions, bootstrap_state
     from backend.core.replica.core import ReplicaCore
@@ -54,6 +55,11 @@ VIEW = ClusterView()
 def codec(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
         unpack(data)
+
+
+def mqtt_packets(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        PacketDecoder(max_packet_size=4096).feed(data)
 
 
 def protocol(data: bytes) -> None:
@@ -91,7 +97,14 @@ def cluster_view(data: bytes) -> None:
         VIEW.cache_nodes(2.0)
 
 
-TARGETS: tuple[Callable[[bytes], None], ...] = (codec, protocol, cache_node, replica, cluster_view)
+TARGETS: tuple[Callable[[bytes], None], ...] = (
+    codec,
+    protocol,
+    cache_node,
+    replica,
+    cluster_view,
+    mqtt_packets,
+)
 
 
 def one_input(data: bytes) -> None:

@@ -6,6 +6,9 @@ map; unlike it, it lets a handler's exception through, so a test sees it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from backend.adapters.bus.transport import BusUnavailable, ConnectHook, Handler, Message
 from backend.core.codec import DecodeError, pack, unpack
 from backend.core.drops import Drops
@@ -36,6 +39,7 @@ class MemoryBus:
         self.hooks: list[ConnectHook] = []
         self.drops = Drops("memory bus")
         self._connected = False
+        self._sending: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -53,6 +57,22 @@ class MemoryBus:
         if not self._connected:
             raise BusUnavailable("memory bus is disconnected")
         await self.hub.deliver(topic, pack(message))
+
+    def send(self, topic: str, message: Message, qos: int = 0) -> None:
+        if not self._connected:
+            raise BusUnavailable("memory bus is disconnected")
+        # Delivery runs the receivers' handlers: not inside the sender's call.
+        task = asyncio.create_task(self._send(topic, message, qos))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, topic: str, message: Message, qos: int) -> None:
+        with contextlib.suppress(BusUnavailable):  # disconnected since: dropped, as over MQTT
+            await self.publish(topic, message, qos=qos)
+
+    async def flush(self, timeout: float) -> None:
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=timeout)
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         self.handlers.append((topic_filter, handler))

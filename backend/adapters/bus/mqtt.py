@@ -21,18 +21,25 @@ import contextlib
 import gc
 import logging
 import socket
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import aiomqtt
 from aiomqtt.client import ProtocolVersion
 
-from backend.adapters.bus.transport import BusUnavailable, ConnectHook, Handler, Message
+from backend.adapters.bus.dispatch import SessionFailures, dispatch
+from backend.adapters.bus.transport import (
+    BusUnavailable,
+    ConnectHook,
+    Handler,
+    LastWill,
+    Message,
+    refused_filters,
+)
 from backend.adapters.critical_tasks import critical_task
 from backend.adapters.settings import BrokerAddress
-from backend.core.codec import DecodeError, pack, unpack
-from backend.core.drops import Drops, rate_limited
-from backend.core.topics import matches
+from backend.core.codec import pack
+from backend.core.drops import Drops
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +64,7 @@ _paho_log = logging.getLogger("backend.adapters.bus.paho")
 _paho_log.addFilter(_DropCancelledSubscribeNoise())
 
 
-@dataclass(frozen=True, slots=True)
-class LastWill:
-    """What the broker publishes for this client when its connection drops without a
-    clean goodbye (a crash closes the socket at once; a lost network after 1.5 x
-    keepalive). Set again on every reconnect."""
-
-    topic: str
-    message: Message
-    qos: int = 1
+__all__ = ["LastWill", "MqttBus"]  # LastWill lives in transport; importable from here too
 
 
 class MqttBus:
@@ -80,7 +79,7 @@ class MqttBus:
     ) -> None:
         self.address = address
         self.drops = drops or Drops(f"bus {client_id}", log)
-        self._failures: dict[str, int] = {}  # session errors other than the broker's, by text
+        self._failures = SessionFailures(client_id, log)  # errors other than the broker's
         self.client_id = client_id
         self.keepalive = keepalive
         self.will = will
@@ -93,6 +92,7 @@ class MqttBus:
         # Set while no connection attempt is in flight: the only safe moment to cancel aiomqtt.
         self._settled = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[None]] = set()  # what `send` has not yet handed over
 
     @property
     def connected(self) -> bool:
@@ -107,9 +107,11 @@ class MqttBus:
         if client is None:
             return  # subscribed with the others once connected
         try:
-            await client.subscribe(topic_filter, qos=1)
+            codes = await client.subscribe(topic_filter, qos=0)
         except aiomqtt.MqttError as exc:
             raise BusUnavailable(f"subscribe to {topic_filter} failed: {exc}") from exc
+        if refused := self._refused([topic_filter], codes):
+            raise BusUnavailable(f"the broker refused the subscription to {refused[0]}")
 
     def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
         if (topic_filter, handler) not in self.handlers:
@@ -134,6 +136,26 @@ class MqttBus:
 
     def on_connect(self, hook: ConnectHook) -> None:
         self.hooks.append(hook)
+
+    def send(self, topic: str, message: Message, qos: int = 0) -> None:
+        if self._client is None:
+            raise BusUnavailable(f"not connected to the broker at {self.address.redacted()}")
+        # aiomqtt takes a message only in a coroutine: one task each, started in order.
+        task = asyncio.create_task(self._send(topic, message, qos))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, topic: str, message: Message, qos: int) -> None:
+        try:
+            await self.publish(topic, message, qos=qos)
+        except BusUnavailable as exc:
+            log.debug("not sent: %s", exc)  # the protocols above retry what matters
+        except Exception as exc:  # e.g. a topic the broker client refuses
+            log.warning("could not publish to %r: %r", topic, exc)
+
+    async def flush(self, timeout: float) -> None:
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=timeout)
 
     async def publish(self, topic: str, message: Message, *, qos: int = 1) -> None:
         client = self._client
@@ -182,22 +204,13 @@ class MqttBus:
                 self.last_error = str(exc)
             except Exception as exc:
                 # A bug here must not leave the component deaf for good: reconnect.
-                self._failed(exc)
+                self.last_error = self._failures.record(exc)
             finally:
                 self._client = None
                 self._connected_event.clear()
                 self._settled.set()
             await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
             attempt += 1
-
-    def _failed(self, exc: Exception) -> None:
-        text = f"{type(exc).__name__}: {exc}"[:200]
-        if len(self._failures) >= 64 and text not in self._failures:
-            self._failures.clear()  # errors whose text varies must not grow this for good
-        count = self._failures[text] = self._failures.get(text, 0) + 1
-        if rate_limited(count):
-            log.exception("bus %s failed (%d times so far); reconnecting", self.client_id, count)
-        self.last_error = text
 
     async def _session(self) -> None:
         self._settled.clear()
@@ -236,21 +249,26 @@ class MqttBus:
         done: set[str] = set()
         while pending := [f for f in dict.fromkeys(f for f, _ in self.handlers) if f not in done]:
             for topic_filter in pending:
-                await client.subscribe(topic_filter, qos=1)
+                # QoS 0: every message is published at QoS 0, so a higher grant buys nothing.
+                codes = await client.subscribe(topic_filter, qos=0)
+                self._refused([topic_filter], codes)
                 done.add(topic_filter)
+
+    def _refused(self, filters: list[str], codes: Sequence[Any]) -> list[str]:
+        """The filters the broker refused (e.g. by its ACL), each logged."""
+        refused = refused_filters(filters, [int(getattr(code, "value", code)) for code in codes])
+        for topic_filter in refused:
+            log.error(
+                "broker %s refused the subscription to %s", self.address.redacted(), topic_filter
+            )
+        return refused
 
     async def _dispatch(self, topic: str, payload: Any) -> None:
         """Hand one message to every matching handler; nothing raised gets out."""
-        try:
-            decoded = unpack(payload if isinstance(payload, bytes) else bytes(payload))
-        except (DecodeError, TypeError, ValueError) as exc:
-            self.drops.drop("payload", "not a msgpack map", f"on {topic}: {exc}")
-            return
-        for topic_filter, handler in list(self.handlers):
-            if matches(topic_filter, topic):
-                try:
-                    await handler(topic, decoded)
-                except Exception as exc:
-                    # One bad message must not stop the component from hearing the rest.
-                    why = f"handler raised {type(exc).__name__}"
-                    self.drops.drop(f"message on {topic_filter}", why, str(exc), exc)
+        if not isinstance(payload, bytes):
+            try:
+                payload = bytes(payload)
+            except (TypeError, ValueError) as exc:
+                self.drops.drop("payload", "not a msgpack map", f"on {topic}: {exc}")
+                return
+        await dispatch(self.handlers, self.drops, topic, payload)

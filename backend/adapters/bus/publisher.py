@@ -2,14 +2,14 @@
 
 Cache nodes and replicas produce batches of messages from their pure cores;
 waiting for each QoS-1 acknowledgement before the next would serialise them
-on the broker's round trip. Each publish is its own task; tasks start in
-creation order and hand the message to the MQTT client before their first
-pause, so the broker still receives them in order.
+on the broker's round trip. Each message goes to the bus's fire-and-forget
+`send`, in order, so the broker receives them in order; how it travels is the
+bus's business (a task per message on MqttBus, one write per event-loop turn
+on LeanMqttBus).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -33,23 +33,16 @@ class Outgoing(Protocol):
 class Publisher:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self.tasks: set[asyncio.Task[None]] = set()
 
     def send(self, items: Iterable[Outgoing]) -> None:
         for item in items:
-            task = asyncio.create_task(self._publish(item))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            try:
+                self.bus.send(item.topic, item.message, item.qos)
+            except BusUnavailable as exc:
+                log.debug("not sent: %s", exc)  # the protocols above retry what matters
+            except Exception as exc:  # e.g. a topic the broker client refuses
+                log.warning("could not publish to %r: %r", item.topic, exc)
 
     async def flush(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for what was sent to reach the broker."""
-        if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=timeout)
-
-    async def _publish(self, item: Outgoing) -> None:
-        try:
-            await self.bus.publish(item.topic, item.message, qos=item.qos)
-        except BusUnavailable as exc:
-            log.debug("not sent: %s", exc)  # the protocols above retry what matters
-        except Exception as exc:  # e.g. a topic the broker client refuses
-            log.warning("could not publish to %r: %r", item.topic, exc)
+        await self.bus.flush(timeout)

@@ -12,8 +12,12 @@ from typing import Any
 
 import pytest
 
+from backend.adapters.bus import BUS_CLIENTS, BrokerBus, open_bus
+from backend.adapters.bus.lean import LeanMqttBus
 from backend.adapters.bus.memory import MemoryHub
 from backend.adapters.bus.mqtt import MqttBus
+from backend.adapters.bus.publisher import Publisher
+from backend.adapters.bus.transport import LastWill
 from backend.adapters.critical_tasks import EXIT_LOOP_DIED
 from backend.adapters.settings import BrokerAddress
 from backend.core.cluster_view import Component, Heartbeat, parse_metrics
@@ -77,15 +81,26 @@ def test_the_memory_bus_drops_undecodable_payloads_and_hears_the_next() -> None:
     assert heard == [{"t": "ok"}]
 
 
-def _bus() -> MqttBus:
-    return MqttBus(BrokerAddress.parse("mqtt://127.0.0.1:1"), "test-bus")
+def _bus(client: str = "aiomqtt") -> BrokerBus:
+    return open_bus(BrokerAddress.parse("mqtt://127.0.0.1:1"), "test-bus", client=client)
 
 
-def test_mqtt_dispatch_lets_nothing_out() -> None:
+async def _deliver(bus: BrokerBus, topic: str, payload: bytes) -> None:
+    """What each client does with one received PUBLISH."""
+    if isinstance(bus, MqttBus):
+        await bus._dispatch(topic, payload)
+    else:
+        from backend.adapters.bus.dispatch import dispatch
+
+        await dispatch(bus.handlers, bus.drops, topic, payload)
+
+
+@pytest.mark.parametrize("client", BUS_CLIENTS)
+def test_mqtt_dispatch_lets_nothing_out(client: str) -> None:
     heard: list[dict[str, Any]] = []
 
-    async def run() -> MqttBus:
-        bus = _bus()
+    async def run() -> BrokerBus:
+        bus = _bus(client)
 
         async def broken(_topic: str, _message: dict[str, Any]) -> None:
             raise KeyError("t")
@@ -96,8 +111,8 @@ def test_mqtt_dispatch_lets_nothing_out() -> None:
         bus.subscribe("taskring/#", broken)
         bus.subscribe("taskring/#", handler)
         for payload in POISON:
-            await bus._dispatch("taskring/v1/ring/announce", payload)
-        await bus._dispatch("taskring/v1/ring/announce", pack({"t": "ok"}))
+            await _deliver(bus, "taskring/v1/ring/announce", payload)
+        await _deliver(bus, "taskring/v1/ring/announce", pack({"t": "ok"}))
         return bus
 
     bus = asyncio.run(run())
@@ -107,12 +122,16 @@ def test_mqtt_dispatch_lets_nothing_out() -> None:
     assert counts[("message on taskring/#", "handler raised KeyError")] == 1
 
 
-def test_the_mqtt_loop_reconnects_after_any_error(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("client", BUS_CLIENTS)
+def test_the_mqtt_loop_reconnects_after_any_error(
+    client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("backend.adapters.bus.mqtt.RECONNECT_DELAYS", (0.0,))
+    monkeypatch.setattr("backend.adapters.bus.lean.RECONNECT_DELAYS", (0.0,))
     sessions: list[int] = []
 
     async def run() -> None:
-        bus = _bus()
+        bus = _bus(client)
         again = asyncio.Event()
 
         async def session() -> None:
@@ -129,6 +148,74 @@ def test_the_mqtt_loop_reconnects_after_any_error(monkeypatch: pytest.MonkeyPatc
 
     asyncio.run(run())
     assert len(sessions) == 3
+
+
+def test_the_lean_bus_remembers_each_topic_s_handlers_until_a_subscription_changes() -> None:
+    async def first(_topic: str, _message: dict[str, Any]) -> None:
+        pass
+
+    async def second(_topic: str, _message: dict[str, Any]) -> None:
+        pass
+
+    bus = _bus("lean")
+    assert isinstance(bus, LeanMqttBus)
+    bus.subscribe("a/#", first)
+    assert bus._routes_of("a/b") == (("a/#", first),)
+    assert bus._routes_of("b") == ()
+    bus.subscribe("+/b", second)
+    assert bus._routes_of("a/b") == (("a/#", first), ("+/b", second))
+    bus.unsubscribe("a/#", first)
+    assert bus._routes_of("a/b") == (("+/b", second),)
+
+
+def test_the_factory_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    address = BrokerAddress.parse("mqtt://127.0.0.1:1")
+    monkeypatch.delenv("TASKRING_BUS_CLIENT", raising=False)
+    assert type(open_bus(address, "x")) is MqttBus
+    monkeypatch.setenv("TASKRING_BUS_CLIENT", "lean")
+    bus = open_bus(address, "x", will=LastWill("t", {}), keepalive=3)
+    assert isinstance(bus, LeanMqttBus) and bus.keepalive == 3 and bus.will == LastWill("t", {})
+    monkeypatch.setenv("TASKRING_BUS_CLIENT", "paho")
+    with pytest.raises(ValueError, match="TASKRING_BUS_CLIENT"):
+        open_bus(address, "x")
+
+
+@pytest.mark.parametrize("client", BUS_CLIENTS)
+def test_send_refuses_while_disconnected_and_the_publisher_logs_it(client: str) -> None:
+    from backend.adapters.bus.transport import BusUnavailable
+    from backend.core.ring.cache_core import Publish
+
+    async def run() -> None:
+        bus = _bus(client)
+        with pytest.raises(BusUnavailable):
+            bus.send("a", {})
+        Publisher(bus).send([Publish("a", {}, 0)])  # logged at debug, not raised
+        await Publisher(bus).flush(0.1)
+
+    asyncio.run(run())
+
+
+def test_the_publisher_delivers_in_order_over_the_memory_bus() -> None:
+    from backend.core.ring.cache_core import Publish
+
+    heard: list[int] = []
+
+    async def run() -> None:
+        hub = MemoryHub()
+        sender, receiver = hub.attach(), hub.attach()
+
+        async def handler(_topic: str, message: dict[str, Any]) -> None:
+            heard.append(message["n"])
+
+        receiver.subscribe("a", handler)
+        await sender.connect()
+        await receiver.connect()
+        publisher = Publisher(sender)
+        publisher.send([Publish("a", {"n": n}, 0) for n in range(50)])
+        await publisher.flush(5)
+
+    asyncio.run(run())
+    assert heard == list(range(50))
 
 
 @pytest.mark.parametrize("ending", ["raise RuntimeError('boom')", "return"])

@@ -1,0 +1,139 @@
+"""LeanMqttBus's connection without a broker: one write per loop turn, a bounded buffer,
+acknowledgements matched by packet id, malformed input ending the connection."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from backend.adapters.bus.lean import LeanMqttBus, _Connection
+from backend.adapters.bus.transport import BusUnavailable
+from backend.adapters.settings import BrokerAddress
+from backend.core import mqtt_packets as mqtt
+from backend.core.codec import pack
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closing = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def abort(self) -> None:
+        self.aborted = self.closing = True
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, _name: str) -> Any:
+        return None
+
+    def packets(self) -> list[bytes]:
+        """What was written, cut into packets (all are short: one length byte)."""
+        data, out = b"".join(self.writes), []
+        while data:
+            size = 2 + data[1]
+            out.append(data[:size])
+            data = data[size:]
+        return out
+
+
+def connected_bus(max_buffered: int = 1 << 20) -> tuple[LeanMqttBus, _Connection, FakeTransport]:
+    bus = LeanMqttBus(BrokerAddress.parse("mqtt://127.0.0.1:1"), "unit", max_buffered=max_buffered)
+    connection = _Connection(asyncio.get_running_loop(), max_buffered)
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    bus._connection = connection
+    return bus, connection, transport
+
+
+async def test_a_turn_s_messages_leave_in_one_write() -> None:
+    bus, _, transport = connected_bus()
+    for n in range(100):
+        bus.send("t", {"n": n})
+    assert transport.writes == []  # nothing until the turn ends
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 1
+    assert transport.packets() == [mqtt.publish("t", pack({"n": n})) for n in range(100)]
+    bus.send("t", {"n": 100})
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 2
+
+
+async def test_past_the_bound_send_drops_and_counts_and_publish_waits() -> None:
+    bus, connection, transport = connected_bus(max_buffered=1000)
+    connection.pause_writing()
+    for n in range(100):
+        bus.send("t", {"n": n, "pad": "x" * 40})  # 57 bytes a packet
+    await asyncio.sleep(0)
+    assert transport.writes == []
+    assert 1000 <= connection.buffered < 1000 + 57
+    assert bus.outgoing_dropped == 100 - len(connection._out)
+    waiting = asyncio.create_task(bus.publish("t", {"late": True}, qos=0))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    connection.resume_writing()
+    await asyncio.wait_for(waiting, 1)
+    await asyncio.sleep(0)
+    assert transport.packets()[-1] == mqtt.publish("t", pack({"late": True}))
+
+
+async def test_a_qos1_publish_waits_for_its_own_puback() -> None:
+    bus, connection, transport = connected_bus()
+    first = asyncio.create_task(bus.publish("t", {"n": 1}))
+    second = asyncio.create_task(bus.publish("t", {"n": 2}))
+    await asyncio.sleep(0.01)
+    assert transport.packets() == [
+        mqtt.publish("t", pack({"n": 1}), qos=1, packet_id=1),
+        mqtt.publish("t", pack({"n": 2}), qos=1, packet_id=2),
+    ]
+    connection.data_received(mqtt.puback(2))
+    await asyncio.wait_for(second, 1)
+    assert not first.done()
+    connection.data_received(mqtt.puback(1))
+    await asyncio.wait_for(first, 1)
+    assert connection.acks == {}
+
+
+async def test_a_lost_connection_fails_what_waits_and_refuses_what_comes() -> None:
+    bus, connection, _ = connected_bus()
+    waiting = asyncio.create_task(bus.publish("t", {"n": 1}))
+    await asyncio.sleep(0)
+    connection.connection_lost(None)
+    with pytest.raises(BusUnavailable, match="closed the connection"):
+        await waiting
+    assert not bus.connected
+    with pytest.raises(BusUnavailable):
+        bus.send("t", {})
+
+
+async def test_malformed_bytes_end_the_connection() -> None:
+    bus, connection, transport = connected_bus()
+    connection.data_received(b"\x30\x05\x00\x01a")  # a PUBLISH cut short: waits for the rest
+    assert bus.connected and not connection.inbox
+    connection.data_received(b"hi")
+    assert list(connection.inbox) == [mqtt.Publish("a", b"hi")] and not transport.aborted
+    connection.data_received(b"\x10\x00")  # a CONNECT from the broker
+    assert transport.aborted and not bus.connected
+    assert connection.error is not None and "unexpected packet type 1" in connection.error
+
+
+async def test_received_messages_queue_in_order_and_qos1_ones_are_acknowledged() -> None:
+    _, connection, transport = connected_bus()
+    stream = mqtt.publish("a", b"1") + mqtt.publish("b", b"2", qos=1, packet_id=7)
+    connection.data_received(stream[:5])
+    connection.data_received(stream[5:])
+    assert [(p.topic, p.payload) for p in connection.inbox] == [("a", b"1"), ("b", b"2")]
+    await asyncio.sleep(0)
+    assert transport.packets() == [mqtt.puback(7)]
