@@ -54,6 +54,12 @@ class OpenLoopSchedule:
 
     def count_before(self, stream: int, moment: float) -> int:
         """How many of stream `stream`'s operations are due before `moment`."""
-        # k is due before `moment` exactly when k * streams < slots
+        # k is due before `moment` exactly when k * streams < slots; the estimate can be one
+        # off where rounding puts a due time right on `moment`, so it is settled with `due`.
         slots = (moment - self.start) * self.rate - stream
-        return max(0, math.ceil(slots / self.streams))
+        count = max(0, math.ceil(slots / self.streams))
+        while count > 0 and self.due(stream, count - 1) >= moment:
+            count -= 1
+        while self.due(stream, count) < moment:
+            count += 1
+        return count

@@ -161,6 +161,12 @@ def test_count_before_agrees_with_the_due_times(rate: float, streams: int, momen
         assert schedule.due(stream, counted) >= moment - 1e-9
 
 
+def test_a_due_time_that_rounds_onto_the_moment_is_not_counted_before_it() -> None:
+    schedule = OpenLoopSchedule(50.0, 1, start=0.0)  # 1.1 * 50 is 55.00000000000001
+    assert schedule.count_before(0, 1.1) == 55
+    assert schedule.due(0, 54) < 1.1 <= schedule.due(0, 55)
+
+
 def test_a_second_at_a_rate_holds_that_many_operations() -> None:
     schedule = OpenLoopSchedule(1_000, 8, start=5.0)
     due = sum(schedule.count_before(s, 6.0) - schedule.count_before(s, 5.0) for s in range(8))
