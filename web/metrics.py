@@ -2,10 +2,11 @@
 
 Nothing is counted here: each component counts its own requests and sends
 the totals in its heartbeats, and this collector renders the latest ones at
-scrape time; so are the malformed internal messages each component dropped
-(`taskring_dropped_messages_total`). The web process's own HTTP requests are counted in the same
-RequestMetrics shape and rendered from memory, so they show even while the
-broker is down.
+scrape time; so are the internal messages each component dropped
+(`taskring_dropped_messages_total`: malformed ones, and outgoing ones its MQTT
+client dropped because the broker could not keep up). The web process's own
+HTTP requests are counted in the same RequestMetrics shape and rendered from
+memory, so they show even while the broker is down.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class ClusterCollector(Collector):
         )
         dropped = CounterMetricFamily(
             "taskring_dropped_messages",
-            "Malformed internal messages dropped, by component, message and reason.",
+            "Internal messages dropped (malformed, or outgoing ones the broker could not take),"
+            " by component, message and reason.",
             labels=["component", "kind", "message", "reason"],
         )
         ready = GaugeMetricFamily(

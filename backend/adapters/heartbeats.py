@@ -18,7 +18,8 @@ Heartbeat message (msgpack map):
     interval  seconds until the next heartbeat
     metrics   RequestMetrics.to_wire() (core/metrics.py): {"requests": [[op, outcome, n]...],
               "latency": [[op, bucket counts, seconds]...],
-              "dropped": [[message, reason, n]...] (malformed messages dropped, drops.py)}
+              "dropped": [[message, reason, n]...] (messages dropped, drops.py: malformed
+              ones, and ["outgoing", "broker cannot keep up", n] from the MQTT client)}
 """
 
 from __future__ import annotations

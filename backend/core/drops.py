@@ -38,11 +38,7 @@ class Drops:
     def drop(self, what: str, why: str, detail: str = "", exc: BaseException | None = None) -> None:
         """Count one dropped message; log it if its count is 1, 10, 100, ... (with `exc`'s
         traceback, if given: a handler that raised is a bug to fix)."""
-        key = (str(what)[:MAX_LABEL], str(why)[:MAX_LABEL])
-        if key not in self.counts and len(self.counts) >= MAX_REASONS:
-            key = ("other", "other")
-        count = self.counts.get(key, 0) + 1
-        self.counts[key] = count
+        key, count = self._count(what, why)
         if rate_limited(count):
             prefix = f"{self.owner}: " if self.owner else ""
             suffix = f" ({detail[:200]})" if detail else ""
@@ -55,6 +51,19 @@ class Drops:
                 count,
                 exc_info=exc,
             )
+
+    def count(self, what: str, why: str) -> int:
+        """Count one dropped message without logging it (the caller logs in its own words,
+        e.g. for a message that was well formed); return its running count."""
+        return self._count(what, why)[1]
+
+    def _count(self, what: str, why: str) -> tuple[tuple[str, str], int]:
+        key = (str(what)[:MAX_LABEL], str(why)[:MAX_LABEL])
+        if key not in self.counts and len(self.counts) >= MAX_REASONS:
+            key = ("other", "other")
+        count = self.counts.get(key, 0) + 1
+        self.counts[key] = count
+        return key, count
 
     @property
     def total(self) -> int:

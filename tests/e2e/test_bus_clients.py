@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from backend.adapters.bus import BUS_CLIENTS, BrokerBus, open_bus
-from backend.adapters.bus.lean import LeanMqttBus
+from backend.adapters.bus.lean import MAX_BUFFERED, LeanMqttBus
 from backend.adapters.bus.transport import BusUnavailable, LastWill
 from backend.adapters.settings import BrokerAddress
 from backend.core import mqtt_packets as mqtt
@@ -307,6 +307,40 @@ async def test_lean_bus_bounds_its_buffer_when_the_broker_stops_reading(
         finally:
             os.kill(broker.pid, signal.SIGCONT)
         await asyncio.wait_for(publishing, 10)
+
+
+async def test_lean_bus_stops_reading_while_its_handlers_lag_and_reads_on_after(
+    processes: Processes, tmp_path: Path
+):
+    number = free_port()
+    start_broker(processes, tmp_path, number)
+    release = asyncio.Event()
+    heard: list[int] = []
+
+    async def slow(_topic: str, message: dict[str, Any]) -> None:
+        await release.wait()
+        heard.append(message["n"])
+
+    bounds = {"max_buffered": MAX_BUFFERED, "max_inbox": 100}
+    async with (
+        connected("lean", number, "rx", **bounds) as (receiver, _),
+        connected("lean", number, "tx", max_buffered=MAX_BUFFERED) as (sender, _),
+    ):
+        assert isinstance(receiver, LeanMqttBus)
+        await receiver.subscribe_now("f/#", slow)
+        connection = receiver._connection
+        assert connection is not None
+        for n in range(5000):
+            sender.send("f/x", {"n": n})
+        await sender.flush(5)
+        await eventually(lambda: connection.reading_paused, "reading to pause")
+        assert len(connection.inbox) < 5000
+        release.set()
+        await eventually(lambda: not connection.reading_paused, "reading to resume")
+        await sender.publish("f/x", {"n": 5000})
+        await eventually(lambda: heard[-1:] == [5000], "a message sent after", 15)
+        assert heard == sorted(heard) and heard[0] == 0  # the broker may drop some
+        assert receiver._connection is connection  # the pause cost no reconnect
 
 
 async def test_a_silent_broker_is_taken_for_dead_and_reconnected_to(

@@ -13,10 +13,24 @@ fraction of its CPU cost, because the hot path does almost nothing:
 - QoS-1 publishes (last wills, a few control messages), SUBSCRIBE and
   UNSUBSCRIBE each wait for their acknowledgement on a future.
 
-Backpressure: while the transport asks us to pause (the broker reads slower
-than we write), packets wait in our buffer. Past MAX_BUFFERED bytes there,
-`send` drops the message and counts it (`outgoing_dropped`, logged
-rate-limited), and `publish` waits until the buffer drains.
+Backpressure, outgoing: while the transport asks us to pause (the broker
+reads slower than we write), packets wait in our buffer. Past MAX_BUFFERED
+bytes there, `send` drops the message and counts it (`outgoing_dropped`, and
+in `drops` as ("outgoing", "broker cannot keep up"), so heartbeats and
+/metrics report it), and `publish` waits until the buffer drains.
+
+Backpressure, incoming: messages received but not yet handled wait in the
+inbox. Past MAX_INBOX messages or MAX_INBOX_BYTES bytes of payload there (a
+component slower than what it is sent), the connection stops reading from
+the socket, so TCP pushes back on the broker instead of this process growing
+without limit; it reads again once the inbox is below half of both bounds.
+The broker then queues for us, and past its own per-client limits drops
+(Mosquitto 2.0 holds up to max_queued_messages, 1000 by default, and
+max_queued_bytes of packets for a client and drops further QoS-0 messages to
+it): the protocols above retry what matters. Reading goes on while an
+acknowledgement is awaited, so a handler that publishes at QoS 1 is never
+stuck behind its own inbox; the keepalive does not count the paused time as
+the broker's silence.
 
 Keepalive: a PINGREQ goes out every keepalive / 2 seconds; a broker silent for
 1.5 x keepalive is taken for dead and the connection is dropped and made again.
@@ -52,6 +66,9 @@ RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)  # as MqttBus's
 CONNECT_TIMEOUT = 5.0  # TCP (and TLS) connect, then the CONNACK
 ACK_TIMEOUT = 5.0  # a PUBACK, SUBACK or UNSUBACK
 MAX_BUFFERED = 8 * 1024 * 1024  # bytes held while the broker cannot keep up
+MAX_INBOX = 10_000  # messages received and not yet handled before reading pauses
+MAX_INBOX_BYTES = 64 * 1024 * 1024  # their payload bytes before reading pauses
+OUTGOING_DROP = ("outgoing", "broker cannot keep up")  # how `drops` counts a dropped `send`
 FILTERS_PER_SUBSCRIBE = 64
 FLUSH_POLL = 0.005
 MAX_ROUTES = 4096  # topics whose matching handlers are remembered
@@ -64,12 +81,22 @@ class SessionEnded(ConnectionError):
 class _Connection(asyncio.Protocol):
     """One connection to the broker: packets out once per loop turn, packets in as they come."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_buffered: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        max_buffered: int,
+        max_inbox: int = MAX_INBOX,
+        max_inbox_bytes: int = MAX_INBOX_BYTES,
+    ) -> None:
         self.loop = loop
         self.max_buffered = max_buffered
+        self.max_inbox = max_inbox
+        self.max_inbox_bytes = max_inbox_bytes
         self.transport: asyncio.Transport | None = None
         self.decoder = mqtt.PacketDecoder()
         self.inbox: collections.deque[mqtt.Publish] = collections.deque()
+        self.inbox_bytes = 0  # payload bytes in the inbox
+        self.reading_paused = False  # by us, because the inbox is over its bound
         self.error: str | None = None  # set once the connection is lost
         self.last_received = loop.time()
         self.connack: asyncio.Future[mqtt.ConnAck] = loop.create_future()
@@ -104,10 +131,15 @@ class _Connection(asyncio.Protocol):
         for packet in packets:
             if type(packet) is mqtt.Publish:
                 self.inbox.append(packet)
+                self.inbox_bytes += len(packet.payload)
                 if packet.packet_id is not None:
                     self.write(mqtt.puback(packet.packet_id))
             else:
                 self._acknowledged(packet)
+        if not self.reading_paused and (
+            len(self.inbox) > self.max_inbox or self.inbox_bytes > self.max_inbox_bytes
+        ):
+            self._pause_reading()
         waiter = self._inbox_waiter
         if self.inbox and waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -133,6 +165,35 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         self._schedule_flush()
+
+    # Reading backpressure
+
+    def _pause_reading(self) -> None:
+        transport = self.transport
+        if self.acks or transport is None or transport.is_closing():
+            return  # an acknowledgement is awaited: it must get in
+        transport.pause_reading()
+        self.reading_paused = True
+
+    def _resume_reading(self) -> None:
+        transport = self.transport
+        self.reading_paused = False
+        # The broker was not silent: we did not listen. The keepalive counts from now.
+        self.last_received = self.loop.time()
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def take(self) -> mqtt.Publish:
+        """The oldest message of the inbox; reading resumes once it is below half its bounds."""
+        packet = self.inbox.popleft()
+        self.inbox_bytes -= len(packet.payload)
+        if (
+            self.reading_paused
+            and len(self.inbox) <= self.max_inbox // 2
+            and self.inbox_bytes <= self.max_inbox_bytes // 2
+        ):
+            self._resume_reading()
+        return packet
 
     # Writing
 
@@ -213,8 +274,15 @@ class _Connection(asyncio.Protocol):
 
     def expect(self, packet_id: int) -> asyncio.Future[mqtt.Packet]:
         future: asyncio.Future[mqtt.Packet] = self.loop.create_future()
+        self.expect_unawaited(packet_id)
         self.acks[packet_id] = future
         return future
+
+    def expect_unawaited(self, packet_id: int) -> None:
+        """Note a packet id whose acknowledgement nobody waits for (but `flush` does)."""
+        self.acks[packet_id] = None
+        if self.reading_paused:
+            self._resume_reading()  # the acknowledgement must get in; pauses again after
 
     async def acknowledgement(self, packet_id: int, future: asyncio.Future[mqtt.Packet]) -> Any:
         try:
@@ -264,6 +332,8 @@ class LeanMqttBus:
         will: LastWill | None = None,
         drops: Drops | None = None,
         max_buffered: int = MAX_BUFFERED,
+        max_inbox: int = MAX_INBOX,
+        max_inbox_bytes: int = MAX_INBOX_BYTES,
     ) -> None:
         self.address = address
         self.client_id = client_id
@@ -271,6 +341,8 @@ class LeanMqttBus:
         self.will = will
         self.drops = drops or Drops(f"bus {client_id}", log)
         self.max_buffered = max_buffered
+        self.max_inbox = max_inbox
+        self.max_inbox_bytes = max_inbox_bytes
         self.handlers: list[tuple[str, Handler]] = []
         self.hooks: list[ConnectHook] = []
         self.last_error: str | None = None
@@ -299,21 +371,27 @@ class LeanMqttBus:
     def send(self, topic: str, message: Message, qos: int = 0) -> None:
         connection = self._open_connection()
         if connection.full:
-            self.outgoing_dropped += 1
-            if rate_limited(self.outgoing_dropped):
-                log.warning(
-                    "bus %s: the broker cannot keep up; dropped a message to %s [%d so far]",
-                    self.client_id,
-                    topic,
-                    self.outgoing_dropped,
-                )
+            self._drop_outgoing(topic)
             return
         if qos:
             packet_id = connection.packet_id()
-            connection.acks[packet_id] = None  # its PUBACK is awaited by nobody
+            connection.expect_unawaited(packet_id)
             connection.write(mqtt.publish(topic, pack(message), qos=1, packet_id=packet_id))
         else:
             connection.write(mqtt.publish(topic, pack(message)))
+
+    def _drop_outgoing(self, topic: str) -> None:
+        """Count a `send` dropped for a full buffer, here and in `drops` (so it reaches the
+        heartbeat's metrics["dropped"] and /metrics as taskring_dropped_messages_total)."""
+        self.outgoing_dropped += 1
+        count = self.drops.count(*OUTGOING_DROP)
+        if rate_limited(count):
+            log.warning(
+                "bus %s: the broker cannot keep up; dropped a message to %s [%d so far]",
+                self.client_id,
+                topic,
+                count,
+            )
 
     async def flush(self, timeout: float) -> None:
         """Wait up to `timeout` s until what was sent is written and its PUBACKs are in."""
@@ -366,7 +444,7 @@ class LeanMqttBus:
             return
         # Written now, so it reaches the broker before any later SUBSCRIBE to the filter.
         packet_id = connection.packet_id()
-        connection.acks[packet_id] = None
+        connection.expect_unawaited(packet_id)
         connection.write(mqtt.unsubscribe(packet_id, [topic_filter]))
 
     def _wanted(self, topic_filter: str) -> bool:
@@ -447,7 +525,7 @@ class LeanMqttBus:
 
     async def _session(self) -> None:
         loop = asyncio.get_running_loop()
-        connection = _Connection(loop, self.max_buffered)
+        connection = _Connection(loop, self.max_buffered, self.max_inbox, self.max_inbox_bytes)
         tls = self.address.tls_context()
         async with asyncio.timeout(CONNECT_TIMEOUT):
             await loop.create_connection(
@@ -507,7 +585,7 @@ class LeanMqttBus:
         while True:
             await connection.next_batch()
             while inbox:
-                packet = inbox.popleft()
+                packet = connection.take()
                 topic = packet.topic
                 await deliver(self._routes_of(topic), self.drops, topic, packet.payload)
 
@@ -526,7 +604,7 @@ class LeanMqttBus:
         while connection.open:
             await asyncio.sleep(self.keepalive / 2)
             silent = loop.time() - connection.last_received
-            if silent > 1.5 * self.keepalive:
+            if silent > 1.5 * self.keepalive and not connection.reading_paused:
                 connection.fail(f"the broker was silent for {silent:.1f} s")
                 return
             connection.write(mqtt.PINGREQ)

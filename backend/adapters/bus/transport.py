@@ -1,10 +1,11 @@
 """The one small interface between taskring's components and the message bus.
 
 Components publish maps to topics and register handlers for topic filters.
-`MqttBus` (aiomqtt) or `LeanMqttBus` (its own MQTT 3.1.1 client; pick with
-TASKRING_BUS_CLIENT, see `open_bus`) carries them over a real broker; `MemoryBus`
-delivers them in one process for unit tests. `send` is the fire-and-forget way
-to publish: no waiting, nothing reported but BusUnavailable while disconnected.
+`LeanMqttBus` (taskring's own MQTT 3.1.1 client, the default) or `MqttBus`
+(aiomqtt; pick with TASKRING_BUS_CLIENT, see `open_bus`) carries them over a
+real broker; `MemoryBus` delivers them in one process for unit tests. `send`
+is the fire-and-forget way to publish: no waiting, nothing reported but
+BusUnavailable while disconnected.
 Subscriptions survive reconnects: the transport re-subscribes and then calls
 every `on_connect` hook, which is where a component catches up on what it missed.
 """

@@ -64,7 +64,6 @@ class RingStore:
         self._flush_due = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._publishing: set[asyncio.Task[None]] = set()
         bus.subscribe(topics.RING_ANNOUNCE, self._on_announce)
         bus.subscribe(self.reply_topic, self._on_reply)
         bus.subscribe(topics.RING_CLIENT_CHANGES, self._on_client_change)
@@ -261,17 +260,17 @@ class RingStore:
         self._drive()
 
     def _flush(self) -> None:
+        """Hand this turn's batches to the bus's fire-and-forget `send` (no task per batch);
+        what it refuses goes back to the core as unsent, which retries its calls."""
         self._flush_due = False
+        unsent = False
         for topic, message in self.core.flush():
-            task = asyncio.create_task(self._publish(topic, message))
-            self._publishing.add(task)
-            task.add_done_callback(self._publishing.discard)
-
-    async def _publish(self, topic: str, message: dict[str, Any]) -> None:
-        try:
-            await self.bus.publish(topic, message, qos=topics.MESSAGE_QOS)
-        except BusUnavailable as exc:
-            self.core.unsent(message, str(exc), self.clock())
+            try:
+                self.bus.send(topic, message, topics.MESSAGE_QOS)
+            except BusUnavailable as exc:
+                self.core.unsent(message, str(exc), self.clock())
+                unsent = True
+        if unsent:
             self._drive()
 
     def _member_hosts(self) -> list[str]:

@@ -171,6 +171,8 @@ def test_the_lean_bus_remembers_each_topic_s_handlers_until_a_subscription_chang
 def test_the_factory_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     address = BrokerAddress.parse("mqtt://127.0.0.1:1")
     monkeypatch.delenv("TASKRING_BUS_CLIENT", raising=False)
+    assert type(open_bus(address, "x")) is LeanMqttBus
+    monkeypatch.setenv("TASKRING_BUS_CLIENT", "aiomqtt")
     assert type(open_bus(address, "x")) is MqttBus
     monkeypatch.setenv("TASKRING_BUS_CLIENT", "lean")
     bus = open_bus(address, "x", will=LastWill("t", {}), keepalive=3)

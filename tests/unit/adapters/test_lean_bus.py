@@ -1,5 +1,6 @@
 """LeanMqttBus's connection without a broker: one write per loop turn, a bounded buffer,
-acknowledgements matched by packet id, malformed input ending the connection."""
+a bounded inbox, acknowledgements matched by packet id, malformed input ending the
+connection."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from typing import Any
 
 import pytest
 
-from backend.adapters.bus.lean import LeanMqttBus, _Connection
+from backend.adapters.bus.lean import OUTGOING_DROP, LeanMqttBus, _Connection
 from backend.adapters.bus.transport import BusUnavailable
 from backend.adapters.settings import BrokerAddress
 from backend.core import mqtt_packets as mqtt
-from backend.core.codec import pack
+from backend.core.codec import pack, unpack
+from backend.core.drops import Drops
+from backend.core.metrics import RequestMetrics
 
 
 class FakeTransport:
@@ -20,6 +23,16 @@ class FakeTransport:
         self.writes: list[bytes] = []
         self.closing = False
         self.aborted = False
+        self.reading = True
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        assert self.reading
+        self.reading = False
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
@@ -49,9 +62,16 @@ class FakeTransport:
         return out
 
 
-def connected_bus(max_buffered: int = 1 << 20) -> tuple[LeanMqttBus, _Connection, FakeTransport]:
-    bus = LeanMqttBus(BrokerAddress.parse("mqtt://127.0.0.1:1"), "unit", max_buffered=max_buffered)
-    connection = _Connection(asyncio.get_running_loop(), max_buffered)
+def connected_bus(
+    max_buffered: int = 1 << 20,
+    max_inbox: int = 10_000,
+    max_inbox_bytes: int = 1 << 20,
+    drops: Drops | None = None,
+) -> tuple[LeanMqttBus, _Connection, FakeTransport]:
+    address = BrokerAddress.parse("mqtt://127.0.0.1:1")
+    bus = LeanMqttBus(address, "unit", max_buffered=max_buffered, drops=drops)
+    loop = asyncio.get_running_loop()
+    connection = _Connection(loop, max_buffered, max_inbox, max_inbox_bytes)
     transport = FakeTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
     bus._connection = connection
@@ -137,3 +157,96 @@ async def test_received_messages_queue_in_order_and_qos1_ones_are_acknowledged()
     assert [(p.topic, p.payload) for p in connection.inbox] == [("a", b"1"), ("b", b"2")]
     await asyncio.sleep(0)
     assert transport.packets() == [mqtt.puback(7)]
+
+
+async def test_dropped_sends_are_counted_in_drops_and_ride_in_heartbeats() -> None:
+    metrics = RequestMetrics(Drops())
+    bus, connection, _ = connected_bus(max_buffered=100, drops=metrics.drops)
+    connection.pause_writing()
+    for n in range(10):
+        bus.send("t", {"n": n, "pad": "x" * 40})
+    assert bus.outgoing_dropped == 10 - len(connection._out) > 0
+    assert metrics.drops.counts == {OUTGOING_DROP: bus.outgoing_dropped}
+    assert [*OUTGOING_DROP, bus.outgoing_dropped] in unpack(pack(metrics.to_wire()))["dropped"]
+
+
+def messages(first: int, count: int, pad: int = 0) -> bytes:
+    return b"".join(
+        mqtt.publish("t", pack({"n": n, "pad": "x" * pad})) for n in range(first, first + count)
+    )
+
+
+async def test_a_full_inbox_pauses_reading_until_drained_below_half() -> None:
+    _, connection, transport = connected_bus(max_inbox=10)
+    connection.data_received(messages(0, 10))
+    assert transport.reading  # at the bound, not past it
+    connection.data_received(messages(10, 1))
+    assert not transport.reading and connection.reading_paused
+    for _ in range(5):
+        connection.take()
+    assert not transport.reading  # 6 left
+    connection.take()
+    assert transport.reading and not connection.reading_paused  # 5 left: half
+    assert [unpack(p.payload)["n"] for p in connection.inbox] == [6, 7, 8, 9, 10]
+
+
+async def test_the_inbox_is_bounded_in_bytes_too() -> None:
+    _, connection, transport = connected_bus(max_inbox_bytes=1000)
+    connection.data_received(messages(0, 1, pad=2000))
+    assert not transport.reading and connection.inbox_bytes > 1000
+    connection.take()
+    assert transport.reading and connection.inbox_bytes == 0
+
+
+async def test_reading_goes_on_while_an_acknowledgement_is_awaited() -> None:
+    bus, connection, transport = connected_bus(max_inbox=2)
+    connection.data_received(messages(0, 3))
+    assert not transport.reading
+    waiting = asyncio.create_task(bus.publish("t", {"n": "mine"}))
+    await asyncio.sleep(0)
+    assert transport.reading  # its PUBACK must get in, behind more messages
+    connection.data_received(messages(3, 2))
+    assert transport.reading
+    connection.data_received(mqtt.puback(1))
+    await asyncio.wait_for(waiting, 1)
+    assert not transport.reading  # paused again at the next data
+    assert len(connection.inbox) == 5
+
+
+async def test_a_slow_handler_pushes_back_and_then_hears_everything_in_order() -> None:
+    bus, connection, transport = connected_bus(max_inbox=4)
+    heard: list[int] = []
+    release = asyncio.Event()
+
+    async def slow(_topic: str, message: dict[str, Any]) -> None:
+        await release.wait()
+        heard.append(message["n"])
+
+    bus.subscribe("t", slow)
+    reader = asyncio.create_task(bus._read(connection))
+    connection.data_received(messages(0, 6))
+    await asyncio.sleep(0)
+    assert not transport.reading
+    release.set()
+    await asyncio.sleep(0.01)
+    assert transport.reading and heard == list(range(6)) and transport.pauses == 1
+    reader.cancel()
+
+
+async def test_the_keepalive_does_not_take_a_paused_read_for_a_silent_broker() -> None:
+    bus, connection, transport = connected_bus(max_inbox=1)
+    bus.keepalive = 0.02  # type: ignore[assignment]
+    connection.data_received(messages(0, 2))
+    assert not transport.reading
+    await asyncio.sleep(0.1)  # nothing received: silent, were we listening
+    pinger = asyncio.create_task(bus._keep_alive(connection))
+    await asyncio.sleep(0.1)
+    assert connection.open and not transport.aborted
+    connection.take()
+    connection.take()
+    assert transport.reading  # the keepalive counts from here
+    await asyncio.sleep(0.01)
+    assert connection.open
+    await asyncio.sleep(0.1)
+    assert not connection.open  # no PINGRESP since: the broker is silent
+    pinger.cancel()

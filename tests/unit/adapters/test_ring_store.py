@@ -221,3 +221,29 @@ async def test_a_cancelled_operation_stops_being_retried(ring) -> None:
     with pytest.raises(asyncio.CancelledError):
         await call
     assert store.core.next_tick() is None and not store.waiting
+
+
+async def test_what_the_bus_refuses_is_retried_once_it_is_connected_again(ring) -> None:
+    owner, store = ring
+    store.bus.disconnect()
+    before = owner.requests
+    inserting = asyncio.create_task(store.insert_task(CID, "t", "d"))
+    await asyncio.sleep(0.1)
+    assert owner.requests == before and not inserting.done()  # refused, paused, refused...
+    await store.bus.connect()
+    await asyncio.wait_for(inserting, 1)
+    assert await store.list_tasks(CID) == [Task("t", "d")]
+
+
+async def test_a_batch_goes_out_by_the_bus_s_fire_and_forget_send(ring) -> None:
+    _, store = ring
+    sent: list[str] = []
+    send = store.bus.send
+
+    def record(topic: str, message: dict, qos: int = 0) -> None:
+        sent.append(topic)
+        send(topic, message, qos)
+
+    store.bus.send = record
+    assert await store.list_tasks(CID) == []
+    assert sent == [topics.ring_host("cache-1")]
