@@ -116,15 +116,22 @@ async def measure(
             seconds = plan.options.warmup + plan.options.duration
             async with live_progress(err, target.name, live, seconds, plan.progress):
                 result = await run(target, plan.spec, plan.options, live)
-            if watch is not None and result.window is not None:
-                cost = await watch.cost(result.window, result.ok)
-                if isinstance(cost, str):
-                    result.cpu_not_shown = cost
-                else:
-                    result.cpu = cost
+            if watch is not None:
+                await add_cpu(result, watch)
             return result
     finally:
         await target.close()
+
+
+async def add_cpu(result: RunResult, watch: CpuWatch) -> None:
+    """Put what the system's processes used in the measured window into `result`."""
+    if result.window is None:
+        return
+    cost = await watch.cost(result.window, result.ok)
+    if isinstance(cost, str):
+        result.cpu_not_shown = cost
+    else:
+        result.cpu = cost
 
 
 async def measure_all(
@@ -306,7 +313,8 @@ def admin_token(flag: str | None, data_dir: str | None) -> str:
 )
 @restart_cli.options
 def bench(**flags: Any) -> None:
-    """Load-test a running system through its real portals and print latency and throughput.
+    """Load-test a running system through its real portals and print latency, throughput
+    and the CPU its processes spent per operation.
 
     Creates (or reuses) K clients `bench-client-NNNNNN` through an admin portal,
     gives each T tasks, then drives the workload through every client portal.

@@ -69,7 +69,7 @@ class CpuWatch:
         # Logged in, the broker takes the login as the client id; anonymous, a random one.
         client_id = self.address.username or f"taskring-bench-{os.getpid()}-{secrets.token_hex(3)}"
         self._bus = open_bus(self.address, client_id)
-        self._bus.subscribe(topics.HEARTBEATS, self._on_heartbeat)
+        self._bus.subscribe(topics.HEARTBEATS, self.on_heartbeat)
         await self._bus.__aenter__()
         broker_pid, self._broker_note = await find_broker(self.address)
         self._local = asyncio.create_task(self._read_local(broker_pid))
@@ -82,7 +82,7 @@ class CpuWatch:
         if self._bus is not None:
             await self._bus.__aexit__(*exc_info)
 
-    async def _on_heartbeat(self, topic: str, message: Any) -> None:
+    async def on_heartbeat(self, topic: str, message: Any) -> None:
         received = asyncio.get_running_loop().time()
         try:
             beat = self._view.observe(topic, message, received).heartbeat

@@ -64,10 +64,10 @@ TOPIC = "taskring/v1/heartbeat/client-portal/client-portal-1"
 async def test_heartbeats_around_the_window_give_the_cpu_used_in_it() -> None:
     watch = CpuWatch(BrokerAddress("127.0.0.1", 1))
     loop = asyncio.get_running_loop()
-    await watch._on_heartbeat(TOPIC, beat(1.0))
+    await watch.on_heartbeat(TOPIC, beat(1.0))
     window = Window(loop.time() + 0.05, 0.0, 0.1)
     await asyncio.sleep(0.2)
-    await watch._on_heartbeat(TOPIC, beat(2.0))
+    await watch.on_heartbeat(TOPIC, beat(2.0))
     cost = await watch.cost(window, ops=100)
     assert isinstance(cost, CpuCost)
     (portals,) = cost.kinds
@@ -81,7 +81,7 @@ async def test_a_heartbeat_without_the_cpu_field_is_named_as_unmeasured() -> Non
     watch = CpuWatch(BrokerAddress("127.0.0.1", 1))
     old = beat(0.0)
     del old["cpu_seconds"]
-    await watch._on_heartbeat(TOPIC, old)
+    await watch.on_heartbeat(TOPIC, old)
     loop = asyncio.get_running_loop()
     cost = await watch.cost(Window(loop.time() - 1.0, 0.0, 0.5), ops=10)
     assert isinstance(cost, CpuCost)
