@@ -74,7 +74,8 @@ async def test_heartbeats_around_the_window_give_the_cpu_used_in_it() -> None:
     assert portals.kind == "client-portal" and portals.processes == 1
     # a tenth of a second of the about 0.2 s between the heartbeats, whose CPU grew by 1 s
     assert 0.2 < portals.cpu_seconds < 0.8
-    assert portals.cpu_seconds + portals.error_seconds <= 1.0 + 1e-9
+    # each edge is off by at most the 1 s between the two readings
+    assert 0 < portals.error_seconds <= 2.0
 
 
 async def test_a_heartbeat_without_the_cpu_field_is_named_as_unmeasured() -> None:
