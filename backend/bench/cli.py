@@ -44,6 +44,7 @@ DEFAULT_ADMIN_PORTALS = ",".join(
     f"{settings.DEFAULT_HOST}:{port}" for port in settings.DEFAULT_ADMIN_PORTS
 )
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "": 1.0}
+WIDE = 160
 
 out = Console()
 err = Console(stderr=True)
@@ -411,6 +412,8 @@ def target_factories(flags: dict[str, Any], plan: Plan) -> list[Callable[[], Tar
 def show(results: list[RunResult], plan: Plan) -> None:
     if not results:
         return
+    if not out.is_terminal:
+        out.width = max(out.width, WIDE)  # a pipe or a file: never cut a column short
     out.print(report.results_table(results, plan.label()))
     for line in report.error_lines(results):
         out.print(line)

@@ -35,27 +35,31 @@ def results_table(results: list[RunResult], title: str) -> Table:
     for name in LATENCY_COLUMNS:
         table.add_column(f"{name} ms", justify="right")
     table.add_column("errors", justify="right")
-    table.add_column("CPU ms/op", justify="right")
+    with_cpu = any(result.cpu for result in results)
+    if with_cpu:
+        table.add_column("CPU ms/op", justify="right")
     for result in results:
         latency = result.latency.summary()
-        table.add_row(
+        cells = [
             result.target,
             f"{result.ops_per_second:,.0f}",
             *(f"{latency[name]:.2f}" for name in LATENCY_COLUMNS),
             str(result.error_count),
-            _ms(result.cpu.ms_per_op(result.cpu.cpu_seconds)) if result.cpu else "-",
-        )
+        ]
+        if with_cpu:
+            cells.append(_ms(result.cpu.ms_per_op(result.cpu.cpu_seconds)) if result.cpu else "-")
+        table.add_row(*cells)
     return table
 
 
 def cpu_table(target: str, cost: CpuCost) -> Table:
     """What each kind of process used in the measured window, per operation."""
     table = Table(
-        title=f"{target}: CPU per operation over all processes ({cost.ops:,} operations,"
-        f" {cost.window_seconds:g} s)",
+        title=f"{target}: CPU per operation",
         title_justify="left",
-        caption="CPU seconds from each process's heartbeats (one a second) or /proc, "
-        "interpolated to the window's edges; ± bounds what falls between two readings",
+        caption=f"over all processes, {cost.ops:,} operations in {cost.window_seconds:g} s;"
+        " CPU seconds from each process's heartbeats (one a second) or /proc,"
+        " interpolated to the window's edges; ± bounds what falls between two readings",
         caption_justify="left",
     )
     for name in ("kind", "processes", "CPU s", "ms/op", "± ms/op", "share"):

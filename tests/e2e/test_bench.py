@@ -85,7 +85,7 @@ def test_cpu_per_operation_by_kind_of_process(processes, tmp_path: Path) -> None
     assert by_kind["replica"]["processes"] == 3
     assert cpu["ms_per_op"] >= sum(kind["ms_per_op"] for kind in by_kind.values()) - 0.01
     assert cpu["bench"]["ms_per_op"] > 0
-    assert "CPU per operation over all processes" in done.stdout
+    assert "taskring: CPU per operation" in done.stdout
     for name in ("client portals", "cache nodes", "replicas", "broker", "total"):
         assert name in done.stdout
 

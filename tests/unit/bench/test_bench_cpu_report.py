@@ -48,12 +48,18 @@ def test_the_cpu_table_breaks_the_total_down_by_kind() -> None:
     assert result.cpu is not None
     text = rendered(report.cpu_table(result.target, result.cpu), *report.cpu_lines(result))
     lines = text.splitlines()
+    assert lines[0].strip() == "taskring: CPU per operation"
     assert any("client portals" in line and "0.400" in line for line in lines)
     assert any("cache nodes" in line and "0.300" in line for line in lines)
     assert any("replicas" in line and "0.300" in line for line in lines)
     assert any("total" in line and "1.000" in line for line in lines)
     assert "broker: not measured: it runs on another host (mqtt.example)" in text
     assert "the bench itself: 0.500 ms/op (not in the total)" in text
+
+
+def test_without_cpu_figures_the_results_table_has_no_cpu_column() -> None:
+    result = RunResult("redis", 2.0, 1000, Histogram(), {})
+    assert "CPU" not in rendered(report.results_table([result], "write"))
 
 
 def test_why_cpu_is_not_shown_is_said_and_saved() -> None:
