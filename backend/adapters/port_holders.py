@@ -117,6 +117,17 @@ def who_holds(port: int, limit: int = 3) -> list[str]:
     return [describe(s, owners.get(s.inode)) for s in found]
 
 
+def listening_pids(port: int) -> dict[str, int]:
+    """Local address -> pid of each process we may look into that listens on `port`."""
+    sockets: list[TcpSocket] = []
+    for table in TABLES:
+        with contextlib.suppress(OSError):
+            sockets += parse_tcp_table(table.read_text())
+    listeners = [s for s in holders_of(sockets, port) if s.state == "LISTEN" and s.inode]
+    owners = _owners({s.inode for s in listeners})
+    return {s.local: owners[s.inode].pid for s in listeners if s.inode in owners}
+
+
 def _owners(inodes: set[int]) -> dict[int, Owner]:
     """Socket inode -> the process holding it, among the processes we may look into."""
     owners: dict[int, Owner] = {}

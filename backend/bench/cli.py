@@ -8,6 +8,7 @@ token); 3 the system is not reachable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shlex
@@ -22,7 +23,9 @@ import click
 from rich.console import Console
 
 from backend.adapters import settings
+from backend.adapters.broker_logins import STATUS_LOGIN, local_broker_url
 from backend.bench import environment, report, restart_cli
+from backend.bench.cpu_watch import CpuWatch
 from backend.bench.driver import RunOptions, run
 from backend.bench.progress import live_progress
 from backend.bench.results import Live, RunResult
@@ -41,6 +44,7 @@ DEFAULT_ADMIN_PORTALS = ",".join(
     f"{settings.DEFAULT_HOST}:{port}" for port in settings.DEFAULT_ADMIN_PORTS
 )
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "": 1.0}
+WIDE = 160
 
 out = Console()
 err = Console(stderr=True)
@@ -96,21 +100,43 @@ class Plan:
         )
 
 
-async def measure(target: Target, plan: Plan) -> RunResult:
-    """Prepare one target, run the workload on it, and always clean up what it started."""
+async def measure(
+    target: Target, plan: Plan, broker: settings.BrokerAddress | None = None
+) -> RunResult:
+    """Prepare one target, run the workload on it, and always clean up what it started.
+    With the `broker` of the system's heartbeats, also find the CPU it used per operation."""
     try:
-        say(f"{target.name}: setting up")
-        await target.prepare()
-        live = Live()
-        seconds = plan.options.warmup + plan.options.duration
-        async with live_progress(err, target.name, live, seconds, plan.progress):
-            return await run(target, plan.spec, plan.options, live)
+        async with contextlib.AsyncExitStack() as stack:
+            # listening from the start, so every component has a heartbeat before the window
+            watch = await stack.enter_async_context(CpuWatch(broker)) if broker else None
+            say(f"{target.name}: setting up")
+            await target.prepare()
+            if watch is not None:
+                await watch.hear_everyone(lead=plan.options.warmup)
+            live = Live()
+            seconds = plan.options.warmup + plan.options.duration
+            async with live_progress(err, target.name, live, seconds, plan.progress):
+                result = await run(target, plan.spec, plan.options, live)
+            if watch is not None:
+                await add_cpu(result, watch)
+            return result
     finally:
         await target.close()
 
 
+async def add_cpu(result: RunResult, watch: CpuWatch) -> None:
+    """Put what the system's processes used in the measured window into `result`."""
+    if result.window is None:
+        return
+    cost = await watch.cost(result.window, result.ok)
+    if isinstance(cost, str):
+        result.cpu_not_shown = cost
+    else:
+        result.cpu = cost
+
+
 async def measure_all(
-    factories: list[Callable[[], Target]], plan: Plan
+    factories: list[Callable[[], Target]], plan: Plan, broker: settings.BrokerAddress | None = None
 ) -> tuple[list[RunResult], dict[str, str]]:
     # SIGTERM stops a run like Ctrl-C does: the peers started here are stopped on the way out.
     main = asyncio.current_task()
@@ -121,7 +147,8 @@ async def measure_all(
     for factory in factories:
         target = factory()
         try:
-            results.append(await measure(target, plan))
+            system = isinstance(target, TaskringTarget)
+            results.append(await measure(target, plan, broker if system else None))
         except TargetUnusable as exc:
             if isinstance(target, TaskringTarget):
                 raise  # the system under test itself: nothing to measure
@@ -279,9 +306,16 @@ def admin_token(flag: str | None, data_dir: str | None) -> str:
     help="Skip a comparison peer that is not installed instead of installing it.",
 )
 @click.option("--no-progress", is_flag=True, help="No live progress bar.")
+@click.option(
+    "--broker",
+    envvar="TASKRING_BROKER",
+    help="The system's MQTT broker, to read each process's CPU from the heartbeats "
+    "(default: as `taskring status` finds it).",
+)
 @restart_cli.options
 def bench(**flags: Any) -> None:
-    """Load-test a running system through its real portals and print latency and throughput.
+    """Load-test a running system through its real portals and print latency, throughput
+    and the CPU its processes spent per operation.
 
     Creates (or reuses) K clients `bench-client-NNNNNN` through an admin portal,
     gives each T tasks, then drives the workload through every client portal.
@@ -299,9 +333,10 @@ def bench(**flags: Any) -> None:
         # found out now rather than after a long run
         raise click.BadParameter(f"{json_path.parent} is not a directory", param_hint="--json")
     factories = target_factories(flags, plan)
+    broker = None if flags["compare_only"] else broker_address(flags["broker"], flags["data_dir"])
     machine = environment.machine()  # before the run, so the load average is other work's
     try:
-        results, skipped = run_loop(measure_all(factories, plan))
+        results, skipped = run_loop(measure_all(factories, plan, broker))
     except TargetUnreachable as exc:
         fail(EXIT_UNREACHABLE, str(exc))
     except TargetUnusable as exc:
@@ -316,6 +351,16 @@ def bench(**flags: Any) -> None:
     for result in results:
         if result.ok == 0:
             fail(EXIT_FAILED, f"no operation on {result.target} succeeded")
+
+
+def broker_address(flag: str | None, data_dir: str | None) -> settings.BrokerAddress:
+    """The broker the heartbeats come through, logged in as the read-only `status` when
+    the data directory has its login."""
+    try:
+        url = local_broker_url(STATUS_LOGIN, flag, settings.data_dir(data_dir))
+        return settings.BrokerAddress.parse(url)
+    except settings.ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--broker") from exc
 
 
 def make_plan(flags: dict[str, Any]) -> Plan:
@@ -367,9 +412,16 @@ def target_factories(flags: dict[str, Any], plan: Plan) -> list[Callable[[], Tar
 def show(results: list[RunResult], plan: Plan) -> None:
     if not results:
         return
+    if not out.is_terminal:
+        out.width = max(out.width, WIDE)  # a pipe or a file: never cut a column short
     out.print(report.results_table(results, plan.label()))
     for line in report.error_lines(results):
         out.print(line)
+    for result in results:
+        if result.cpu is not None:
+            out.print(report.cpu_table(result.target, result.cpu))
+        for line in report.cpu_lines(result):
+            out.print(line)
     rows = report.ratios(results)
     if rows:
         out.print(report.ratios_table(rows))

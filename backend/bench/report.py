@@ -13,10 +13,19 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from backend.bench.cpu_cost import CpuCost, KindCost
 from backend.bench.histogram import PERCENTILES
 from backend.bench.results import RunResult
 
 LATENCY_COLUMNS = [f"p{q:g}" for q in PERCENTILES] + ["max"]
+KIND_NAMES = {
+    "client-portal": "client portals",
+    "admin-portal": "admin portals",
+    "cache-node": "cache nodes",
+    "replica": "replicas",
+    "web": "web",
+    "broker": "broker",
+}
 
 
 def results_table(results: list[RunResult], title: str) -> Table:
@@ -26,15 +35,70 @@ def results_table(results: list[RunResult], title: str) -> Table:
     for name in LATENCY_COLUMNS:
         table.add_column(f"{name} ms", justify="right")
     table.add_column("errors", justify="right")
+    with_cpu = any(result.cpu for result in results)
+    if with_cpu:
+        table.add_column("CPU ms/op", justify="right")
     for result in results:
         latency = result.latency.summary()
-        table.add_row(
+        cells = [
             result.target,
             f"{result.ops_per_second:,.0f}",
             *(f"{latency[name]:.2f}" for name in LATENCY_COLUMNS),
             str(result.error_count),
-        )
+        ]
+        if with_cpu:
+            cells.append(_ms(result.cpu.ms_per_op(result.cpu.cpu_seconds)) if result.cpu else "-")
+        table.add_row(*cells)
     return table
+
+
+def cpu_table(target: str, cost: CpuCost) -> Table:
+    """What each kind of process used in the measured window, per operation."""
+    table = Table(
+        title=f"{target}: CPU per operation",
+        title_justify="left",
+        caption=f"over all processes, {cost.ops:,} operations in {cost.window_seconds:g} s;"
+        " CPU seconds from each process's heartbeats (one a second) or /proc,"
+        " interpolated to the window's edges; ± bounds what falls between two readings",
+        caption_justify="left",
+    )
+    for name in ("kind", "processes", "CPU s", "ms/op", "± ms/op", "share"):
+        table.add_column(name, justify="left" if name == "kind" else "right")
+    total = cost.cpu_seconds
+    for kind in cost.kinds:
+        table.add_row(*_cpu_row(cost, kind, total))
+    processes = sum(kind.processes for kind in cost.kinds)
+    table.add_row(*_cpu_row(cost, KindCost("total", processes, total, cost.error_seconds), total))
+    return table
+
+
+def _cpu_row(cost: CpuCost, kind: KindCost, total: float) -> list[str]:
+    return [
+        KIND_NAMES.get(kind.kind, kind.kind),
+        str(kind.processes),
+        f"{kind.cpu_seconds:.3f}",
+        _ms(cost.ms_per_op(kind.cpu_seconds)),
+        _ms(cost.ms_per_op(kind.error_seconds)),
+        f"{kind.cpu_seconds / total:.0%}" if total else "-",
+    ]
+
+
+def cpu_lines(result: RunResult) -> list[Text]:
+    """Why CPU is not shown, what was not measured, and what the bench itself used."""
+    if result.cpu_not_shown:
+        return [Text(f"{result.target}: CPU per operation not shown: {result.cpu_not_shown}")]
+    cost = result.cpu
+    if cost is None:
+        return []
+    lines = [Text(f"{name}: {why}") for name, why in cost.unmeasured]
+    if cost.bench is not None:
+        used = _ms(cost.ms_per_op(cost.bench.cpu_seconds))
+        lines.append(Text(f"the bench itself: {used} ms/op (not in the total)"))
+    return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def error_lines(results: list[RunResult]) -> list[Text]:

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend.bench.cpu_cost import CpuCost
 from backend.bench.histogram import Histogram
 from backend.bench.schedule import Window
 
@@ -52,6 +53,9 @@ class RunResult:
     errors: dict[str, int]
     rate: float | None = None  # the open-loop target rate; None for closed loop
     missed: int = 0  # open loop: operations due before the end that never started
+    window: Window | None = None  # on the event loop's clock
+    cpu: CpuCost | None = None  # what the system's processes used in the window
+    cpu_not_shown: str | None = None  # why `cpu` is None when it was asked for
 
     @classmethod
     def of(cls, target: str, recorder: Recorder, rate: float | None, missed: int) -> RunResult:
@@ -63,6 +67,7 @@ class RunResult:
             errors=dict(recorder.errors.most_common()),
             rate=rate,
             missed=missed,
+            window=recorder.window,
         )
 
     @property
@@ -83,4 +88,6 @@ class RunResult:
             "missed": self.missed,
             "latency_ms": {name: round(value, 3) for name, value in self.latency.summary().items()},
             "errors": self.errors,
+            "cpu": self.cpu.to_dict() if self.cpu else None,
+            **({"cpu_not_shown": self.cpu_not_shown} if self.cpu_not_shown else {}),
         }

@@ -92,6 +92,8 @@ class Heartbeat:
     metrics: Metrics
     ring: dict[str, Any] | None = None  # a cache node's ring (docs/architecture.md, Heartbeats)
     raft: dict[str, Any] | None = None  # a replica's Raft state (docs/architecture.md, Heartbeats)
+    # CPU seconds the process has used so far; None from senders older than the field
+    cpu_seconds: float | None = None
 
     @property
     def uptime(self) -> float:
@@ -483,7 +485,19 @@ def parse_heartbeat(message: dict[str, Any]) -> Heartbeat:
         metrics=parse_metrics(message.get("metrics")),
         ring=_ring(message),
         raft=_map_field(message, "raft"),
+        cpu_seconds=_cpu_seconds(message),
     )
+
+
+def _cpu_seconds(message: dict[str, Any]) -> float | None:
+    """The optional `cpu_seconds`: absent or null in older heartbeats, else a finite
+    number of seconds, zero or more."""
+    value = message.get("cpu_seconds")
+    if value is None:
+        return None
+    if not _is_finite(value) or value < 0:
+        raise HeartbeatError("heartbeat field 'cpu_seconds' must be a finite number, 0 or more")
+    return float(value)
 
 
 def _ring(message: dict[str, Any]) -> dict[str, Any] | None:

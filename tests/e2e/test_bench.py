@@ -68,6 +68,28 @@ def test_writes_and_reads_on_a_durable_ring(processes, tmp_path: Path) -> None:
         assert result["errors"] == {}, result
 
 
+def test_cpu_per_operation_by_kind_of_process(processes, tmp_path: Path) -> None:
+    """The CPU every process of a durable ring used per write, from the heartbeats and,
+    for the local Mosquitto, from /proc."""
+    ring = start_stack(processes, tmp_path, storage="ring", replica_groups=1)
+    env = {**stack_env(ring), "TASKRING_BROKER": ring.broker}
+    out = tmp_path / "cpu.json"
+    args = ("--workload", "write", "--duration", "3", *SHORT, "--json", str(out))
+    done = run_cli("bench", *args, env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    cpu = only_result(json.loads(out.read_text()))["cpu"]
+    assert cpu is not None, done.stdout
+    by_kind = cpu["by_kind"]
+    for kind in ("client-portal", "cache-node", "replica", "broker"):
+        assert by_kind[kind]["ms_per_op"] > 0, cpu
+    assert by_kind["replica"]["processes"] == 3
+    assert cpu["ms_per_op"] >= sum(kind["ms_per_op"] for kind in by_kind.values()) - 0.01
+    assert cpu["bench"]["ms_per_op"] > 0
+    assert "taskring: CPU per operation" in done.stdout
+    for name in ("client portals", "cache nodes", "replicas", "broker", "total"):
+        assert name in done.stdout
+
+
 def test_open_loop_mixed_keeps_its_rate(stack: Stack, tmp_path: Path) -> None:
     args = ("--workload", "mixed", "--keys", "zipfian", "--rate", "200", "--duration", "2")
     result = only_result(bench(tmp_path, *args, env=stack_env(stack)))

@@ -240,6 +240,12 @@ def test_cumulative_buckets_rejects_a_layout_of_the_wrong_length() -> None:
         ("metrics", {"requests": [["ping", "ok"]]}, "'requests'"),
         ("metrics", {"latency": [["ping", [1, 2], 0.1]]}, "'latency'"),
         ("metrics", {"latency": [["ping", [0] * 14, "x"]]}, "'latency'"),
+        ("cpu_seconds", "1.5", "'cpu_seconds'"),
+        ("cpu_seconds", True, "'cpu_seconds'"),
+        ("cpu_seconds", -0.5, "'cpu_seconds'"),
+        ("cpu_seconds", float("inf"), "'cpu_seconds'"),
+        ("cpu_seconds", float("nan"), "'cpu_seconds'"),
+        ("cpu_seconds", [1.0], "'cpu_seconds'"),
     ],
 )
 def test_a_malformed_heartbeat_is_rejected_naming_the_field(
@@ -255,6 +261,20 @@ def test_a_heartbeat_without_metrics_is_accepted() -> None:
     message = beat()
     del message["metrics"]
     assert parse_heartbeat(message).metrics.served == 0
+
+
+def test_a_heartbeat_carries_the_cpu_seconds_of_its_process() -> None:
+    heartbeat = parse_heartbeat(beat())
+    assert heartbeat.cpu_seconds is not None and heartbeat.cpu_seconds > 0
+    assert parse_heartbeat(beat(cpu_seconds=0)).cpu_seconds == 0.0
+    assert parse_heartbeat(beat(cpu_seconds=12)).cpu_seconds == 12.0
+
+
+def test_a_heartbeat_without_cpu_seconds_is_accepted_as_from_an_older_version() -> None:
+    message = beat()
+    del message["cpu_seconds"]
+    assert parse_heartbeat(message).cpu_seconds is None
+    assert parse_heartbeat(beat(cpu_seconds=None)).cpu_seconds is None
 
 
 def test_a_heartbeat_missing_a_field_is_rejected() -> None:
