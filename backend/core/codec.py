@@ -23,8 +23,30 @@ class DecodeError(ValueError):
     """A payload on the bus is not a msgpack map."""
 
 
+# msgpack.packb builds a Packer, and with it a 1 MiB buffer, for every call: four times
+# the cost of packing a small message. One Packer is kept instead. Packing plain maps,
+# lists and scalars runs no Python code, so no other thread can interleave.
+_packer = msgpack.Packer(use_bin_type=True)
+# A message bigger than this (a snapshot) grew the kept buffer: it is let go, not kept.
+_KEPT_BUFFER_BYTES = 1 << 20
+
+
 def pack(message: dict[str, Any]) -> bytes:
-    return msgpack.packb(message, use_bin_type=True)
+    return pack_value(message)
+
+
+def pack_value(value: Any) -> bytes:
+    """Any msgpack value (storage records, batches), packed like a message."""
+    global _packer
+    data = _packer.pack(value)
+    if len(data) > _KEPT_BUFFER_BYTES:
+        _packer = msgpack.Packer(use_bin_type=True)
+    return data
+
+
+def array_header(length: int) -> bytes:
+    """The header of a msgpack array of `length` items, to put before items packed apart."""
+    return _packer.pack_array_header(length)
 
 
 def unpack(payload: bytes) -> dict[str, Any]:

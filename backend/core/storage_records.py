@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from backend.core.codec import pack_value
 from backend.core.raft import Entry, HardState, PersistentState, Ready, Snapshot
 from backend.core.raft.wire import want_int, want_list
 from backend.core.storage_errors import StorageCorruptError
@@ -30,7 +31,7 @@ RESTORE = 3
 
 
 def _pack(record: list[Any]) -> bytes:
-    return msgpack.packb(record, use_bin_type=True)
+    return pack_value(record)
 
 
 def encode_entry(entry: Entry) -> bytes:

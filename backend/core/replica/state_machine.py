@@ -19,6 +19,7 @@ from typing import Any
 
 import msgpack
 
+from backend.core.codec import array_header, pack_value
 from backend.core.errors import BAD_REQUEST, TIMEOUT, UNAVAILABLE, OpError
 from backend.core.model.kv import (
     READ_OPS,
@@ -73,11 +74,11 @@ def encode_batch(proposals: Sequence[Proposal]) -> bytes:
 def pack_proposal(proposal: Proposal) -> bytes:
     """One proposal packed alone; `join_packed` makes a batch of such pieces without
     packing them again (so a batch can be cut to size as it grows)."""
-    return msgpack.packb(proposal.to_wire(), use_bin_type=True)
+    return pack_value(proposal.to_wire())
 
 
 def join_packed(pieces: Sequence[bytes]) -> bytes:
-    return msgpack.Packer().pack_array_header(len(pieces)) + b"".join(pieces)
+    return array_header(len(pieces)) + b"".join(pieces)
 
 
 def decode_batch(data: bytes) -> list[Proposal]:
