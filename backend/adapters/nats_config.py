@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from backend.adapters import broker_logins
 from backend.adapters.settings import ConfigError
@@ -161,92 +161,82 @@ def node_config(
     passwords: Mapping[str, str],
     route_password: str,
 ) -> str:
-    """The whole configuration file of node `number` (1-based)."""
+    """The whole configuration file of node `number` (1-based): NATS reads JSON too, and
+    JSON needs no quoting rules of our own."""
+    header = [
+        "# Written by `taskring broker config`: regenerate it rather than edit it.",
+        f"# Node {number} of {len(nodes)} of the NATS cluster {CLUSTER_NAME!r}; the MQTT gateway",
+        "# keeps its sessions in JetStream, and each user is one taskring component.",
+    ]
+    settings = node_settings(nodes, number, store_dir, passwords, route_password)
+    return "\n".join(header) + "\n" + json.dumps(settings, indent=2) + "\n"
+
+
+def node_settings(
+    nodes: Sequence[NatsNode],
+    number: int,
+    store_dir: str,
+    passwords: Mapping[str, str],
+    route_password: str,
+) -> dict[str, Any]:
+    """Node `number`'s configuration as the JSON object nats-server reads."""
     node = nodes[number - 1]
-    others = [other for other in nodes if other.number != number]
+    _check_secret("the cluster's route password", route_password)
     routes = [
         f"nats-route://{ROUTE_USER}:{route_password}@{other.address(other.cluster_port)}"
-        for other in others
+        for other in nodes
+        if other.number != number
     ]
-    _check_secret("the cluster's route password", route_password)
-    lines = [
-        "# Written by `taskring broker config`: regenerate it rather than edit it.",
-        f"# Node {number} of {len(nodes)} in the NATS cluster {CLUSTER_NAME!r}.",
-        f"server_name: {_quoted(node.server_name)}",
-        f"listen: {_quoted(node.address(node.client_port))}",
-        "",
-        "cluster {",
-        f"  name: {_quoted(CLUSTER_NAME)}",
-        f"  listen: {_quoted(node.address(node.cluster_port))}",
-        "  authorization {",
-        f"    user: {_quoted(ROUTE_USER)}",
-        f"    password: {_quoted(route_password)}",
-        "  }",
-        "  routes: [",
-        *(f"    {_quoted(route)}" for route in routes),
-        "  ]",
-        "}",
-        "",
-        "# The MQTT gateway keeps its sessions in JetStream.",
-        "jetstream {",
-        f"  store_dir: {_quoted(store_dir)}",
-        "}",
-        "",
-        "mqtt {",
-        f"  listen: {_quoted(node.address(node.mqtt_port))}",
-        f"  stream_replicas: {stream_replicas(len(nodes))}",
-        "}",
-        "",
-        *authorization_lines(passwords),
-    ]
-    return "\n".join(lines) + "\n"
+    return {
+        "server_name": node.server_name,
+        "listen": node.address(node.client_port),
+        "cluster": {
+            "name": CLUSTER_NAME,
+            "listen": node.address(node.cluster_port),
+            "authorization": {"user": ROUTE_USER, "password": route_password},
+            "routes": routes,
+        },
+        "jetstream": {"store_dir": store_dir},
+        "mqtt": {
+            "listen": node.address(node.mqtt_port),
+            "stream_replicas": stream_replicas(len(nodes)),
+        },
+        "authorization": {"users": [user(login, pw) for login, pw in passwords.items()]},
+    }
 
 
-def authorization_lines(passwords: Mapping[str, str]) -> list[str]:
-    """One user per component login, MQTT only, with its role's permissions."""
-    lines = ["authorization {", "  users = ["]
-    for login, password in passwords.items():
-        _check_secret(f"the password of {login!r}", password)
-        permissions = login_permissions(login)
-        lines += [
-            "    {",
-            f"      user: {_quoted(login)}",
-            f"      password: {_quoted(password)}",
-            f"      allowed_connection_types: {_list(MQTT_CONNECTIONS)}",
-            "      permissions: {",
-            f"        publish: {_subject_permission(permissions.publish)}",
-            f"        subscribe: {_subject_permission(permissions.subscribe)}",
-            "      }",
-            "    }",
-        ]
-    return [*lines, "  ]", "}"]
+def user(login: str, password: str) -> dict[str, Any]:
+    """One component's NATS user: MQTT only, with its role's permissions."""
+    _check_secret(f"the password of {login!r}", password)
+    permissions = login_permissions(login)
+    return {
+        "user": login,
+        "password": password,
+        "allowed_connection_types": list(MQTT_CONNECTIONS),
+        "permissions": {
+            "publish": _subject_permission(permissions.publish),
+            "subscribe": _subject_permission(permissions.subscribe),
+        },
+    }
 
 
-def _subject_permission(subjects: Sequence[str]) -> str:
+def _subject_permission(subjects: Sequence[str]) -> dict[str, list[str]]:
     # An empty allow list may read as "no list", which NATS takes for "everything".
     if not subjects:
-        return f"{{ deny: {_list([NATS_ALL])} }}"
-    return f"{{ allow: {_list(subjects)} }}"
+        return {"deny": [NATS_ALL]}
+    return {"allow": list(subjects)}
 
 
 def _check_secret(what: str, secret: str) -> None:
-    # NATS takes a password starting with `$2` for a bcrypt hash, and one with a quote,
-    # a backslash or a control character would need escapes its parser may read otherwise.
+    # NATS takes a password starting with `$2` for a bcrypt hash, routes carry theirs in a
+    # URL, and a quote, backslash or control character is one escape away from a surprise.
     if (
         not secret
         or secret.startswith("$")
-        or any(char in secret for char in "\"\\'@:/")
+        or any(char in "\"\\'@:/" or char.isspace() for char in secret)
         or not secret.isprintable()
         or not secret.isascii()
     ):
         raise ConfigError(
             f"{what} cannot go into a NATS configuration: use letters, digits, '-' and '_'"
         )
-
-
-def _quoted(text: str) -> str:
-    return json.dumps(text)
-
-
-def _list(items: Iterable[str]) -> str:
-    return "[" + ", ".join(_quoted(item) for item in items) + "]"

@@ -3,7 +3,8 @@
 One test, so the cluster starts once: a component's login on node 1 reaches
 a subscriber on node 3, what a role may not do is refused, and `taskring up`
 pointed at node 1 (with the cluster's data directory, so each component logs
-in as itself) becomes ready and serves the admin and client CLIs.
+in as itself, a replica behind the ring too) becomes ready and serves the admin and
+client CLIs.
 """
 
 from __future__ import annotations
