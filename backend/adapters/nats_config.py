@@ -187,22 +187,25 @@ def node_settings(
         for other in nodes
         if other.number != number
     ]
-    return {
+    settings: dict[str, Any] = {
         "server_name": node.server_name,
         "listen": node.address(node.client_port),
-        "cluster": {
+    }
+    # A lone node runs standalone: JetStream refuses a `cluster` without routes.
+    if len(nodes) > 1:
+        settings["cluster"] = {
             "name": CLUSTER_NAME,
             "listen": node.address(node.cluster_port),
             "authorization": {"user": ROUTE_USER, "password": route_password},
             "routes": routes,
-        },
-        "jetstream": {"store_dir": store_dir},
-        "mqtt": {
-            "listen": node.address(node.mqtt_port),
-            "stream_replicas": stream_replicas(len(nodes)),
-        },
-        "authorization": {"users": [user(login, pw) for login, pw in passwords.items()]},
+        }
+    settings["jetstream"] = {"store_dir": store_dir}
+    settings["mqtt"] = {
+        "listen": node.address(node.mqtt_port),
+        "stream_replicas": stream_replicas(len(nodes)),
     }
+    settings["authorization"] = {"users": [user(login, pw) for login, pw in passwords.items()]}
+    return settings
 
 
 def user(login: str, password: str) -> dict[str, Any]:

@@ -386,7 +386,8 @@ def run_cluster(
 def report_ready(nodes: Sequence[nats_config.NatsNode]) -> None:
     for node in nodes:
         click.echo(f"node {node.number} ({node.server_name}): {mqtt_url(node)}")
-    click.echo(f"NATS cluster of {len(nodes)} nodes is ready", nl=True)
+    count = f"{len(nodes)} node" if len(nodes) == 1 else f"{len(nodes)} nodes"
+    click.echo(f"NATS cluster of {count} is ready")
     sys.stdout.flush()
 
 

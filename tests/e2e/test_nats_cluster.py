@@ -133,7 +133,12 @@ def test_taskring_runs_on_a_three_node_nats_cluster(processes: Processes, tmp_pa
         return httpx.get(f"http://127.0.0.1:{web_port}/readyz", timeout=2).status_code == 200
 
     wait_until(ready, "taskring on NATS to report ready", timeout=40, interval=0.2, alive=[up])
-    assert "logins from the data directory" in log_text(up)
+    # The banner follows the supervisor's own /readyz check, a moment after ours.
+    wait_until(
+        lambda: "logins from the data directory" in log_text(up),
+        "taskring up to say it uses the cluster with the data directory's logins",
+        alive=[up],
+    )
     admin_env = {
         "TASKRING_ADMIN_TOKEN": (data / "admin-token").read_text().strip(),
         "TASKRING_ADMIN_PORTAL": f"127.0.0.1:{admin_port}",
