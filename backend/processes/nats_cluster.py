@@ -349,26 +349,25 @@ def run_cluster(
         stopping = True
 
     # Installed first, so a signal that arrives while the nodes start is not lost.
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         for config_file in files.configs:
+            # In a process group of its own, so Ctrl-C in a terminal reaches only us, and
+            # we stop the nodes; killed with SIGKILL, we take them with us all the same.
             children.append(
                 subprocess.Popen(
                     [binary, "-c", str(config_file)],
                     stdin=subprocess.DEVNULL,
+                    process_group=0,
                     preexec_fn=die_with_parent(),
                 )
             )
         waiting = list(files.nodes)
         deadline = time.monotonic() + ready_timeout
         while not stopping:
-            exited = [child for child in children if child.poll() is not None]
-            if exited:
-                log.error(
-                    "nats-server %s exited with code %s", exited[0].args, exited[0].returncode
-                )
-                return exited[0].returncode or 1
+            code = exit_code_of_any(children)
+            if code is not None:
+                return code or 1
             if waiting:
                 waiting = [node for node in waiting if not lets_status_in(node, status_password)]
                 if not waiting:
@@ -381,6 +380,17 @@ def run_cluster(
         return 0
     finally:
         stop_children(children)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def exit_code_of_any(children: Sequence[subprocess.Popen[bytes]]) -> int | None:
+    """The exit code of a node that has exited (logged), or None while all run."""
+    for child in children:
+        if child.poll() is not None:
+            log.error("nats-server %s exited with code %s", child.args, child.returncode)
+            return child.returncode
+    return None
 
 
 def report_ready(nodes: Sequence[nats_config.NatsNode]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import stat
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from backend.adapters import broker_logins
+from backend.adapters import broker_logins, nats_config
 from backend.processes import nats_cluster
 from backend.processes.broker import broker
 from tests.conftest import free_port
@@ -118,3 +120,45 @@ def test_broker_help_lists_the_cluster_commands_and_keeps_its_own_options() -> N
     assert result.exit_code == 0
     for text in ("--listen", "--embedded", "--no-auth", "--logins", "config", "cluster"):
         assert text in result.output
+
+
+FAKE_NATS = """#!/bin/sh
+# A stand-in for nats-server: notes its pid; node 2 exits with 3 when asked to.
+echo $$ >> "{pids}"
+case "$2" in *taskring-2.conf) [ -n "{fail}" ] && exit 3;; esac
+exec sleep 30
+"""
+
+
+def fake_cluster(tmp_path: Path, fail: bool) -> tuple[str, nats_cluster.ClusterFiles, Path]:
+    pids = tmp_path / "pids"
+    binary = tmp_path / "nats-server"
+    binary.write_text(FAKE_NATS.format(pids=pids, fail="yes" if fail else ""))
+    binary.chmod(0o700)
+    nodes = nats_config.plan_nodes(3, ["127.0.0.1"], *([free_port()] for _ in range(3)))
+    configs = tuple(tmp_path / f"{node.server_name}.conf" for node in nodes)
+    return str(binary), nats_cluster.ClusterFiles(nodes, configs), pids
+
+
+def gone(pids: Path) -> bool:
+    for pid in map(int, pids.read_text().split()):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        return False
+    return True
+
+
+def test_a_node_that_exits_stops_the_others_and_gives_its_code(tmp_path: Path) -> None:
+    binary, files, pids = fake_cluster(tmp_path, fail=True)
+    assert nats_cluster.run_cluster(binary, files, "pw", ready_timeout=30) == 3
+    assert gone(pids)
+
+
+def test_a_cluster_that_never_lets_taskring_in_fails_and_stops_every_node(tmp_path: Path) -> None:
+    binary, files, pids = fake_cluster(tmp_path, fail=False)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert nats_cluster.run_cluster(binary, files, "pw", ready_timeout=0.3) == 1
+    assert gone(pids)
+    assert signal.getsignal(signal.SIGTERM) is handler  # ours are put back
