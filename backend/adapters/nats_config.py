@@ -25,6 +25,8 @@ What taskring sets for NATS, and why:
   gateway's internal subjects.
 - Routes log in with a cluster password of their own, so a stranger who can
   reach a cluster port cannot join as a node and read every message.
+- `max_payload` 64 MiB: Raft batches and snapshots can be larger than NATS's
+  default 1 MiB, which NATS 2.14 and later enforce on MQTT publishes.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ ROUTE_USER = "taskring-route"
 MAX_STREAM_REPLICAS = 3  # JetStream's useful maximum; more nodes add capacity, not safety
 MQTT_CONNECTIONS = ("MQTT",)
 NATS_ALL = ">"
+# NATS 2.14 and later refuse an MQTT publish over max_payload (1 MiB unless set) and drop
+# the connection that sent it (2.9 does not check). A Raft AppendEntries batch can pass
+# that, and an InstallSnapshot carries a whole group's state, which Mosquitto takes up to
+# MQTT's 256 MB; NATS allows up to its per-client pending buffer, 64 MiB (and notes at
+# start that this is above 8 MiB).
+MAX_PAYLOAD = 64 << 20
 DEFAULT_CLIENT_PORT = 4222
 DEFAULT_CLUSTER_PORT = 6222
 DEFAULT_MQTT_PORT = 1883
@@ -190,6 +198,7 @@ def node_settings(
     settings: dict[str, Any] = {
         "server_name": node.server_name,
         "listen": node.address(node.client_port),
+        "max_payload": MAX_PAYLOAD,
     }
     # A lone node runs standalone: JetStream refuses a `cluster` without routes.
     if len(nodes) > 1:

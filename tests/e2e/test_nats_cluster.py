@@ -98,6 +98,10 @@ async def roles_hold_across_nodes(data: Path, first: int, third: int) -> None:
             raise AssertionError("a heartbeat from node 1 never reached node 3")
         await portal.publish(beat, {"n": 2})  # QoS 1: stored by the gateway, then sent on
         assert await next_message(web) == (beat, {"n": 2})
+        # A Raft snapshot's size: over NATS's default max_payload (enforced from 2.14).
+        big = {"blob": bytes(3 << 20)}
+        await portal.publish(beat, big, qos=0)
+        assert await next_message(web) == (beat, big)
 
         # (b) refused: the web process may neither read the storage's changes (SUBACK
         # 0x80) nor forge a portal's heartbeat (dropped: the marker after it comes first).

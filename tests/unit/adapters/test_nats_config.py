@@ -183,6 +183,7 @@ def test_a_node_s_names_listeners_and_store() -> None:
     assert config["listen"] == "127.0.0.1:4223"
     assert config["jetstream"] == {"store_dir": "/js/2"}
     assert config["mqtt"] == {"listen": "127.0.0.1:1884", "stream_replicas": 3}
+    assert config["max_payload"] == 64 << 20  # Raft snapshots are far above NATS's 1 MiB
 
 
 @pytest.mark.parametrize(("count", "replicas"), [(1, 1), (2, 2), (3, 3), (5, 3)])
