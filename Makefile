@@ -32,7 +32,7 @@ FRONTEND_INPUTS := $(shell find $(FRONTEND)/src -type f -not -path '$(FRONTEND)/
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast fuzz lint typecheck importlint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd
+.PHONY: help run test test-fast fuzz lint typecheck importlint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd nats
 
 help:
 	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
@@ -94,13 +94,18 @@ redis:
 etcd:
 	@command -v etcd >/dev/null 2>&1 || { $(call apt_install,etcd-server); }
 
+# `taskring broker cluster` runs NATS servers as a clustered broker; its end-to-end test
+# starts three (Debian puts nats-server in /usr/sbin).
+nats:
+	@command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || { $(call apt_install,nats-server); }
+
 chromium:
 	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { $(call apt_install,chromium); }
 
 run: $(STAMP) $(DIST)
 	$(BIN)/taskring up $(ARGS)
 
-test: lint mosquitto chromium redis etcd $(DIST)
+test: lint mosquitto chromium redis etcd nats $(DIST)
 	$(BIN)/pytest
 
 # The edit-test loop: no Mosquitto, processes, browser or simulator sweeps, and none of

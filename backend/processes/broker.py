@@ -35,7 +35,7 @@ from backend.adapters import broker_logins as broker_auth
 from backend.adapters import settings as config
 from backend.adapters.child_processes import die_with_parent
 from backend.adapters.private_files import write_private
-from backend.processes import launch_plan
+from backend.processes import launch_plan, nats_cluster
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ async def run_embedded(host: str, port: int) -> None:
     await broker.shutdown()
 
 
-@click.command("broker")
+@click.group("broker", invoke_without_command=True)
 @click.option(
     "--listen",
     default=DEFAULT_LISTEN,
@@ -357,13 +357,24 @@ async def run_embedded(host: str, port: int) -> None:
     "(client-portal-3,cache-node-5,replica-g1-4,...): a password is added to the "
     "credentials file for each that has none.",
 )
-def broker(listen: str, data_dir: str | None, embedded: bool, no_auth: bool, logins: str) -> None:
+@click.pass_context
+def broker(
+    ctx: click.Context,
+    listen: str,
+    data_dir: str | None,
+    embedded: bool,
+    no_auth: bool,
+    logins: str,
+) -> None:
     """Run an MQTT broker: Mosquitto with a login and an ACL per component, else an embedded one.
 
     Passwords are generated once into DATA/broker-credentials.json (mode 0600): for
     `status`, the components of `taskring up`'s default deployment, every --logins
-    one, and whatever `taskring up` added there.
+    one, and whatever `taskring up` added there. The commands below make a clustered
+    broker of NATS servers instead (docs/operating.md, "Clustered broker (NATS)").
     """
+    if ctx.invoked_subcommand is not None:
+        return  # `config` or `cluster`: the options above are for running Mosquitto
     try:
         host, port = config.parse_host_port(listen)
     except config.ConfigError as exc:
@@ -398,3 +409,7 @@ def broker(listen: str, data_dir: str | None, embedded: bool, no_auth: bool, log
     finally:
         files.cleanup()
     sys.exit(code)
+
+
+broker.add_command(nats_cluster.config_command)
+broker.add_command(nats_cluster.cluster_command)
