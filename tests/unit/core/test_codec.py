@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import pytest
 
 from backend.core.codec import DecodeError, array_header, pack, pack_value, unpack
 
-MESSAGES = [
+MESSAGES: list[dict[str, Any]] = [
     {},
     {"op": "update_task", "cid": "9f86d081884c7d65", "title": "t", "rid": 2**63},
     {"nested": {"list": [1, -1, 2.5, None, True, b"\x00\xff", "é"]}},
@@ -15,7 +17,7 @@ MESSAGES = [
 
 
 @pytest.mark.parametrize("message", MESSAGES)
-def test_pack_gives_what_packb_gives_and_unpack_undoes_it(message: dict[str, object]) -> None:
+def test_pack_gives_what_packb_gives_and_unpack_undoes_it(message: dict[str, Any]) -> None:
     assert pack(message) == msgpack.packb(message, use_bin_type=True)
     assert unpack(pack(message)) == message
 
