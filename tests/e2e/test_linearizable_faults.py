@@ -317,13 +317,53 @@ async def kill_broker(run: Scenario) -> None:
         for p in run.processes.started
         if argv(p)[0] == MOSQUITTO and any(a.endswith(conf) for a in argv(p)) and p.poll() is None
     )
+    components = [c.id for c in run.heartbeats.view.alive(time.monotonic())]
     run.fault_at = time.monotonic()
     await run.kill_pid(broker.pid, f"Mosquitto on port {port}")
     await asyncio.to_thread(start_mosquitto, run.processes, run.tmp_path, port)
     run.note(
         f"killed Mosquitto; listening again on {port} after {time.monotonic() - run.fault_at:.2f}s"
     )
-    await run.served_again(None, "first successful call made after the kill, returned after")
+    await run.served_again(None, "first successful write made after the kill, returned after", True)
+    await every_component_back(run, components, time.monotonic())
+
+
+async def every_component_back(run: Scenario, components: list[str], since: float) -> None:
+    """Each component heard from after `since` (a write committed through the new broker),
+    and each replica applying what its group had committed by then: their subscriptions
+    were restored, not only their connections (a follower that only reconnected would
+    publish heartbeats and apply nothing)."""
+    view = run.heartbeats.view
+
+    def silent() -> list[str]:
+        now = time.monotonic()
+        heard = {c.id for c in view.components(now) if now - c.age(now) > since}
+        return [c for c in components if c not in heard]
+
+    def members() -> dict[str, list[dict[str, Any]]]:
+        return {g["id"]: g["members"] for g in view.replica_groups(time.monotonic())}
+
+    await run.expect(
+        eventually(lambda: not silent(), "heartbeats", RECOVERY_DEADLINE),
+        f"a heartbeat after the restart from each of {components}",
+    )
+    # Every heartbeat now is newer than the write: the commit index they carry includes
+    # it, so an applied index that reaches it was delivered after the restart.
+    targets = {gid: max(m["commit_index"] for m in ms) for gid, ms in members().items()}
+
+    def behind() -> list[str]:
+        return [
+            m["id"]
+            for gid, ms in members().items()
+            for m in ms
+            if m["applied_index"] < targets.get(gid, 0)
+        ]
+
+    await run.expect(
+        eventually(lambda: not behind(), "replicas applying", RECOVERY_DEADLINE),
+        f"every replica applying what its group committed after the restart ({targets})",
+    )
+    run.note(f"every one of {len(components)} components heard again; replicas applying")
 
 
 async def kill_portal(run: Scenario) -> None:
