@@ -138,8 +138,9 @@ class Injectors:
             event.began()
             await asyncio.sleep(fault.seconds)
         finally:
-            with contextlib.suppress(RuntimeError):
-                network.run(network.netem_remove_command())
+            with contextlib.suppress(RuntimeError, network.NetworkToolMissing):
+                if network.ours_on_lo(network.run(["tc", "qdisc", "show", "dev", "lo"])):
+                    network.run(network.netem_remove_command())
             if event.injected:
                 event.healed()
         event.notes.append(f"{delay} ± {jitter} on local ports {sorted(local)}")

@@ -59,11 +59,6 @@ def local_ports_to(sockets: Iterable[TcpSocket], inodes: set[int], ports: set[in
     }
 
 
-def broker_ports_of(pid: int) -> set[int]:
-    """The ports the broker process `pid` listens on."""
-    return listening_ports(tcp_sockets(), socket_inodes(pid))
-
-
 def connections_of(pid: int, broker_ports: set[int]) -> set[int]:
     """The local ports of process `pid`'s connections to the broker, right now."""
     return local_ports_to(tcp_sockets(), socket_inodes(pid), broker_ports)
@@ -148,6 +143,14 @@ def lo_root_free(qdiscs: str) -> bool:
     return all("noqueue" in line or "pfifo_fast" in line for line in roots)
 
 
+def ours_on_lo(qdiscs: str) -> bool:
+    """Whether `tc qdisc show dev lo` shows our root qdisc (so removing it removes ours)."""
+    return any(
+        f" {NETEM_HANDLE}: " in f" {line} " and " root " in f" {line} "
+        for line in qdiscs.splitlines()
+    )
+
+
 # ---- running ----------------------------------------------------------------------------
 
 
@@ -168,5 +171,10 @@ def run(command: list[str], stdin: str | None = None) -> str:
         message = (done.stderr or done.stdout).strip()
         if "Operation not permitted" in message:
             raise NetworkToolMissing(f"{command[0]} needs root here: {message}")
+        if "qdisc kind is unknown" in message:
+            raise NetworkToolMissing(
+                f"this kernel lacks a queueing discipline needed ({' '.join(command[5:9])}; "
+                "netem is the sch_netem module)"
+            )
         raise RuntimeError(f"{' '.join(command)}: {message}")
     return done.stdout

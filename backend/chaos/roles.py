@@ -75,10 +75,10 @@ class Roles:
         return Target(chosen.id, chosen.kind, chosen.pid), ""
 
     def _broker(self) -> tuple[Target | None, str]:
-        pid = self.system.children().get("broker")
-        if not pid:
-            return None, "no broker started by `taskring up` (pids.json names none)"
-        return Target("broker", "broker", pid), ""
+        found = self.system.broker()
+        if found is None:
+            return None, "no broker started by `taskring up` (pids.json names none that listens)"
+        return Target("broker", "broker", found[0]), ""
 
 
 async def traced_owner(port: int, account: Account) -> str | None:

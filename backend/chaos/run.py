@@ -16,7 +16,7 @@ import grpc
 
 from backend.admin_pb import admin_pb2
 from backend.bench.targets.taskring_admin import AdminPortals, grpc_target
-from backend.chaos import network, report, schedule
+from backend.chaos import report, schedule
 from backend.chaos.injectors import FaultEvent, Injectors
 from backend.chaos.nemesis import run_plan
 from backend.chaos.recorder import Account, Load
@@ -104,8 +104,8 @@ async def _create(portals: AdminPortals, name: str) -> Account:
 
 
 def broker_ports(system: System) -> set[int]:
-    pid = system.children().get("broker")
-    return network.broker_ports_of(pid) if pid else set()
+    found = system.broker()
+    return found[1] if found else set()
 
 
 async def chaos_run(system: System, options: RunOptions, say: Callable[[str], None]) -> Outcome:

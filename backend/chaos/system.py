@@ -27,6 +27,7 @@ import httpx
 
 from backend.adapters import settings
 from backend.bench.restart import alive, descendants
+from backend.chaos import network
 from backend.bench.targets.peers import free_port
 from backend.processes.supervisor import PIDS_FILE, taskring_command
 
@@ -133,6 +134,20 @@ class System:
             return {str(name): int(pid) for name, pid in listed.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return {}
+
+    def broker(self) -> tuple[int, set[int]] | None:
+        """The broker's pid and listening ports: the process `taskring up` started as its
+        broker child, or the one below it that listens (`taskring broker` may run Mosquitto
+        as its own child); None when none is found."""
+        child = self.children().get("broker")
+        if not child:
+            return None
+        sockets = network.tcp_sockets()
+        for pid in [child, *sorted(descendants(child))]:
+            ports = network.listening_ports(sockets, network.socket_inodes(pid))
+            if ports:
+                return pid, ports
+        return None
 
     def failpoints(self) -> Path | None:
         """DATA/failpoints when the system runs with failpoints on, else None."""
