@@ -27,8 +27,8 @@ import httpx
 
 from backend.adapters import settings
 from backend.bench.restart import alive, descendants
-from backend.chaos import network
 from backend.bench.targets.peers import free_port
+from backend.chaos import network
 from backend.processes.supervisor import PIDS_FILE, taskring_command
 
 HOST = "127.0.0.1"
