@@ -30,6 +30,7 @@ COLOURS = {
     "clock": "#17becf",
 }
 FAILED_SHOWN = 500
+CHAR_WIDTH = 6.2  # pixels per character of an 11 px sans-serif label, about
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,17 @@ def timeline_svg(bands: Sequence[Band], duration: float) -> str:
         )
         parts.append(
             f'<text x="{x0 + 3}" y="{y + LANE - 9}" font-size="11" fill="#fff">'
-            f"{esc(band.label)}</text>"
+            f"{esc(fitted(band.label, x1 - x0))}</text>"
         )
-    return _svg(height, parts, "Faults")
+    return _svg(height, parts, "Timeline: each fault from injection to heal")
+
+
+def fitted(label: str, width: float) -> str:
+    """The label cut to what fits a band `width` pixels wide (the tooltip has it all)."""
+    room = int((width - 6) / CHAR_WIDTH)
+    if len(label) <= room:
+        return label
+    return label[: max(0, room - 1)] + "…" if room > 1 else ""
 
 
 def _backdrop(bands: Sequence[Band], scale: Scale, duration: float, height: int) -> list[str]:

@@ -147,7 +147,10 @@ async def chaos_run(system: System, options: RunOptions, say: Callable[[str], No
     verdict = await asyncio.to_thread(
         judge, rebased(load.history, origin), finals, duration, problems
     )
+    injected = sum(1 for e in events if e.injected)
+    say(f"faults injected: {injected} of {len(events)} planned")
     facts = [
+        f"faults injected: {injected} of {len(events)} planned",
         f"seed {options.seed}, faults {','.join(options.kinds)}, {options.duration:g}s "
         f"of load by {len(accounts)} clients x {options.workers} workers "
         f"through {len(client_ports)} portals",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from backend.chaos.report import Band, lanes, render
+from backend.chaos.report import Band, fitted, lanes, render
 from backend.chaos.verdict import judge
 from backend.sim.linearizability import Operation
 
@@ -52,3 +52,10 @@ def test_overlapping_bands_go_to_separate_lanes() -> None:
     assert lanes(BANDS[:2]) == [0, 1]
     later = Band("pause", "leader", "g1-1", "", 3.0, 4.0, "")
     assert lanes([BANDS[0], later]) == [0, 0]
+
+
+def test_a_label_too_long_for_its_band_is_cut() -> None:
+    assert fitted("pause g1-1", 200) == "pause g1-1"
+    assert fitted("partition cache-node-3 inbound", 60).endswith("…")
+    assert len(fitted("partition cache-node-3 inbound", 60)) < 10
+    assert fitted("kill owner", 5) == ""
