@@ -76,7 +76,8 @@ class Injectors:
     async def kill(self, fault: PlannedFault, target: Target, event: FaultEvent) -> None:
         event.began()
         os.kill(target.pid, signal.SIGKILL)
-        deadline = time.monotonic() + max(fault.seconds, KILL_RECOVERY)
+        waited = max(fault.seconds, KILL_RECOVERY)
+        deadline = time.monotonic() + waited
         while time.monotonic() < deadline:
             with contextlib.suppress(SystemUnreachable):
                 again = await self.system.target(target.kind, target.id)
@@ -86,7 +87,7 @@ class Injectors:
                     return
             await asyncio.sleep(POLL)
         event.healed()
-        event.notes.append(f"not back within {deadline - event.start:.0f}s")  # type: ignore[operator]
+        event.notes.append(f"not back within {waited:.0f}s")
 
     async def pause(self, fault: PlannedFault, target: Target, event: FaultEvent) -> None:
         os.kill(target.pid, signal.SIGSTOP)
@@ -149,8 +150,9 @@ class Injectors:
         directory = self.system.failpoints()
         if directory is None:
             raise FaultSkipped(
-                f"the system was not started with failpoints ({self.system.data_dir}/"
-                "failpoints is missing): start `taskring up` with TASKRING_FAILPOINTS=1"
+                f"the system runs without failpoints ({self.system.data_dir}/failpoints is "
+                "missing): start `taskring up` with TASKRING_FAILPOINTS=1, on a build that "
+                "has them"
             )
         path = directory / target.child_name
         path.write_text(fault.option + "\n")

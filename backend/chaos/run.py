@@ -135,13 +135,13 @@ async def chaos_run(system: System, options: RunOptions, say: Callable[[str], No
         with contextlib.suppress(asyncio.CancelledError):
             await nemesis
         await load.stop()
-    ended = time.monotonic()
     problems = list(load.problems)
     finals: dict[str, list[tuple[str, str]] | None] = {a.cid: None for a in accounts}
     try:
         finals = await load.final_reads(FINAL_READS_DEADLINE)
     except AssertionError as exc:
         problems.append(f"the final reads failed: {exc}")
+    ended = time.monotonic()  # the final reads are drawn too
     say(f"load: {load.summary()}; checking")
     duration = max(options.duration, ended - origin)
     verdict = await asyncio.to_thread(
