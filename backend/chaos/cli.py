@@ -17,9 +17,10 @@ import click
 
 from backend.adapters import settings
 from backend.bench.cli import Duration
+from backend.bench.targets.base import TargetUnreachable
 from backend.chaos import schedule
 from backend.chaos.run import RunOptions, SetupFailed, chaos_run
-from backend.chaos.system import Started, System, SystemUnreachable
+from backend.chaos.system import Started, StartFailed, System, SystemUnreachable
 from backend.processes.options import EXIT_UNREACHABLE, EXIT_USAGE, fail
 
 EXIT_FAIL, EXIT_INTERRUPTED = 1, 130
@@ -148,10 +149,12 @@ async def main(options: RunOptions, start: bool, web: str, data_dir: Path) -> in
             outcome = await chaos_run(system, options, say)
         finally:
             await system.close()
-    except SystemUnreachable as exc:
+    except (SystemUnreachable, TargetUnreachable) as exc:
         fail(EXIT_UNREACHABLE, f"the system is not reachable: {exc}")
     except SetupFailed as exc:
         fail(EXIT_USAGE, str(exc))
+    except StartFailed as exc:
+        fail(EXIT_USAGE, f"could not start a system: {exc}")
     finally:
         if started is not None:
             say("stopping the system we started")

@@ -21,10 +21,11 @@ from backend.chaos.injectors import FaultEvent, Injectors
 from backend.chaos.nemesis import run_plan
 from backend.chaos.recorder import Account, Load
 from backend.chaos.roles import Roles
-from backend.chaos.system import HOST, System
+from backend.chaos.system import HOST, System, SystemUnreachable
 from backend.chaos.verdict import Verdict, judge, rebased
 
 READY_DEADLINE = 60.0
+UNREACHABLE_AFTER = 5.0  # seconds without any answer from the web process
 ADMIN_TIMEOUT = 10.0
 SETUP_ATTEMPTS = 20
 NEMESIS_GRACE = 25.0  # seconds past the run a kill may still wait for its victim
@@ -55,10 +56,16 @@ class Outcome:
 
 
 async def wait_ready(system: System, deadline: float = READY_DEADLINE) -> None:
-    give_up = time.monotonic() + deadline
-    while time.monotonic() < give_up:
-        if await system.ready():
+    """Until /readyz says ready; SystemUnreachable when nothing answers for a while."""
+    started = time.monotonic()
+    answered = False
+    while time.monotonic() < started + deadline:
+        ready = await system.ready()
+        if ready:
             return
+        answered = answered or ready is not None
+        if not answered and time.monotonic() > started + UNREACHABLE_AFTER:
+            raise SystemUnreachable(f"no web process answers at {system.web} (give --web)")
         await asyncio.sleep(0.2)
     raise SetupFailed(f"{system.web}/readyz did not say ready within {deadline:.0f}s")
 

@@ -45,6 +45,10 @@ class SystemUnreachable(Exception):
     """The web process did not answer, or said nothing usable."""
 
 
+class StartFailed(Exception):
+    """`taskring up` exited before it said it was up."""
+
+
 @dataclass(frozen=True)
 class Component:
     id: str
@@ -108,10 +112,11 @@ class System:
         cluster = await self._get("/api/cluster")
         return [g for g in cluster.get("replica_groups", []) if isinstance(g, dict)]
 
-    async def ready(self) -> bool:
+    async def ready(self) -> bool | None:
+        """Whether /readyz says a write can commit end to end; None: no answer at all."""
         with contextlib.suppress(httpx.HTTPError):
             return (await self.http.get("/readyz")).status_code == 200
-        return False
+        return None
 
     async def ports(self, kind: str) -> list[int]:
         """The ports of the live portals of `kind` (`client-portal`, `admin-portal`)."""
@@ -232,6 +237,12 @@ class Started:
         started = cls(process, data_dir, layout)
         try:
             await asyncio.wait_for(asyncio.shield(started.up), START_DEADLINE)
+        except TimeoutError:
+            await started.stop()
+            shown = "\n".join(started.tail)
+            raise StartFailed(
+                f"not up within {START_DEADLINE:.0f}s; its output ends:\n{shown}"
+            ) from None
         except BaseException:
             await started.stop()
             raise
@@ -256,7 +267,7 @@ class Started:
                 self.up.set_result(True)
         if not self.up.done():
             shown = "\n".join(self.tail)
-            self.up.set_exception(RuntimeError(f"`taskring up` exited before it was up:\n{shown}"))
+            self.up.set_exception(StartFailed(f"`taskring up` exited before it was up:\n{shown}"))
 
     async def stop(self) -> None:
         """SIGINT (a clean stop), then SIGKILL of the whole group; the data directory goes."""
