@@ -32,7 +32,7 @@ FRONTEND_INPUTS := $(shell find $(FRONTEND)/src -type f -not -path '$(FRONTEND)/
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast fuzz lint typecheck importlint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd nats
+.PHONY: help run test test-fast fuzz lint typecheck importlint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd nats nftables
 
 help:
 	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
@@ -99,13 +99,19 @@ etcd:
 nats:
 	@command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || { $(call apt_install,nats-server); }
 
+# `taskring chaos` cuts a process off the broker with nftables and delays its connection
+# with tc (iproute2); without them those faults are skipped, saying why.
+nftables:
+	@command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || { $(call apt_install,nftables); }
+	@command -v tc >/dev/null 2>&1 || [ -x /usr/sbin/tc ] || { $(call apt_install,iproute2); }
+
 chromium:
 	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { $(call apt_install,chromium); }
 
 run: $(STAMP) $(DIST)
 	$(BIN)/taskring up $(ARGS)
 
-test: lint mosquitto chromium redis etcd nats $(DIST)
+test: lint mosquitto chromium redis etcd nats nftables $(DIST)
 	$(BIN)/pytest
 
 # The edit-test loop: no Mosquitto, processes, browser or simulator sweeps, and none of

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "admin": ("backend.cli.admin:admin", "The administrator application: manage clients."),
     "status": ("backend.cli.status:status", "Show the cluster: components, health, storage."),
     "bench": ("backend.bench.cli:bench", "Load-test a running system through its portals."),
+    "chaos": ("backend.chaos.cli:chaos", "Inject faults under a recorded load; check; report."),
 }
 
 

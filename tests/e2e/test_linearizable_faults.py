@@ -3,7 +3,7 @@
 Each scenario starts a real stack (tests/e2e/stack.py): Mosquitto, three
 cache nodes, two client portals, an admin portal, and in durable mode one
 replica group of three replicas. Three clients are loaded for about eight
-seconds through both portals by tests/e2e/history.py, which records every
+seconds through both portals by backend/chaos/recorder.py, which records every
 call; a fault strikes in the middle. Then every client is listed through
 every portal, and each client's history, final lists included, must be
 linearizable (backend/sim/linearizability.py, TaskBagModel): every answer is
@@ -38,10 +38,10 @@ import pytest
 from backend.adapters.broker_logins import may
 from backend.adapters.bus.mqtt import MqttBus
 from backend.adapters.settings import BrokerAddress
+from backend.chaos.recorder import Account, Dropped, Line, Load, linearizability_failures
 from backend.core import topics
 from backend.core.cluster_view import REPLICA, ClusterView, HeartbeatError
 from tests.conftest import MOSQUITTO, Processes, port_open, start_mosquitto
-from tests.e2e.history import Account, Dropped, Line, Load, linearizability_failures
 from tests.e2e.stack import Stack, start_stack
 from tests.support.waiting import eventually
 

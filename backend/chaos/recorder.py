@@ -32,8 +32,9 @@ After any error but `exists` and `not_found`, and after a lost answer, the
 worker drops its connection and reconnects through the next portal.
 
 `check_histories` checks each client's history with `check(...)` and, on
-failure, writes the history and the explanation under a directory and fails
-the test with the explanation.
+failure, writes the history and the explanation under a directory and raises
+AssertionError with the explanation. Both `taskring chaos` and the real-process
+fault tests (tests/e2e/test_linearizable_faults.py) record through this module.
 """
 
 from __future__ import annotations
@@ -50,8 +51,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from backend.chaos.waiting import eventually
 from backend.sim.linearizability import (
     UNKNOWN,
     BagState,
@@ -60,7 +60,6 @@ from backend.sim.linearizability import (
     TaskBagModel,
     check,
 )
-from tests.support.waiting import eventually
 
 ANSWER_DEADLINE = 12.0  # the portal itself gives up after 5 s; past this the line is dead
 CONNECT_DEADLINE = 3.0
@@ -435,10 +434,10 @@ def check_histories(
     timeout_s: float = 60.0,
 ) -> dict[str, Result]:
     """Check every client's history; on any failure write the history and the
-    explanation under `directory` and fail the test with the explanations."""
+    explanation under `directory` and raise AssertionError with the explanations."""
     results, failures = linearizability_failures(load, directory, initial, timeout_s)
     if failures:
-        pytest.fail("\n\n".join(failures), pytrace=False)
+        raise AssertionError("\n\n".join(failures))
     return results
 
 
