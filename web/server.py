@@ -36,7 +36,7 @@ from backend.adapters.heartbeats import heartbeat_message, run_heartbeat
 from backend.adapters.settings import (
     DEFAULT_HOST,
     DEFAULT_WEB_PORT,
-    BrokerAddress,
+    BrokerAddresses,
     ConfigError,
 )
 from backend.core import topics
@@ -341,7 +341,7 @@ class EdgeSettings:
 
 
 async def run_web(
-    web_id: str, host: str, port: int, broker: BrokerAddress, edge: EdgeSettings | None = None
+    web_id: str, host: str, port: int, broker: BrokerAddresses, edge: EdgeSettings | None = None
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
     edge = edge or EdgeSettings()
@@ -436,7 +436,7 @@ async def run_web(
 def command(
     web_id: str,
     listen: tuple[str, int],
-    broker: BrokerAddress,
+    broker: BrokerAddresses,
     allow_portals: str | None,
     allow_origins: str | None,
     max_websockets: int,

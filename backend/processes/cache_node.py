@@ -34,7 +34,7 @@ from backend.adapters.bus.publisher import Publisher
 from backend.adapters.bus.transport import BusUnavailable, Message
 from backend.adapters.critical_tasks import critical_task
 from backend.adapters.heartbeats import HEARTBEAT_INTERVAL, RequestMetrics, heartbeat_message
-from backend.adapters.settings import BrokerAddress
+from backend.adapters.settings import BrokerAddresses
 from backend.core import topics
 from backend.core.drops import Drops
 from backend.core.replica.group import default_groups
@@ -60,7 +60,7 @@ def group_members(replica_groups: int, replicas: int) -> dict[str, list[int]] | 
 
 async def run_cache_node(
     node_id: str,
-    broker: BrokerAddress,
+    broker: BrokerAddresses,
     vnodes: int,
     bootstrap: bool,
     join_wait: float,
@@ -151,7 +151,7 @@ async def run_cache_node(
     return 0
 
 
-async def _connected(bus: BrokerBus, stop: asyncio.Event, broker: BrokerAddress) -> bool:
+async def _connected(bus: BrokerBus, stop: asyncio.Event, broker: BrokerAddresses) -> bool:
     """Wait for the broker (saying so now and then) or a stop; True once connected."""
     stopping = asyncio.create_task(stop.wait())
     try:
@@ -231,7 +231,7 @@ async def _heartbeat(bus: BrokerBus, node: CacheNode, metrics: RequestMetrics) -
 )
 def command(
     component_id: str,
-    broker: BrokerAddress,
+    broker: BrokerAddresses,
     vnodes: int,
     bootstrap: bool,
     join_wait: float,

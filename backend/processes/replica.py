@@ -44,7 +44,7 @@ from backend.adapters.critical_tasks import critical_task
 from backend.adapters.disk import DurableRaftStorage, StorageCorruptError
 from backend.adapters.heartbeats import HEARTBEAT_INTERVAL, heartbeat_message
 from backend.adapters.private_files import create_private, private_directory
-from backend.adapters.settings import BrokerAddress, data_dir
+from backend.adapters.settings import BrokerAddresses, data_dir
 from backend.core import topics
 from backend.core.raft import LogCorruptedError, RaftOptions
 from backend.core.replica.core import SNAPSHOT_EVERY, ReplicaCore, SnapshotJob
@@ -332,7 +332,7 @@ async def run_replica(
     member: int,
     members: list[int],
     directory: Path,
-    broker: BrokerAddress,
+    broker: BrokerAddresses,
     tick: float,
     options: RaftOptions,
     snapshot_every: int,
@@ -480,7 +480,7 @@ def command(
     member: int,
     members: list[int],
     data_dir_flag: Path | None,
-    broker: BrokerAddress,
+    broker: BrokerAddresses,
     tick: float,
     election_ticks: int,
     snapshot_every: int,
