@@ -33,7 +33,12 @@ from backend.adapters.bus import BrokerBus, LastWill, open_bus
 from backend.adapters.bus.publisher import Publisher
 from backend.adapters.bus.transport import BusUnavailable, Message
 from backend.adapters.critical_tasks import critical_task
-from backend.adapters.heartbeats import HEARTBEAT_INTERVAL, RequestMetrics, heartbeat_message
+from backend.adapters.heartbeats import (
+    HEARTBEAT_INTERVAL,
+    RequestMetrics,
+    heartbeat_message,
+    refused_subscriptions,
+)
 from backend.adapters.settings import BrokerAddresses
 from backend.core import topics
 from backend.core.drops import Drops
@@ -183,7 +188,8 @@ async def _heartbeat(bus: BrokerBus, node: CacheNode, metrics: RequestMetrics) -
     started = time.time()
     topic = topics.heartbeat(KIND, node.id)
     while True:
-        message = heartbeat_message(node.id, KIND, "", started, node.readiness(), metrics)
+        refused = refused_subscriptions(bus)
+        message = heartbeat_message(node.id, KIND, "", started, node.readiness(), metrics, refused)
         message["ring"] = node.ring_status()
         with contextlib.suppress(BusUnavailable):  # the bus logs its own connection trouble
             await bus.publish(topic, message, qos=0)

@@ -42,7 +42,11 @@ from backend.adapters.child_processes import die_with_parent
 from backend.adapters.collector import collector_paused
 from backend.adapters.critical_tasks import critical_task
 from backend.adapters.disk import DurableRaftStorage, StorageCorruptError
-from backend.adapters.heartbeats import HEARTBEAT_INTERVAL, heartbeat_message
+from backend.adapters.heartbeats import (
+    HEARTBEAT_INTERVAL,
+    heartbeat_message,
+    refused_subscriptions,
+)
 from backend.adapters.private_files import create_private, private_directory
 from backend.adapters.settings import BrokerAddresses, data_dir
 from backend.core import topics
@@ -217,8 +221,9 @@ class Replica:
         component_id = f"{self.core.group}-{self.core.member}"
         topic = topics.heartbeat(KIND, component_id)
         while True:
+            core, refused = self.core, refused_subscriptions(self.publisher.bus)
             message = heartbeat_message(
-                component_id, KIND, "", started, self.core.readiness(), self.core.metrics
+                component_id, KIND, "", started, core.readiness(), core.metrics, refused
             )
             message["raft"] = self.core.status()
             with contextlib.suppress(BusUnavailable):  # the bus logs its own trouble
