@@ -1,8 +1,10 @@
 """The MQTT transport: aiomqtt underneath, reconnecting forever, msgpack on the wire.
 
-Use it as `async with MqttBus(address, client_id) as bus:`. It keeps one
-connection, re-subscribes every filter after a reconnect and then runs the
-`on_connect` hooks. Handlers run one at a time in arrival order, so a
+Use it as `async with MqttBus(address, client_id) as bus:`, `address` one
+broker or the list of a clustered broker's nodes. It keeps one connection,
+re-subscribes every filter after a reconnect (to the next node, if any) and
+then runs the `on_connect` hooks (all of this is BrokerSession's, shared with
+LeanMqttBus: backend/adapters/bus/session.py). Handlers run one at a time in arrival order, so a
 component sees messages from one publisher in the order they were sent; a
 handler or hook may publish but must not wait for another message, since
 messages are read only between handlers. An optional last will (`LastWill`)

@@ -124,8 +124,11 @@ class BrokerSession(Generic[L]):
             return
         self.handlers.remove((topic_filter, handler))
         self._subscriptions_changed()
+        if self._wanted(topic_filter):
+            return
+        self.refused.discard(topic_filter)  # no longer wanted: its refusal no longer matters
         link = self._link()
-        if link is not None and self.connected and not self._wanted(topic_filter):
+        if link is not None and self.connected:
             self._request_unsubscription(link, topic_filter)
 
     def _wanted(self, topic_filter: str) -> bool:
