@@ -69,6 +69,7 @@ class BrokerSession(Generic[L]):
         self._rotation = BrokerRotation(len(self.addresses))
         self._errors_logged: dict[tuple[str, int], str] = {}  # node -> last error logged
         self._connected_to: BrokerAddress | None = None
+        self._connected_at: float | None = None  # loop time the current session connected
         self._runner: asyncio.Task[None] | None = None
         self._connected_event = asyncio.Event()
 
@@ -180,8 +181,10 @@ class BrokerSession(Generic[L]):
 
     async def _run(self) -> None:
         rotation = self._rotation
+        loop = asyncio.get_running_loop()
         while True:
             self.address = self.addresses[rotation.current]
+            self._connected_at = None
             try:
                 await self._session()
                 rotation.ended_cleanly()
@@ -193,7 +196,8 @@ class BrokerSession(Generic[L]):
             finally:
                 self._attach(None)
                 self._connected_event.clear()
-            await asyncio.sleep(rotation.failed())
+            since = self._connected_at
+            await asyncio.sleep(rotation.failed(None if since is None else loop.time() - since))
 
     def _broker_failed(self, text: str) -> None:
         """Log a broker's failure the first time it says this (per node), and keep it."""
@@ -210,7 +214,7 @@ class BrokerSession(Generic[L]):
             await self._subscribe_all(link)
             self._attach(link)
             self._connected_event.set()
-            self._rotation.connected()
+            self._connected_at = asyncio.get_running_loop().time()
             self._say_connected()
             for hook in self.hooks:
                 await hook()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from backend.adapters import broker_logins
-from backend.adapters.bus.failover import RECONNECT_DELAYS, BrokerRotation
+from backend.adapters.bus.failover import RECONNECT_DELAYS, STABLE_AFTER, BrokerRotation
 from backend.adapters.settings import BrokerAddress, BrokerAddresses, ConfigError
 
 
@@ -78,10 +78,13 @@ def test_every_url_of_a_component_s_list_carries_its_login(tmp_path: Path) -> No
 # ---- the rotation ------------------------------------------------------------------
 
 
-def after_failures(rotation: BrokerRotation, failures: int) -> list[tuple[float, int]]:
+def after_failures(
+    rotation: BrokerRotation, failures: int, lasted: float | None = None
+) -> list[tuple[float, int]]:
+    """(seconds waited, broker tried next) after each of `failures` failures."""
     out = []
     for _ in range(failures):
-        delay = rotation.failed()
+        delay = rotation.failed(lasted)
         out.append((delay, rotation.current))
     return out
 
@@ -112,9 +115,21 @@ def test_a_lost_connection_moves_on_at_once_and_starts_a_fresh_round() -> None:
     rotation = BrokerRotation(2)
     assert after_failures(rotation, 2) == [(0.0, 1), (RECONNECT_DELAYS[0], 0)]
     assert after_failures(rotation, 1) == [(0.0, 1)]
-    rotation.connected()  # on node 1
-    assert after_failures(rotation, 1) == [(0.0, 0)]  # lost: node 0 at once
+    # Node 1 answers, and its connection stands a while before it is lost: node 0 at once.
+    assert after_failures(rotation, 1, lasted=STABLE_AFTER) == [(0.0, 0)]
     assert after_failures(rotation, 1) == [(RECONNECT_DELAYS[1], 1)]  # the 2nd round failed
+
+
+def test_connections_dropped_at_once_count_as_failures_of_their_round() -> None:
+    rotation = BrokerRotation(2)
+    flapping = after_failures(rotation, 4, lasted=STABLE_AFTER / 10)
+    assert flapping == [(0.0, 1), (RECONNECT_DELAYS[0], 0), (0.0, 1), (RECONNECT_DELAYS[1], 0)]
+
+
+def test_one_broker_s_waits_ignore_how_long_its_connections_stood() -> None:
+    rotation = BrokerRotation(1)
+    delays = [rotation.failed(lasted) for lasted in (None, 60.0, None, 60.0)]
+    assert delays == list(RECONNECT_DELAYS[:4])
 
 
 def test_a_rotation_needs_a_broker() -> None:
