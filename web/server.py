@@ -32,11 +32,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.adapters.bus import open_bus
 from backend.adapters.bus.transport import Bus
 from backend.adapters.critical_tasks import critical_task
-from backend.adapters.heartbeats import heartbeat_message, run_heartbeat
+from backend.adapters.heartbeats import heartbeat_message, refused_subscriptions, run_heartbeat
 from backend.adapters.settings import (
     DEFAULT_HOST,
     DEFAULT_WEB_PORT,
-    BrokerAddress,
+    BrokerAddresses,
     ConfigError,
 )
 from backend.core import topics
@@ -101,7 +101,13 @@ class WebContext:
     _bad_heartbeats: dict[str, str] = field(default_factory=dict)
 
     def bus_problem(self) -> str | None:
-        return None if self.bus.connected else f"not connected to the MQTT broker at {self.broker}"
+        if not self.bus.connected:
+            return f"not connected to the MQTT broker at {self.broker}"
+        if refused := refused_subscriptions(self.bus):
+            # Deaf to what it subscribed to (heartbeats, say): its answers cannot be trusted.
+            refusal = f"the broker refused its subscription to {', '.join(refused)}"
+            return f"{self.web_id} is connected but {refusal}"
+        return None
 
     async def on_heartbeat(self, topic: str, message: dict[str, Any]) -> None:
         try:
@@ -120,7 +126,13 @@ class WebContext:
     def own_component(self, now: float) -> Component:
         """This process as a heartbeat would describe it, fresh."""
         message = heartbeat_message(
-            self.web_id, KIND, self.address, self.started, self.bus_problem(), self.metrics
+            self.web_id,
+            KIND,
+            self.address,
+            self.started,
+            self.bus_problem(),
+            self.metrics,
+            refused_subscriptions(self.bus),
         )
         return Component(parse_heartbeat(message), now)
 
@@ -142,7 +154,7 @@ async def readiness(context: WebContext) -> dict[str, Any]:
     problem = context.bus_problem()
     if problem:
         missing.append(problem)
-    missing.extend(context.view.missing(now))
+    missing.extend(reason for reason in context.view.missing(now) if reason not in missing)
     kinds = []
     for kind in (CLIENT_PORTAL, ADMIN_PORTAL):
         ready = context.view.ready_portals(now, kind)
@@ -341,7 +353,7 @@ class EdgeSettings:
 
 
 async def run_web(
-    web_id: str, host: str, port: int, broker: BrokerAddress, edge: EdgeSettings | None = None
+    web_id: str, host: str, port: int, broker: BrokerAddresses, edge: EdgeSettings | None = None
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
     edge = edge or EdgeSettings()
@@ -436,7 +448,7 @@ async def run_web(
 def command(
     web_id: str,
     listen: tuple[str, int],
-    broker: BrokerAddress,
+    broker: BrokerAddresses,
     allow_portals: str | None,
     allow_origins: str | None,
     max_websockets: int,

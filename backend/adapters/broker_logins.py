@@ -163,6 +163,12 @@ def login_url(login: str, password: str, host: str, port: int) -> str:
     return f"mqtt://{quote(login, safe='')}:{quote(password, safe='')}@{host}:{port}"
 
 
+def login_urls(login: str, password: str, nodes: Iterable[tuple[str, int]]) -> str:
+    """`login_url` for every (host, port) node of one broker, comma-separated: the
+    broker list a component takes (settings.BrokerAddresses)."""
+    return ",".join(login_url(login, password, host, port) for host, port in nodes)
+
+
 def credentials_path(data_dir: Path) -> Path:
     return data_dir / BROKER_CREDENTIALS_FILE
 
@@ -199,10 +205,14 @@ def ensure_credentials(data_dir: Path, logins: Iterable[str] = (STATUS_LOGIN,)) 
     return passwords
 
 
-def broker_url_for(login: str, host: str, port: int, data_dir: Path) -> str:
-    """The URL component `login` uses to reach taskring's own broker on host:port."""
+def broker_url_for(
+    login: str, host: str, port: int, data_dir: Path, more: Iterable[tuple[str, int]] = ()
+) -> str:
+    """The URL component `login` uses to reach taskring's own broker on host:port; with
+    `more` (host, port) nodes of the same clustered broker, the list of them all, its
+    login in every URL."""
     passwords = ensure_credentials(data_dir, [login])
-    return login_url(login, passwords[login], host, port)
+    return login_urls(login, passwords[login], [(host, port), *more])
 
 
 def local_broker_url(login: str, flag: str | None, data_dir: Path) -> str:

@@ -16,6 +16,9 @@ Heartbeat message (msgpack map):
     started   Unix time it started (float seconds)
     sent      Unix time of this heartbeat
     interval  seconds until the next heartbeat
+    refused   the topic filters the broker refused this component's subscriptions to
+              (its bus's `refused`): connected but deaf to them, so not ready; absent
+              from the heartbeats of older versions
     cpu_seconds
               CPU seconds (user + system) this process and the children it waited
               for have used since it started (`taskring bench` turns them into CPU
@@ -34,7 +37,7 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from backend.adapters.bus.transport import Bus, BusUnavailable
@@ -47,6 +50,7 @@ __all__ = [
     "RequestMetrics",
     "heartbeat_message",
     "process_cpu_seconds",
+    "refused_subscriptions",
     "run_heartbeat",
 ]
 
@@ -62,6 +66,7 @@ def heartbeat_message(
     started: float,
     problem: str | None,
     metrics: RequestMetrics | None,
+    refused: Iterable[str] = (),
 ) -> dict[str, Any]:
     return {
         "id": component_id,
@@ -73,9 +78,16 @@ def heartbeat_message(
         "started": started,
         "sent": time.time(),
         "interval": HEARTBEAT_INTERVAL,
+        "refused": sorted(refused),
         "cpu_seconds": process_cpu_seconds(),
         "metrics": metrics.to_wire() if metrics else {"requests": [], "latency": [], "dropped": []},
     }
+
+
+def refused_subscriptions(bus: object) -> list[str]:
+    """The filters the broker refused `bus` (its `refused`); none for a bus that cannot
+    tell (the memory bus of tests, a stand-in)."""
+    return sorted(getattr(bus, "refused", ()))
 
 
 def process_cpu_seconds() -> float:
@@ -99,7 +111,9 @@ async def run_heartbeat(
     started = time.time()
     topic = topics.heartbeat(kind, component_id)
     while True:
-        message = heartbeat_message(component_id, kind, address, started, readiness(), metrics)
+        message = heartbeat_message(
+            component_id, kind, address, started, readiness(), metrics, refused_subscriptions(bus)
+        )
         with contextlib.suppress(BusUnavailable):  # the bus logs its own connection trouble
             await bus.publish(topic, message, qos=0)
         await asyncio.sleep(HEARTBEAT_INTERVAL)

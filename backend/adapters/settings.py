@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -75,6 +76,11 @@ class BrokerAddress:
             ca_file=query.get("ca", [None])[0],
         )
 
+    @property
+    def node(self) -> tuple[str, int]:
+        """Which broker node this is (host and port), whatever login it uses."""
+        return (self.host.lower(), self.port)
+
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.tls:
             return None
@@ -85,6 +91,81 @@ class BrokerAddress:
         scheme = "mqtts" if self.tls else "mqtt"
         user = f"{self.username}:***@" if self.username else ""
         return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BrokerAddresses:
+    """The nodes of one (clustered) broker, in the order a bus tries them: never empty.
+
+    Given as a comma-separated list of broker URLs, each with its own login and TLS;
+    a single URL is a list of one.
+    """
+
+    addresses: tuple[BrokerAddress, ...]
+
+    def __post_init__(self) -> None:
+        if not self.addresses:
+            raise ConfigError("no broker URL given")
+
+    @classmethod
+    def parse(cls, text: str) -> BrokerAddresses:
+        """Parse `URL[,URL...]`; ConfigError naming the bad element, an empty one, or a
+        node given twice."""
+        urls = [url.strip() for url in text.split(",")]
+        total = len(urls)
+        addresses: list[BrokerAddress] = []
+        for number, url in enumerate(urls, 1):
+            where = f"broker URL {number} of {total}" if total > 1 else "broker URL"
+            if not url:
+                raise ConfigError(f"{where} is empty (in {_redacted_text(text)!r})")
+            try:
+                address = BrokerAddress.parse(url)
+            except ConfigError as exc:
+                raise ConfigError(f"{where} {_redacted_text(url)!r}: {_reason(exc)}") from None
+            if any(a.node == address.node for a in addresses):
+                raise ConfigError(f"{where} {address.redacted()!r}: that broker is listed twice")
+            addresses.append(address)
+        return cls(tuple(addresses))
+
+    @classmethod
+    def of(cls, given: BrokerAddress | BrokerAddresses) -> BrokerAddresses:
+        return given if isinstance(given, BrokerAddresses) else cls((given,))
+
+    @property
+    def first(self) -> BrokerAddress:
+        return self.addresses[0]
+
+    def __iter__(self) -> Iterator[BrokerAddress]:
+        return iter(self.addresses)
+
+    def __len__(self) -> int:
+        return len(self.addresses)
+
+    def __getitem__(self, index: int) -> BrokerAddress:
+        return self.addresses[index]
+
+    def redacted(self) -> str:
+        """Every URL without its password, comma-separated, for logs and status output."""
+        return ",".join(address.redacted() for address in self.addresses)
+
+
+def _reason(exc: ConfigError) -> str:
+    """BrokerAddress.parse's message without its leading `broker URL '...': `."""
+    text = str(exc)
+    head, sep, rest = text.partition("': ")
+    return rest if sep and head.startswith("broker URL '") else text
+
+
+def _redacted_text(url: str) -> str:
+    """A URL as typed, its password (if any) starred: error messages reach logs."""
+    parts = urlsplit(url)
+    try:
+        password = parts.password
+    except ValueError:
+        password = None
+    if not password:
+        return url
+    return url.replace(f":{password}@", ":***@", 1)
 
 
 def broker_url(flag: str | None) -> str:

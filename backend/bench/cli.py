@@ -101,7 +101,7 @@ class Plan:
 
 
 async def measure(
-    target: Target, plan: Plan, broker: settings.BrokerAddress | None = None
+    target: Target, plan: Plan, broker: settings.BrokerAddresses | None = None
 ) -> RunResult:
     """Prepare one target, run the workload on it, and always clean up what it started.
     With the `broker` of the system's heartbeats, also find the CPU it used per operation."""
@@ -136,7 +136,9 @@ async def add_cpu(result: RunResult, watch: CpuWatch) -> None:
 
 
 async def measure_all(
-    factories: list[Callable[[], Target]], plan: Plan, broker: settings.BrokerAddress | None = None
+    factories: list[Callable[[], Target]],
+    plan: Plan,
+    broker: settings.BrokerAddresses | None = None,
 ) -> tuple[list[RunResult], dict[str, str]]:
     # SIGTERM stops a run like Ctrl-C does: the peers started here are stopped on the way out.
     main = asyncio.current_task()
@@ -353,12 +355,12 @@ def bench(**flags: Any) -> None:
             fail(EXIT_FAILED, f"no operation on {result.target} succeeded")
 
 
-def broker_address(flag: str | None, data_dir: str | None) -> settings.BrokerAddress:
+def broker_address(flag: str | None, data_dir: str | None) -> settings.BrokerAddresses:
     """The broker the heartbeats come through, logged in as the read-only `status` when
     the data directory has its login."""
     try:
         url = local_broker_url(STATUS_LOGIN, flag, settings.data_dir(data_dir))
-        return settings.BrokerAddress.parse(url)
+        return settings.BrokerAddresses.parse(url)
     except settings.ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from exc
 

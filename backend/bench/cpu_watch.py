@@ -24,7 +24,7 @@ from typing import Any
 
 from backend.adapters.bus import BrokerBus, open_bus
 from backend.adapters.port_holders import listening_pids
-from backend.adapters.settings import BrokerAddress
+from backend.adapters.settings import BrokerAddress, BrokerAddresses
 from backend.bench.cpu_cost import (
     BENCH,
     BROKER,
@@ -52,8 +52,9 @@ NO_CPU_FIELD = "its heartbeats carry no CPU figure (an older version)"
 class CpuWatch:
     """Collects CPU readings of the system's processes while it is used as `async with`."""
 
-    def __init__(self, address: BrokerAddress) -> None:
-        self.address = address
+    def __init__(self, address: BrokerAddress | BrokerAddresses) -> None:
+        self.addresses = BrokerAddresses.of(address)
+        self.address = self.addresses.first  # where the broker's own CPU is looked for
         self._view = ClusterView()
         self._series: dict[ProcessKey, list[CpuSample]] = {}
         self._without_cpu: set[ProcessKey] = set()
@@ -68,7 +69,7 @@ class CpuWatch:
         _quiet_bus_logs()
         # Logged in, the broker takes the login as the client id; anonymous, a random one.
         client_id = self.address.username or f"taskring-bench-{os.getpid()}-{secrets.token_hex(3)}"
-        self._bus = open_bus(self.address, client_id)
+        self._bus = open_bus(self.addresses, client_id)
         self._bus.subscribe(topics.HEARTBEATS, self.on_heartbeat)
         await self._bus.__aenter__()
         broker_pid, self._broker_note = await find_broker(self.address)

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from backend.adapters.broker_logins import STATUS_LOGIN, local_broker_url
 from backend.adapters.bus import open_bus
-from backend.adapters.settings import BrokerAddress, ConfigError
+from backend.adapters.settings import BrokerAddresses, ConfigError
 from backend.adapters.settings import data_dir as config_data_dir
 from backend.core import topics
 from backend.core.cluster_view import ClusterView, HeartbeatError
@@ -82,7 +82,7 @@ class Snapshot:
 # ---- asking the broker --------------------------------------------------------------
 
 
-async def listen_to_heartbeats(address: BrokerAddress, wait: float) -> Snapshot:
+async def listen_to_heartbeats(address: BrokerAddresses, wait: float) -> Snapshot:
     """Connect within `wait` seconds, then collect heartbeats for `wait` seconds."""
     view = ClusterView()
 
@@ -92,7 +92,7 @@ async def listen_to_heartbeats(address: BrokerAddress, wait: float) -> Snapshot:
 
     # Logged in, the broker takes the login as the client id anyway; anonymous, a
     # random one keeps two `taskring status` from disconnecting each other.
-    client_id = address.username or f"taskring-status-{os.getpid()}-{secrets.token_hex(3)}"
+    client_id = address.first.username or f"taskring-status-{os.getpid()}-{secrets.token_hex(3)}"
     bus = open_bus(address, client_id)
     bus.subscribe(topics.HEARTBEATS, on_heartbeat)
     async with bus:
@@ -307,7 +307,10 @@ def format_duration(seconds: float) -> str:
 
 @click.command("status")
 @click.option(
-    "--broker", envvar="TASKRING_BROKER", help="MQTT broker URL (default mqtt://127.0.0.1:1883)."
+    "--broker",
+    envvar="TASKRING_BROKER",
+    help="MQTT broker URL, or a comma-separated list of a clustered broker's nodes "
+    "(default mqtt://127.0.0.1:1883).",
 )
 @click.option(
     "--web",
@@ -345,10 +348,10 @@ def status(
         print_snapshot(snapshot, wait, from_web=bool(web))
 
 
-def _broker(flag: str | None, data_dir: str | None) -> BrokerAddress:
+def _broker(flag: str | None, data_dir: str | None) -> BrokerAddresses:
     """The broker, logged in as the read-only `status` when the data directory has its login."""
     try:
-        address = BrokerAddress.parse(
+        address = BrokerAddresses.parse(
             local_broker_url(STATUS_LOGIN, flag, config_data_dir(data_dir))
         )
     except ConfigError as exc:

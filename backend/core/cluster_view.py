@@ -26,6 +26,7 @@ FORGET_AFTER = 600.0
 MAX_INTERVAL = 3600.0
 # /readyz lists this many unconverged ring positions at most (16 nodes have 128).
 MAX_RING_REASONS = 8
+MAX_REFUSED = 256  # refused subscriptions a heartbeat may list
 
 CLIENT_PORTAL = "client-portal"
 ADMIN_PORTAL = "admin-portal"
@@ -94,11 +95,35 @@ class Heartbeat:
     raft: dict[str, Any] | None = None  # a replica's Raft state (docs/architecture.md, Heartbeats)
     # CPU seconds the process has used so far; None from senders older than the field
     cpu_seconds: float | None = None
+    # Topic filters the broker refused the sender's subscriptions to; () from older senders
+    refused: tuple[str, ...] = ()
 
     @property
     def uptime(self) -> float:
         # Both times come from the sender's clock, so clock skew between hosts does not matter.
         return max(0.0, self.sent - self.started)
+
+    @property
+    def usable(self) -> bool:
+        """Ready by its own account, and hearing every topic it subscribed to."""
+        return self.ready and not self.refused
+
+    @property
+    def trouble(self) -> str | None:
+        """Why it is not usable (None when it is, or does not say)."""
+        if self.refused:
+            return f"connected but {_refusal(self.refused)}"
+        return self.problem
+
+    def why_not_ready(self) -> str:
+        """One line for a person, starting with the component's id."""
+        if self.refused:
+            return f"{self.id} is connected but {_refusal(self.refused)}"
+        return f"{self.id}: {self.problem or 'not ready'}"
+
+
+def _refusal(refused: tuple[str, ...]) -> str:
+    return f"the broker refused its subscription to {', '.join(refused)}"
 
 
 @dataclass(frozen=True)
@@ -123,7 +148,7 @@ class Component:
         return self.age(now) <= STALE_INTERVALS * self.heartbeat.interval
 
     def ready(self, now: float) -> bool:
-        return self.alive(now) and self.heartbeat.ready
+        return self.alive(now) and self.heartbeat.usable
 
     def summary(self, now: float) -> dict[str, Any]:
         """A JSON-ready description, as /api/components and `taskring status --json` show it."""
@@ -135,8 +160,8 @@ class Component:
             "address": beat.address,
             "pid": beat.pid,
             "alive": alive,
-            "ready": alive and beat.ready,
-            "problem": beat.problem if alive else f"no heartbeat for {self.age(now):.1f}s",
+            "ready": alive and beat.usable,
+            "problem": beat.trouble if alive else f"no heartbeat for {self.age(now):.1f}s",
             "uptime": round(beat.uptime, 3),  # seconds
             "uptime_seconds": round(beat.uptime, 3),  # the same, under its older name
             "last_heard_seconds": round(self.age(now), 3),
@@ -200,7 +225,7 @@ class ClusterView:
 
     def ready_portals(self, now: float, kind: str) -> list[Component]:
         """Live portals of `kind` that say they can take a write, the longest-running first."""
-        ready = [c for c in self.alive(now, kind) if c.heartbeat.ready]
+        ready = [c for c in self.alive(now, kind) if c.heartbeat.usable]
         return sorted(ready, key=lambda c: (-c.heartbeat.uptime, c.id))
 
     def missing(self, now: float) -> list[str]:
@@ -208,7 +233,13 @@ class ClusterView:
         reasons: list[str] = []
         for kind in PORTAL_KINDS:
             reasons.extend(self._missing_for(kind, now))
-        return reasons + self._missing_groups(now) + self.unconverged(now)
+        deaf = [reason for reason in self.refusals(now) if reason not in reasons]
+        return reasons + deaf + self._missing_groups(now) + self.unconverged(now)
+
+    def refusals(self, now: float) -> list[str]:
+        """Each live component the broker refused a subscription, whatever its kind: it is
+        connected, but deaf to what it needs to hear."""
+        return [c.heartbeat.why_not_ready() for c in self.alive(now) if c.heartbeat.refused]
 
     def unconverged(self, now: float) -> list[str]:
         """Why the ring has not converged, for a person; empty when it has.
@@ -299,10 +330,10 @@ class ClusterView:
 
     def _missing_for(self, kind: str, now: float) -> list[str]:
         live = self.alive(now, kind)
-        if any(c.heartbeat.ready for c in live):
+        if any(c.heartbeat.usable for c in live):
             return []
         if live:
-            return [f"{c.id}: {c.heartbeat.problem or 'not ready'}" for c in live]
+            return [c.heartbeat.why_not_ready() for c in live]
         reason = f"no {PORTAL_NAMES[kind]} is up"
         silent = [c for c in self.components(now) if c.kind == kind]
         if silent:
@@ -486,7 +517,21 @@ def parse_heartbeat(message: dict[str, Any]) -> Heartbeat:
         ring=_ring(message),
         raft=_map_field(message, "raft"),
         cpu_seconds=_cpu_seconds(message),
+        refused=_refused(message),
     )
+
+
+def _refused(message: dict[str, Any]) -> tuple[str, ...]:
+    """The optional `refused`: absent or null in older heartbeats, else a list of topic
+    filters (text), at most MAX_REFUSED of them."""
+    value = message.get("refused")
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or not all(isinstance(f, str) for f in value):
+        raise HeartbeatError("heartbeat field 'refused' must be a list of topic filters")
+    if len(value) > MAX_REFUSED:
+        raise HeartbeatError(f"heartbeat field 'refused' lists over {MAX_REFUSED} filters")
+    return tuple(value)
 
 
 def _cpu_seconds(message: dict[str, Any]) -> float | None:

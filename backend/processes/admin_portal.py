@@ -31,7 +31,7 @@ from backend.adapters.critical_tasks import critical_task
 from backend.adapters.settings import (
     DEFAULT_ADMIN_PORTS,
     DEFAULT_HOST,
-    BrokerAddress,
+    BrokerAddresses,
     data_dir,
     read_admin_token,
 )
@@ -239,7 +239,7 @@ async def start_admin_server(
 
 
 async def run_admin_portal(
-    portal_id: str, host: str, port: int, broker: BrokerAddress, admin_token: str, storage: str
+    portal_id: str, host: str, port: int, broker: BrokerAddresses, admin_token: str, storage: str
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
     stop = stop_on_signals()
@@ -285,7 +285,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 def command(
     component_id: str,
     listen: tuple[str, int],
-    broker: BrokerAddress,
+    broker: BrokerAddresses,
     storage: str,
     data_dir_flag: Path | None,
 ) -> None:

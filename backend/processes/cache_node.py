@@ -33,8 +33,13 @@ from backend.adapters.bus import BrokerBus, LastWill, open_bus
 from backend.adapters.bus.publisher import Publisher
 from backend.adapters.bus.transport import BusUnavailable, Message
 from backend.adapters.critical_tasks import critical_task
-from backend.adapters.heartbeats import HEARTBEAT_INTERVAL, RequestMetrics, heartbeat_message
-from backend.adapters.settings import BrokerAddress
+from backend.adapters.heartbeats import (
+    HEARTBEAT_INTERVAL,
+    RequestMetrics,
+    heartbeat_message,
+    refused_subscriptions,
+)
+from backend.adapters.settings import BrokerAddresses
 from backend.core import topics
 from backend.core.drops import Drops
 from backend.core.replica.group import default_groups
@@ -60,7 +65,7 @@ def group_members(replica_groups: int, replicas: int) -> dict[str, list[int]] | 
 
 async def run_cache_node(
     node_id: str,
-    broker: BrokerAddress,
+    broker: BrokerAddresses,
     vnodes: int,
     bootstrap: bool,
     join_wait: float,
@@ -151,7 +156,7 @@ async def run_cache_node(
     return 0
 
 
-async def _connected(bus: BrokerBus, stop: asyncio.Event, broker: BrokerAddress) -> bool:
+async def _connected(bus: BrokerBus, stop: asyncio.Event, broker: BrokerAddresses) -> bool:
     """Wait for the broker (saying so now and then) or a stop; True once connected."""
     stopping = asyncio.create_task(stop.wait())
     try:
@@ -183,7 +188,8 @@ async def _heartbeat(bus: BrokerBus, node: CacheNode, metrics: RequestMetrics) -
     started = time.time()
     topic = topics.heartbeat(KIND, node.id)
     while True:
-        message = heartbeat_message(node.id, KIND, "", started, node.readiness(), metrics)
+        refused = refused_subscriptions(bus)
+        message = heartbeat_message(node.id, KIND, "", started, node.readiness(), metrics, refused)
         message["ring"] = node.ring_status()
         with contextlib.suppress(BusUnavailable):  # the bus logs its own connection trouble
             await bus.publish(topic, message, qos=0)
@@ -231,7 +237,7 @@ async def _heartbeat(bus: BrokerBus, node: CacheNode, metrics: RequestMetrics) -
 )
 def command(
     component_id: str,
-    broker: BrokerAddress,
+    broker: BrokerAddresses,
     vnodes: int,
     bootstrap: bool,
     join_wait: float,

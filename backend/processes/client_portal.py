@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from backend.adapters.bus import open_bus
-from backend.adapters.settings import DEFAULT_CLIENT_PORTS, DEFAULT_HOST, BrokerAddress
+from backend.adapters.settings import DEFAULT_CLIENT_PORTS, DEFAULT_HOST, BrokerAddresses
 from backend.adapters.store import make_store
 from backend.adapters.store.interface import Store
 from backend.core.drops import Drops
@@ -141,7 +141,7 @@ async def _turn_away(writer: asyncio.StreamWriter, message: str) -> None:
 
 
 async def run_client_portal(
-    portal_id: str, host: str, port: int, broker: BrokerAddress, limits: Limits, storage: str
+    portal_id: str, host: str, port: int, broker: BrokerAddresses, limits: Limits, storage: str
 ) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
     stop = stop_on_signals()
@@ -258,7 +258,7 @@ _COUNT = click.IntRange(min=1)
 def command(
     component_id: str,
     listen: tuple[str, int],
-    broker: BrokerAddress,
+    broker: BrokerAddresses,
     storage: str,
     idle_timeout: float,
     auth_timeout: float,

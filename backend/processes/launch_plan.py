@@ -89,14 +89,16 @@ class BrokerPlan:
     """Which broker the children use, and whether `taskring up` starts it."""
 
     start: bool
-    urls: Mapping[str, str]  # login -> URL with its password; ANY_LOGIN: for every login
+    # login -> broker URL list (settings.BrokerAddresses), that login's password in every
+    # URL; ANY_LOGIN: the list for every login
+    urls: Mapping[str, str]
     description: str
 
     def url(self, login: str) -> str:
         return self.urls[login] if login in self.urls else self.urls[ANY_LOGIN]
 
     def shown(self) -> str:
-        return config.BrokerAddress.parse(self.url(broker_auth.STATUS_LOGIN)).redacted()
+        return config.BrokerAddresses.parse(self.url(broker_auth.STATUS_LOGIN)).redacted()
 
 
 ANY_LOGIN = "*"  # never a login's name (backend/adapters/broker_logins.py)
@@ -138,13 +140,14 @@ def choose_broker(
     anyone in (it is used only when named with --broker), or refuses our logins.
     """
     if flag_url:
-        config.BrokerAddress.parse(flag_url)  # fail early on a malformed URL
+        # Fail early on a malformed list; each URL carries the login and TLS it was given.
+        config.BrokerAddresses.parse(flag_url)
         return BrokerPlan(False, same_url_for_every_login(flag_url), "given with --broker")
     host, port = settings.host, settings.broker_port
     anonymous = f"mqtt://{host}:{port}"
     logins = broker_logins(settings)
     with_logins = {
-        login: broker_auth.login_url(login, passwords[login], host, port)
+        login: broker_auth.login_urls(login, passwords[login], [(host, port)])
         for login in logins
         if login in passwords
     }

@@ -12,7 +12,7 @@ from backend.adapters.settings import (
     DEFAULT_BROKER,
     DEFAULT_STORAGE,
     STORAGE_MODES,
-    BrokerAddress,
+    BrokerAddresses,
     ConfigError,
     broker_url,
     parse_host_port,
@@ -95,7 +95,8 @@ broker_option = click.option(
     "--broker",
     envvar="TASKRING_BROKER",
     callback=lambda _ctx, _param, value: _parse_broker(value),
-    help=f"MQTT broker URL (default {DEFAULT_BROKER}).",
+    help=f"MQTT broker URL, or a comma-separated list of the nodes of one clustered broker "
+    f"(default {DEFAULT_BROKER}).",
 )
 
 storage_option = click.option(
@@ -115,8 +116,8 @@ def _parse_listen(_ctx: click.Context, _param: click.Parameter, value: str) -> t
         raise click.BadParameter(str(exc), param_hint="--listen") from exc
 
 
-def _parse_broker(value: str | None) -> BrokerAddress:
+def _parse_broker(value: str | None) -> BrokerAddresses:
     try:
-        return BrokerAddress.parse(broker_url(value))
+        return BrokerAddresses.parse(broker_url(value))
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from exc

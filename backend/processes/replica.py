@@ -42,9 +42,13 @@ from backend.adapters.child_processes import die_with_parent
 from backend.adapters.collector import collector_paused
 from backend.adapters.critical_tasks import critical_task
 from backend.adapters.disk import DurableRaftStorage, StorageCorruptError
-from backend.adapters.heartbeats import HEARTBEAT_INTERVAL, heartbeat_message
+from backend.adapters.heartbeats import (
+    HEARTBEAT_INTERVAL,
+    heartbeat_message,
+    refused_subscriptions,
+)
 from backend.adapters.private_files import create_private, private_directory
-from backend.adapters.settings import BrokerAddress, data_dir
+from backend.adapters.settings import BrokerAddresses, data_dir
 from backend.core import topics
 from backend.core.raft import LogCorruptedError, RaftOptions
 from backend.core.replica.core import SNAPSHOT_EVERY, ReplicaCore, SnapshotJob
@@ -217,8 +221,9 @@ class Replica:
         component_id = f"{self.core.group}-{self.core.member}"
         topic = topics.heartbeat(KIND, component_id)
         while True:
+            core, refused = self.core, refused_subscriptions(self.publisher.bus)
             message = heartbeat_message(
-                component_id, KIND, "", started, self.core.readiness(), self.core.metrics
+                component_id, KIND, "", started, core.readiness(), core.metrics, refused
             )
             message["raft"] = self.core.status()
             with contextlib.suppress(BusUnavailable):  # the bus logs its own trouble
@@ -332,7 +337,7 @@ async def run_replica(
     member: int,
     members: list[int],
     directory: Path,
-    broker: BrokerAddress,
+    broker: BrokerAddresses,
     tick: float,
     options: RaftOptions,
     snapshot_every: int,
@@ -480,7 +485,7 @@ def command(
     member: int,
     members: list[int],
     data_dir_flag: Path | None,
-    broker: BrokerAddress,
+    broker: BrokerAddresses,
     tick: float,
     election_ticks: int,
     snapshot_every: int,

@@ -495,7 +495,8 @@ def port_option(name: str, default: int, what: str) -> Decorator:
     "--broker",
     "broker_flag",
     envvar="TASKRING_BROKER",
-    help="Use this MQTT broker (mqtt://user:password@host:port) and start none.",
+    help="Use this MQTT broker (mqtt://user:password@host:port, or a comma-separated list of "
+    "the nodes of one clustered broker) and start none.",
 )
 @click.option(
     "--data-dir",

@@ -21,7 +21,7 @@ import pytest
 from backend.adapters.bus import BUS_CLIENTS, BrokerBus, open_bus
 from backend.adapters.bus.lean import MAX_BUFFERED, LeanMqttBus
 from backend.adapters.bus.transport import BusUnavailable, LastWill
-from backend.adapters.settings import BrokerAddress
+from backend.adapters.settings import BrokerAddress, BrokerAddresses
 from backend.core import mqtt_packets as mqtt
 from backend.core.codec import pack
 from tests.conftest import MOSQUITTO, Processes, free_port, port_open, stop_process
@@ -163,6 +163,54 @@ async def test_reconnects_resubscribes_every_filter_and_runs_hooks(
         assert received == [("a/1", {"n": 1}), ("b/2", {"n": 2})]
 
 
+def on_nodes(client: str, *ports: int) -> tuple[BrokerBus, Received, list[int]]:
+    """A bus given the brokers on `ports` as one list, subscribed to a/#, counting its hooks."""
+    urls = ",".join(f"mqtt://127.0.0.1:{port}" for port in ports)
+    bus = open_bus(BrokerAddresses.parse(urls), "rx", client=client)
+    received: Received = []
+    hooks: list[int] = []
+
+    async def collect(topic: str, message: dict[str, Any]) -> None:
+        received.append((topic, message))
+
+    async def hook() -> None:
+        hooks.append(bus.address.port)
+
+    bus.subscribe("a/#", collect)
+    bus.on_connect(hook)
+    return bus, received, hooks
+
+
+async def test_a_killed_broker_s_clients_move_to_the_next_node(
+    client: str, processes: Processes, tmp_path: Path
+):
+    first, second = free_port(), free_port()
+    doomed = start_broker(processes, tmp_path, first)
+    start_broker(processes, tmp_path, second)
+    bus, received, hooks = on_nodes(client, first, second)
+    async with bus, connected(client, second, "tx") as (sender, _):
+        assert await bus.wait_connected(10), bus.last_error
+        await eventually(lambda: hooks == [first], "the hook on the first node")
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait(5)
+        on_second = lambda: bus.connected and bus.address.port == second  # noqa: E731
+        await eventually(on_second, "the bus on the second node", timeout=5)
+        await eventually(lambda: hooks == [first, second], "the hook again", timeout=5)
+        await sender.publish("a/1", {"n": 1})
+        await eventually(lambda: received == [("a/1", {"n": 1})], "a message on the second node")
+        assert not bus.refused
+
+
+async def test_a_list_whose_first_node_is_down_connects_to_the_second(client: str, port: int):
+    bus, received, hooks = on_nodes(client, free_port(), port)
+    async with bus, connected(client, port, "tx") as (sender, _):
+        assert await bus.wait_connected(10), bus.last_error
+        assert bus.address.port == port
+        await eventually(lambda: hooks == [port], "the hook")
+        await sender.publish("a/2", {"n": 2})
+        await eventually(lambda: received == [("a/2", {"n": 2})], "the message")
+
+
 async def serve_as_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Just enough of a broker to refuse subscriptions: Mosquitto 2.0's acl_file accepts
     every SUBSCRIBE and filters at delivery, so it never sends a SUBACK failure."""
@@ -215,7 +263,7 @@ WILL_SCRIPT = textwrap.dedent(
     import asyncio, sys
     from backend.adapters.bus import open_bus
     from backend.adapters.bus.transport import LastWill
-    from backend.adapters.settings import BrokerAddress
+    from backend.adapters.settings import BrokerAddress, BrokerAddresses
 
     async def main():
         will = LastWill("gone/x", {"gone": True})

@@ -12,7 +12,7 @@ import os
 from backend.adapters.bus.lean import LeanMqttBus
 from backend.adapters.bus.mqtt import MqttBus
 from backend.adapters.bus.transport import LastWill
-from backend.adapters.settings import BrokerAddress, ConfigError
+from backend.adapters.settings import BrokerAddress, BrokerAddresses, ConfigError
 from backend.core.drops import Drops
 
 BUS_CLIENT_VARIABLE = "TASKRING_BUS_CLIENT"
@@ -42,7 +42,7 @@ def bus_client() -> str:
 
 
 def open_bus(
-    address: BrokerAddress,
+    address: BrokerAddress | BrokerAddresses,
     client_id: str,
     *,
     keepalive: int = 10,
@@ -50,7 +50,8 @@ def open_bus(
     drops: Drops | None = None,
     client: str | None = None,
 ) -> BrokerBus:
-    """A bus to the broker at `address` (not yet connected: use it as `async with`)."""
+    """A bus to the broker at `address`, or to the first of its nodes that answers (not yet
+    connected: use it as `async with`)."""
     name = client or bus_client()
     if name not in BUS_CLIENTS:
         raise ConfigError(f"bus client {name!r}: must be {' or '.join(BUS_CLIENTS)}")

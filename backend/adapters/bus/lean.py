@@ -43,26 +43,21 @@ import collections
 import contextlib
 import logging
 import socket
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
-from backend.adapters.bus.dispatch import Route, SessionFailures, deliver, routes
-from backend.adapters.bus.transport import (
-    BusUnavailable,
-    ConnectHook,
-    Handler,
-    LastWill,
-    Message,
-    refused_filters,
-)
-from backend.adapters.critical_tasks import critical_task
-from backend.adapters.settings import BrokerAddress
+from backend.adapters.bus.dispatch import Route, deliver, routes
+from backend.adapters.bus.session import RECONNECT_DELAYS, BrokerSession
+from backend.adapters.bus.transport import BusUnavailable, LastWill, Message
+from backend.adapters.settings import BrokerAddress, BrokerAddresses
 from backend.core import mqtt_packets as mqtt
 from backend.core.codec import pack
 from backend.core.drops import Drops, rate_limited
 
 log = logging.getLogger(__name__)
 
-RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)  # as MqttBus's
+__all__ = ["RECONNECT_DELAYS", "LeanMqttBus", "SessionEnded"]
+
 CONNECT_TIMEOUT = 5.0  # TCP (and TLS) connect, then the CONNACK
 ACK_TIMEOUT = 5.0  # a PUBACK, SUBACK or UNSUBACK
 MAX_BUFFERED = 8 * 1024 * 1024  # bytes held while the broker cannot keep up
@@ -322,10 +317,12 @@ class _Connection(asyncio.Protocol):
             self._inbox_waiter = None
 
 
-class LeanMqttBus:
+class LeanMqttBus(BrokerSession[_Connection]):
+    filters_per_subscribe = FILTERS_PER_SUBSCRIBE
+
     def __init__(
         self,
-        address: BrokerAddress,
+        address: BrokerAddress | BrokerAddresses,
         client_id: str,
         *,
         keepalive: int = 10,
@@ -335,23 +332,12 @@ class LeanMqttBus:
         max_inbox: int = MAX_INBOX,
         max_inbox_bytes: int = MAX_INBOX_BYTES,
     ) -> None:
-        self.address = address
-        self.client_id = client_id
-        self.keepalive = keepalive
-        self.will = will
-        self.drops = drops or Drops(f"bus {client_id}", log)
+        super().__init__(address, client_id, keepalive=keepalive, will=will, drops=drops, log=log)
         self.max_buffered = max_buffered
         self.max_inbox = max_inbox
         self.max_inbox_bytes = max_inbox_bytes
-        self.handlers: list[tuple[str, Handler]] = []
-        self.hooks: list[ConnectHook] = []
-        self.last_error: str | None = None
         self.outgoing_dropped = 0  # `send`s dropped while the broker could not keep up
-        self.refused: set[str] = set()  # filters the broker refused at the last attempt
-        self._failures = SessionFailures(client_id, log)
         self._connection: _Connection | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._connected_event = asyncio.Event()
         # topic -> its matching handlers; forgotten whenever a subscription changes.
         self._routes: dict[str, tuple[Route, ...]] = {}
 
@@ -419,111 +405,42 @@ class LeanMqttBus:
         except BusUnavailable as exc:
             raise BusUnavailable(f"publish to {topic} failed: {exc}") from exc
 
-    # Subscribing
+    # Subscribing (the bookkeeping is BrokerSession's)
 
-    def subscribe(self, topic_filter: str, handler: Handler) -> None:
-        self.handlers.append((topic_filter, handler))
+    def _link(self) -> _Connection | None:
+        return self._connection
+
+    def _attach(self, link: _Connection | None) -> None:
+        self._connection = link
+
+    def _subscriptions_changed(self) -> None:
         self._routes.clear()
 
-    async def subscribe_now(self, topic_filter: str, handler: Handler) -> None:
-        self.subscribe(topic_filter, handler)
-        connection = self._connection
-        if connection is None:
-            return  # subscribed with the others once connected
-        refused = await self._subscribe(connection, [topic_filter])
-        if refused:
-            raise BusUnavailable(f"the broker refused the subscription to {topic_filter}")
-
-    def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
-        if (topic_filter, handler) not in self.handlers:
-            return
-        self.handlers.remove((topic_filter, handler))
-        self._routes.clear()
-        connection = self._connection
-        if connection is None or not connection.open or self._wanted(topic_filter):
-            return
+    def _request_unsubscription(self, link: _Connection, topic_filter: str) -> None:
         # Written now, so it reaches the broker before any later SUBSCRIBE to the filter.
-        packet_id = connection.packet_id()
-        connection.expect_unawaited(packet_id)
-        connection.write(mqtt.unsubscribe(packet_id, [topic_filter]))
+        packet_id = link.packet_id()
+        link.expect_unawaited(packet_id)
+        link.write(mqtt.unsubscribe(packet_id, [topic_filter]))
 
-    def _wanted(self, topic_filter: str) -> bool:
-        return any(f == topic_filter for f, _ in self.handlers)
-
-    async def _subscribe(self, connection: _Connection, filters: list[str]) -> list[str]:
+    async def _request_subscription(self, link: _Connection, filters: list[str]) -> Sequence[int]:
         """SUBSCRIBE at QoS 0 (every message is published at QoS 0, so a higher grant buys
-        nothing) and wait for the SUBACK; return the filters the broker refused."""
-        if not connection.open:
-            raise BusUnavailable(connection.error or "not connected")
-        packet_id = connection.packet_id()
-        future = connection.expect(packet_id)
-        connection.write(mqtt.subscribe(packet_id, [(f, 0) for f in filters]))
+        nothing) and wait for the SUBACK."""
+        if not link.open:
+            raise BusUnavailable(link.error or "not connected")
+        packet_id = link.packet_id()
+        future = link.expect(packet_id)
+        link.write(mqtt.subscribe(packet_id, [(f, 0) for f in filters]))
         try:
-            suback = await connection.acknowledgement(packet_id, future)
+            suback = await link.acknowledgement(packet_id, future)
         except BusUnavailable as exc:
             raise BusUnavailable(f"subscribe to {', '.join(filters)} failed: {exc}") from exc
-        refused = refused_filters(filters, suback.return_codes)
-        for topic_filter in refused:
-            log.error(
-                "broker %s refused the subscription to %s", self.address.redacted(), topic_filter
-            )
-        self.refused.update(refused)
-        self.refused.difference_update(set(filters) - set(refused))
-        return refused
+        codes: Sequence[int] = suback.return_codes
+        return codes
 
-    async def _subscribe_all(self, connection: _Connection) -> None:
-        # Filters added while this runs (subscribe_now sees no connection yet) are taken too.
-        done: set[str] = set()
-        while pending := [f for f in dict.fromkeys(f for f, _ in self.handlers) if f not in done]:
-            for start in range(0, len(pending), FILTERS_PER_SUBSCRIBE):
-                chunk = pending[start : start + FILTERS_PER_SUBSCRIBE]
-                await self._subscribe(connection, chunk)
-                done.update(chunk)
+    # The connection (the loop around it is BrokerSession's)
 
-    def on_connect(self, hook: ConnectHook) -> None:
-        self.hooks.append(hook)
-
-    async def wait_connected(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected_event.wait(), timeout)
-        return self.connected
-
-    # The connection loop
-
-    async def __aenter__(self) -> LeanMqttBus:
-        # Without this loop the component is deaf: should it ever end, the process exits.
-        self._runner = critical_task(self._run(), f"bus {self.client_id}")
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        runner = self._runner
-        if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-
-    async def _run(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self._session()
-                attempt = 0
-            except (OSError, TimeoutError) as exc:
-                # The broker's side: refused, unreachable, gone, silent (SessionEnded is one).
-                text = str(exc) or type(exc).__name__
-                if self.last_error != text:
-                    log.warning("broker %s: %s; reconnecting", self.address.redacted(), text)
-                self.last_error = text
-            except Exception as exc:
-                # A bug here must not leave the component deaf for good: reconnect.
-                self.last_error = self._failures.record(exc)
-            finally:
-                self._connection = None
-                self._connected_event.clear()
-            await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
-            attempt += 1
-
-    async def _session(self) -> None:
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[_Connection]:
         loop = asyncio.get_running_loop()
         connection = _Connection(loop, self.max_buffered, self.max_inbox, self.max_inbox_bytes)
         tls = self.address.tls_context()
@@ -536,15 +453,7 @@ class LeanMqttBus:
             await self._handshake(connection)
             pinger = asyncio.create_task(self._keep_alive(connection))
             try:
-                await self._subscribe_all(connection)
-                self._connection = connection
-                self._connected_event.set()
-                if self.last_error is not None:
-                    log.info("broker %s: connected again", self.address.redacted())
-                self.last_error = None
-                for hook in self.hooks:
-                    await hook()
-                await self._read(connection)
+                yield connection
             finally:
                 pinger.cancel()
         except asyncio.CancelledError:

@@ -38,6 +38,7 @@ class MemoryBus:
         self.handlers: list[tuple[str, Handler]] = []
         self.hooks: list[ConnectHook] = []
         self.drops = Drops("memory bus")
+        self.refused: set[str] = set()  # a memory bus refuses no subscription
         self._connected = False
         self._sending: set[asyncio.Task[None]] = set()
 

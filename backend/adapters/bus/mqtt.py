@@ -1,8 +1,10 @@
 """The MQTT transport: aiomqtt underneath, reconnecting forever, msgpack on the wire.
 
-Use it as `async with MqttBus(address, client_id) as bus:`. It keeps one
-connection, re-subscribes every filter after a reconnect and then runs the
-`on_connect` hooks. Handlers run one at a time in arrival order, so a
+Use it as `async with MqttBus(address, client_id) as bus:`, `address` one
+broker or the list of a clustered broker's nodes. It keeps one connection,
+re-subscribes every filter after a reconnect (to the next node, if any) and
+then runs the `on_connect` hooks (all of this is BrokerSession's, shared with
+LeanMqttBus: backend/adapters/bus/session.py). Handlers run one at a time in arrival order, so a
 component sees messages from one publisher in the order they were sent; a
 handler or hook may publish but must not wait for another message, since
 messages are read only between handlers. An optional last will (`LastWill`)
@@ -21,23 +23,15 @@ import contextlib
 import gc
 import logging
 import socket
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 from aiomqtt.client import ProtocolVersion
 
-from backend.adapters.bus.dispatch import SessionFailures, dispatch
-from backend.adapters.bus.transport import (
-    BusUnavailable,
-    ConnectHook,
-    Handler,
-    LastWill,
-    Message,
-    refused_filters,
-)
-from backend.adapters.critical_tasks import critical_task
-from backend.adapters.settings import BrokerAddress
+from backend.adapters.bus.dispatch import dispatch
+from backend.adapters.bus.session import RECONNECT_DELAYS, BrokerSession
+from backend.adapters.bus.transport import SUBACK_FAILURE, BusUnavailable, LastWill, Message
+from backend.adapters.settings import BrokerAddress, BrokerAddresses
 from backend.core.codec import pack
 from backend.core.drops import Drops
 
@@ -45,7 +39,6 @@ log = logging.getLogger(__name__)
 
 # Without TCP_NODELAY a QoS-1 round trip stalls on Nagle's algorithm (~88 ms).
 _NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
-RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
 # aiomqtt warns once more than 10 QoS-1 publishes await their PUBACK; components publish
 # many at once on purpose (one task per message), so warn only at a real backlog.
 PENDING_PUBLISH_WARNING = 1000
@@ -64,31 +57,24 @@ _paho_log = logging.getLogger("backend.adapters.bus.paho")
 _paho_log.addFilter(_DropCancelledSubscribeNoise())
 
 
-__all__ = ["LastWill", "MqttBus"]  # LastWill lives in transport; importable from here too
+# LastWill lives in transport; importable from here too. RECONNECT_DELAYS: failover's.
+__all__ = ["RECONNECT_DELAYS", "LastWill", "MqttBus"]
 
 
-class MqttBus:
+class MqttBus(BrokerSession[aiomqtt.Client]):
+    broker_errors = (aiomqtt.MqttError, BusUnavailable)
+
     def __init__(
         self,
-        address: BrokerAddress,
+        address: BrokerAddress | BrokerAddresses,
         client_id: str,
         *,
         keepalive: int = 10,
         will: LastWill | None = None,
         drops: Drops | None = None,
     ) -> None:
-        self.address = address
-        self.drops = drops or Drops(f"bus {client_id}", log)
-        self._failures = SessionFailures(client_id, log)  # errors other than the broker's
-        self.client_id = client_id
-        self.keepalive = keepalive
-        self.will = will
-        self.handlers: list[tuple[str, Handler]] = []
-        self.hooks: list[ConnectHook] = []
-        self.last_error: str | None = None
+        super().__init__(address, client_id, keepalive=keepalive, will=will, drops=drops, log=log)
         self._client: aiomqtt.Client | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._connected_event = asyncio.Event()
         # Set while no connection attempt is in flight: the only safe moment to cancel aiomqtt.
         self._settled = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -98,32 +84,32 @@ class MqttBus:
     def connected(self) -> bool:
         return self._client is not None
 
-    def subscribe(self, topic_filter: str, handler: Handler) -> None:
-        self.handlers.append((topic_filter, handler))
+    # Subscribing (the bookkeeping is BrokerSession's)
 
-    async def subscribe_now(self, topic_filter: str, handler: Handler) -> None:
-        self.subscribe(topic_filter, handler)
-        client = self._client
-        if client is None:
-            return  # subscribed with the others once connected
-        try:
-            codes = await client.subscribe(topic_filter, qos=0)
-        except aiomqtt.MqttError as exc:
-            raise BusUnavailable(f"subscribe to {topic_filter} failed: {exc}") from exc
-        if refused := self._refused([topic_filter], codes):
-            raise BusUnavailable(f"the broker refused the subscription to {refused[0]}")
+    def _link(self) -> aiomqtt.Client | None:
+        return self._client
 
-    def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
-        if (topic_filter, handler) not in self.handlers:
-            return
-        self.handlers.remove((topic_filter, handler))
-        if self._client is not None and not self._wanted(topic_filter):
-            task = asyncio.create_task(self._unsubscribe(topic_filter))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+    def _attach(self, link: aiomqtt.Client | None) -> None:
+        self._client = link
+        if link is None:
+            self._settled.set()  # the session is over: no attempt in flight
 
-    def _wanted(self, topic_filter: str) -> bool:
-        return any(f == topic_filter for f, _ in self.handlers)
+    async def _request_subscription(self, link: aiomqtt.Client, filters: list[str]) -> list[int]:
+        codes: list[int] = []
+        for topic_filter in filters:  # one SUBSCRIBE each (filters_per_subscribe)
+            try:
+                # QoS 0: every message is published at QoS 0, so a higher grant buys nothing.
+                granted = await link.subscribe(topic_filter, qos=0)
+            except aiomqtt.MqttError as exc:
+                raise BusUnavailable(f"subscribe to {topic_filter} failed: {exc}") from exc
+            values = [int(getattr(code, "value", code)) for code in cast(list[Any], granted)]
+            codes.append(values[0] if values else SUBACK_FAILURE)
+        return codes
+
+    def _request_unsubscription(self, link: aiomqtt.Client, topic_filter: str) -> None:
+        task = asyncio.create_task(self._unsubscribe(topic_filter))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _unsubscribe(self, topic_filter: str) -> None:
         client = self._client
@@ -134,8 +120,7 @@ class MqttBus:
         with contextlib.suppress(aiomqtt.MqttError):
             await client.unsubscribe(topic_filter)
 
-    def on_connect(self, hook: ConnectHook) -> None:
-        self.hooks.append(hook)
+    # Publishing
 
     def send(self, topic: str, message: Message, qos: int = 0) -> None:
         if self._client is None:
@@ -166,15 +151,7 @@ class MqttBus:
         except aiomqtt.MqttError as exc:
             raise BusUnavailable(f"publish to {topic} failed: {exc}") from exc
 
-    async def wait_connected(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected_event.wait(), timeout)
-        return self.connected
-
-    async def __aenter__(self) -> MqttBus:
-        # Without this loop the component is deaf: should it ever end, the process exits.
-        self._runner = critical_task(self._run(), f"bus {self.client_id}")
-        return self
+    # The connection (the loop around it is BrokerSession's)
 
     async def __aexit__(self, *exc_info: Any) -> None:
         runner = self._runner
@@ -192,27 +169,7 @@ class MqttBus:
         # or its __del__ touches a closed loop at exit and prints a traceback.
         gc.collect()
 
-    async def _run(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self._session()
-                attempt = 0
-            except aiomqtt.MqttError as exc:
-                if self.last_error != str(exc):
-                    log.warning("broker %s: %s; reconnecting", self.address.redacted(), exc)
-                self.last_error = str(exc)
-            except Exception as exc:
-                # A bug here must not leave the component deaf for good: reconnect.
-                self.last_error = self._failures.record(exc)
-            finally:
-                self._client = None
-                self._connected_event.clear()
-                self._settled.set()
-            await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
-            attempt += 1
-
-    async def _session(self) -> None:
+    def _connect(self) -> aiomqtt.Client:
         self._settled.clear()
         will = self.will
         client = aiomqtt.Client(
@@ -231,37 +188,12 @@ class MqttBus:
             logger=_paho_log,
         )
         client.pending_calls_threshold = PENDING_PUBLISH_WARNING
-        async with client:
-            await self._subscribe_all(client)
-            self._client = client
-            self._connected_event.set()
-            if self.last_error is not None:
-                log.info("broker %s: connected again", self.address.redacted())
-            self.last_error = None
-            for hook in self.hooks:
-                await hook()
-            self._settled.set()
-            async for message in client.messages:
-                await self._dispatch(str(message.topic), message.payload)
+        return client
 
-    async def _subscribe_all(self, client: aiomqtt.Client) -> None:
-        # Filters added while this runs (subscribe_now sees no client yet) are taken too.
-        done: set[str] = set()
-        while pending := [f for f in dict.fromkeys(f for f, _ in self.handlers) if f not in done]:
-            for topic_filter in pending:
-                # QoS 0: every message is published at QoS 0, so a higher grant buys nothing.
-                codes = await client.subscribe(topic_filter, qos=0)
-                self._refused([topic_filter], codes)
-                done.add(topic_filter)
-
-    def _refused(self, filters: list[str], codes: Sequence[Any]) -> list[str]:
-        """The filters the broker refused (e.g. by its ACL), each logged."""
-        refused = refused_filters(filters, [int(getattr(code, "value", code)) for code in codes])
-        for topic_filter in refused:
-            log.error(
-                "broker %s refused the subscription to %s", self.address.redacted(), topic_filter
-            )
-        return refused
+    async def _read(self, link: aiomqtt.Client) -> None:
+        self._settled.set()  # connected, subscribed, hooks run: safe to cancel from here
+        async for message in link.messages:
+            await self._dispatch(str(message.topic), message.payload)
 
     async def _dispatch(self, topic: str, payload: Any) -> None:
         """Hand one message to every matching handler; nothing raised gets out."""

@@ -576,3 +576,57 @@ def test_a_real_cache_nodes_ring_map_is_understood() -> None:
     first, second = ring["positions"][:2]
     assert reason.startswith(f"ring not converged: cache-node-1 at {first} has successor")
     assert reason.endswith(f"expected cache-node-1 at {second}")
+
+
+# ---- refused subscriptions -------------------------------------------------------------
+
+REPLY = "taskring/ring/reply/client-portal-1"
+
+
+def test_a_portal_the_broker_refused_a_subscription_is_not_ready_and_says_why() -> None:
+    view = ClusterView()
+    see(view, beat(refused=[REPLY]), 100.0)
+    see(view, beat("admin-portal-1", "admin-portal", "127.0.0.1:50051"), 100.0)
+    assert view.missing(100.0) == [
+        f"client-portal-1 is connected but the broker refused its subscription to {REPLY}"
+    ]
+    assert view.ready_portals(100.0, "client-portal") == []
+    (portal,) = [c for c in view.alive(100.0) if c.id == "client-portal-1"]
+    assert not portal.ready(100.0)
+    summary = portal.summary(100.0)
+    assert summary["ready"] is False
+    assert summary["problem"] == f"connected but the broker refused its subscription to {REPLY}"
+
+
+def test_a_refused_component_is_named_even_when_another_of_its_kind_is_ready() -> None:
+    view = ready_cluster()
+    see(view, beat("client-portal-2", "client-portal", "127.0.0.1:7002", refused=["a", "b"]), 100)
+    see(view, beat("cache-node-1", "cache-node", "", refused=["ring/host/x"]), 100.0)
+    assert view.missing(100.0) == [
+        "cache-node-1 is connected but the broker refused its subscription to ring/host/x",
+        "client-portal-2 is connected but the broker refused its subscription to a, b",
+    ]  # by kind, then id
+    assert [c.id for c in view.ready_portals(100.0, "client-portal")] == ["client-portal-1"]
+
+
+def test_heartbeats_with_and_without_the_refused_field_are_accepted() -> None:
+    view = ClusterView()
+    with_none = beat()
+    assert with_none["refused"] == []
+    assert see(view, with_none, 1.0).heartbeat.refused == ()
+    older = beat()
+    del older["refused"]
+    assert see(view, older, 1.0).heartbeat.refused == ()
+    assert see(view, beat(refused=None), 1.0).heartbeat.usable
+    assert see(view, beat(refused=["x/#"]), 1.0).heartbeat.refused == ("x/#",)
+
+
+@pytest.mark.parametrize("refused", ["x/#", [1], ["ok", None], {"x": 1}, ["f"] * 257])
+def test_a_malformed_refused_field_is_rejected(refused: Any) -> None:
+    with pytest.raises(HeartbeatError, match="refused"):
+        see(ClusterView(), beat(refused=refused), 1.0)
+
+
+def test_the_heartbeat_lists_the_filters_its_bus_says_were_refused() -> None:
+    message = heartbeat_message("c", "client-portal", "h:1", 0.0, None, None, {"b", "a"})
+    assert message["refused"] == ["a", "b"] and message["ready"] is True

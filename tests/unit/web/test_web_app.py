@@ -377,3 +377,24 @@ async def test_a_strange_host_header_is_not_copied_into_the_policy(
     headers = (await http.get("/healthz", headers={"host": "x; script-src *"})).headers
     policy = headers["content-security-policy"]
     assert "script-src *" not in policy and "connect-src 'self';" in policy
+
+
+async def test_readyz_names_a_component_the_broker_refused_a_subscription(
+    http: httpx.AsyncClient, context: WebContext, bus: MemoryBus
+) -> None:
+    await both_portals(context)
+    reply = "taskring/ring/reply/client-portal-1"
+    message = heartbeat_message(
+        "client-portal-1", CLIENT_PORTAL, "127.0.0.1:7001", 0.0, None, None, [reply]
+    )
+    await context.on_heartbeat(f"taskring/v1/heartbeat/{CLIENT_PORTAL}/client-portal-1", message)
+    code, body = await readyz(http)
+    assert code == 503
+    assert body["missing"] == [
+        f"client-portal-1 is connected but the broker refused its subscription to {reply}"
+    ]
+    bus.refused.add("taskring/v1/heartbeat/#")
+    code, body = await readyz(http)
+    assert body["missing"][0] == (
+        "web-1 is connected but the broker refused its subscription to taskring/v1/heartbeat/#"
+    )
