@@ -18,9 +18,16 @@ in the final list:
 - unsynced data lost: every replica holds back what it did not fsync, and is
   killed -9 under load; recovery starts from the truncated files.
 
+Each check fails on a deliberately broken build: PLANTED_BUGS below are
+sitecustomize.py files put on the replicas' PYTHONPATH, and
+
+    TASKRING_PLANTED_BUG=ignore-fsync-errors      (the fsync test fails)
+    TASKRING_PLANTED_BUG=crash-on-full-disk       (the full disk test fails)
+    TASKRING_PLANTED_BUG=acknowledge-before-fsync (the kill -9 test fails)
+
+run every scenario here on one. In the normal run,
 `test_the_fsync_check_catches_a_replica_that_ignores_fsync_errors` runs the
-fsync scenario on a deliberately broken build (a sitecustomize.py on the
-replicas' PYTHONPATH makes them ignore failed fsyncs) and shows the check fails.
+fsync scenario on the first and shows its check failing.
 """
 
 from __future__ import annotations
@@ -64,8 +71,12 @@ LOAD_BEFORE_FAULT = 1.2  # seconds of load before the fault
 PROPOSAL_DEADLINE = 6.0
 FULL_DISK_PROPOSAL_DEADLINE = 1.5
 
-PLANTED_BUG = '''\
-"""A broken replica for the disk fault tests: it ignores failed fsyncs."""
+# Deliberately broken replicas, each planted by a sitecustomize.py on the replicas'
+# PYTHONPATH: TASKRING_PLANTED_BUG=<name> runs every scenario here on one, and the
+# scenario's check must then fail.
+PLANTED_BUGS = {
+    # a failed fsync is ignored: the replica goes on as if the data were safe
+    "ignore-fsync-errors": """\
 import backend.adapters.disk.durable_io as durable_io
 
 _real_datasync = durable_io.datasync
@@ -79,7 +90,21 @@ def _ignoring_errors(fd):
 
 
 durable_io.datasync = _ignoring_errors
-'''
+""",
+    # a full disk is taken for any other disk error: the replica exits (a crash loop)
+    "crash-on-full-disk": """\
+import backend.processes.replica as replica
+
+replica.is_disk_full = lambda exc: False
+""",
+    # a Ready is acknowledged once written, before it is fsynced
+    "acknowledge-before-fsync": """\
+from backend.adapters.disk import DurableRaftStorage
+
+DurableRaftStorage.save = lambda self, ready: self.write(ready)
+""",
+}
+PLANTED = os.environ.get("TASKRING_PLANTED_BUG") or None
 
 LIST = {"op": "list_tasks", "cid": CID}
 
@@ -110,7 +135,7 @@ class Group:
     """Three replicas, each with a failpoint file, and a user recording a history."""
 
     def __init__(
-        self, processes: Processes, broker: str, tmp_path: Path, planted: bool = False
+        self, processes: Processes, broker: str, tmp_path: Path, planted: str | None = None
     ) -> None:
         self.processes, self.broker = processes, broker
         self.data = tmp_path / "data"
@@ -120,7 +145,7 @@ class Group:
         if planted:
             bug = tmp_path / "planted"
             bug.mkdir(exist_ok=True)
-            (bug / "sitecustomize.py").write_text(PLANTED_BUG)
+            (bug / "sitecustomize.py").write_text(PLANTED_BUGS[planted])
             self.env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(bug), os.environ.get("PYTHONPATH", "")) if p
             )
@@ -243,7 +268,7 @@ async def running_group(
     processes: Processes,
     broker: str,
     tmp_path: Path,
-    planted: bool = False,
+    planted: str | None = PLANTED,
     proposal_deadline: float = PROPOSAL_DEADLINE,
 ) -> Any:
     group = Group(processes, broker, tmp_path, planted)
@@ -259,7 +284,7 @@ async def running_group(
 
 
 async def failed_fsync_scenario(
-    processes: Processes, broker: str, tmp_path: Path, planted: bool = False
+    processes: Processes, broker: str, tmp_path: Path, planted: str | None = PLANTED
 ) -> Report:
     async with running_group(processes, broker, tmp_path, planted) as (group, user):
         load = group.load(user)
@@ -308,7 +333,9 @@ async def test_a_failed_fsync_stops_the_replica_and_loses_no_acknowledged_write(
 async def test_the_fsync_check_catches_a_replica_that_ignores_fsync_errors(
     processes: Processes, mosquitto: str, tmp_path: Path
 ) -> None:
-    report = await failed_fsync_scenario(processes, mosquitto, tmp_path, planted=True)
+    report = await failed_fsync_scenario(
+        processes, mosquitto, tmp_path, planted="ignore-fsync-errors"
+    )
     print(f"planted bug: lost {len(report.lost)} acknowledged writes")
     assert any(code is None for code in report.exit_codes.values()), "the bug was not planted"
     assert report.lost and report.linearizability
