@@ -28,7 +28,7 @@ import time
 
 import click
 
-from backend.adapters import settings
+from backend.adapters import clock, settings
 from backend.adapters.bus import BrokerBus, LastWill, open_bus
 from backend.adapters.bus.publisher import Publisher
 from backend.adapters.bus.transport import BusUnavailable, Message
@@ -90,7 +90,7 @@ async def run_cache_node(
         # proposal per replica group, one MQTT message per cache node or portal.
         nonlocal flush_due
         flush_due = False
-        outgoing.extend(holder[0].flush(loop.time()))
+        outgoing.extend(holder[0].flush(clock.monotonic()))
         publisher.send(coalesce(outgoing))
         outgoing.clear()
 
@@ -98,7 +98,7 @@ async def run_cache_node(
         nonlocal flush_due
         if holder:
             node = holder[0]
-            outgoing.extend(node.receive(topic, message, loop.time()))
+            outgoing.extend(node.receive(topic, message, clock.monotonic()))
             if not flush_due:
                 flush_due = True
                 loop.call_soon(flush)
@@ -119,7 +119,7 @@ async def run_cache_node(
             vnodes=vnodes,
             bootstrap=bootstrap,
             join_wait=join_wait,
-            now=loop.time(),
+            now=clock.monotonic(),
             metrics=metrics,
             groups=groups,
             seed=secrets.randbits(64),  # nodes started together choose join contacts apart
@@ -136,7 +136,7 @@ async def run_cache_node(
         heartbeat = critical_task(_heartbeat(bus, node, metrics), f"cache node {node_id} heartbeat")
         await stop.wait()
         log.info("cache node %s leaving the ring", node_id)
-        publisher.send(node.leave(loop.time()))
+        publisher.send(node.leave(clock.monotonic()))
         if node.handovers_pending:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(handed_over.wait(), LEAVE_ACK_WAIT)
@@ -174,14 +174,13 @@ async def _connected(bus: BrokerBus, stop: asyncio.Event, broker: BrokerAddresse
 
 
 async def _tick(node: CacheNode, publisher: Publisher) -> None:
-    loop = asyncio.get_running_loop()
     while True:
         try:
-            publisher.send(coalesce(node.tick(loop.time())))
+            publisher.send(coalesce(node.tick(clock.monotonic())))
         except Exception:
             # A bug must not stop the ticks: without them the node drops out of the ring.
             log.exception("cache node %s failed on a tick", node.id)
-        await asyncio.sleep(TICK_INTERVAL)
+        await clock.sleep(TICK_INTERVAL)
 
 
 async def _heartbeat(bus: BrokerBus, node: CacheNode, metrics: RequestMetrics) -> None:

@@ -13,7 +13,7 @@ in backend/processes/supervisor.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from backend.adapters import broker_logins as broker_auth
@@ -331,3 +331,18 @@ def banner(settings: Settings, broker: BrokerPlan, admin_token: str, token_sourc
     lines += [f"  {command}" for command in example_commands(settings, admin_token)]
     lines += ["", "Ctrl-C stops everything.", ""]
     return "\n".join(lines)
+
+
+# ---- failpoints, for fault testing (docs/operating.md, "Failpoints") -----------------------
+
+FAILPOINTS_SWITCH = "TASKRING_FAILPOINTS"  # "1": give every child a failpoint file
+FAILPOINTS_FILE = "TASKRING_FAILPOINTS_FILE"
+FAILPOINTS_DIR = "failpoints"
+
+
+def with_failpoint_files(specs: list[ChildSpec], directory: Path) -> list[ChildSpec]:
+    """Each child reads its failpoints from `directory`/<its name>."""
+    return [
+        replace(spec, env={**spec.env, FAILPOINTS_FILE: str(directory / spec.name)})
+        for spec in specs
+    ]

@@ -35,13 +35,14 @@ from typing import IO, NoReturn
 
 import click
 
+from backend.adapters import clock
 from backend.adapters.bus import BrokerBus, open_bus
 from backend.adapters.bus.publisher import Publisher
 from backend.adapters.bus.transport import BusUnavailable, Message
 from backend.adapters.child_processes import die_with_parent
 from backend.adapters.collector import collector_paused
 from backend.adapters.critical_tasks import critical_task
-from backend.adapters.disk import DurableRaftStorage, StorageCorruptError
+from backend.adapters.disk import DurableRaftStorage, StorageCorruptError, SyncFailed, is_disk_full
 from backend.adapters.heartbeats import (
     HEARTBEAT_INTERVAL,
     heartbeat_message,
@@ -50,9 +51,11 @@ from backend.adapters.heartbeats import (
 from backend.adapters.private_files import create_private, private_directory
 from backend.adapters.settings import BrokerAddresses, data_dir
 from backend.core import topics
+from backend.core.errors import UNAVAILABLE
 from backend.core.raft import LogCorruptedError, RaftOptions
-from backend.core.replica.core import SNAPSHOT_EVERY, ReplicaCore, SnapshotJob
-from backend.core.replica.driver import SNAPSHOT_RETRY, ReplicaDriver
+from backend.core.replica import wire
+from backend.core.replica.core import SNAPSHOT_EVERY, ReplicaCore, Send, SnapshotJob
+from backend.core.replica.driver import SNAPSHOT_RETRY, Cycle, ReplicaDriver
 from backend.core.replica.group import check_group_id
 from backend.processes.options import broker_option
 from backend.processes.runtime import run, stop_on_signals
@@ -64,6 +67,7 @@ FLUSH_WAIT = 2.0
 EARLY_SEND_WAIT = 0.05  # for the leader's AppendEntries to leave before its own fsync
 EXIT_FAILED, EXIT_USAGE = 1, 2
 SNAPSHOT_NICE = 19  # the snapshot writer's priority: the lowest
+DISK_FULL_RETRY = 0.5  # seconds between tries to write a Ready the full disk refused
 
 
 class Replica:
@@ -79,23 +83,40 @@ class Replica:
         self.driver = ReplicaDriver(core, storage, self.publisher.send)
         self.wake = asyncio.Event()
         self.stopping = False
-        self.loop = asyncio.get_running_loop()
+        self.disk_full = False
         self._snapshotting: asyncio.Task[None] | None = None
         self._loading: asyncio.Task[None] | None = None
 
     async def on_message(self, _topic: str, message: Message) -> None:
-        self.driver.receive(message, self.loop.time())
+        if self.disk_full and message.get("t") in (wire.PROPOSE, wire.READ):
+            self.publisher.send(self._refuse_for_full_disk(message))
+            return
+        self.driver.receive(message, clock.monotonic())
         self.wake.set()
+
+    def _refuse_for_full_disk(self, message: Message) -> list[Send]:
+        """`unavailable` (certainly not applied): while the disk is full nothing new can be
+        made durable, and a read would wait behind the Ready that cannot be written."""
+        try:
+            corr, reply_to = str(message["corr"]), str(message["reply_to"])
+        except KeyError:
+            return []
+        kind = wire.PROPOSED if message.get("t") == wire.PROPOSE else wire.READ_RESULT
+        text = f"member {self.core.member} of group {self.core.group} cannot write: disk full"
+        answer = wire.AnswerError(
+            kind, corr, self.core.group, self.core.member, UNAVAILABLE, text, None
+        )
+        return [Send(reply_to, answer.to_wire())]
 
     async def tick(self, interval: float) -> None:
         while True:
             try:
-                self.driver.tick(self.loop.time())
+                self.driver.tick(clock.monotonic())
             except Exception:
                 # a bug must not stop the ticks: without them the group loses its leader
                 log.exception("group %s: a tick failed", self.core.group)
             self.wake.set()
-            await asyncio.sleep(interval)
+            await clock.sleep(interval)
 
     async def drive(self) -> None:
         """The Ready cycle: persist, send, apply, advance; until stopped."""
@@ -104,7 +125,7 @@ class Replica:
             self.wake.clear()
             while not self.stopping:
                 self._start_background_work()  # here, between Readys
-                cycle = self.driver.next_cycle(self.loop.time())
+                cycle = self.driver.next_cycle(clock.monotonic())
                 if cycle is None:
                     break
                 if cycle.sent_early:
@@ -113,18 +134,65 @@ class Replica:
                 # In line, not in a worker thread: a thread hand-off per Ready cost more
                 # CPU than the write and fsync; what arrives meanwhile waits in the socket
                 # and is taken in one go afterwards.
-                self.driver.persist(cycle)
+                if not await self._persist(cycle):
+                    return  # stopped while the disk was full
                 # a snapshot from the leader is restored while applying: a bulk load
                 restoring = collector_paused() if cycle.ready.snapshot else contextlib.nullcontext()
                 with restoring:
-                    self.driver.persisted(cycle, self.loop.time())
+                    self.driver.persisted(cycle, clock.monotonic())
+
+    async def _persist(self, cycle: Cycle) -> bool:
+        """Make `cycle` durable; False if stopped first. A failed fsync ends the process
+        (SyncFailed raised): what it wrote may be lost, so going on would acknowledge
+        what is not on disk, and retrying the fsync proves nothing (PostgreSQL's
+        "fsyncgate"); the supervisor restarts it and it recovers from what is really on
+        disk. A full disk is waited out: the same Ready is written again every
+        DISK_FULL_RETRY seconds, and meanwhile proposals and reads answer `unavailable`."""
+        while True:
+            try:
+                self.driver.persist(cycle)
+            except SyncFailed as exc:
+                log.critical(
+                    "FATAL: group %s member %s: fsync of the log failed (%s); what was "
+                    "written since the last good fsync may be lost, so this replica exits "
+                    "and recovers from what is on disk when restarted",
+                    self.core.group,
+                    self.core.member,
+                    exc,
+                )
+                raise
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                if not self.disk_full:
+                    log.error(
+                        "group %s member %s: cannot write the log (%s); answering "
+                        "unavailable and trying again every %.1f s",
+                        self.core.group,
+                        self.core.member,
+                        exc,
+                        DISK_FULL_RETRY,
+                    )
+                self.disk_full = True
+                await asyncio.sleep(DISK_FULL_RETRY)
+                if self.stopping:
+                    return False
+                continue
+            if self.disk_full:
+                self.disk_full = False
+                log.warning(
+                    "group %s member %s: the log is writable again",
+                    self.core.group,
+                    self.core.member,
+                )
+            return True
 
     # ---- snapshots in the background ------------------------------------------------------
 
     def _start_background_work(self) -> None:
         """Fork a snapshot writer if a snapshot is due; read a snapshot file back if a
         follower needs its bytes."""
-        now = self.loop.time()
+        now = clock.monotonic()
         job = self.driver.snapshot_to_start(now)
         if job is not None:
             self._fork_snapshot(job)
@@ -160,7 +228,7 @@ class Replica:
         except asyncio.CancelledError:
             stop_child(pid)
             self.storage.discard_partial_snapshot(pid)
-            self.driver.snapshot_failed(job, self.loop.time())
+            self.driver.snapshot_failed(job, clock.monotonic())
             raise
         finally:
             self._snapshotting = None
@@ -179,7 +247,7 @@ class Replica:
         self.wake.set()
 
     def _snapshot_failed(self, job: SnapshotJob, why: str) -> None:
-        self.driver.snapshot_failed(job, self.loop.time())
+        self.driver.snapshot_failed(job, clock.monotonic())
         log.error(
             "group %s: snapshot at index %d failed: %s; trying again in %.0f s",
             self.core.group,
@@ -192,7 +260,7 @@ class Replica:
         try:
             snapshot = await asyncio.to_thread(self.storage.load_snapshot, index)
         except (OSError, ValueError) as exc:
-            self.driver.snapshot_load_failed(self.loop.time())
+            self.driver.snapshot_load_failed(clock.monotonic())
             log.warning(
                 "group %s: cannot read the snapshot at index %d for a follower: %s",
                 self.core.group,

@@ -38,6 +38,8 @@ from backend.adapters.private_files import create_private, private_directory, wr
 from backend.processes import broker as broker_command
 from backend.processes.launch_plan import (
     DEFAULT_BROKER_PORT,
+    FAILPOINTS_DIR,
+    FAILPOINTS_SWITCH,
     Backoff,
     BrokerPlan,
     ChildSpec,
@@ -47,6 +49,7 @@ from backend.processes.launch_plan import (
     choose_broker,
     groups_without_leader,
     plan_children,
+    with_failpoint_files,
 )
 from backend.processes.options import count_option
 
@@ -571,7 +574,18 @@ def up(
     except (config.ConfigError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     specs = plan_children(settings, broker, token)
+    if os.environ.get(FAILPOINTS_SWITCH) == "1":
+        specs = arm_failpoints(specs, data / FAILPOINTS_DIR)
     check_ports(specs, settings.host)
     ready = banner(settings, broker, token, token_source)
     supervisor = Supervisor(specs, settings, sys.stdout)
     sys.exit(asyncio.run(supervisor.run(startup_timeout, ready)))
+
+
+def arm_failpoints(specs: list[ChildSpec], directory: Path) -> list[ChildSpec]:
+    """For fault testing: an empty failpoint file per child in `directory` (0700), named
+    in the child's TASKRING_FAILPOINTS_FILE; faults are set by writing to it."""
+    private_directory(directory)
+    for spec in specs:
+        os.close(create_private(directory / spec.name, os.O_WRONLY | os.O_TRUNC))
+    return with_failpoint_files(specs, directory)

@@ -6,6 +6,7 @@ backend/core/storage_records.py. wal.py says why this is a hand-written log and 
 embedded database.
 """
 
+from backend.adapters.disk.durable_io import SyncFailed, is_disk_full
 from backend.adapters.disk.raft_storage import DurableRaftStorage
 from backend.adapters.disk.snapshot import SnapshotStore
 from backend.adapters.disk.wal import WriteAheadLog
@@ -16,7 +17,9 @@ __all__ = [
     "DurableRaftStorage",
     "SnapshotStore",
     "StorageCorruptError",
+    "SyncFailed",
     "WriteAheadLog",
+    "is_disk_full",
     "records_for_ready",
     "replay",
 ]

@@ -9,20 +9,28 @@
     storage.load_snapshot(index)        # the bytes again, for a lagging follower
 
 `write()` appends without syncing and `sync()` makes it durable (group commit).
+Faults: a write refused for want of space (`durable_io.is_disk_full`) leaves
+the log as it was, so the same Ready may be saved again once there is space; an
+fsync failure raises `SyncFailed`, after which nothing unsynced may be trusted
+(the replica exits and recovers from what is on disk).
 Layout and the ordering rules that keep recovery whole: docs/architecture.md,
 Snapshots; formats in wal.py and snapshot.py.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from backend.adapters.disk.durable_io import is_disk_full
 from backend.adapters.disk.snapshot import SnapshotStore
 from backend.adapters.disk.wal import DEFAULT_SEGMENT_BYTES, WriteAheadLog
 from backend.adapters.private_files import private_directory
 from backend.core.raft import HardState, PersistentState, Ready, Snapshot, bootstrap_state
 from backend.core.storage_records import encode_entry, encode_hard_state, records_for_ready, replay
+
+log = logging.getLogger(__name__)
 
 
 class DurableRaftStorage:
@@ -62,21 +70,30 @@ class DurableRaftStorage:
         return state
 
     def write(self, ready: Ready) -> None:
-        """Append what `ready` must persist; durable only after the next sync()."""
+        """Append what `ready` must persist; durable only after the next sync(). If the
+        disk is full nothing is appended and the same `ready` may be written again."""
+        last_index = self._last_index
         if ready.snapshot is not None:
             self._snapshots.save(ready.snapshot)  # before the record that names it
             self._snapshot_index = max(self._snapshot_index, ready.snapshot.index)
-            self._last_index = ready.snapshot.index
+            last_index = ready.snapshot.index
         if ready.entries:
-            self._last_index = ready.entries[-1].index
+            last_index = ready.entries[-1].index
         self._wal.append(records_for_ready(ready))
+        self._last_index = last_index
         if ready.hard_state is not None:
             self._hard = ready.hard_state
 
     def sync(self) -> None:
         self._wal.sync()
         if self._wal.should_rotate():
-            self._wal.rotate(self._last_index, [encode_hard_state(self._hard)])
+            try:
+                self._wal.rotate(self._last_index, [encode_hard_state(self._hard)])
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                # what was written is durable; the next sync tries a new segment again
+                log.warning("cannot start a new log segment: %s", exc)
         self._wal.release_before(self._snapshot_index)
 
     def save(self, ready: Ready) -> None:

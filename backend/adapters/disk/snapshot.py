@@ -26,7 +26,8 @@ from pathlib import Path
 
 import msgpack
 
-from backend.adapters.disk.wal import fsync_directory
+from backend.adapters.disk import durable_io
+from backend.adapters.disk.durable_io import fsync_directory
 from backend.adapters.private_files import create_private, private_directory
 from backend.core.raft import Snapshot
 
@@ -92,12 +93,13 @@ class SnapshotStore:
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         fd = create_private(temporary, os.O_WRONLY | os.O_TRUNC)
         try:
-            data = memoryview(encode_snapshot(snapshot))
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
+            durable_io.write_all(fd, encode_snapshot(snapshot))
+            durable_io.fsync(fd)
+        except OSError:
+            temporary.unlink(missing_ok=True)  # a full disk: give the space back
+            raise
         finally:
-            os.close(fd)
+            durable_io.close(fd)
         os.replace(temporary, path)
         fsync_directory(self.directory)
         return path

@@ -12,7 +12,9 @@ length cannot send recovery reading garbage as records. Segments are named
 rotation (the last log index), so `release_before(n)` can delete every segment
 whose successor's label is at most n.
 
-Durability: `append` writes, `sync` fdatasyncs; a new segment is created as a
+Durability: `append` writes (a failed write is undone: a full disk leaves no half
+record), `sync` fdatasyncs (SyncFailed if that fails: then nothing written since the
+last good sync may be trusted); a new segment is created as a
 fsynced temporary file renamed into place (directory fsynced), so it exists
 whole or not at all. Recovery: in the last segment, the first record with a
 short header, an impossible length or a wrong checksum starts a torn tail
@@ -32,6 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.adapters.disk import durable_io
+from backend.adapters.disk.durable_io import fsync_directory
 from backend.adapters.private_files import create_private, private_directory
 from backend.core.storage_errors import StorageCorruptError
 
@@ -78,25 +82,6 @@ def scan(data: bytes) -> tuple[list[bytes], int]:
     return records, offset
 
 
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _datasync(fd: int) -> None:
-    getattr(os, "fdatasync", os.fsync)(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 class WriteAheadLog:
     """Use `WriteAheadLog.open(directory)`; it recovers the records already there."""
 
@@ -139,11 +124,11 @@ class WriteAheadLog:
     def append(self, payloads: Iterable[bytes]) -> None:
         data = b"".join(encode_record(payload) for payload in payloads)
         if data:
-            _write_all(self._fd, data)
+            durable_io.write_all(self._fd, data)
             self._size += len(data)
 
     def sync(self) -> None:
-        _datasync(self._fd)
+        durable_io.datasync(self._fd)
 
     def should_rotate(self) -> bool:
         return self._size >= self.segment_bytes
@@ -153,7 +138,7 @@ class WriteAheadLog:
         self.sync()
         segment = Segment.named(self.directory, self.segments[-1].seq + 1, label)
         _create_file(segment.path, b"".join(encode_record(p) for p in first_records))
-        os.close(self._fd)
+        durable_io.close(self._fd)
         self.segments.append(segment)
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND)
         self._size = os.fstat(self._fd).st_size
@@ -170,7 +155,7 @@ class WriteAheadLog:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            durable_io.close(self._fd)
             self._fd = -1
 
 
@@ -191,10 +176,13 @@ def _create_file(path: Path, content: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
     fd = create_private(temporary, os.O_WRONLY | os.O_TRUNC)
     try:
-        _write_all(fd, content)
-        os.fsync(fd)
+        durable_io.write_all(fd, content)
+        durable_io.fsync(fd)
+    except OSError:
+        temporary.unlink(missing_ok=True)  # a full disk: give the space back
+        raise
     finally:
-        os.close(fd)
+        durable_io.close(fd)
     os.replace(temporary, path)
     fsync_directory(path.parent)
 
@@ -223,7 +211,7 @@ def _recover_tail(segment: Segment) -> tuple[list[bytes], int]:
         fd = os.open(segment.path, os.O_WRONLY)
         try:
             os.ftruncate(fd, end)
-            os.fsync(fd)
+            durable_io.fsync(fd)
         finally:
             os.close(fd)
     return records, torn
