@@ -35,9 +35,10 @@ from pathlib import Path
 
 import pytest
 
+from backend.chaos.roles import traced_owner
 from tests.conftest import Processes
 from tests.e2e import stack as stack_module
-from tests.e2e.test_linearizable_faults import Fault, Scenario, scenario, traced_owner
+from tests.e2e.test_linearizable_faults import Fault, Scenario, scenario
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.skipif(

@@ -38,7 +38,8 @@ import pytest
 from backend.adapters.broker_logins import may
 from backend.adapters.bus.mqtt import MqttBus
 from backend.adapters.settings import BrokerAddress
-from backend.chaos.recorder import Account, Dropped, Line, Load, linearizability_failures
+from backend.chaos.recorder import Account, Load, linearizability_failures
+from backend.chaos.roles import traced_owner
 from backend.core import topics
 from backend.core.cluster_view import REPLICA, ClusterView, HeartbeatError
 from tests.conftest import MOSQUITTO, Processes, port_open, start_mosquitto
@@ -286,20 +287,6 @@ async def restart(run: Scenario, pid: int, kind: str, component_id: str) -> None
     )
     if beating:
         run.note(f"restarted {name}: heartbeating after {time.monotonic() - since:.2f}s")
-
-
-async def traced_owner(port: int, account: Account) -> str | None:
-    """The owner a traced list names, or None if the portal could not answer yet."""
-    with contextlib.suppress(Dropped):
-        line = await Line.open(port)
-        try:
-            auth = await line.call({"op": "auth", "cid": account.cid, "token": account.token})
-            listed = await line.call({"op": "list_tasks", "cid": account.cid, "trace": True})
-        finally:
-            line.close()
-        if auth.get("ok") and listed.get("ok"):
-            return listed["trace"]["owner"] or None
-    return None
 
 
 def argv(process: subprocess.Popen[bytes]) -> list[str]:
