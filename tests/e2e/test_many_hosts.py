@@ -16,6 +16,7 @@ It needs root (namespaces, veths, a bridge) and `ip`; CI runs as root.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -146,12 +147,14 @@ def start_nats(processes: Processes, network: Network, tmp_path: Path) -> Path:
         for host in range(1, HOSTS + 1)
     ]
     password = load_credentials(data)[STATUS_LOGIN]
+
+    def lets_status_in(address: str) -> bool:
+        answer = probe_broker(address, MQTT_PORT, STATUS_LOGIN, password, timeout=1.0)
+        return answer == CONNACK_ACCEPTED
+
     for host in range(1, HOSTS + 1):
         wait_until(
-            lambda host=host: (
-                probe_broker(network.address(host), MQTT_PORT, STATUS_LOGIN, password, timeout=1.0)
-                == CONNACK_ACCEPTED
-            ),
+            functools.partial(lets_status_in, network.address(host)),
             f"the NATS node on host {host} to let a login in",
             timeout=30,
             interval=0.2,
@@ -259,5 +262,5 @@ def test_taskring_on_three_hosts_with_a_nats_node_each(
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["tasks"] == [{"title": "buy milk", "description": "2 litres"}]
 
-    ready = httpx.get(f"{web}/readyz", timeout=2)
-    assert ready.status_code == 200, ready.text
+    still = httpx.get(f"{web}/readyz", timeout=2)
+    assert still.status_code == 200, still.text
