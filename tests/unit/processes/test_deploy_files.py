@@ -3,7 +3,8 @@
 The commands are parsed by the real command line (click), so a renamed
 subcommand or option, or a value of the wrong type, fails here rather than on
 a newcomer's machine. compose.yaml writes each command as a JSON-style flow
-list, which this test reads without a YAML parser (PyYAML is no dependency).
+list, which this test reads without a YAML parser (PyYAML is no dependency of
+taskring's); where PyYAML happens to be installed, the whole file is parsed too.
 """
 
 from __future__ import annotations
@@ -86,6 +87,16 @@ def test_each_compose_command_is_one_taskring_takes(service: str):
     assert (DEPLOY / "compose.yaml").read_text().count(f"env_file: env/{service}.env") == 1, (
         f"{service} must log in as itself"
     )
+
+
+def test_compose_parses_as_yaml_to_the_same_services():
+    yaml = pytest.importorskip("yaml")
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    assert {name: service["command"] for name, service in services.items()} == compose_commands()
+    for name, service in services.items():
+        if service["command"][0] == "taskring":
+            assert service["env_file"] == f"env/{name}.env"
+            assert service["image"] == "taskring:local"  # from the anchor, merged in
 
 
 def test_a_compose_service_is_named_after_its_login():
