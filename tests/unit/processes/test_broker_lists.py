@@ -113,7 +113,7 @@ def test_the_first_node_that_answers_is_probed_as_status() -> None:
 
 
 def test_a_list_is_used_as_given_when_the_logins_are_not_needed_or_not_known() -> None:
-    cases = (
+    cases: tuple[tuple[ClusterProbe, dict[str, str]], ...] = (
         (ClusterProbe(anonymous=0), RING_PASSWORDS),  # the broker lets anyone in
         (ClusterProbe(down=("n1", "n2", "n3")), RING_PASSWORDS),  # nothing answers yet
         (ClusterProbe(), {}),  # the data directory holds no logins
