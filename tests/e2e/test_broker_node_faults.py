@@ -63,9 +63,9 @@ pytestmark = pytest.mark.skipif(nats_binary() is None, reason="nats-server is no
 
 NODES = 3
 CLIENTS = 3
-FAULT_AT = 3.0  # seconds into the load
+FAULT_AT = 2.5  # seconds into the load
 PAUSE = 5.0  # how long a node stays paused or partitioned
-LOAD_SECONDS = FAULT_AT + PAUSE + 4.0
+LOAD_SECONDS = FAULT_AT + PAUSE + 3.0
 RECOVERY_DEADLINE = 15.0
 GROUP = "g1"
 
