@@ -319,8 +319,9 @@ def cluster_command(
     DATA/broker/nats/jetstream/), starts nats-server for each, and prints each node's
     MQTT address once every node lets the `status` login in. Give `taskring up` those
     addresses with --broker (comma-separated, no logins) and the same --data-dir: each
-    component logs in as itself on every node. SIGTERM or Ctrl-C stops every node; so does one node exiting before every node
-    is ready. One that exits after is started again.
+    component logs in as itself on every node. SIGTERM or Ctrl-C stops every node; so
+    does one node exiting before every node is ready. One that exits after is started
+    again.
     """
     binary = nats_binary()
     if binary is None:
