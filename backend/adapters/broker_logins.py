@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from backend.adapters.private_files import write_private
 from backend.adapters.settings import (
@@ -167,6 +167,22 @@ def login_urls(login: str, password: str, nodes: Iterable[tuple[str, int]]) -> s
     """`login_url` for every (host, port) node of one broker, comma-separated: the
     broker list a component takes (settings.BrokerAddresses)."""
     return ",".join(login_url(login, password, host, port) for host, port in nodes)
+
+
+def with_login(url: str, login: str, password: str) -> str:
+    """`url` (one broker URL without a login) logged in as `login`: its scheme, host,
+    port and query (TLS, ?ca=...) kept, both login parts URL-quoted."""
+    parts = urlsplit(url)
+    netloc = f"{quote(login, safe='')}:{quote(password, safe='')}@{parts.netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def rotated(urls: Sequence[str], start: int) -> list[str]:
+    """`urls` starting at index `start` (modulo their number), the rest in order after."""
+    if not urls:
+        return []
+    start %= len(urls)
+    return [*urls[start:], *urls[:start]]
 
 
 def credentials_path(data_dir: Path) -> Path:

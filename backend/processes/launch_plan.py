@@ -140,9 +140,7 @@ def choose_broker(
     anyone in (it is used only when named with --broker), or refuses our logins.
     """
     if flag_url:
-        # Fail early on a malformed list; each URL carries the login and TLS it was given.
-        config.BrokerAddresses.parse(flag_url)
-        return BrokerPlan(False, same_url_for_every_login(flag_url), "given with --broker")
+        return given_broker(flag_url, settings, probe, passwords)
     host, port = settings.host, settings.broker_port
     anonymous = f"mqtt://{host}:{port}"
     logins = broker_logins(settings)
@@ -181,6 +179,55 @@ def choose_broker(
     return BrokerPlan(
         True, same_url_for_every_login(anonymous), "embedded: no logins, quick start only"
     )
+
+
+def given_broker(
+    flag_url: str, settings: Settings, probe: Probe, passwords: Mapping[str, str]
+) -> BrokerPlan:
+    """--broker: the URL list as given, unless no URL in it carries a login and the first
+    node that answers refuses anonymous logins but takes this data directory's `status`
+    login (a clustered broker set up by `taskring broker config`). Then every child gets
+    every URL with its own login inserted, its list starting at another node (round robin
+    over the children), so the loss of one node disconnects only the children that
+    started there, and only until they move on."""
+    addresses = config.BrokerAddresses.parse(flag_url)  # fail early on a malformed list
+    as_given = BrokerPlan(False, same_url_for_every_login(flag_url), "given with --broker")
+    if any(address.username for address in addresses):
+        return as_given
+    answer = first_answer(addresses, probe)
+    status = broker_auth.STATUS_LOGIN
+    if answer is None or answer[1] == CONNACK_ACCEPTED or status not in passwords:
+        return as_given
+    (host, port), _ = answer
+    if probe(host, port, status, passwords[status]) != CONNACK_ACCEPTED:
+        return as_given
+    logins = broker_logins(settings)
+    missing = [login for login in logins if login not in passwords]
+    if missing:
+        raise config.ConfigError(f"no broker password for {', '.join(missing)}")
+    urls = [url.strip() for url in flag_url.split(",")]
+    lists = {
+        login: ",".join(
+            broker_auth.with_login(url, login, passwords[login])
+            for url in broker_auth.rotated(urls, number)
+        )
+        for number, login in enumerate(logins)
+    }
+    return BrokerPlan(False, lists, "given with --broker; logins from the data directory")
+
+
+def first_answer(
+    addresses: config.BrokerAddresses, probe: Probe
+) -> tuple[tuple[str, int], int] | None:
+    """The first plain-MQTT node that answers an anonymous CONNECT, and its CONNACK code
+    (the probe speaks no TLS, so mqtts:// nodes are not asked)."""
+    for address in addresses:
+        if address.tls:
+            continue
+        answer = probe(address.host, address.port, None, None)
+        if answer is not None:
+            return (address.host, address.port), answer
+    return None
 
 
 def plan_children(settings: Settings, broker: BrokerPlan, admin_token: str) -> list[ChildSpec]:

@@ -8,7 +8,8 @@ passwords from DATA/broker-credentials.json), to be copied to the nodes'
 hosts. `cluster` writes them for this machine and runs every node as its
 child, for trying a cluster out and for tests: it prints each node's MQTT
 address once every node lets the `status` login in, passes SIGTERM/SIGINT on,
-and stops all nodes when one exits. How to run one on three hosts:
+stops all nodes when one exits before they are ready, and starts again a node
+that exits after. How to run one on three hosts:
 docs/operating.md, "Clustered broker (NATS)".
 """
 
@@ -316,9 +317,11 @@ def cluster_command(
 
     Writes the nodes' configurations to DATA/broker/nats/ (their JetStream files go to
     DATA/broker/nats/jetstream/), starts nats-server for each, and prints each node's
-    MQTT address once every node lets the `status` login in. Point `taskring up` at one
-    node with --broker-port and the same --data-dir, so each component logs in as
-    itself. SIGTERM or Ctrl-C stops every node; so does one node exiting.
+    MQTT address once every node lets the `status` login in. Give `taskring up` those
+    addresses with --broker (comma-separated, no logins) and the same --data-dir: each
+    component logs in as itself on every node. SIGTERM or Ctrl-C stops every node; so
+    does one node exiting before every node is ready. One that exits after is started
+    again.
     """
     binary = nats_binary()
     if binary is None:
@@ -340,7 +343,7 @@ def cluster_command(
 def run_cluster(
     binary: str, files: ClusterFiles, status_password: str, ready_timeout: float
 ) -> int:
-    """Run every node until one exits or we are asked to stop; 0 when asked."""
+    """Run every node until we are asked to stop (0), or one exits before all are ready."""
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -351,23 +354,18 @@ def run_cluster(
     # Installed first, so a signal that arrives while the nodes start is not lost.
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for config_file in files.configs:
-            # In a process group of its own, so Ctrl-C in a terminal reaches only us, and
-            # we stop the nodes; killed with SIGKILL, we take them with us all the same.
-            children.append(
-                subprocess.Popen(
-                    [binary, "-c", str(config_file)],
-                    stdin=subprocess.DEVNULL,
-                    process_group=0,
-                    preexec_fn=die_with_parent(),
-                )
-            )
+        children.extend(start_node(binary, config_file) for config_file in files.configs)
         waiting = list(files.nodes)
         deadline = time.monotonic() + ready_timeout
         while not stopping:
-            code = exit_code_of_any(children)
-            if code is not None:
-                return code or 1
+            if waiting:
+                code = exit_code_of_any(children)
+                if code is not None:
+                    return code or 1
+            else:
+                # Once the cluster stands, a node that dies is started again, as a
+                # service manager would: the others carry on meanwhile.
+                restart_exited(binary, files, children)
             if waiting:
                 waiting = [node for node in waiting if not lets_status_in(node, status_password)]
                 if not waiting:
@@ -382,6 +380,32 @@ def run_cluster(
         stop_children(children)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def start_node(binary: str, config_file: Path) -> subprocess.Popen[bytes]:
+    # In a process group of its own, so Ctrl-C in a terminal reaches only us, and
+    # we stop the nodes; killed with SIGKILL, we take them with us all the same.
+    return subprocess.Popen(
+        [binary, "-c", str(config_file)],
+        stdin=subprocess.DEVNULL,
+        process_group=0,
+        preexec_fn=die_with_parent(),
+    )
+
+
+def restart_exited(
+    binary: str, files: ClusterFiles, children: list[subprocess.Popen[bytes]]
+) -> None:
+    """Start again every node whose nats-server has exited (each logged)."""
+    for index, child in enumerate(children):
+        if child.poll() is not None:
+            node = files.nodes[index]
+            log.warning(
+                "nats-server %s exited (code %s); starting it again",
+                node.server_name,
+                child.returncode,
+            )
+            children[index] = start_node(binary, files.configs[index])
 
 
 def exit_code_of_any(children: Sequence[subprocess.Popen[bytes]]) -> int | None:

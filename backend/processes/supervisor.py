@@ -499,7 +499,9 @@ def port_option(name: str, default: int, what: str) -> Decorator:
     "broker_flag",
     envvar="TASKRING_BROKER",
     help="Use this MQTT broker (mqtt://user:password@host:port, or a comma-separated list of "
-    "the nodes of one clustered broker) and start none.",
+    "the nodes of one clustered broker) and start none. URLs without a login, for a broker "
+    "that refuses anonymous logins but takes this data directory's, get each component's "
+    "own login, each component's list starting at another node.",
 )
 @click.option(
     "--data-dir",

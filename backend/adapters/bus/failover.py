@@ -10,6 +10,13 @@ seconds starts a fresh round when lost; one dropped sooner counts as a failure
 of its round, so nodes that accept and drop at once are not hammered either.
 With one URL each failure is a full round: the waits are those a single-broker
 bus has always made.
+
+A node can also fail without closing anything: paused, or its host gone from
+the network, it leaves the connection open and answers nothing. Only the
+keepalive tells, and `liveness` says how soon: with one broker after 1.5 x
+keepalive, as always (there is nowhere else to go, and reconnecting to a busy
+broker costs it more); with several, after FAILOVER_SILENCE seconds at most,
+so the components on a silent node move on to a live one within seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from dataclasses import dataclass
 
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)  # seconds, after the 1st, 2nd, ... failed round
 STABLE_AFTER = 1.0  # seconds a connection must stand for its loss to start a fresh round
+FAILOVER_SILENCE = 2.0  # seconds of a node's silence after which a bus with others moves on
+PINGS_PER_SILENCE = 3  # PINGREQs sent within the silence a broker is allowed
 
 
 @dataclass
@@ -55,3 +64,24 @@ class BrokerRotation:
         delay = self.delays[min(self.rounds, len(self.delays) - 1)]
         self.rounds += 1
         return delay
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """How often a bus pings the broker, and how long a silence it takes for a dead node."""
+
+    ping_every: float
+    silent_limit: float
+
+
+def liveness(keepalive: float, nodes: int) -> Liveness | None:
+    """The keepalive of a bus with `nodes` broker URLs and MQTT keepalive `keepalive`
+    seconds; None when the keepalive is off (0). The broker's own limit, 1.5 x
+    keepalive, is never exceeded: a PINGREQ goes out at least every keepalive / 2."""
+    if keepalive <= 0:
+        return None
+    silent_limit = 1.5 * keepalive
+    if nodes > 1:
+        silent_limit = min(silent_limit, FAILOVER_SILENCE)
+    ping_every = min(keepalive / 2, silent_limit / PINGS_PER_SILENCE)
+    return Liveness(ping_every, silent_limit)

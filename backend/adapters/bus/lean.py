@@ -34,6 +34,8 @@ the broker's silence.
 
 Keepalive: a PINGREQ goes out every keepalive / 2 seconds; a broker silent for
 1.5 x keepalive is taken for dead and the connection is dropped and made again.
+With several broker nodes, sooner (failover.liveness): a node silent for
+FAILOVER_SILENCE seconds is left for the next.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 from backend.adapters.bus.dispatch import Route, deliver, routes
+from backend.adapters.bus.failover import liveness
 from backend.adapters.bus.session import RECONNECT_DELAYS, BrokerSession
 from backend.adapters.bus.transport import BusUnavailable, LastWill, Message
 from backend.adapters.settings import BrokerAddress, BrokerAddresses
@@ -507,13 +510,14 @@ class LeanMqttBus(BrokerSession[_Connection]):
         return matched
 
     async def _keep_alive(self, connection: _Connection) -> None:
-        if self.keepalive <= 0:
+        timing = liveness(self.keepalive, len(self.addresses))
+        if timing is None:
             return
         loop = asyncio.get_running_loop()
         while connection.open:
-            await asyncio.sleep(self.keepalive / 2)
+            await asyncio.sleep(timing.ping_every)
             silent = loop.time() - connection.last_received
-            if silent > 1.5 * self.keepalive and not connection.reading_paused:
+            if silent > timing.silent_limit and not connection.reading_paused:
                 connection.fail(f"the broker was silent for {silent:.1f} s")
                 return
             connection.write(mqtt.PINGREQ)

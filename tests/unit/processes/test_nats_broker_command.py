@@ -162,3 +162,17 @@ def test_a_cluster_that_never_lets_taskring_in_fails_and_stops_every_node(tmp_pa
     assert nats_cluster.run_cluster(binary, files, "pw", ready_timeout=0.3) == 1
     assert gone(pids)
     assert signal.getsignal(signal.SIGTERM) is handler  # ours are put back
+
+
+def test_a_node_that_exits_once_the_cluster_stands_is_started_again(tmp_path: Path) -> None:
+    binary, files, pids = fake_cluster(tmp_path, fail=True)
+    children = [nats_cluster.start_node(binary, config) for config in files.configs]
+    try:
+        children[1].wait(10)
+        first = children[1]
+        nats_cluster.restart_exited(binary, files, children)
+        assert children[1] is not first and children[0].poll() is None
+        assert children[1].args == [binary, "-c", str(files.configs[1])]
+    finally:
+        nats_cluster.stop_children(children)
+    assert gone(pids)
