@@ -37,16 +37,19 @@ from backend.adapters import settings as config
 from backend.adapters.bus.probe import CONNACK_ACCEPTED, probe_broker
 from backend.adapters.child_processes import die_with_parent
 from backend.adapters.private_files import private_directory, write_private
-from backend.processes import launch_plan
+from backend.processes import launch_plan, rabbitmq_cluster
 
 log = logging.getLogger(__name__)
 
-KINDS = ("nats",)
+KINDS = ("nats", "rabbitmq")  # rabbitmq: backend/processes/rabbitmq_cluster.py
 NATS_DIR = "nats"  # under DATA/broker/: the generated files and the cluster's own secret
 ROUTE_PASSWORD_FILE = "route-password"
 JETSTREAM_DIR = "jetstream"  # + /<server_name>: each node's JetStream store
 NATS_MISSING = "nats-server not found: install nats-server (Debian: apt-get install nats-server)"
 READY_TIMEOUT = 30.0
+RABBITMQ_READY_TIMEOUT = 180.0  # three Erlang VMs booting one after another
+DEFAULT_AMQP_PORT = 5672  # backend/adapters/rabbitmq_config.py's defaults
+DEFAULT_DIST_PORT = 25672
 POLL_SECONDS = 0.1
 STOP_GRACE = 10.0
 
@@ -178,7 +181,8 @@ def _cluster_options(command: Command) -> Command:
             type=click.Choice(KINDS),
             default="nats",
             show_default=True,
-            help="The clustered broker (NATS with its MQTT gateway and JetStream).",
+            help="The clustered broker: NATS with its MQTT gateway and JetStream, or "
+            "RabbitMQ with its MQTT plugin.",
         ),
         click.option(
             "--nodes",
@@ -207,6 +211,20 @@ def _cluster_options(command: Command) -> Command:
             show_default=True,
             metavar="PORT[,PORT...]",
             help="MQTT port of each node, where taskring's components connect.",
+        ),
+        click.option(
+            "--amqp-ports",
+            default=str(DEFAULT_AMQP_PORT),
+            show_default=True,
+            metavar="PORT[,PORT...]",
+            help="RabbitMQ: AMQP port of each node (loopback only; tools, not taskring).",
+        ),
+        click.option(
+            "--dist-ports",
+            default=str(DEFAULT_DIST_PORT),
+            show_default=True,
+            metavar="PORT[,PORT...]",
+            help="RabbitMQ: Erlang distribution port of each node (RABBITMQ_DIST_PORT).",
         ),
         click.option(
             "--data-dir",
@@ -253,6 +271,8 @@ def config_command(
     client_ports: str,
     cluster_ports: str,
     mqtt_ports: str,
+    amqp_ports: str,
+    dist_ports: str,
     data_dir: str | None,
     logins: str,
     hosts: str,
@@ -272,6 +292,18 @@ def config_command(
     Three hosts:  taskring broker config --hosts nats1,nats2,nats3
     One machine:  taskring broker config   (ports 4222-4224, 6222-6224, 1883-1885)
     """
+    if kind == "rabbitmq":
+        rabbitmq_cluster.write_config(
+            nodes,
+            hosts,
+            parse_ports(amqp_ports, "--amqp-ports"),
+            parse_ports(mqtt_ports, "--mqtt-ports"),
+            parse_ports(dist_ports, "--dist-ports"),
+            data_dir,
+            parse_logins(logins),
+            out,
+        )
+        return
     planned = plan(nodes, hosts, client_ports, cluster_ports, mqtt_ports)
     extra = parse_logins(logins)
     directory = config.data_dir(data_dir)
@@ -297,9 +329,9 @@ def config_command(
 @click.option(
     "--ready-timeout",
     type=click.FloatRange(1),
-    default=READY_TIMEOUT,
-    show_default=True,
-    help="Seconds to wait for every node to let taskring in.",
+    default=None,
+    help=f"Seconds to wait for every node to let taskring in "
+    f"[default: {READY_TIMEOUT:g} for NATS, {RABBITMQ_READY_TIMEOUT:g} for RabbitMQ].",
 )
 def cluster_command(
     kind: str,
@@ -307,10 +339,12 @@ def cluster_command(
     client_ports: str,
     cluster_ports: str,
     mqtt_ports: str,
+    amqp_ports: str,
+    dist_ports: str,
     data_dir: str | None,
     logins: str,
     host: str,
-    ready_timeout: float,
+    ready_timeout: float | None,
 ) -> None:
     """Run a NATS broker cluster on this machine, every node a child of this command.
 
@@ -320,6 +354,18 @@ def cluster_command(
     node with --broker-port and the same --data-dir, so each component logs in as
     itself. SIGTERM or Ctrl-C stops every node; so does one node exiting.
     """
+    if kind == "rabbitmq":
+        rabbitmq_cluster.run_local_cluster(
+            nodes,
+            host,
+            parse_ports(amqp_ports, "--amqp-ports"),
+            parse_ports(mqtt_ports, "--mqtt-ports"),
+            parse_ports(dist_ports, "--dist-ports"),
+            data_dir,
+            parse_logins(logins),
+            ready_timeout or RABBITMQ_READY_TIMEOUT,
+        )
+        return
     binary = nats_binary()
     if binary is None:
         raise click.ClickException(NATS_MISSING)
@@ -334,7 +380,7 @@ def cluster_command(
         status_password = broker_auth.load_credentials(directory)[broker_auth.STATUS_LOGIN]
     except (config.ConfigError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    sys.exit(run_cluster(binary, files, status_password, ready_timeout))
+    sys.exit(run_cluster(binary, files, status_password, ready_timeout or READY_TIMEOUT))
 
 
 def run_cluster(
