@@ -279,7 +279,8 @@ def config_command(
     out: str | None,
     store_dir: str | None,
 ) -> None:
-    """Write one NATS server configuration per node of a broker cluster.
+    """Write one NATS server configuration per node of a broker cluster (or, with
+    --kind rabbitmq, RabbitMQ's definitions and one rabbitmq.conf per node).
 
     Each file (taskring-N.conf, mode 0600) holds the node's listeners, routes to the
     other nodes, JetStream and the MQTT gateway, and one user per component login with
@@ -346,7 +347,8 @@ def cluster_command(
     host: str,
     ready_timeout: float | None,
 ) -> None:
-    """Run a NATS broker cluster on this machine, every node a child of this command.
+    """Run a NATS (or, with --kind rabbitmq, RabbitMQ) broker cluster on this machine,
+    every node a child of this command.
 
     Writes the nodes' configurations to DATA/broker/nats/ (their JetStream files go to
     DATA/broker/nats/jetstream/), starts nats-server for each, and prints each node's
