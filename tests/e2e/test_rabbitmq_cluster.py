@@ -11,9 +11,10 @@ VMs take a minute or more to boot on two loaded cores, beyond CI's budget for
     publisher's connection, which the bus reopens);
 (b) `taskring up` pointed at node 1 with the cluster's data directory (each
     component logs in as itself) becomes ready and serves the admin and client CLIs;
-(c) node 3, which no component is connected to, is killed with SIGKILL, and writes
-    are still served. `taskring up` gives each component node 1 only (one host and
-    --broker-port), so losing node 1 itself is not tested here.
+(c) node 2 is killed with SIGKILL: a bus given nodes 2 and 3 (as `status`) fails
+    over to node 3 and hears the components' heartbeats again, and writes are still
+    served. `taskring up` gives each component node 1 only (one host and
+    --broker-port), so losing the node taskring's own components use is not tested.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import pytest
 from backend.adapters.broker_logins import broker_url_for
 from backend.adapters.bus.lean import LeanMqttBus
 from backend.adapters.bus.transport import BusUnavailable
-from backend.adapters.settings import BrokerAddress
+from backend.adapters.settings import BrokerAddresses
 from backend.core import topics
 from backend.processes.rabbitmq_cluster import rabbitmq_script
 from tests.conftest import Processes, free_port
@@ -82,9 +83,13 @@ class Receiving(LeanMqttBus):
 
 
 @asynccontextmanager
-async def bus_on(data: Path, login: str, port: int, *filters: str) -> AsyncIterator[Receiving]:
-    """`login`'s bus (its client id the login), on the node at `port`, collecting `filters`."""
-    bus = Receiving(BrokerAddress.parse(broker_url_for(login, "127.0.0.1", port, data)), login)
+async def bus_on(
+    data: Path, login: str, port: int, *filters: str, more: tuple[int, ...] = ()
+) -> AsyncIterator[Receiving]:
+    """`login`'s bus (its client id the login), on the node at `port` (then those on
+    `more`), collecting `filters`."""
+    url = broker_url_for(login, "127.0.0.1", port, data, [("127.0.0.1", p) for p in more])
+    bus = Receiving(BrokerAddresses.parse(url), login)
     bus.received = asyncio.Queue()
 
     async def collect(topic: str, message: Any) -> None:
@@ -159,6 +164,20 @@ def rabbit_pid(data: Path, number: int) -> int:
     )
 
 
+async def fails_over_when_its_node_dies(data: Path, node_2: int, node_3: int) -> None:
+    """`status` on node 2, with node 3 in its list, hears heartbeats before and after
+    node 2's Erlang VM is killed."""
+    async with bus_on(data, "status", node_2, topics.HEARTBEATS, more=(node_3,)) as status:
+        await asyncio.wait_for(status.received.get(), 15)
+        assert status.address.port == node_2
+        os.kill(rabbit_pid(data, 2), signal.SIGKILL)
+        await asyncio.sleep(1.0)
+        while not status.received.empty():
+            status.received.get_nowait()
+        await asyncio.wait_for(status.received.get(), 45)
+        assert status.address.port == node_3
+
+
 def stop_cluster(cluster: subprocess.Popen[bytes]) -> None:
     """SIGTERM and wait: the nodes stop one by one, longer than the fixture's grace."""
     if cluster.poll() is None:
@@ -174,15 +193,16 @@ def test_taskring_runs_on_a_three_node_rabbitmq_cluster(processes: Processes, tm
     cluster, mqtt_ports = start_cluster(processes, data)
     try:
         asyncio.run(roles_hold_across_nodes(data, mqtt_ports[0], mqtt_ports[2]))
-        run_taskring_on_node_1(processes, cluster, data, mqtt_ports[0])
+        run_taskring_on_node_1(processes, cluster, data, mqtt_ports)
     finally:
         stop_cluster(cluster)
 
 
 def run_taskring_on_node_1(
-    processes: Processes, cluster: subprocess.Popen[bytes], data: Path, node_1: int
+    processes: Processes, cluster: subprocess.Popen[bytes], data: Path, mqtt_ports: list[int]
 ) -> None:
     client_port, admin_port, web_port = free_port(), free_port(), free_port()
+    node_1, node_2, node_3 = mqtt_ports
     up = processes.taskring(
         "up",
         "--data-dir", str(data),
@@ -224,24 +244,25 @@ def run_taskring_on_node_1(
     added = run_cli("client", "add", "buy milk", "2 litres", env=client_env)
     assert added.returncode == 0, added.stderr
 
-    # (c) node 3 dies at once; the components, all on node 1, go on serving writes.
-    os.kill(rabbit_pid(data, 3), signal.SIGKILL)
+    # (c) node 2 dies at once: a bus on it fails over to node 3, and the components,
+    # all on node 1, go on serving writes.
+    asyncio.run(fails_over_when_its_node_dies(data, node_2, node_3))
     wait_until(
-        lambda: "node 3 (rabbit-3@localhost) exited" in log_text(cluster),
-        "the cluster command to see node 3 go",
+        lambda: "node 2 (rabbit-2@localhost) exited" in log_text(cluster),
+        "the cluster command to see node 2 go",
         timeout=30,
     )
     assert cluster.poll() is None, "the cluster must outlive one node"
     wait_until(
         lambda: (
-            run_cli("client", "add", "after node 3", "node 3 is gone", env=client_env).returncode
+            run_cli("client", "add", "after node 2", "node 2 is gone", env=client_env).returncode
             == 0
         ),
-        "a write after node 3 died",
+        "a write after node 2 died",
         timeout=30,
         alive=[up],
     )
     listed = run_cli("client", "--json", "list", env=client_env)
     assert listed.returncode == 0, listed.stderr
     titles = [task["title"] for task in json.loads(listed.stdout)["tasks"]]
-    assert titles[:1] == ["buy milk"] and "after node 3" in titles
+    assert titles[:1] == ["buy milk"] and "after node 2" in titles
