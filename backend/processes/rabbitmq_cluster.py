@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -175,6 +176,24 @@ def write_config(
     click.echo(f"logins and passwords: {broker_auth.credentials_path(directory)}")
 
 
+def check_ports_free(nodes: Sequence[rabbitmq_config.RabbitNode], host: str) -> None:
+    """Fail before anything starts when a node's port is taken (AMQP binds loopback)."""
+    flags = {"AMQP": "--amqp-ports", "MQTT": "--mqtt-ports", "dist": "--dist-ports"}
+    for node in nodes:
+        for kind, port in rabbitmq_config.node_ports(node):
+            address = rabbitmq_config.AMQP_LISTEN_HOST if kind == "AMQP" else host
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            with socket.socket(family) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((address if kind != "dist" else "", port))
+                except OSError as exc:
+                    raise click.ClickException(
+                        f"node {node.number} cannot listen on port {port} ({kind}): "
+                        f"{exc.strerror or exc}; pick other ports with {flags[kind]}"
+                    ) from exc
+
+
 def erlang_home(state_dir: Path) -> Path:
     """A HOME for the nodes and rabbitmqctl whose .erlang.cookie is the cluster's own."""
     home = private_directory(state_dir / HOME_DIR)
@@ -200,6 +219,7 @@ def run_local_cluster(
     if server is None or ctl is None:
         raise click.ClickException(RABBITMQ_MISSING)
     planned = plan(nodes, [LOCAL_HOST], amqp_ports, mqtt_ports, dist_ports, host)
+    check_ports_free(planned, host)
     directory = config.data_dir(data_dir)
     state_dir = directory / launch_plan.BROKER / RABBITMQ_DIR
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import stat
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from click.testing import CliRunner, Result
 from backend.adapters import broker_logins
 from backend.processes import rabbitmq_cluster
 from backend.processes.broker import broker
+from tests.conftest import free_port
 
 
 def run(*args: str) -> Result:
@@ -87,3 +89,25 @@ def test_running_nodes_come_from_cluster_status_json() -> None:
     assert rabbitmq_cluster.running_nodes(done) == ["rabbit-1@localhost", "rabbit-2@localhost"]
     failed = rabbitmq_cluster.subprocess.CompletedProcess([], 69, "", "nodedown")
     assert rabbitmq_cluster.running_nodes(failed) == []
+
+
+def test_cluster_with_a_taken_port_is_a_clear_error_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rabbitmq_cluster, "rabbitmq_script", lambda name: f"/bin/{name}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            broker,
+            [
+                "cluster", "--kind", "rabbitmq", "--data-dir", str(tmp_path / "data"),
+                "--mqtt-ports", str(port), "--amqp-ports", str(free_port()),
+                "--dist-ports", str(free_port()),
+            ],
+        )  # fmt: skip
+    assert result.exit_code != 0
+    assert f"node 1 cannot listen on port {port} (MQTT)" in result.output
+    assert "--mqtt-ports" in result.output
+    assert not (tmp_path / "data" / "broker" / "rabbitmq").exists()
