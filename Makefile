@@ -32,7 +32,7 @@ FRONTEND_INPUTS := $(shell find $(FRONTEND)/src -type f -not -path '$(FRONTEND)/
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast fuzz lint typecheck importlint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd nats nftables
+.PHONY: help run test test-fast fuzz lint typecheck importlint fmt proto clean check-python mosquitto frontend chromium check-node redis etcd nats nftables rabbitmq test-rabbitmq
 
 help:
 	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
@@ -98,6 +98,15 @@ etcd:
 # starts three (Debian puts nats-server in /usr/sbin).
 nats:
 	@command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || { $(call apt_install,nats-server); }
+
+# `taskring broker cluster --kind rabbitmq` runs RabbitMQ nodes (with their MQTT plugin).
+rabbitmq:
+	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1 || { $(call apt_install,rabbitmq-server); }
+
+# Three RabbitMQ nodes (Erlang VMs) take a minute or more to boot on two cores, beyond
+# CI's budget, so their end-to-end test is not in `make test` (it skips it, saying so).
+test-rabbitmq: $(STAMP) rabbitmq
+	TASKRING_RABBITMQ_TESTS=1 $(BIN)/pytest tests/e2e/test_rabbitmq_cluster.py -v
 
 # `taskring chaos` cuts a process off the broker with nftables and delays its connection
 # with tc (iproute2); without them those faults are skipped, saying why.

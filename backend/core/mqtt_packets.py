@@ -19,14 +19,26 @@ MAX_PACKET_SIZE = MAX_REMAINING_LENGTH + 5
 MAX_PACKET_ID = 0xFFFF
 SUBACK_FAILURE = 0x80
 CONNACK_ACCEPTED = 0
+# What each MQTT 3.1.1 CONNACK return code means, as we report it. Each says only its
+# own cause: "server unavailable" is what a clustered broker answers while it cannot
+# take clients (RabbitMQ: "client ID registration timed out" during a rolling restart),
+# and must not read as a password problem.
 CONNACK_REASONS = {
     0: "accepted",
-    1: "unacceptable protocol version",
+    1: "unacceptable protocol version (the broker does not speak MQTT 3.1.1)",
     2: "client identifier rejected",
-    3: "server unavailable",
+    3: "server unavailable (the broker is up but cannot take clients now)",
     4: "bad user name or password",
     5: "not authorized",
 }
+
+
+def connack_reason(code: int | None) -> str:
+    """What a CONNACK return code means; None is no CONNACK at all."""
+    if code is None:
+        return "no CONNACK (nothing answered, or not an MQTT broker)"
+    return CONNACK_REASONS.get(code, f"unknown CONNACK return code {code}")
+
 
 PINGREQ = b"\xc0\x00"
 DISCONNECT = b"\xe0\x00"

@@ -371,7 +371,8 @@ def broker(
     Passwords are generated once into DATA/broker-credentials.json (mode 0600): for
     `status`, the components of `taskring up`'s default deployment, every --logins
     one, and whatever `taskring up` added there. The commands below make a clustered
-    broker of NATS servers instead (docs/operating.md, "Clustered broker (NATS)").
+    broker of NATS servers, or with --kind rabbitmq of RabbitMQ nodes, instead
+    (docs/operating.md, "Clustered broker (NATS)" and "(RabbitMQ)").
     """
     if ctx.invoked_subcommand is not None:
         return  # `config` or `cluster`: the options above are for running Mosquitto

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from backend.adapters import broker_logins as broker_auth
 from backend.adapters import settings as config
-from backend.adapters.bus.probe import CONNACK_ACCEPTED, CONNACK_REASONS
+from backend.adapters.bus.probe import CONNACK_ACCEPTED, connack_reason
 from backend.core.replica.group import default_groups
 
 BROKER = "broker"
@@ -161,12 +161,15 @@ def choose_broker(
         # `status` may only read heartbeats: probing as it disturbs no running component.
         status = broker_auth.STATUS_LOGIN
         known = status in passwords
-        if known and probe(host, port, status, passwords[status]) == CONNACK_ACCEPTED:
+        # The reason is the status login's answer when it was asked: the anonymous one is
+        # always a refusal (4 on RabbitMQ), whatever kept `status` out.
+        answer = probe(host, port, status, passwords[status]) if known else answer
+        if answer == CONNACK_ACCEPTED:
             missing = [login for login in logins if login not in passwords]
             if missing:
                 raise config.ConfigError(f"no broker password for {', '.join(missing)}")
             return BrokerPlan(False, with_logins, "already running; logins from the data directory")
-        reason = CONNACK_REASONS.get(answer, f"code {answer}")
+        reason = connack_reason(answer)
         raise config.ConfigError(
             f"a broker answers at {host}:{port} but refuses us ({reason}); pass --broker with "
             "a URL that has credentials, or pick a free --broker-port"

@@ -38,16 +38,19 @@ from backend.adapters import settings as config
 from backend.adapters.bus.probe import CONNACK_ACCEPTED, probe_broker
 from backend.adapters.child_processes import die_with_parent
 from backend.adapters.private_files import private_directory, write_private
-from backend.processes import launch_plan
+from backend.processes import launch_plan, rabbitmq_cluster
 
 log = logging.getLogger(__name__)
 
-KINDS = ("nats",)
+KINDS = ("nats", "rabbitmq")  # rabbitmq: backend/processes/rabbitmq_cluster.py
 NATS_DIR = "nats"  # under DATA/broker/: the generated files and the cluster's own secret
 ROUTE_PASSWORD_FILE = "route-password"
 JETSTREAM_DIR = "jetstream"  # + /<server_name>: each node's JetStream store
 NATS_MISSING = "nats-server not found: install nats-server (Debian: apt-get install nats-server)"
 READY_TIMEOUT = 30.0
+RABBITMQ_READY_TIMEOUT = 180.0  # three Erlang VMs booting one after another
+DEFAULT_AMQP_PORT = 5672  # backend/adapters/rabbitmq_config.py's defaults
+DEFAULT_DIST_PORT = 25672
 POLL_SECONDS = 0.1
 STOP_GRACE = 10.0
 
@@ -179,7 +182,8 @@ def _cluster_options(command: Command) -> Command:
             type=click.Choice(KINDS),
             default="nats",
             show_default=True,
-            help="The clustered broker (NATS with its MQTT gateway and JetStream).",
+            help="The clustered broker: NATS with its MQTT gateway and JetStream, or "
+            "RabbitMQ with its MQTT plugin.",
         ),
         click.option(
             "--nodes",
@@ -208,6 +212,20 @@ def _cluster_options(command: Command) -> Command:
             show_default=True,
             metavar="PORT[,PORT...]",
             help="MQTT port of each node, where taskring's components connect.",
+        ),
+        click.option(
+            "--amqp-ports",
+            default=str(DEFAULT_AMQP_PORT),
+            show_default=True,
+            metavar="PORT[,PORT...]",
+            help="RabbitMQ: AMQP port of each node (loopback only; tools, not taskring).",
+        ),
+        click.option(
+            "--dist-ports",
+            default=str(DEFAULT_DIST_PORT),
+            show_default=True,
+            metavar="PORT[,PORT...]",
+            help="RabbitMQ: Erlang distribution port of each node (RABBITMQ_DIST_PORT).",
         ),
         click.option(
             "--data-dir",
@@ -254,13 +272,16 @@ def config_command(
     client_ports: str,
     cluster_ports: str,
     mqtt_ports: str,
+    amqp_ports: str,
+    dist_ports: str,
     data_dir: str | None,
     logins: str,
     hosts: str,
     out: str | None,
     store_dir: str | None,
 ) -> None:
-    """Write one NATS server configuration per node of a broker cluster.
+    """Write one NATS server configuration per node of a broker cluster (or, with
+    --kind rabbitmq, RabbitMQ's definitions and one rabbitmq.conf per node).
 
     Each file (taskring-N.conf, mode 0600) holds the node's listeners, routes to the
     other nodes, JetStream and the MQTT gateway, and one user per component login with
@@ -273,6 +294,18 @@ def config_command(
     Three hosts:  taskring broker config --hosts nats1,nats2,nats3
     One machine:  taskring broker config   (ports 4222-4224, 6222-6224, 1883-1885)
     """
+    if kind == "rabbitmq":
+        rabbitmq_cluster.write_config(
+            nodes,
+            hosts,
+            parse_ports(amqp_ports, "--amqp-ports"),
+            parse_ports(mqtt_ports, "--mqtt-ports"),
+            parse_ports(dist_ports, "--dist-ports"),
+            data_dir,
+            parse_logins(logins),
+            out,
+        )
+        return
     planned = plan(nodes, hosts, client_ports, cluster_ports, mqtt_ports)
     extra = parse_logins(logins)
     directory = config.data_dir(data_dir)
@@ -298,9 +331,9 @@ def config_command(
 @click.option(
     "--ready-timeout",
     type=click.FloatRange(1),
-    default=READY_TIMEOUT,
-    show_default=True,
-    help="Seconds to wait for every node to let taskring in.",
+    default=None,
+    help=f"Seconds to wait for every node to let taskring in "
+    f"[default: {READY_TIMEOUT:g} for NATS, {RABBITMQ_READY_TIMEOUT:g} for RabbitMQ].",
 )
 def cluster_command(
     kind: str,
@@ -308,12 +341,15 @@ def cluster_command(
     client_ports: str,
     cluster_ports: str,
     mqtt_ports: str,
+    amqp_ports: str,
+    dist_ports: str,
     data_dir: str | None,
     logins: str,
     host: str,
-    ready_timeout: float,
+    ready_timeout: float | None,
 ) -> None:
-    """Run a NATS broker cluster on this machine, every node a child of this command.
+    """Run a NATS (or, with --kind rabbitmq, RabbitMQ) broker cluster on this machine,
+    every node a child of this command.
 
     Writes the nodes' configurations to DATA/broker/nats/ (their JetStream files go to
     DATA/broker/nats/jetstream/), starts nats-server for each, and prints each node's
@@ -323,6 +359,18 @@ def cluster_command(
     does one node exiting before every node is ready. One that exits after is started
     again.
     """
+    if kind == "rabbitmq":
+        rabbitmq_cluster.run_local_cluster(
+            nodes,
+            host,
+            parse_ports(amqp_ports, "--amqp-ports"),
+            parse_ports(mqtt_ports, "--mqtt-ports"),
+            parse_ports(dist_ports, "--dist-ports"),
+            data_dir,
+            parse_logins(logins),
+            ready_timeout or RABBITMQ_READY_TIMEOUT,
+        )
+        return
     binary = nats_binary()
     if binary is None:
         raise click.ClickException(NATS_MISSING)
@@ -337,7 +385,7 @@ def cluster_command(
         status_password = broker_auth.load_credentials(directory)[broker_auth.STATUS_LOGIN]
     except (config.ConfigError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    sys.exit(run_cluster(binary, files, status_password, ready_timeout))
+    sys.exit(run_cluster(binary, files, status_password, ready_timeout or READY_TIMEOUT))
 
 
 def run_cluster(

@@ -488,7 +488,7 @@ class LeanMqttBus(BrokerSession[_Connection]):
         except TimeoutError:
             raise SessionEnded(f"no CONNACK within {CONNECT_TIMEOUT} s") from None
         if connack.return_code != mqtt.CONNACK_ACCEPTED:
-            reason = mqtt.CONNACK_REASONS.get(connack.return_code, str(connack.return_code))
+            reason = mqtt.connack_reason(connack.return_code)
             raise SessionEnded(f"the broker refused the connection: {reason}")
 
     async def _read(self, connection: _Connection) -> None:

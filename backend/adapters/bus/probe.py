@@ -12,15 +12,9 @@ import os
 import socket
 import struct
 
-CONNACK_ACCEPTED = 0
-CONNACK_REASONS = {
-    0: "accepted",
-    1: "unacceptable protocol version",
-    2: "client identifier rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorized",
-}
+from backend.core.mqtt_packets import CONNACK_ACCEPTED, CONNACK_REASONS, connack_reason
+
+__all__ = ["CONNACK_ACCEPTED", "CONNACK_REASONS", "connack_reason", "probe_broker"]
 DISCONNECT = b"\xe0\x00"
 
 
