@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -73,7 +72,9 @@ def _unanswered(self, call_id, call, why, now):
 _portal_core.PortalCore._unanswered = _unanswered
 """,
 }
-PLANTED = os.environ.get("TASKRING_PLANTED_BUG") or None
+# TASKRING_PLANTED_BUG also names test_disk_faults.py's bugs; those leave this file's alone.
+NAMED_BUG = os.environ.get("TASKRING_PLANTED_BUG")
+PLANTED = NAMED_BUG if NAMED_BUG in PLANTED_BUGS else None
 
 
 def run_chaos(tmp_path: Path, *args: str, planted: str | None = None) -> dict[str, Any]:
@@ -131,9 +132,11 @@ def test_a_mix_of_every_fault_kind_strikes_each_and_a_correct_build_passes(
     page = report_page(run)
     for kind in EVERY_KIND.split(","):
         if kind == "netem" and not struck(run, kind):
-            skipped = [f["skipped"] for f in run["result"]["faults"] if f["kind"] == kind]
-            assert skipped and all(skipped), run["output"]
-            assert re.search(r"netem .*: skipped \(.*(netem|qdisc)", run["output"]), run["output"]
+            # a kernel without netem: every netem fault skipped, and the reason printed
+            reasons = [f["skipped"] for f in run["result"]["faults"] if f["kind"] == kind]
+            assert reasons and all(reasons), run["output"]
+            for reason in reasons:
+                assert f": skipped ({reason})" in run["output"], run["output"]
             continue
         assert struck(run, kind), f"no {kind} fault struck:\n{run['output']}"
         assert run["result"]["struck"][kind] >= 1
