@@ -19,6 +19,7 @@ import grpc
 from backend.admin_pb import admin_pb2
 from backend.bench.targets.taskring_admin import AdminPortals, grpc_target
 from backend.chaos import report, schedule, summary
+from backend.chaos.announce import Announcer
 from backend.chaos.injectors import FaultEvent, Injectors
 from backend.chaos.nemesis import run_plan
 from backend.chaos.recorder import Account, Load
@@ -132,9 +133,11 @@ async def chaos_run(system: System, options: RunOptions, say: Callable[[str], No
     say(f"seed {options.seed}: {len(plan)} faults over {options.duration:g}s")
     for fault in plan:
         say(f"  planned: {fault.describe()}")
+    events = [FaultEvent(fault) for fault in plan]
+    announcer = await Announcer.open(system, say)
+    announcer.listen(events)
     origin = time.monotonic()
     load.start()
-    events = [FaultEvent(fault) for fault in plan]
     nemesis = asyncio.create_task(run_plan(events, origin, roles, injectors, say))
     try:
         await load.ran_for(options.duration)
@@ -146,6 +149,7 @@ async def chaos_run(system: System, options: RunOptions, say: Callable[[str], No
         with contextlib.suppress(asyncio.CancelledError):
             await nemesis
         await load.stop()
+        await announcer.close()
     problems = list(load.problems)
     finals: dict[str, list[tuple[str, str]] | None] = {a.cid: None for a in accounts}
     try:
