@@ -47,9 +47,13 @@ class Announcer:
             why = why if password is None else "no broker started by `taskring up` was found"
             say(f"the cluster page will not show the faults: {why}")
             return cls(None, say)
-        address = BrokerAddress.parse(login_url(CHAOS_LOGIN, password, HOST, min(found[1])))
-        bus = open_bus(address, CHAOS_LOGIN)
-        await bus.__aenter__()
+        try:
+            address = BrokerAddress.parse(login_url(CHAOS_LOGIN, password, HOST, min(found[1])))
+            bus = open_bus(address, CHAOS_LOGIN)
+            await bus.__aenter__()
+        except (ConfigError, OSError) as exc:
+            say(f"the cluster page will not show the faults: {exc}")
+            return cls(None, say)
         if not await bus.wait_connected(CONNECT_WAIT):
             say(f"the cluster page will not show the faults: the broker: {bus.last_error}")
         return cls(bus, say)

@@ -237,7 +237,7 @@ export class ClusterPage implements Page {
 
   private faultsCard(faults: Fault[]): TemplateResult {
     return html`
-      <section class="card" aria-labelledby="faults-title" data-testid="faults">
+      <section class="card faults-card" aria-labelledby="faults-title" data-testid="faults">
         <h2 id="faults-title" class="card-title">Faults <span class="muted small">from taskring chaos</span></h2>
         <ul class="log">${faults.map((f) => html`<li data-fault=${f.id} data-state=${faultState(f)}>
           ${faultLabel(f)} <span class="muted small">${faultTimes(f)}</span></li>`)}</ul>
