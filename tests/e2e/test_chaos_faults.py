@@ -7,21 +7,24 @@
 - Each fault kind must catch a build broken on purpose. The broken builds are the
   same code with a `sitecustomize.py` on the children's PYTHONPATH (the mechanism of
   tests/e2e/test_disk_faults.py and test_chaos.py), one per name in PLANTED_BUGS:
-  - pause, partition: `silence-means-not-applied`, a client portal that answers a
-    write `unavailable` (not applied) once an attempt has gone a second without an
-    answer, instead of trying again under the same request id and saying `timeout`
-    if it never learns the outcome. A paused owner, or one cut off from the broker,
-    still holds the request and applies it once it runs again: a later list shows a
-    task the client was told was never written.
-  - kill: tests/e2e/test_chaos.py (kills under load pass; a resend bug fails);
+  - pause, partition: `silence-means-nothing`, a client portal that takes a second
+    without an answer for "nothing there": it answers a list with an empty bag and a
+    write `unavailable` (not applied), where the real one tries again under the same
+    request id and says `timeout` if it never learns the outcome. A paused owner, or
+    one cut off from the broker, leaves calls unanswered for seconds: a client is told
+    its tasks are gone, and then sees them again (and writes it was told were not
+    applied take effect once the owner runs again). Which calls a silence lands on is
+    chance, so a broken build gets up to ATTEMPTS runs to be caught (the pause caught
+    it in every trial run, the partition in about two of three).
+  - kill: tests/e2e/test_chaos.py (kills and pauses of a correct build pass; a
+    portal resending inserts fails) and test_linearizable_faults.py (kills each role);
   - disk: tests/e2e/test_disk_faults.py (each disk failpoint with its planted bug);
   - clock: no planted bug makes a clock fault fail reliably; see docs/architecture.md,
     "Leases". The mix shows clock faults striking and the history staying linearizable.
 
-`TASKRING_PLANTED_BUG=<name>` runs the mix on that broken build too, and the mix must
-then fail. The correct build is shown passing the very scenarios the broken ones fail
-only with TASKRING_CHAOS_LONG_TESTS=1 (about 30 s each); the mix covers those kinds on
-the correct build in the normal run.
+The correct build is shown passing the very scenarios the broken one fails only with
+TASKRING_CHAOS_LONG_TESTS=1 (about 20 s each); the mix covers those kinds on the correct
+build in the normal run.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import pytest
 
 from tests.conftest import TASKRING
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = pytest.mark.timeout(240)
 
 LONG = os.environ.get("TASKRING_CHAOS_LONG_TESTS") == "1"
 long_only = pytest.mark.skipif(
@@ -47,34 +50,38 @@ EVERY_KIND = "kill,pause,partition,disk,clock,netem"
 # A seed whose 18 s plan holds every kind (found with backend/chaos/schedule.py's plan):
 # kill follower, netem leader, pause owner, partition leader, disk follower, clock leader.
 MIX = ("--duration", "18s", "--faults", EVERY_KIND, "--seed", "372")
+# How often a broken build may pass a scenario before its test fails: in trials the pause
+# caught the planted bug in every run, the partition in about two runs of three.
+ATTEMPTS = 3
 # The owner of the first client's key paused for 3 s at 2 s.
 PAUSED_OWNER = ("--duration", "8s", "--faults", "pause", "--seed", "5")
 # The owner of the first client's key cut off from the broker, both ways, for 3 s at 2 s.
 CUT_OFF_OWNER = ("--duration", "8s", "--faults", "partition", "--seed", "70")
 
 PLANTED_BUGS = {
-    # a write whose attempt went a second without an answer is answered `unavailable`
-    # (not applied), though the request is still on its way and may yet be applied
-    "silence-means-not-applied": """\
+    # a call whose attempt went a second without an answer is taken for nothing: a list
+    # answers an empty bag, a write `unavailable` (not applied, though it may yet be)
+    "silence-means-nothing": """\
 import backend.core.ring.portal_core as _portal_core
 
 _real_unanswered = _portal_core.PortalCore._unanswered
 
 
 def _unanswered(self, call_id, call, why, now):
-    if call.is_read:
+    if call.op.get("op") == "list_tasks":
+        result = {"tasks": []}
+    elif not call.is_read:
+        result = _portal_core.OpError("unavailable", "not applied: no answer")
+    else:
         _real_unanswered(self, call_id, call, why, now)
         return
     self._end_attempt(call)
-    self._finish(call_id, _portal_core.OpError("unavailable", "not applied: no answer"))
+    self._finish(call_id, result)
 
 
 _portal_core.PortalCore._unanswered = _unanswered
 """,
 }
-# TASKRING_PLANTED_BUG also names test_disk_faults.py's bugs; those leave this file's alone.
-NAMED_BUG = os.environ.get("TASKRING_PLANTED_BUG")
-PLANTED = NAMED_BUG if NAMED_BUG in PLANTED_BUGS else None
 
 
 def run_chaos(tmp_path: Path, *args: str, planted: str | None = None) -> dict[str, Any]:
@@ -124,10 +131,7 @@ def struck(run: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 def test_a_mix_of_every_fault_kind_strikes_each_and_a_correct_build_passes(
     tmp_path: Path,
 ) -> None:
-    run = run_chaos(tmp_path, *MIX, planted=PLANTED)
-    if PLANTED:
-        assert_failed_not_linearizable(run)
-        return
+    run = run_chaos(tmp_path, *MIX)
     assert_passed(run)
     page = report_page(run)
     for kind in EVERY_KIND.split(","):
@@ -145,22 +149,33 @@ def test_a_mix_of_every_fault_kind_strikes_each_and_a_correct_build_passes(
     assert bands == run["result"]["counts"]["faults_injected"]
 
 
-def test_a_paused_owner_catches_a_portal_that_takes_silence_for_not_applied(
-    tmp_path: Path,
-) -> None:
-    run = run_chaos(tmp_path, *PAUSED_OWNER, planted="silence-means-not-applied")
-    assert struck(run, "pause"), run["output"]
-    assert run["result"]["faults"][0]["role"] == "owner"
-    assert_failed_not_linearizable(run)
+def caught(tmp_path: Path, scenario: tuple[str, ...], kind: str) -> None:
+    """Run `scenario` on the broken build until the checker catches it, ATTEMPTS at most.
+    Each run must strike the key's owner with `kind`; a run that passes anyway is allowed
+    (the silences a fault makes land on calls at random), the last one is not."""
+    runs = []
+    for attempt in range(ATTEMPTS):
+        place = tmp_path / f"attempt-{attempt}"
+        place.mkdir()
+        run = run_chaos(place, *scenario, planted="silence-means-nothing")
+        assert struck(run, kind), run["output"]
+        assert run["result"]["faults"][0]["role"] == "owner"
+        runs.append(run)
+        if run["code"] != 0:
+            break
+    assert_failed_not_linearizable(runs[-1])
 
 
-def test_a_cut_off_owner_catches_a_portal_that_takes_silence_for_not_applied(
+def test_a_paused_owner_catches_a_portal_that_takes_silence_for_nothing(
     tmp_path: Path,
 ) -> None:
-    run = run_chaos(tmp_path, *CUT_OFF_OWNER, planted="silence-means-not-applied")
-    assert struck(run, "partition"), run["output"]
-    assert run["result"]["faults"][0]["role"] == "owner"
-    assert_failed_not_linearizable(run)
+    caught(tmp_path, PAUSED_OWNER, "pause")
+
+
+def test_a_cut_off_owner_catches_a_portal_that_takes_silence_for_nothing(
+    tmp_path: Path,
+) -> None:
+    caught(tmp_path, CUT_OFF_OWNER, "partition")
 
 
 @long_only
