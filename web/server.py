@@ -40,6 +40,7 @@ from backend.adapters.settings import (
     ConfigError,
 )
 from backend.core import topics
+from backend.core.chaos_notices import ChaosNotices, NoticeError
 from backend.core.cluster_view import (
     ADMIN_PORTAL,
     CLIENT_PORTAL,
@@ -98,6 +99,7 @@ class WebContext:
     allowed: PortalAllowList = field(default_factory=PortalAllowList)  # portals bridges may use
     origins: frozenset[str] = frozenset()  # origins besides the same one that may open sockets
     max_websockets: int = DEFAULT_MAX_SOCKETS
+    chaos: ChaosNotices = field(default_factory=ChaosNotices)  # faults `taskring chaos` injects
     _bad_heartbeats: dict[str, str] = field(default_factory=dict)
 
     def bus_problem(self) -> str | None:
@@ -108,6 +110,12 @@ class WebContext:
             refusal = f"the broker refused its subscription to {', '.join(refused)}"
             return f"{self.web_id} is connected but {refusal}"
         return None
+
+    async def on_chaos_notice(self, topic: str, message: dict[str, Any]) -> None:
+        try:
+            self.chaos.observe(message, self.clock())
+        except NoticeError as exc:
+            self.metrics.drops.bad("chaos notice", exc)
 
     async def on_heartbeat(self, topic: str, message: dict[str, Any]) -> None:
         try:
@@ -221,6 +229,7 @@ def create_app(context: WebContext) -> FastAPI:
             "cache_nodes": context.view.cache_nodes(now),
             "replica_groups": context.view.replica_groups(now),
             "portals": context.view.portals(now),
+            "chaos": context.chaos.summary(now),
         }
 
     @app.get("/api/components")
@@ -379,6 +388,7 @@ async def run_web(
         log.warning("no --allow-portals (TASKRING_ALLOW_PORTALS): the bridges will use no portal")
     bus.drops = context.metrics.drops  # heartbeats report what the bus dropped
     bus.subscribe(topics.HEARTBEATS, context.on_heartbeat)
+    bus.subscribe(topics.CHAOS_EVENTS, context.on_chaos_notice)
     config = uvicorn.Config(
         create_app(context),
         log_config=None,

@@ -73,13 +73,18 @@ ROLE_RULES: dict[str, tuple[Rule, ...]] = {
     "web": (
         ("read", "heartbeat/#"),
         ("write", "heartbeat/web/{id}"),
+        ("read", "chaos/events"),  # the faults `taskring chaos` injects, for the cluster page
     ),
     # `taskring status`: looks, never touches.
     "status": (("read", "heartbeat/#"),),
+    # `taskring chaos`: announces the faults it injects, and touches nothing else.
+    "chaos": (("write", "chaos/events"),),
 }
 ROLES = tuple(ROLE_RULES)
 
 STATUS_LOGIN = "status"
+CHAOS_LOGIN = "chaos"
+TOOL_LOGINS = (STATUS_LOGIN, CHAOS_LOGIN)  # the broker knows these besides the components
 # A login's name gives its role; replicas are named replica-<group>-<member>.
 _LEVEL = r"[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*"  # a topic level: no '/', '+' or '#'
 _LOGIN_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -89,10 +94,11 @@ _LOGIN_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("cache-node", re.compile(rf"cache-node-{_LEVEL}")),
     ("web", re.compile(rf"web-{_LEVEL}")),
     ("status", re.compile(STATUS_LOGIN)),
+    ("chaos", re.compile(CHAOS_LOGIN)),
 )
 LOGIN_FORMS = (
     "client-portal-<id>, admin-portal-<id>, cache-node-<id>, "
-    "replica-<group>-<member>, web-<id>, status"
+    "replica-<group>-<member>, web-<id>, status, chaos"
 )
 
 PASSWORD_BYTES = 24

@@ -61,6 +61,14 @@ def say(message: str) -> None:
     help="Directory for the HTML report.",
 )
 @click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the result as JSON to this file: verdict, each fault with its "
+    "target, start, heal or skip reason, and counts.",
+)
+@click.option(
     "--start",
     is_flag=True,
     help="Start a system of our own in a temporary data directory on free ports "
@@ -105,6 +113,7 @@ def chaos(
     faults: str,
     seed: int | None,
     report_dir: str,
+    json_path: str | None,
     start: bool,
     web: str,
     data_dir: str,
@@ -128,6 +137,7 @@ def chaos(
         clients=clients,
         workers=workers,
         admin_token=admin_token,
+        json_path=Path(json_path) if json_path else None,
     )
     try:
         code = asyncio.run(main(options, start, web, Path(data_dir)))
@@ -161,4 +171,6 @@ async def main(options: RunOptions, start: bool, web: str, data_dir: Path) -> in
             await started.stop()
     click.echo(outcome.verdict.line())
     click.echo(f"report: {outcome.report_path}")
+    if outcome.json_path is not None:
+        click.echo(f"json: {outcome.json_path}")
     return 0 if outcome.verdict.passed else EXIT_FAIL

@@ -20,11 +20,13 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backend.chaos import network
 from backend.chaos.schedule import CLOCK, DISK, KILL, NETEM, PARTITION, PAUSE, PlannedFault
 from backend.chaos.system import System, SystemUnreachable, Target
+from backend.core.chaos_notices import HEALED, INJECTED, SKIPPED
 
 KILL_RECOVERY = 20.0  # seconds to wait for a killed component's successor
 POLL = 0.2
@@ -44,6 +46,8 @@ class FaultEvent:
     start: float | None = None  # time.monotonic()
     heal: float | None = None
     notes: list[str] = field(default_factory=list)
+    # told of each change as it happens (state, reason), for the cluster page
+    listener: Callable[[FaultEvent, str, str], None] | None = None
 
     @property
     def injected(self) -> bool:
@@ -51,9 +55,19 @@ class FaultEvent:
 
     def began(self) -> None:
         self.start = time.monotonic()
+        self._tell(INJECTED)
 
     def healed(self) -> None:
         self.heal = time.monotonic()
+        self._tell(HEALED)
+
+    def skipped(self, reason: str) -> None:
+        self.notes.append(f"skipped: {reason}")
+        self._tell(SKIPPED, reason)
+
+    def _tell(self, state: str, reason: str = "") -> None:
+        if self.listener is not None:
+            self.listener(self, state, reason)
 
 
 @dataclass

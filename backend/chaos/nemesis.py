@@ -42,7 +42,7 @@ async def _strike(
     await asyncio.sleep(max(0.0, origin + fault.at - time.monotonic()))
     target, why_not = await roles.find(fault.role)
     if target is None:
-        event.notes.append(f"skipped: {why_not}")
+        event.skipped(why_not)
         say(f"  {fault.kind} {fault.role}: skipped ({why_not})")
         return
     event.target = target.id
@@ -50,7 +50,7 @@ async def _strike(
     try:
         await injectors.inject(fault, target, event)
     except (FaultSkipped, NetworkToolMissing) as exc:
-        event.notes.append(f"skipped: {exc}")
+        event.skipped(str(exc))
         say(f"  {fault.kind} {fault.role} {target.describe()}{option}: skipped ({exc})")
         return
     except (OSError, RuntimeError) as exc:

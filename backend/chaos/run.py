@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from backend.admin_pb import admin_pb2
 from backend.bench.targets.taskring_admin import AdminPortals, grpc_target
-from backend.chaos import report, schedule
+from backend.chaos import report, schedule, summary
+from backend.chaos.announce import Announcer
 from backend.chaos.injectors import FaultEvent, Injectors
 from backend.chaos.nemesis import run_plan
 from backend.chaos.recorder import Account, Load
@@ -45,6 +48,7 @@ class RunOptions:
     clients: int = 3
     workers: int = 4
     admin_token: str | None = None
+    json_path: Path | None = None
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Outcome:
     events: list[FaultEvent]
     report_path: Path
     facts: list[str] = field(default_factory=list)
+    json_path: Path | None = None
 
 
 async def wait_ready(system: System, deadline: float = READY_DEADLINE) -> None:
@@ -128,9 +133,11 @@ async def chaos_run(system: System, options: RunOptions, say: Callable[[str], No
     say(f"seed {options.seed}: {len(plan)} faults over {options.duration:g}s")
     for fault in plan:
         say(f"  planned: {fault.describe()}")
+    events = [FaultEvent(fault) for fault in plan]
+    announcer = await Announcer.open(system, say)
+    announcer.listen(events)
     origin = time.monotonic()
     load.start()
-    events = [FaultEvent(fault) for fault in plan]
     nemesis = asyncio.create_task(run_plan(events, origin, roles, injectors, say))
     try:
         await load.ran_for(options.duration)
@@ -142,6 +149,7 @@ async def chaos_run(system: System, options: RunOptions, say: Callable[[str], No
         with contextlib.suppress(asyncio.CancelledError):
             await nemesis
         await load.stop()
+        await announcer.close()
     problems = list(load.problems)
     finals: dict[str, list[tuple[str, str]] | None] = {a.cid: None for a in accounts}
     try:
@@ -168,7 +176,12 @@ async def chaos_run(system: System, options: RunOptions, say: Callable[[str], No
     path = write_report(
         options.report_dir, options.seed, report.render(verdict, bands, duration, facts)
     )
-    return Outcome(verdict, events, path, facts)
+    if options.json_path is not None:
+        result = summary.summary(
+            verdict, events, origin, options.seed, options.kinds, duration, str(path)
+        )
+        write_json(options.json_path, result)
+    return Outcome(verdict, events, path, facts, options.json_path)
 
 
 def band(event: FaultEvent, origin: float) -> report.Band:
@@ -182,6 +195,11 @@ def band(event: FaultEvent, origin: float) -> report.Band:
         end=None if event.heal is None else round(event.heal - origin, 3),
         notes="; ".join(event.notes),
     )
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def write_report(directory: Path, seed: int, page: str) -> Path:

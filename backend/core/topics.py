@@ -67,6 +67,11 @@ def raft_replies(host_id: str, incarnation: str) -> str:
     return f"{ROOT}/raft/+/reply/{host_id}/{incarnation}"
 
 
+# Fault notices from `taskring chaos` (backend/core/chaos_notices.py): a fault struck,
+# healed or could not strike. The web process keeps the recent ones for the cluster page.
+CHAOS_EVENTS = f"{ROOT}/chaos/events"
+
+
 # Heartbeats: every component announces itself, its address and its metrics.
 HEARTBEATS = f"{ROOT}/heartbeat/#"
 

@@ -160,7 +160,7 @@ class MosquittoFiles:
             self.conf = self._private_copies([self.conf])[0]
 
     def _write_auth(self, data_dir: Path, logins: tuple[str, ...]) -> list[Path]:
-        wanted = (broker_auth.STATUS_LOGIN, *logins)
+        wanted = (*broker_auth.TOOL_LOGINS, *logins)
         stored = broker_auth.ensure_credentials(data_dir, wanted)
         passwords = broker_auth.component_logins(stored)
         password_file, acl_file = self.directory / "passwd", self.directory / "acl"

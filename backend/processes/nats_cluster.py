@@ -113,7 +113,7 @@ def write_cluster_files(
     logins, `status` and `extra_logins`; passwords are made for those that have none."""
     # The logins of `taskring up`'s default deployment, so it can use this broker.
     usual = tuple(launch_plan.broker_logins(launch_plan.Settings(data_dir)))
-    wanted = (broker_auth.STATUS_LOGIN, *usual, *extra_logins)
+    wanted = (*broker_auth.TOOL_LOGINS, *usual, *extra_logins)
     for login in wanted:  # refuse an id NATS cannot carry before any password is made
         nats_config.login_permissions(login)
     passwords = broker_auth.component_logins(broker_auth.ensure_credentials(data_dir, wanted))

@@ -34,10 +34,24 @@ export interface Portal {
   address: string;
 }
 
+/** A fault `taskring chaos` injected, as the web process heard of it (times: epoch seconds). */
+export interface Fault {
+  id: string;
+  kind: string;
+  role: string;
+  target: string;
+  option: string;
+  injectedAt: number | null;
+  healedAt: number | null;
+  skipped: string | null;
+  active: boolean;
+}
+
 export interface Cluster {
   cacheNodes: CacheNode[];
   replicaGroups: ReplicaGroup[];
   portals: Portal[];
+  faults: Fault[]; // newest first
 }
 
 const HEX16 = /^[0-9a-f]{16}$/i;
@@ -118,7 +132,23 @@ export function parseCluster(json: unknown): Cluster {
     const portal = (raw ?? {}) as Record<string, unknown>;
     return { id: text(portal.id), kind: text(portal.kind), address: text(portal.address) };
   });
-  return { cacheNodes, replicaGroups, portals };
+  const chaos = (typeof body.chaos === "object" && body.chaos !== null ? body.chaos : {}) as Record<string, unknown>;
+  const faults = list(chaos.recent).map((raw) => {
+    const fault = (raw ?? {}) as Record<string, unknown>;
+    const time = (value: unknown) => (typeof value === "number" ? value : null);
+    return {
+      id: text(fault.id),
+      kind: text(fault.kind),
+      role: text(fault.role),
+      target: text(fault.target),
+      option: text(fault.option),
+      injectedAt: time(fault.injected_at),
+      healedAt: time(fault.healed_at),
+      skipped: fault.skipped ? text(fault.skipped) : null,
+      active: fault.active === true,
+    };
+  });
+  return { cacheNodes, replicaGroups, portals, faults };
 }
 
 /** The ring position a finger points at: its node's position at or after its start. */

@@ -12,6 +12,7 @@ import type { Page } from "../main";
 import {
   type CacheNode,
   type Cluster,
+  type Fault,
   type ReplicaGroup,
   type RouteStep,
   changes,
@@ -185,6 +186,7 @@ export class ClusterPage implements Page {
         </div>
       </section>
       ${this.error ? html`<p class="banner banner-error" role="alert">${this.error}</p>` : nothing}
+      ${cluster ? this.faultsBanner(cluster.faults) : nothing}
       ${cluster ? this.content(cluster) : this.loadingView()}
     `;
   }
@@ -216,7 +218,30 @@ export class ClusterPage implements Page {
         ${this.groupsCard(cluster.replicaGroups, nodes.length > 0)}
         ${this.portalsCard(cluster)}
       </div>
+      ${cluster.faults.length ? this.faultsCard(cluster.faults) : nothing}
       ${this.logCard()}
+    `;
+  }
+
+  // ---- faults injected by `taskring chaos` ------------------------------------------------
+
+  private faultsBanner(faults: Fault[]): TemplateResult | typeof nothing {
+    const active = faults.filter((f) => f.active);
+    if (!active.length) return nothing;
+    return html`<div class="banner banner-error" role="status" data-testid="active-faults">
+      <strong>${plural(active.length, "fault")} injected now:</strong>
+      <ul>${active.map((f) => html`<li data-fault=${f.id} data-kind=${f.kind}>${faultLabel(f)}
+        <span class="muted small">since ${clockTime(f.injectedAt)}</span></li>`)}</ul>
+    </div>`;
+  }
+
+  private faultsCard(faults: Fault[]): TemplateResult {
+    return html`
+      <section class="card faults-card" aria-labelledby="faults-title" data-testid="faults">
+        <h2 id="faults-title" class="card-title">Faults <span class="muted small">from taskring chaos</span></h2>
+        <ul class="log">${faults.map((f) => html`<li data-fault=${f.id} data-state=${faultState(f)}>
+          ${faultLabel(f)} <span class="muted small">${faultTimes(f)}</span></li>`)}</ul>
+      </section>
     `;
   }
 
@@ -521,6 +546,25 @@ export class ClusterPage implements Page {
       </section>
     `;
   }
+}
+
+function faultLabel(f: Fault): string {
+  const option = f.option ? ` (${f.option})` : "";
+  return `${f.kind} ${f.target || f.role}${option}`;
+}
+
+function faultState(f: Fault): string {
+  return f.skipped !== null ? "skipped" : f.active ? "active" : f.healedAt !== null ? "healed" : "unknown";
+}
+
+function clockTime(epochSeconds: number | null): string {
+  return epochSeconds === null ? "?" : new Date(epochSeconds * 1000).toLocaleTimeString();
+}
+
+function faultTimes(f: Fault): string {
+  if (f.skipped !== null) return `skipped: ${f.skipped}`;
+  const healed = f.healedAt !== null ? `, healed ${clockTime(f.healedAt)}` : f.active ? ", still on" : "";
+  return `injected ${clockTime(f.injectedAt)}${healed}`;
 }
 
 async function fetchJson(path: string): Promise<unknown> {

@@ -31,6 +31,7 @@ LOGINS = {
     "replica": "replica-g1-2",
     "web": "web-1",
     "status": "status",
+    "chaos": "chaos",
 }
 # (heartbeat kind, component id) each login announces itself with.
 HEARTBEATS = {
@@ -56,6 +57,7 @@ def test_acl_block_starts_with_the_user_and_lists_one_topic_rule_per_line() -> N
         "user web-1",
         "topic read taskring/v1/heartbeat/#",
         "topic write taskring/v1/heartbeat/web/web-1",
+        "topic read taskring/v1/chaos/events",
     ]
 
 

@@ -20,6 +20,7 @@ LOGINS = {
     "replica": "replica-g1-2",
     "web": "web-1",
     "status": "status",
+    "chaos": "chaos",
 }
 PASSWORDS = {login: f"pw-{n}_x" for n, login in enumerate(LOGINS.values())}
 ROUTE_PASSWORD = "route-Secret_1"
@@ -114,7 +115,7 @@ def test_each_role_s_permissions_allow_exactly_what_its_mosquitto_acl_allows(rol
 def test_a_role_s_permissions_are_its_rules_translated() -> None:
     assert nats_config.login_permissions("web-1") == nats_config.Permissions(
         publish=("taskring.v1.heartbeat.web.web-1",),
-        subscribe=("taskring.v1.heartbeat.>", "taskring.v1.heartbeat"),
+        subscribe=("taskring.v1.heartbeat.>", "taskring.v1.heartbeat", "taskring.v1.chaos.events"),
     )
     replica = nats_config.login_permissions("replica-g1-2")
     assert replica.subscribe == ("taskring.v1.raft.g1.2",)

@@ -398,3 +398,19 @@ async def test_readyz_names_a_component_the_broker_refused_a_subscription(
     assert body["missing"][0] == (
         "web-1 is connected but the broker refused its subscription to taskring/v1/heartbeat/#"
     )
+
+
+async def test_faults_from_taskring_chaos_show_in_the_cluster_until_healed(
+    http: httpx.AsyncClient, context: WebContext
+) -> None:
+    assert (await http.get("/api/cluster")).json()["chaos"] == {"active": [], "recent": []}
+    fault = {"id": "r-0", "kind": "kill", "role": "leader", "target": "g1-2", "option": "",
+             "at": 1700000000.0}  # fmt: skip
+    await context.on_chaos_notice("taskring/v1/chaos/events", {**fault, "state": "injected"})
+    await context.on_chaos_notice("taskring/v1/chaos/events", {"state": "nonsense"})  # dropped
+    active = (await http.get("/api/cluster")).json()["chaos"]["active"]
+    assert [(f["kind"], f["target"]) for f in active] == [("kill", "g1-2")]
+    healed = {**fault, "state": "healed", "at": 1700000002.5}
+    await context.on_chaos_notice("taskring/v1/chaos/events", healed)
+    chaos = (await http.get("/api/cluster")).json()["chaos"]
+    assert chaos["active"] == [] and chaos["recent"][0]["healed_at"] == 1700000002.5
