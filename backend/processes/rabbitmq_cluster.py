@@ -89,7 +89,7 @@ def write_cluster_files(
     0600), for the default deployment's logins, `status` and `extra_logins`.
     `definitions_at`: where the nodes will find the definitions [the file written here]."""
     usual = tuple(launch_plan.broker_logins(launch_plan.Settings(data_dir)))
-    wanted = (broker_auth.STATUS_LOGIN, *usual, *extra_logins)
+    wanted = (*broker_auth.TOOL_LOGINS, *usual, *extra_logins)
     for login in wanted:  # refuse an id a routing key cannot carry before any password is made
         rabbitmq_config.topic_permission(login)
     passwords = broker_auth.component_logins(broker_auth.ensure_credentials(data_dir, wanted))
