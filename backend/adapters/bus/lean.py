@@ -211,6 +211,11 @@ class _Connection(asyncio.Protocol):
             self._flush_due = True
             self.loop.call_soon(self._flush)
 
+    def write_now(self) -> None:
+        """Hand what is queued to the transport at once (the flush scheduled for the end
+        of this turn then finds nothing to write)."""
+        self._flush()
+
     def _flush(self) -> None:
         self._flush_due = False
         transport = self.transport
@@ -387,6 +392,10 @@ class LeanMqttBus(BrokerSession[_Connection]):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (connection := self._connection) is not None and loop.time() < deadline:
+            # What this turn queued goes to the socket now, not at the end of the turn:
+            # otherwise the first check always fails and the caller sleeps a poll for
+            # nothing (a Raft leader waits here before every fsync).
+            connection.write_now()
             unacknowledged = any(future is None for future in connection.acks.values())
             if connection.drained() and not unacknowledged:
                 return

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from backend.adapters.bus.lean import OUTGOING_DROP, LeanMqttBus, _Connection
+from backend.adapters.bus.lean import FLUSH_POLL, OUTGOING_DROP, LeanMqttBus, _Connection
 from backend.adapters.bus.transport import BusUnavailable
 from backend.adapters.settings import BrokerAddress
 from backend.core import mqtt_packets as mqtt
@@ -89,6 +89,20 @@ async def test_a_turn_s_messages_leave_in_one_write() -> None:
     bus.send("t", {"n": 100})
     await asyncio.sleep(0)
     assert len(transport.writes) == 2
+
+
+async def test_flush_writes_what_is_queued_at_once_instead_of_polling() -> None:
+    # A Raft leader flushes its AppendEntries before each fsync: waiting for the end of
+    # the turn there would cost a whole poll interval per cycle.
+    bus, _, transport = connected_bus()
+    bus.send("t", {"n": 1})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await bus.flush(1.0)
+    assert loop.time() - started < FLUSH_POLL
+    assert transport.packets() == [mqtt.publish("t", pack({"n": 1}))]
+    await asyncio.sleep(0)  # the flush scheduled for the turn's end finds nothing left
+    assert len(transport.writes) == 1
 
 
 async def test_past_the_bound_send_drops_and_counts_and_publish_waits() -> None:
