@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,39 @@ def run_cli(
         text=True,
         timeout=30,
     )
+
+
+def client_round_trip(
+    admin_portal: str,
+    admin_token: str,
+    client_portal: str,
+    sign_in_timeout: float = 10.0,
+    alive: Iterable[subprocess.Popen[bytes]] = (),
+) -> dict[str, str]:
+    """As a user would, through the CLIs: create a client at `admin_portal`, wait until
+    it can sign in at `client_portal` (the record crosses the ring), add a task and list
+    it. The client's environment, for more calls."""
+    admin_env = {"TASKRING_ADMIN_TOKEN": admin_token, "TASKRING_ADMIN_PORTAL": admin_portal}
+    created = run_cli("admin", "--json", "create", "Alice", env=admin_env)
+    assert created.returncode == 0, created.stderr
+    client = json.loads(created.stdout)
+    client_env = {
+        "TASKRING_CID": client["cid"],
+        "TASKRING_TOKEN": client["token"],
+        "TASKRING_PORTAL": client_portal,
+    }
+    wait_until(
+        lambda: run_cli("client", "list", env=client_env).returncode == 0,
+        f"the new client to sign in at {client_portal}",
+        timeout=sign_in_timeout,
+        alive=alive,
+    )
+    added = run_cli("client", "add", "buy milk", "2 litres", env=client_env)
+    assert added.returncode == 0, added.stderr
+    listed = run_cli("client", "--json", "list", env=client_env)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["tasks"] == [{"title": "buy milk", "description": "2 litres"}]
+    return client_env
 
 
 def start_stack(

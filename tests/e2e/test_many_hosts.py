@@ -17,7 +17,6 @@ It needs root (namespaces, veths, a bridge) and `ip`; CI runs as root.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ from backend.adapters.broker_logins import STATUS_LOGIN, broker_url_for, load_cr
 from backend.adapters.bus.probe import CONNACK_ACCEPTED, probe_broker
 from backend.processes.nats_cluster import nats_binary
 from tests.conftest import TASKRING, Processes
-from tests.e2e.stack import run_cli
+from tests.e2e.stack import client_round_trip, run_cli
 from tests.support.processes import LoggedProcess
 from tests.support.waiting import wait_until
 
@@ -237,30 +236,13 @@ def test_taskring_on_three_hosts_with_a_nats_node_each(
         said = answers[-1].text if answers else "nothing"
         raise AssertionError(f"{exc}; /readyz said last: {said}") from None
 
-    admin_env = {
-        "TASKRING_ADMIN_TOKEN": ADMIN_TOKEN,
-        "TASKRING_ADMIN_PORTAL": f"{network.address(2)}:{ADMIN_PORT}",
-    }
-    created = run_cli("admin", "--json", "create", "Alice", env=admin_env)
-    assert created.returncode == 0, created.stderr
-    client = json.loads(created.stdout)
-    client_env = {
-        "TASKRING_CID": client["cid"],
-        "TASKRING_TOKEN": client["token"],
-        "TASKRING_PORTAL": f"{network.address(3)}:{CLIENT_PORT}",
-    }
     # The admin portal's write reaches the client portal on another host through the ring.
-    wait_until(
-        lambda: run_cli("client", "list", env=client_env).returncode == 0,
-        "the new client to sign in on host 3",
-        timeout=10,
+    client_round_trip(
+        f"{network.address(2)}:{ADMIN_PORT}",
+        ADMIN_TOKEN,
+        f"{network.address(3)}:{CLIENT_PORT}",
         alive=started,
     )
-    added = run_cli("client", "add", "buy milk", "2 litres", env=client_env)
-    assert added.returncode == 0, added.stderr
-    listed = run_cli("client", "--json", "list", env=client_env)
-    assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout)["tasks"] == [{"title": "buy milk", "description": "2 litres"}]
 
     still = httpx.get(f"{web}/readyz", timeout=2)
     assert still.status_code == 200, still.text

@@ -10,7 +10,6 @@ client CLIs.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +25,7 @@ from backend.adapters.settings import BrokerAddress
 from backend.core import topics
 from backend.processes.nats_cluster import nats_binary
 from tests.conftest import Processes, free_port
-from tests.e2e.stack import run_cli
+from tests.e2e.stack import client_round_trip
 from tests.support.waiting import log_text, wait_until
 
 pytestmark = pytest.mark.skipif(nats_binary() is None, reason="nats-server is not installed")
@@ -143,25 +142,8 @@ def test_taskring_runs_on_a_three_node_nats_cluster(processes: Processes, tmp_pa
         "taskring up to say it uses the cluster with the data directory's logins",
         alive=[up],
     )
-    admin_env = {
-        "TASKRING_ADMIN_TOKEN": (data / "admin-token").read_text().strip(),
-        "TASKRING_ADMIN_PORTAL": f"127.0.0.1:{admin_port}",
-    }
-    created = run_cli("admin", "--json", "create", "Alice", env=admin_env)
-    assert created.returncode == 0, created.stderr
-    client = json.loads(created.stdout)
-    client_env = {
-        "TASKRING_CID": client["cid"],
-        "TASKRING_TOKEN": client["token"],
-        "TASKRING_PORTAL": f"127.0.0.1:{client_port}",
-    }
-    wait_until(
-        lambda: run_cli("client", "list", env=client_env).returncode == 0,
-        "the new client to sign in",
-        timeout=10,
+    client_round_trip(
+        f"127.0.0.1:{admin_port}",
+        (data / "admin-token").read_text().strip(),
+        f"127.0.0.1:{client_port}",
     )
-    added = run_cli("client", "add", "buy milk", "2 litres", env=client_env)
-    assert added.returncode == 0, added.stderr
-    listed = run_cli("client", "--json", "list", env=client_env)
-    assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout)["tasks"] == [{"title": "buy milk", "description": "2 litres"}]

@@ -39,7 +39,7 @@ from backend.adapters.settings import BrokerAddresses
 from backend.core import topics
 from backend.processes.rabbitmq_cluster import rabbitmq_script
 from tests.conftest import Processes, free_port
-from tests.e2e.stack import run_cli
+from tests.e2e.stack import client_round_trip, run_cli
 from tests.support.waiting import log_text, wait_until
 
 pytestmark = [
@@ -224,25 +224,12 @@ def run_taskring_on_node_1(
         "taskring up to say it uses the cluster with the data directory's logins",
         alive=[up],
     )
-    admin_env = {
-        "TASKRING_ADMIN_TOKEN": (data / "admin-token").read_text().strip(),
-        "TASKRING_ADMIN_PORTAL": f"127.0.0.1:{admin_port}",
-    }
-    created = run_cli("admin", "--json", "create", "Alice", env=admin_env)
-    assert created.returncode == 0, created.stderr
-    client = json.loads(created.stdout)
-    client_env = {
-        "TASKRING_CID": client["cid"],
-        "TASKRING_TOKEN": client["token"],
-        "TASKRING_PORTAL": f"127.0.0.1:{client_port}",
-    }
-    wait_until(
-        lambda: run_cli("client", "list", env=client_env).returncode == 0,
-        "the new client to sign in",
-        timeout=15,
+    client_env = client_round_trip(
+        f"127.0.0.1:{admin_port}",
+        (data / "admin-token").read_text().strip(),
+        f"127.0.0.1:{client_port}",
+        sign_in_timeout=15,
     )
-    added = run_cli("client", "add", "buy milk", "2 litres", env=client_env)
-    assert added.returncode == 0, added.stderr
 
     # (c) node 2 dies at once: a bus on it fails over to node 3, and the components,
     # all on node 1, go on serving writes.
