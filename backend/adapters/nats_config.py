@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from backend.adapters import broker_logins
+from backend.adapters.cluster_plan import check_distinct_ports, host_port, per_node
 from backend.adapters.settings import ConfigError
 from backend.core.nats_subjects import UnsupportedTopic, filter_subjects
 
@@ -72,7 +73,7 @@ class NatsNode:
         return f"{SERVER_PREFIX}{self.number}"
 
     def address(self, port: int) -> str:
-        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
+        return host_port(self.host, port)
 
 
 @dataclass(frozen=True)
@@ -97,14 +98,14 @@ def plan_nodes(
     (three hosts get 4222 each; one machine gets 4222, 4223, 4224)."""
     if nodes < 1:
         raise ConfigError("a cluster needs at least one node")
-    host_of = _per_node("hosts", hosts, nodes)
+    host_of = per_node("hosts", hosts, nodes)
     on_host_before = [host_of[:index].count(host) for index, host in enumerate(host_of)]
     ports = {}
     for kind, given in (("client", client_ports), ("cluster", cluster_ports), ("mqtt", mqtt_ports)):
         if len(given) == 1:
             ports[kind] = [given[0] + offset for offset in on_host_before]
         else:
-            ports[kind] = _per_node(f"{kind} ports", given, nodes)
+            ports[kind] = per_node(f"{kind} ports", given, nodes)
     planned = tuple(
         NatsNode(index + 1, host_of[index], *(ports[kind][index] for kind in ports))
         for index in range(nodes)
@@ -113,33 +114,19 @@ def plan_nodes(
     return planned
 
 
-T = TypeVar("T")
-
-
-def _per_node(what: str, given: Sequence[T], nodes: int) -> list[T]:
-    if len(given) == 1:
-        return [given[0]] * nodes
-    if len(given) != nodes:
-        raise ConfigError(f"{len(given)} {what} for {nodes} nodes: give one, or one per node")
-    return list(given)
-
-
 def _check_distinct(nodes: Sequence[NatsNode]) -> None:
-    taken: dict[tuple[str, int], str] = {}
-    for node in nodes:
-        for kind, port in (
-            ("client", node.client_port),
-            ("cluster", node.cluster_port),
-            ("mqtt", node.mqtt_port),
-        ):
-            if not 0 < port < 65536:
-                raise ConfigError(f"node {node.number}: {kind} port {port} is out of range")
-            where = (node.host, port)
-            if where in taken:
-                raise ConfigError(
-                    f"node {node.number}'s {kind} port {node.address(port)} is also {taken[where]}"
-                )
-            taken[where] = f"node {node.number}'s {kind} port"
+    check_distinct_ports(
+        (
+            node.number,
+            node.host,
+            (
+                ("client", node.client_port),
+                ("cluster", node.cluster_port),
+                ("mqtt", node.mqtt_port),
+            ),
+        )
+        for node in nodes
+    )
 
 
 def login_permissions(login: str) -> Permissions:

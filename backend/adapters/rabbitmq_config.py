@@ -36,9 +36,10 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from backend.adapters import broker_logins
+from backend.adapters.cluster_plan import check_distinct_ports, per_node
 from backend.adapters.settings import ConfigError
 from backend.core.rabbitmq_topics import UnsupportedTopic, filters_regex
 
@@ -86,9 +87,6 @@ class TopicPermission:
     read: str
 
 
-T = TypeVar("T")
-
-
 def plan_nodes(
     nodes: int,
     hosts: Sequence[str],
@@ -101,7 +99,7 @@ def plan_nodes(
     a single port is a base, and nodes sharing a host take base, base+1, ..."""
     if nodes < 1:
         raise ConfigError("a cluster needs at least one node")
-    host_of = _per_node("hosts", hosts, nodes)
+    host_of = per_node("hosts", hosts, nodes)
     for host in host_of:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", host):
             raise ConfigError(
@@ -114,7 +112,7 @@ def plan_nodes(
         if len(given) == 1:
             ports.append([given[0] + offset for offset in before])
         else:
-            ports.append(_per_node(f"{kind} ports", given, nodes))
+            ports.append(per_node(f"{kind} ports", given, nodes))
     planned = tuple(
         RabbitNode(i + 1, host_of[i], ports[0][i], ports[1][i], ports[2][i], listen)
         for i in range(nodes)
@@ -123,25 +121,8 @@ def plan_nodes(
     return planned
 
 
-def _per_node(what: str, given: Sequence[T], nodes: int) -> list[T]:
-    if len(given) == 1:
-        return [given[0]] * nodes
-    if len(given) != nodes:
-        raise ConfigError(f"{len(given)} {what} for {nodes} nodes: give one, or one per node")
-    return list(given)
-
-
 def _check_distinct(nodes: Sequence[RabbitNode]) -> None:
-    taken: dict[tuple[str, int], str] = {}
-    for node in nodes:
-        for kind, port in node_ports(node):
-            if not 0 < port < 65536:
-                raise ConfigError(f"node {node.number}: {kind} port {port} is out of range")
-            if (node.host, port) in taken:
-                raise ConfigError(
-                    f"node {node.number}'s {kind} port {port} is also {taken[(node.host, port)]}"
-                )
-            taken[(node.host, port)] = f"node {node.number}'s {kind} port"
+    check_distinct_ports((node.number, node.host, node_ports(node)) for node in nodes)
 
 
 def node_ports(node: RabbitNode) -> tuple[tuple[str, int], ...]:
