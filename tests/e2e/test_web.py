@@ -186,6 +186,7 @@ def test_readiness_follows_the_portals_and_the_api_and_metrics_describe_them(
         "cache_nodes": [],
         "replica_groups": [],
         "portals": [],
+        "chaos": {"active": [], "recent": []},
     }
 
     client_process, _ = start_client_portal(processes, mosquitto, client_port)
@@ -197,7 +198,7 @@ def test_readiness_follows_the_portals_and_the_api_and_metrics_describe_them(
     assert body["portals"] == {"client-portal": "client-portal-1", "admin-portal": "admin-portal-1"}
 
     cluster = web.get("/api/cluster").json()
-    assert set(cluster) == {"cache_nodes", "replica_groups", "portals"}
+    assert set(cluster) == {"cache_nodes", "replica_groups", "portals", "chaos"}
     assert cluster["portals"] == [
         {"id": "admin-portal-1", "kind": "admin-portal", "address": f"127.0.0.1:{admin_port}"},
         {"id": "client-portal-1", "kind": "client-portal", "address": f"127.0.0.1:{client_port}"},
